@@ -1,0 +1,40 @@
+# The README's two commands: `make test` and `make demo`. Both set up what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYSSTAMP := $(VENV)/.system-packages
+PYTEST_ARGS ?=
+
+.PHONY: install system-packages test demo train-demo clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalls only when the package metadata or the pins change, so a second run installs nothing.
+$(STAMP): $(VENV)/bin/python setup.cfg pyproject.toml constraints.txt
+	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# GStreamer's RTSP server, Prometheus/promtool and systemd-analyze for the integration tests.
+$(SYSSTAMP): scripts/system-packages.sh | $(VENV)/bin/python
+	bash scripts/system-packages.sh
+	touch $(SYSSTAMP)
+
+system-packages: $(SYSSTAMP)
+
+test: $(STAMP) $(SYSSTAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/vigil demo
+
+train-demo: $(STAMP)
+	$(VENV)/bin/vigil synth --out runs/demo-data --videos 240 --seed 1
+	$(VENV)/bin/vigil train --config configs/train/cpu-small.yaml --data runs/demo-data --out runs/demo
+	$(VENV)/bin/vigil eval --checkpoint runs/demo/best.pt --data runs/demo-data --split val --out runs/demo/eval
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

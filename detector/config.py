@@ -1,0 +1,97 @@
+"""The `model:` section of a training config, which checkpoints also carry.
+
+Defaults are the technical report's architecture (R(2+1)D-18, features pooled to 2x7x7, d=256,
+12 queries, 4 decoder layers, 8 heads, FFN 2048). `configs/train/reference.yaml` sets the options
+that express the report authors' published model (no pooling, LayerNorm after the projection,
+a 10,000-row positional table, a 3-layer box MLP, ImageNet statistics).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+# Statistics the torchvision video backbones were pretrained with (Kinetics-400).
+KINETICS_MEAN = [0.43216, 0.394666, 0.37645]
+KINETICS_STD = [0.22803, 0.22145, 0.216989]
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+BACKBONES = ("r2plus1d_18", "r3d_18", "mc3_18", "small3d")
+FREEZE_LEVELS = ("none", "stem", "layer1", "layer2", "layer3", "all")
+
+
+@dataclass
+class BackboneConfig:
+    """Args:
+        name: torchvision video ResNet (`r2plus1d_18`, `r3d_18`, `mc3_18`) or `small3d`, a
+            narrow plain 3D CNN that trains in minutes on a CPU.
+        pretrained: `kinetics400` loads torchvision's weights from the torch hub cache.
+        freeze: freeze the backbone up to and including this stage (`all` = whole backbone).
+        channels: widths of `small3d`'s four stages (ignored by the ResNets).
+        pool: adaptive average pool of the feature map to (T', H', W'); null = no pooling.
+    """
+    name: Literal["r2plus1d_18", "r3d_18", "mc3_18", "small3d"] = "r2plus1d_18"
+    pretrained: Optional[Literal["kinetics400"]] = None
+    freeze: Literal["none", "stem", "layer1", "layer2", "layer3", "all"] = "none"
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    pool: Optional[list[int]] = field(default_factory=lambda: [2, 7, 7])
+
+    def __post_init__(self) -> None:
+        if len(self.channels) != 4 or min(self.channels) < 1:
+            raise ValueError("backbone.channels must be 4 positive widths")
+        if self.pool is not None and (len(self.pool) != 3 or min(self.pool) < 1):
+            raise ValueError("backbone.pool must be [T, H, W] with positive sizes, or null")
+
+
+@dataclass
+class InputConfig:
+    """What the model expects: `frames` RGB frames of `size` = [H, W], normalised with mean/std.
+
+    `clip_seconds` is how much time a training clip spans; the daemon samples its windows to span
+    the same time whatever the camera's frame rate. Training fills it in from the data.
+    """
+    frames: int = 16
+    size: list[int] = field(default_factory=lambda: [224, 224])
+    mean: list[float] = field(default_factory=lambda: list(KINETICS_MEAN))
+    std: list[float] = field(default_factory=lambda: list(KINETICS_STD))
+    clip_seconds: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ValueError("input.frames must be >= 1")
+        if len(self.size) != 2 or min(self.size) < 8:
+            raise ValueError("input.size must be [H, W] with both >= 8")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("input.mean and input.std must have 3 values, std > 0")
+
+
+@dataclass
+class ModelConfig:
+    """The whole detector. Every number of the report is a field here."""
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    class_names: list[str] = field(default_factory=lambda: ["fight", "collapse"])
+    d_model: int = 256
+    num_queries: int = 12
+    decoder_layers: int = 4
+    nheads: int = 8
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    proj_norm: bool = False          # LayerNorm on the projected tokens (reference: true)
+    token_dropout: float = 0.0       # dropout on tokens after projection (reference: 0.1)
+    pos_table_len: Optional[int] = None  # rows of the positional table; null = number of tokens
+    head_dropout: float = 0.0        # dropout inside the heads (reference: 0.1)
+    box_head_layers: int = 2         # Linear layers in the box MLP (reference: 3)
+
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            raise ValueError("class_names must name at least one class")
+        if self.d_model % self.nheads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by nheads ({self.nheads})")
+        if self.box_head_layers < 1:
+            raise ValueError("box_head_layers must be >= 1")
+
+    @property
+    def num_classes(self) -> int:
+        """Foreground classes; the logits have one more column, the last being no_object."""
+        return len(self.class_names)
