@@ -1,0 +1,89 @@
+"""Box conversions and overlaps, as thin wrappers over `torchvision.ops`.
+
+Inside the model and the datasets boxes are normalised cxcywh in [0, 1]; label files and alert
+`box_px` are pixel xyxy; alert `box` is normalised xyxy. These helpers are the only place the
+formats are converted, so the conventions live in one file. IoU and GIoU come from torchvision.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torchvision.ops import box_convert, box_iou, generalized_box_iou, generalized_box_iou_loss
+
+__all__ = [
+    "cxcywh_to_xyxy", "xyxy_to_cxcywh", "box_iou", "generalized_box_iou",
+    "pairwise_giou_cxcywh", "giou_loss_cxcywh", "normalize_xyxy", "denormalize_xyxy",
+]
+
+
+def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """Args:
+        boxes: (..., 4) centre x, centre y, width, height.
+    Returns:
+        (..., 4) x1, y1, x2, y2 in the same units.
+    """
+    return box_convert(boxes, in_fmt="cxcywh", out_fmt="xyxy")
+
+
+def xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
+    """Args:
+        boxes: (..., 4) x1, y1, x2, y2.
+    Returns:
+        (..., 4) centre x, centre y, width, height in the same units.
+    """
+    return box_convert(boxes, in_fmt="xyxy", out_fmt="cxcywh")
+
+
+def pairwise_giou_cxcywh(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Generalised IoU of every box of `boxes1` with every box of `boxes2`.
+
+    Args:
+        boxes1: (N, 4) cxcywh.
+        boxes2: (M, 4) cxcywh.
+    Returns:
+        (N, M) GIoU in [-1, 1].
+    """
+    return generalized_box_iou(cxcywh_to_xyxy(boxes1), cxcywh_to_xyxy(boxes2))
+
+
+def giou_loss_cxcywh(boxes1: torch.Tensor, boxes2: torch.Tensor,
+                     reduction: str = "none") -> torch.Tensor:
+    """`1 - GIoU` of corresponding boxes (element-wise, not pairwise).
+
+    Args:
+        boxes1, boxes2: (N, 4) cxcywh, row i of one paired with row i of the other.
+        reduction: "none" -> (N,), "sum" or "mean" -> scalar.
+    Returns:
+        The loss, in [0, 2] per pair.
+    """
+    return generalized_box_iou_loss(cxcywh_to_xyxy(boxes1), cxcywh_to_xyxy(boxes2),
+                                    reduction=reduction)
+
+
+def normalize_xyxy(boxes_px: torch.Tensor, size: Sequence[float]) -> torch.Tensor:
+    """Pixel xyxy to normalised xyxy.
+
+    Args:
+        boxes_px: (..., 4) pixel x1, y1, x2, y2.
+        size: (width, height) of the frame the pixels refer to.
+    Returns:
+        (..., 4) in [0, 1] units of the frame (not clipped).
+    """
+    w, h = float(size[0]), float(size[1])
+    scale = boxes_px.new_tensor([w, h, w, h])
+    return boxes_px / scale
+
+
+def denormalize_xyxy(boxes: torch.Tensor, size: Sequence[float]) -> torch.Tensor:
+    """Normalised xyxy to pixel xyxy.
+
+    Args:
+        boxes: (..., 4) normalised x1, y1, x2, y2.
+        size: (width, height) of the target frame.
+    Returns:
+        (..., 4) pixel coordinates (float, not rounded).
+    """
+    w, h = float(size[0]), float(size[1])
+    scale = boxes.new_tensor([w, h, w, h])
+    return boxes * scale

@@ -1,0 +1,122 @@
+"""The set loss (the report's eq. 12-14, DETR's `SetCriterion`).
+
+After Hungarian matching:
+- `loss_ce`: cross-entropy over ALL queries: a matched query's target is its ground truth's
+  class, an unmatched query's is no_object (the last logit), whose class weight is `eos_coef`
+  (DETR's `empty_weight`); the mean is weighted, as `F.cross_entropy(weight=...)` does;
+- `loss_bbox`: L1 distance between matched cxcywh boxes, summed, divided by `num_boxes`;
+- `loss_giou`: `1 - GIoU` of matched boxes, summed, divided by `num_boxes`;
+with `num_boxes` = max(ground-truth boxes in the batch, 1).
+
+Zero weights (the report's ablations, e.g. `--set loss.giou=0`): the term is still computed and
+returned, detached, so it can be logged and compared across ablations, but it has weight 0 and
+`total()` leaves it out entirely (not multiplied by 0, so a non-finite value cannot leak in).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .box_ops import giou_loss_cxcywh
+from .matcher import HungarianMatcher
+
+
+@dataclass
+class LossConfig:
+    """The `loss:` section of a training config.
+
+    Args:
+        ce, l1, giou: weights of the classification, L1 and GIoU terms in the total (0 = off).
+        eos_coef: class weight of no_object in the cross-entropy.
+        cost_class, cost_bbox, cost_giou: weights of the matcher's cost terms.
+    """
+    ce: float = 2.0
+    l1: float = 5.0
+    giou: float = 2.0
+    eos_coef: float = 0.1
+    cost_class: float = 2.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("ce", "l1", "giou", "cost_class", "cost_bbox", "cost_giou"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.eos_coef <= 0:
+            raise ValueError(f"loss.eos_coef must be > 0, got {self.eos_coef}")
+        if self.ce == 0 and self.l1 == 0 and self.giou == 0:
+            raise ValueError("loss.ce, loss.l1 and loss.giou are all 0: nothing to train")
+
+
+class SetCriterion(nn.Module):
+    """Matches predictions to targets and computes the unweighted loss terms.
+
+    Args:
+        num_classes: K foreground classes; logits have K+1 columns, the last is no_object.
+        matcher: assigns queries to targets.
+        cfg: weights (`weight_dict`) and `eos_coef`.
+    """
+
+    def __init__(self, num_classes: int, matcher: HungarianMatcher, cfg: LossConfig) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.cfg = cfg
+        self.weight_dict = {"loss_ce": cfg.ce, "loss_bbox": cfg.l1, "loss_giou": cfg.giou}
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = cfg.eos_coef
+        self.register_buffer("empty_weight", empty_weight, persistent=False)
+
+    def forward(self, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]],
+                indices: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Args:
+            outputs: {"pred_logits": (B, N, K+1), "pred_boxes": (B, N, 4) cxcywh}.
+            targets: B dicts {"labels": (M_b,) int64, "boxes": (M_b, 4) cxcywh}.
+            indices: a matching already computed by `self.matcher` (else it is computed).
+        Returns:
+            {"loss_ce", "loss_bbox", "loss_giou"}: unweighted scalars; zero-weight terms detached.
+        """
+        logits = outputs["pred_logits"].float()
+        boxes = outputs["pred_boxes"].float()
+        if indices is None:
+            indices = self.matcher(outputs, targets)
+        device = logits.device
+
+        batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)])
+        src_idx = torch.cat([src for src, _ in indices])
+        batch_idx, src_idx = batch_idx.to(device), src_idx.to(device)
+        matched_labels = torch.cat([t["labels"][tgt.to(t["labels"].device)].to(device)
+                                    for t, (_, tgt) in zip(targets, indices)])
+        matched_boxes = torch.cat([t["boxes"][tgt.to(t["boxes"].device)].to(device, torch.float32)
+                                   for t, (_, tgt) in zip(targets, indices)])
+        num_boxes = max(sum(int(t["labels"].numel()) for t in targets), 1)
+
+        # Every query defaults to no_object; matched ones get their ground truth's class.
+        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64,
+                                    device=device)
+        target_classes[batch_idx, src_idx] = matched_labels
+        loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes,
+                                  weight=self.empty_weight.to(device))
+
+        src_boxes = boxes[batch_idx, src_idx]                       # (M, 4)
+        loss_bbox = F.l1_loss(src_boxes, matched_boxes, reduction="sum") / num_boxes
+        loss_giou = giou_loss_cxcywh(src_boxes, matched_boxes, reduction="sum") / num_boxes
+
+        losses = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+        return {k: (v if self.weight_dict[k] != 0 else v.detach()) for k, v in losses.items()}
+
+    def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Weighted sum of the terms with a non-zero weight (a zero-weight term is left out)."""
+        terms = [self.weight_dict[k] * v for k, v in losses.items()
+                 if self.weight_dict.get(k, 0) != 0]
+        return torch.stack(terms).sum()
+
+
+def build_criterion(cfg: LossConfig, num_classes: int) -> SetCriterion:
+    """The criterion of a training config's `loss:` section for `num_classes` classes."""
+    matcher = HungarianMatcher(cfg.cost_class, cfg.cost_bbox, cfg.cost_giou)
+    return SetCriterion(num_classes, matcher, cfg)
