@@ -1,0 +1,510 @@
+"""The daemon's configuration (`vigil serve --config vigil.yaml`), validated once at the door.
+
+The YAML is read with `safe_load` (no python tags), `${NAME}` is replaced by the environment
+variable NAME (camera passwords live in systemd's environment file, not in the YAML), and the
+result is built into the dataclasses below with `detector.schema.from_dict`, which rejects
+unknown keys and wrong types. Cameras take the global `defaults:` and override any of them per
+camera (Frigate's model), resolved here into one `CameraConfig.settings` per camera.
+
+Relative paths (`data_dir`, `model.checkpoint`, `alerts.curve.*`) are resolved against the
+directory of the config file, so a config works the same whatever the service's working directory.
+
+Every error is a `ConfigError` whose message starts with the file and the dotted key, e.g.
+`vigil.yaml: cameras[1].name: duplicate camera name 'lobby'`. Camera URLs carry credentials, so
+every message leaving this module goes through `mask_secrets`: no password is ever printed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional
+
+from detector.errors import ConfigError
+from detector.schema import expand_env, from_dict, load_yaml, to_dict
+
+log = logging.getLogger(__name__)
+
+CAMERA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+# Query parameters that carry credentials in camera URLs (e.g. `http://cam/video?user=a&pwd=b`).
+_SECRET_QUERY_KEYS = ("password", "passwd", "pass", "pwd", "user", "username", "usr", "login",
+                      "token", "access_token", "auth", "key", "apikey", "api_key", "secret",
+                      "sig", "signature")
+_QUERY_SECRET = re.compile(
+    r"(?P<lead>[?&;])(?P<key>" + "|".join(_SECRET_QUERY_KEYS) + r")=(?P<value>[^&;#\s'\"]*)",
+    re.IGNORECASE)
+# `scheme://authority` inside free text; the authority stops at the path, a quote or a space.
+_URL_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<auth>[^/\s'\"?#]*)")
+
+
+def mask_url(url: str) -> str:
+    """Hide the credentials of a camera URL, for logs, errors and `vigil status`.
+
+    `rtsp://admin:secret@10.0.0.5:554/stream1` -> `rtsp://*:*@10.0.0.5:554/stream1`;
+    `http://cam/snap.cgi?user=admin&password=x` -> `http://cam/snap.cgi?user=*&password=*`.
+    Strings that are not URLs (a file path, a webcam index) come back unchanged.
+    """
+    return mask_secrets(str(url))
+
+
+def mask_secrets(text: str) -> str:
+    """Mask every URL credential found anywhere in `text` (a URL, or a message quoting one).
+
+    Also handles a URL cut short by an error message's truncation (`rtsp://admin:hun...`): an
+    authority that ends in `...` could be a partial password, so it is masked whole.
+    """
+    def authority(m: re.Match) -> str:
+        auth = m.group("auth")
+        if "@" in auth:
+            return m.group("scheme") + "*:*@" + auth.rsplit("@", 1)[1]
+        if auth.endswith("...") or auth.endswith("…"):
+            return m.group("scheme") + "***..."
+        return m.group(0)
+
+    text = _URL_AUTHORITY.sub(authority, text)
+    return _QUERY_SECRET.sub(lambda m: f"{m.group('lead')}{m.group('key')}=*", text)
+
+
+def _url_secrets(value: Any) -> set[str]:
+    """Every credential appearing in URLs anywhere in a YAML tree (to scrub error messages)."""
+    found: set[str] = set()
+    if isinstance(value, str):
+        for m in _URL_AUTHORITY.finditer(value):
+            auth = m.group("auth")
+            if "@" in auth:
+                userinfo = auth.rsplit("@", 1)[0]
+                found.update(p for p in userinfo.split(":") if p)
+                found.update(urllib.parse.unquote(p) for p in userinfo.split(":") if p)
+        for m in _QUERY_SECRET.finditer(value):
+            if m.group("value"):
+                found.add(m.group("value"))
+                found.add(urllib.parse.unquote_plus(m.group("value")))
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            found |= _url_secrets(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            found |= _url_secrets(v)
+    return found
+
+
+def _scrub(message: str, secrets: set[str]) -> str:
+    """Mask URL credentials, then any known secret (longest first) that survived elsewhere."""
+    message = mask_secrets(message)
+    for secret in sorted(secrets, key=len, reverse=True):
+        # One- or two-character "secrets" would mangle the message; URL masking covers them.
+        if len(secret) >= 3:
+            message = message.replace(secret, "***")
+    return message
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass
+class CameraSettings:
+    """Per-camera capture settings; `defaults:` holds them for all, a camera may override any.
+
+    Args:
+        stride: run the model every `stride` new frames.
+        window_seconds: time a window spans; null = the checkpoint's `input.clip_seconds`.
+        fps: frame rate to assume for sources that report none (null = trust the source).
+        roi: normalised [x1, y1, x2, y2] region of interest, or null for the whole frame.
+        loop: file sources restart at the end (a demo runs forever).
+        open_timeout_s, read_timeout_s: OpenCV open/read timeouts for network sources.
+        stall_timeout_s: no frame for this long = the camera is down, reconnect.
+        backoff_initial_s, backoff_max_s: reconnect delay, doubling with jitter up to the max.
+    """
+    stride: int = 8
+    window_seconds: Optional[float] = None
+    fps: Optional[float] = None
+    roi: Optional[list[float]] = None
+    loop: bool = True
+    open_timeout_s: float = 10
+    read_timeout_s: float = 5
+    stall_timeout_s: float = 10
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30
+
+    def validate(self, where: str) -> None:
+        """Raise ConfigError naming `where.<field>` for an out-of-range value."""
+        _check(self.stride >= 1, f"{where}.stride", f"must be >= 1, got {self.stride}")
+        if self.window_seconds is not None:
+            _check(self.window_seconds > 0, f"{where}.window_seconds",
+                   f"must be > 0 or null, got {self.window_seconds}")
+        if self.fps is not None:
+            _check(self.fps > 0, f"{where}.fps", f"must be > 0 or null, got {self.fps}")
+        if self.roi is not None:
+            r = self.roi
+            _check(len(r) == 4, f"{where}.roi", f"must be [x1, y1, x2, y2], got {len(r)} values")
+            _check(all(0.0 <= v <= 1.0 for v in r), f"{where}.roi",
+                   f"values are normalised to [0, 1], got {r}")
+            _check(r[0] < r[2] and r[1] < r[3], f"{where}.roi",
+                   f"needs x1 < x2 and y1 < y2, got {r}")
+        for name in ("open_timeout_s", "read_timeout_s", "stall_timeout_s", "backoff_initial_s",
+                     "backoff_max_s"):
+            value = getattr(self, name)
+            _check(value > 0, f"{where}.{name}", f"must be > 0, got {value}")
+        _check(self.backoff_initial_s <= self.backoff_max_s, f"{where}.backoff_initial_s",
+               f"must be <= backoff_max_s ({self.backoff_max_s}), got {self.backoff_initial_s}")
+
+
+@dataclass
+class CameraConfig:
+    """One camera with its effective settings (defaults overridden by the camera's own keys).
+
+    Args:
+        name: `[A-Za-z0-9_-]{1,64}`; used in topics, file names and metric labels.
+        url: rtsp://, http(s)://, a file path, `webcam:N`/an integer string, or `synthetic:...`.
+            May hold credentials: log it only through `mask_url`.
+    """
+    name: str
+    url: str
+    enabled: bool = True
+    settings: CameraSettings = field(default_factory=CameraSettings)
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+    def __repr__(self) -> str:
+        # The dataclass repr would print the password with the URL (e.g. `log.debug("%s", cfg)`).
+        return (f"CameraConfig(name={self.name!r}, url={self.masked_url!r}, "
+                f"enabled={self.enabled!r}, settings={self.settings!r})")
+
+
+@dataclass
+class ServeModelConfig:
+    """The `model:` section of the daemon config (which checkpoint, where it runs, batching).
+
+    Args:
+        checkpoint: a Vigil checkpoint (`vigil train`/`vigil import-reference`); must exist.
+        device: `auto` (first CUDA GPU, else CPU), `cpu`, `cuda` or `cuda:N`.
+        precision: `auto` (bf16/fp16 autocast on GPU, fp32 on CPU), or forced.
+        max_batch: most windows per forward pass.
+        max_wait_ms: how long the worker waits for more due windows to fill a batch.
+        threads: torch CPU threads (null = torch's default).
+    """
+    checkpoint: Path
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    max_batch: int = 8
+    max_wait_ms: float = 50
+    threads: Optional[int] = None
+
+    def validate(self, where: str = "model") -> None:
+        _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, f"{where}.device",
+               f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        _check(self.max_batch >= 1, f"{where}.max_batch", f"must be >= 1, got {self.max_batch}")
+        _check(self.max_wait_ms >= 0, f"{where}.max_wait_ms",
+               f"must be >= 0, got {self.max_wait_ms}")
+        if self.threads is not None:
+            _check(self.threads >= 1, f"{where}.threads", f"must be >= 1, got {self.threads}")
+
+
+@dataclass
+class SmoothingConfig:
+    """Temporal smoothing and the event state machine (see `streamer/smoother.py`).
+
+    Args:
+        method: `ema` (score = alpha*x + (1-alpha)*score) or `kofn` (k of the last n windows).
+        alpha: EMA weight of the newest window.
+        k, n: k-of-n: on when >= k of the last n windows score >= on_threshold.
+        on_threshold, off_threshold: hysteresis; off must be below on.
+        min_windows: consecutive "on" windows before an event starts.
+        cooldown_s: the score must stay below off_threshold this long before the event ends.
+        update_interval_s: at most one `update` message per event per interval...
+        min_score_delta, min_box_iou: ...and only when material: the score moved by >= delta or
+            the box's IoU with the last published box fell below min_box_iou.
+        box_alpha: EMA weight of the newest box.
+    """
+    method: Literal["ema", "kofn"] = "ema"
+    alpha: float = 0.5
+    k: int = 2
+    n: int = 3
+    on_threshold: float = 0.6
+    off_threshold: float = 0.4
+    min_windows: int = 2
+    cooldown_s: float = 3.0
+    update_interval_s: float = 2.0
+    min_score_delta: float = 0.1
+    min_box_iou: float = 0.7
+    box_alpha: float = 0.5
+
+    def validate(self, where: str = "smoothing") -> None:
+        _check(0.0 < self.alpha <= 1.0, f"{where}.alpha", f"must be in (0, 1], got {self.alpha}")
+        _check(0.0 < self.box_alpha <= 1.0, f"{where}.box_alpha",
+               f"must be in (0, 1], got {self.box_alpha}")
+        _check(self.n >= 1, f"{where}.n", f"must be >= 1, got {self.n}")
+        _check(1 <= self.k <= self.n, f"{where}.k", f"must be in [1, n={self.n}], got {self.k}")
+        _check(0.0 < self.on_threshold <= 1.0, f"{where}.on_threshold",
+               f"must be in (0, 1], got {self.on_threshold}")
+        _check(0.0 <= self.off_threshold < self.on_threshold, f"{where}.off_threshold",
+               f"must be >= 0 and below on_threshold ({self.on_threshold}), "
+               f"got {self.off_threshold}")
+        _check(self.min_windows >= 1, f"{where}.min_windows",
+               f"must be >= 1, got {self.min_windows}")
+        for name in ("cooldown_s", "update_interval_s", "min_score_delta"):
+            value = getattr(self, name)
+            _check(value >= 0, f"{where}.{name}", f"must be >= 0, got {value}")
+        _check(0.0 <= self.min_box_iou <= 1.0, f"{where}.min_box_iou",
+               f"must be in [0, 1], got {self.min_box_iou}")
+
+
+@dataclass
+class CurveConfig:
+    """ZeroMQ CURVE: the server's secret key file and a directory of authorised client public
+    keys (`vigil keys generate` writes both)."""
+    server_secret_key: Path
+    authorized_clients: Path
+
+
+@dataclass
+class AlertsConfig:
+    """Where alerts go. `endpoint` is the PUB socket, `replay_endpoint` the journal's replay
+    ROUTER. Both default to loopback: expose them deliberately, with CURVE."""
+    endpoint: str = "tcp://127.0.0.1:5557"
+    replay_endpoint: str = "tcp://127.0.0.1:5558"
+    sndhwm: int = 1000
+    heartbeat_s: float = 5.0
+    journal_retention_days: float = 30
+    curve: Optional[CurveConfig] = None
+
+    def validate(self, where: str = "alerts") -> None:
+        _check(self.endpoint != self.replay_endpoint, f"{where}.replay_endpoint",
+               "must differ from alerts.endpoint")
+        _check(self.sndhwm >= 1, f"{where}.sndhwm", f"must be >= 1, got {self.sndhwm}")
+        _check(self.heartbeat_s > 0, f"{where}.heartbeat_s", f"must be > 0, got {self.heartbeat_s}")
+        _check(self.journal_retention_days > 0, f"{where}.journal_retention_days",
+               f"must be > 0, got {self.journal_retention_days}")
+
+
+@dataclass
+class EvidenceConfig:
+    """Snapshots (JPEG at start) and clips (MP4 at end, with pre-roll), and their retention."""
+    enabled: bool = True
+    snapshot: bool = True
+    clip: bool = True
+    pre_roll_s: float = 2.0
+    max_age_days: float = 14
+    max_bytes: int = 2_000_000_000
+
+    def validate(self, where: str = "evidence") -> None:
+        _check(self.pre_roll_s >= 0, f"{where}.pre_roll_s", f"must be >= 0, got {self.pre_roll_s}")
+        _check(self.max_age_days > 0, f"{where}.max_age_days",
+               f"must be > 0, got {self.max_age_days}")
+        _check(self.max_bytes > 0, f"{where}.max_bytes", f"must be > 0, got {self.max_bytes}")
+
+
+@dataclass
+class MetricsConfig:
+    """The Prometheus exporter. Loopback by default: metrics name cameras."""
+    host: str = "127.0.0.1"
+    port: int = 9108
+    enabled: bool = True
+
+    def validate(self, where: str = "metrics") -> None:
+        _check(0 <= self.port <= 65535, f"{where}.port", f"must be in [0, 65535], got {self.port}")
+
+
+@dataclass
+class LoggingConfig:
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass
+class ServeConfig:
+    """The whole daemon config. Build it with `load_config` (or `parse_config` for a dict)."""
+    data_dir: Path
+    model: ServeModelConfig
+    cameras: list[CameraConfig]
+    defaults: CameraSettings = field(default_factory=CameraSettings)
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def camera(self, name: str) -> CameraConfig:
+        """The camera called `name` (KeyError if none)."""
+        for cam in self.cameras:
+            if cam.name == name:
+                return cam
+        raise KeyError(name)
+
+    @property
+    def enabled_cameras(self) -> list[CameraConfig]:
+        return [c for c in self.cameras if c.enabled]
+
+    @property
+    def journal_path(self) -> Path:
+        """Where the alert journal lives: `<data_dir>/journal.sqlite3`."""
+        return self.data_dir / "journal.sqlite3"
+
+
+@dataclass
+class _RawServe:
+    """The top level as written: `cameras` stays raw until merged with `defaults`."""
+    data_dir: Path
+    model: ServeModelConfig
+    cameras: list[Any]
+    defaults: CameraSettings = field(default_factory=CameraSettings)
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+_CAMERA_KEYS = ("name", "url", "enabled")
+
+
+def _resolve_camera(raw: Any, index: int, defaults: CameraSettings) -> CameraConfig:
+    """One `cameras[i]` entry -> CameraConfig with the defaults overridden by its own keys."""
+    where = f"cameras[{index}]"
+    # Never echo the entry itself: it usually holds a URL with a password.
+    _check(isinstance(raw, Mapping), where,
+           f"expected a mapping with name and url, got {type(raw).__name__}")
+    setting_names = [f.name for f in dataclasses.fields(CameraSettings)]
+    unknown = sorted(set(map(str, raw)) - set(_CAMERA_KEYS) - set(setting_names))
+    _check(not unknown, f"{where}.{unknown[0] if unknown else ''}",
+           f"unknown key (known: {', '.join(sorted([*_CAMERA_KEYS, *setting_names]))})")
+    _check("name" in raw, f"{where}.name", "required key is missing")
+    _check("url" in raw, f"{where}.url", "required key is missing")
+    name, url, enabled = raw["name"], raw["url"], raw.get("enabled", True)
+    _check(isinstance(name, str), f"{where}.name",
+           f"expected a string, got {type(name).__name__}")
+    _check(CAMERA_NAME.fullmatch(name) is not None, f"{where}.name",
+           f"invalid camera name {name!r}: use 1 to 64 of A-Z a-z 0-9 _ - "
+           "(it goes into topics, file names and metric labels)")
+    if isinstance(url, int) and not isinstance(url, bool):
+        url = str(url)  # `url: 0` is the first webcam
+    _check(isinstance(url, str) and url.strip() != "", f"{where}.url",
+           f"expected a non-empty string, got {type(url).__name__}"
+           + (f" {mask_url(str(url))!r}" if isinstance(url, (list, tuple)) else ""))
+    _check(isinstance(enabled, bool), f"{where}.enabled",
+           f"expected bool, got {type(enabled).__name__}")
+    overrides = {k: v for k, v in raw.items() if k not in _CAMERA_KEYS}
+    merged = {**to_dict(defaults), **overrides}
+    settings = from_dict(CameraSettings, merged, where)
+    settings.validate(where)
+    return CameraConfig(name=name, url=url, enabled=enabled, settings=settings)
+
+
+def _resolve_path(path: Path, base_dir: Path | None) -> Path:
+    path = path.expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path
+
+
+def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool) -> ServeConfig:
+    raw = from_dict(_RawServe, data)
+    raw.defaults.validate("defaults")
+    raw.model.validate("model")
+    raw.smoothing.validate("smoothing")
+    raw.alerts.validate("alerts")
+    raw.evidence.validate("evidence")
+    raw.metrics.validate("metrics")
+
+    _check(len(raw.cameras) >= 1, "cameras", "at least one camera is required")
+    cameras: list[CameraConfig] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(raw.cameras):
+        cam = _resolve_camera(entry, i, raw.defaults)
+        _check(cam.name not in seen, f"cameras[{i}].name",
+               f"duplicate camera name {cam.name!r} (also cameras[{seen.get(cam.name)}])")
+        seen[cam.name] = i
+        cameras.append(cam)
+    if not any(c.enabled for c in cameras):
+        log.warning("every camera is disabled: the daemon will run but watch nothing")
+
+    raw.data_dir = _resolve_path(raw.data_dir, base_dir)
+    raw.model.checkpoint = _resolve_path(raw.model.checkpoint, base_dir)
+    if raw.alerts.curve is not None:
+        curve = raw.alerts.curve
+        curve.server_secret_key = _resolve_path(curve.server_secret_key, base_dir)
+        curve.authorized_clients = _resolve_path(curve.authorized_clients, base_dir)
+    if check_paths:
+        ckpt = raw.model.checkpoint
+        _check(ckpt.is_file(), "model.checkpoint", f"checkpoint file not found: {ckpt}")
+        _check(not raw.data_dir.exists() or raw.data_dir.is_dir(), "data_dir",
+               f"exists and is not a directory: {raw.data_dir}")
+        if raw.alerts.curve is not None:
+            curve = raw.alerts.curve
+            _check(curve.server_secret_key.is_file(), "alerts.curve.server_secret_key",
+                   f"key file not found: {curve.server_secret_key} (see `vigil keys generate`)")
+            _check(curve.authorized_clients.is_dir(), "alerts.curve.authorized_clients",
+                   f"directory not found: {curve.authorized_clients}")
+    return ServeConfig(data_dir=raw.data_dir, model=raw.model, cameras=cameras,
+                       defaults=raw.defaults, smoothing=raw.smoothing, alerts=raw.alerts,
+                       evidence=raw.evidence, metrics=raw.metrics, logging=raw.logging)
+
+
+def parse_config(data: Mapping[str, Any], source: str = "config", base_dir: Path | None = None,
+                 environ: Mapping[str, str] | None = None, check_paths: bool = True) -> ServeConfig:
+    """Build a ServeConfig from an already-loaded YAML mapping.
+
+    Args:
+        data: the YAML tree; `${NAME}` is expanded from `environ`.
+        source: name used as the message prefix (the file name).
+        base_dir: directory relative paths are resolved against (None = as written).
+        environ: environment for `${NAME}` (default: os.environ).
+        check_paths: check that the checkpoint (and CURVE keys) exist.
+    Raises:
+        ConfigError: `<source>: <dotted.key>: <problem>`, credentials masked.
+    """
+    secrets: set[str] = set()
+    try:
+        expanded = expand_env(data, environ=environ)
+        secrets = _url_secrets(expanded)
+        return _build(expanded, base_dir, check_paths)
+    except ConfigError as exc:
+        raise ConfigError(_scrub(f"{source}: {exc}", secrets)) from None
+
+
+def _yaml_error_without_snippet(path: Path) -> str | None:
+    """`<file>: invalid YAML: <problem> at line L, column C`, without the quoted source line."""
+    import yaml
+
+    try:
+        yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = "; ".join(p for p in (exc.context, exc.problem) if p)
+        return f"{path}: invalid YAML: {what}{where}"
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None,
+                check_paths: bool = True) -> ServeConfig:
+    """Read and validate the daemon's YAML config.
+
+    Args:
+        path: the YAML file.
+        environ: environment used for `${NAME}` (default: os.environ).
+        check_paths: check that the checkpoint (and CURVE keys) exist.
+    Returns:
+        The ServeConfig, every camera's settings resolved, paths absolute.
+    Raises:
+        ConfigError: naming the file and the dotted key; never containing a password.
+    """
+    path = Path(path)
+    try:
+        data = load_yaml(path)
+    except ConfigError as exc:
+        # A YAML syntax error quotes the offending line, which may hold a URL with a password
+        # (cut anywhere, so masking cannot be trusted): report the problem and position only.
+        raise ConfigError(_yaml_error_without_snippet(path) or mask_secrets(str(exc))) from None
+    return parse_config(data, source=str(path), base_dir=path.resolve().parent, environ=environ,
+                        check_paths=check_paths)

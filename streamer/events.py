@@ -1,0 +1,251 @@
+"""The event state machine: smoothed window scores -> `vigil.alert/1` start/update/end messages.
+
+Per (camera, label) there is one `ScoreSmoother` and at most one open event:
+
+* start: when the smoother becomes active (on for `min_windows` consecutive windows);
+* update: at most once per `update_interval_s` of window time, and only when material (the
+  smoothed score moved by >= `min_score_delta` since the last published message, or the box's IoU
+  with the last published box fell below `min_box_iou`);
+* end, reason `cleared`: once the smoother was an off-candidate for `cooldown_s` of window time;
+  `close_camera` (`camera_lost`) and `close_all` (`shutdown`, `reload`) end open events at once;
+  `end_message` builds the end of an event orphaned by an unclean stop (`restart`).
+
+Times of the state machine are window capture times (`WindowResult.t_end_wall`), so a backlog of
+windows processed late behaves as it would have live; the injected `clock` only dates event ids.
+
+Messages come back WITHOUT `seq`, `published_at` and `latency_s`: `Journal.append` assigns them.
+They carry internal fields the journal strips: `_t_end_mono` (capture time of the window's last
+frame, for the latency), `_t_end_wall`, `_end_seq` (the camera's frame counter at that frame, for
+the evidence clip). The evidence writer fills `snapshot` (start) and `clip` (end).
+
+Not thread-safe: one tracker, used from the thread that consumes the worker's results.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from .config import SmoothingConfig
+from .smoother import ScoreSmoother
+from .types import WindowResult
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "vigil.alert/1"
+TYPES = ("start", "update", "end")
+END_REASONS = ("cleared", "camera_lost", "shutdown", "reload", "restart")
+
+
+def iso_utc(t: float) -> str:
+    """Epoch seconds -> `2026-11-24T10:15:01.12Z` (UTC, centiseconds)."""
+    cs = int(round(t * 100))
+    seconds, frac = divmod(cs, 100)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{frac:02d}Z"
+
+
+def parse_iso_utc(text: str) -> float:
+    """`iso_utc`'s inverse: `2026-11-24T10:15:01.12Z` -> epoch seconds (ValueError if not)."""
+    import calendar
+
+    if not isinstance(text, str) or not text.endswith("Z"):
+        raise ValueError(f"not an ISO UTC time ending in Z: {text!r}")
+    whole, _, frac = text[:-1].partition(".")
+    base = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    return base + (float("0." + frac) if frac else 0.0)
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two xyxy boxes (plain floats: one pair per window, no tensors needed)."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(iw, 0.0) * max(ih, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def end_message(last: dict, reason: str) -> dict:
+    """The `end` of an event whose last journalled message is `last` (orphans after a crash).
+
+    Args:
+        last: a message of the event (e.g. from `Journal.open_events()`).
+        reason: one of END_REASONS, usually `restart`.
+    Returns:
+        A message for `Journal.append` (seq, published_at, latency_s removed).
+    """
+    if reason not in END_REASONS:
+        raise ValueError(f"unknown end reason {reason!r}")
+    msg = {k: v for k, v in last.items()
+           if k not in ("seq", "published_at", "latency_s") and not k.startswith("_")}
+    msg.update(type="end", reason=reason, snapshot=None, clip=None)
+    return msg
+
+
+@dataclass
+class _Open:
+    """An open event and what was last published for it."""
+    event_id: str
+    pub_t: float                 # window time of the last start/update
+    pub_score: float
+    pub_box: tuple[float, ...]
+    below_since: Optional[float] = None
+
+
+class EventTracker:
+    """Turns a stream of `WindowResult`s into alert messages.
+
+    Args:
+        smoothing_cfg: the `smoothing:` section.
+        class_names: the model's classes, e.g. ["fight", "collapse"]; others are ignored.
+        clock: wall clock (epoch seconds), used for event ids.
+        metrics: optional `VigilMetrics`; `vigil_events_active` is kept in step.
+        counter_start: first per-daemon event counter value.
+    """
+
+    def __init__(self, smoothing_cfg: SmoothingConfig, class_names: Iterable[str],
+                 clock: Callable[[], float] = time.time, metrics: Any = None,
+                 counter_start: int = 1) -> None:
+        smoothing_cfg.validate("smoothing")
+        self.cfg = smoothing_cfg
+        self.class_names = list(class_names)
+        self.clock = clock
+        self.metrics = metrics
+        self._counter = counter_start
+        self._smoothers: dict[tuple[str, str], ScoreSmoother] = {}
+        self._open: dict[tuple[str, str], _Open] = {}
+        self._last: dict[str, WindowResult] = {}
+        self._last_score: dict[tuple[str, str], tuple[float, tuple[float, ...]]] = {}
+
+    # ---- queries -------------------------------------------------------------------------------
+    def open_events(self) -> dict[tuple[str, str], str]:
+        """(camera, label) -> event_id of every open event."""
+        return {key: ev.event_id for key, ev in self._open.items()}
+
+    def smoother(self, camera: str, label: str) -> ScoreSmoother:
+        """The (camera, label) smoother (created on first use)."""
+        key = (camera, label)
+        if key not in self._smoothers:
+            self._smoothers[key] = ScoreSmoother(self.cfg)
+        return self._smoothers[key]
+
+    # ---- input ---------------------------------------------------------------------------------
+    def observe(self, result: WindowResult) -> list[dict]:
+        """Feed one window; returns the messages it caused (possibly none), in order.
+
+        Args:
+            result: the worker's verdict on one camera window.
+        Returns:
+            `vigil.alert/1` messages without seq/published_at/latency_s.
+        """
+        cfg = self.cfg
+        t = result.t_end_wall
+        self._last[result.camera] = result
+        out: list[dict] = []
+        for label in self.class_names:
+            cs = result.scores.get(label)
+            if cs is None:
+                continue
+            key = (result.camera, label)
+            sm = self.smoother(*key)
+            score = sm.update(cs.score, cs.box)
+            box = sm.box if sm.box is not None else tuple(cs.box)
+            self._last_score[key] = (score, box)
+            ev = self._open.get(key)
+            if ev is None:
+                if sm.active:
+                    out.append(self._start(result, label, score, box))
+                continue
+            if sm.off_candidate:
+                if ev.below_since is None:
+                    ev.below_since = t
+                if t - ev.below_since >= cfg.cooldown_s:
+                    out.append(self._end(key, result, "cleared"))
+                continue
+            ev.below_since = None
+            if t - ev.pub_t >= cfg.update_interval_s and (
+                    abs(score - ev.pub_score) >= cfg.min_score_delta
+                    or box_iou(box, ev.pub_box) < cfg.min_box_iou):
+                out.append(self._message("update", ev.event_id, result, label, score, box))
+                ev.pub_t, ev.pub_score, ev.pub_box = t, score, box
+        return out
+
+    def close_camera(self, camera: str, reason: str = "camera_lost") -> list[dict]:
+        """End the camera's open events (it stopped delivering frames) and forget its history.
+
+        Returns:
+            One `end` message per open event of the camera.
+        """
+        out = [self._end(key, self._last[camera], reason)
+               for key in sorted(self._open) if key[0] == camera]
+        for key in [k for k in self._smoothers if k[0] == camera]:
+            del self._smoothers[key]
+            self._last_score.pop(key, None)
+        return out
+
+    def close_all(self, reason: str = "shutdown") -> list[dict]:
+        """End every open event (`shutdown`, `reload`) and forget all history."""
+        out: list[dict] = []
+        for camera in sorted({cam for cam, _ in self._open} | {cam for cam, _ in self._smoothers}):
+            out.extend(self.close_camera(camera, reason))
+        return out
+
+    # ---- messages ------------------------------------------------------------------------------
+    def _start(self, result: WindowResult, label: str, score: float,
+               box: tuple[float, ...]) -> dict:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
+        event_id = f"{result.camera}-{stamp}-{self._counter:04d}"
+        self._counter += 1
+        self._open[(result.camera, label)] = _Open(event_id, result.t_end_wall, score, box)
+        self._gauge(result.camera, label, 1)
+        log.info("event %s started: %s on %s (score %.2f)", event_id, label, result.camera, score)
+        return self._message("start", event_id, result, label, score, box)
+
+    def _end(self, key: tuple[str, str], result: WindowResult, reason: str) -> dict:
+        if reason not in END_REASONS:
+            raise ValueError(f"unknown end reason {reason!r}")
+        ev = self._open.pop(key)
+        score, box = self._last_score.get(key, (ev.pub_score, ev.pub_box))
+        sm = self._smoothers.get(key)
+        if sm is not None:
+            sm.deactivate()
+        self._gauge(key[0], key[1], 0)
+        log.info("event %s ended (%s)", ev.event_id, reason)
+        msg = self._message("end", ev.event_id, result, key[1], score, box)
+        msg["reason"] = reason
+        if reason != "cleared":
+            # Closed by the daemon, not by a window: no capture time to measure latency from.
+            msg.pop("_t_end_mono")
+        return msg
+
+    def _gauge(self, camera: str, label: str, value: int) -> None:
+        if self.metrics is not None:
+            self.metrics.events_active.labels(camera=camera, label=label).set(value)
+
+    @staticmethod
+    def _message(kind: str, event_id: str, result: WindowResult, label: str, score: float,
+                 box: Sequence[float]) -> dict:
+        w, h = result.frame_size
+        nbox = [min(max(float(v), 0.0), 1.0) for v in box]
+        box_px = [int(round(nbox[0] * w)), int(round(nbox[1] * h)),
+                  int(round(nbox[2] * w)), int(round(nbox[3] * h))]
+        score = float(score) if math.isfinite(score) else 0.0
+        return {
+            "schema": SCHEMA,
+            "type": kind,
+            "event_id": event_id,
+            "camera": result.camera,
+            "label": label,
+            "score": round(score, 4),
+            "box": [round(v, 4) for v in nbox],
+            "box_px": box_px,
+            "frame_size": [int(w), int(h)],
+            "window": {"start": iso_utc(result.t_start_wall), "end": iso_utc(result.t_end_wall)},
+            "snapshot": None,
+            "clip": None,
+            "reason": None,
+            "_t_end_mono": result.t_end_mono,
+            "_t_end_wall": result.t_end_wall,
+            "_end_seq": result.end_seq,
+        }

@@ -1,0 +1,158 @@
+"""The daemon's Prometheus metrics (design.md's table), on a registry of their own.
+
+`VigilMetrics` owns a fresh `CollectorRegistry`, so two daemons (or two tests) in one process
+never share counters, and nothing registers on prometheus_client's global registry. Labels are
+only `camera`, `label` and `type` (plus `version`, `model`, `device` on `vigil_build_info`):
+never a URL, a credential or free text.
+
+Thread-safety: prometheus_client metrics are safe to update from any thread.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import start_http_server as _prom_start_http_server
+
+log = logging.getLogger(__name__)
+
+# One batch's forward pass, device sync included: a few ms on a GPU, seconds on a small CPU.
+INFERENCE_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+# Windows per batch: powers of two up to 64 (max_batch is usually 8).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Last frame captured -> start published: the service promises "a second or two".
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+
+# design.md's metric names, as they appear in the exposition.
+METRIC_NAMES = (
+    "vigil_frames_total", "vigil_frames_dropped_total", "vigil_camera_up",
+    "vigil_camera_reconnects_total", "vigil_camera_last_frame_age_seconds",
+    "vigil_windows_total", "vigil_windows_skipped_total", "vigil_inference_seconds",
+    "vigil_batch_size", "vigil_alert_latency_seconds", "vigil_alerts_total",
+    "vigil_events_active", "vigil_publish_dropped_total", "vigil_build_info",
+)
+
+
+class MetricsServer:
+    """The running HTTP exporter; `shutdown()` stops it and frees the port."""
+
+    def __init__(self, httpd, thread: threading.Thread) -> None:
+        self._httpd = httpd
+        self._thread = thread
+        self.host, self.port = httpd.server_address[:2]
+
+    def shutdown(self, timeout: float = 2.0) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout)
+
+
+class VigilMetrics:
+    """Every metric of the design, as attributes (see design.md for their meaning).
+
+    Args:
+        registry: where to register; None = a new private `CollectorRegistry`.
+    """
+
+    def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        cam = ["camera"]
+        self.frames = Counter("vigil_frames_total", "Frames decoded.", cam, registry=r)
+        self.frames_dropped = Counter(
+            "vigil_frames_dropped_total",
+            "Frames lost before the ring buffer (decode errors, overrun).", cam, registry=r)
+        self.camera_up = Gauge("vigil_camera_up",
+                               "1 while frames arrive, 0 while reconnecting.", cam, registry=r)
+        self.camera_reconnects = Counter("vigil_camera_reconnects_total",
+                                         "Camera reopen attempts.", cam, registry=r)
+        self.camera_last_frame_age = Gauge(
+            "vigil_camera_last_frame_age_seconds",
+            "Seconds since the camera's last decoded frame.", cam, registry=r)
+        self.windows = Counter("vigil_windows_total", "Windows inferred.", cam, registry=r)
+        self.windows_skipped = Counter(
+            "vigil_windows_skipped_total", "Due windows dropped under overload.", cam, registry=r)
+        self.inference_seconds = Histogram(
+            "vigil_inference_seconds", "Wall time of one batch's inference, device time included.",
+            registry=r, buckets=INFERENCE_BUCKETS)
+        self.batch_size = Histogram("vigil_batch_size", "Windows per inference batch.",
+                                    registry=r, buckets=BATCH_BUCKETS)
+        self.alert_latency = Histogram(
+            "vigil_alert_latency_seconds",
+            "Last frame of the triggering window captured -> start alert published.",
+            registry=r, buckets=LATENCY_BUCKETS)
+        self.alerts = Counter("vigil_alerts_total", "Alert messages published.",
+                              ["camera", "label", "type"], registry=r)
+        self.events_active = Gauge("vigil_events_active", "Open events.",
+                                   ["camera", "label"], registry=r)
+        self.publish_dropped = Counter(
+            "vigil_publish_dropped_total",
+            "Messages the alert socket refused (high-water mark); they stay in the journal.",
+            registry=r)
+        self.build_info = Gauge("vigil_build_info", "Constant 1, labelled with the build.",
+                                ["version", "model", "device"], registry=r)
+
+    def set_build_info(self, version: str, model: str, device: str) -> None:
+        """Publish `vigil_build_info{version,model,device} 1` (replacing any previous labels).
+
+        `model` should be a short identifier (checkpoint file name or architecture), not a path.
+        """
+        self.build_info.clear()
+        self.build_info.labels(version=version, model=model, device=device).set(1)
+
+    def add_camera(self, camera: str, labels: tuple[str, ...] = ()) -> None:
+        """Create the camera's series at 0 so dashboards show them before the first event."""
+        for metric in (self.frames, self.frames_dropped, self.camera_up, self.camera_reconnects,
+                       self.windows, self.windows_skipped):
+            metric.labels(camera=camera)
+        for label in labels:
+            self.events_active.labels(camera=camera, label=label).set(0)
+
+    def track_frame_age(self, camera: str, last_frame_mono: Callable[[], Optional[float]]) -> None:
+        """Compute `vigil_camera_last_frame_age_seconds{camera}` at scrape time.
+
+        Args:
+            last_frame_mono: returns the `time.monotonic()` of the camera's last frame, or None
+                before the first one (reported as NaN).
+        """
+        def age() -> float:
+            t = last_frame_mono()
+            return float("nan") if t is None else max(time.monotonic() - t, 0.0)
+        self.camera_last_frame_age.labels(camera=camera).set_function(age)
+
+    def remove_camera(self, camera: str, labels: tuple[str, ...] = ()) -> None:
+        """Drop a removed camera's series (after a reload), so they do not linger at old values."""
+        for metric in (self.frames, self.frames_dropped, self.camera_up, self.camera_reconnects,
+                       self.camera_last_frame_age, self.windows, self.windows_skipped):
+            try:
+                metric.remove(camera)
+            except KeyError:
+                pass
+        for label in labels:
+            try:
+                self.events_active.remove(camera, label)
+            except KeyError:
+                pass
+            for kind in ("start", "update", "end"):
+                try:
+                    self.alerts.remove(camera, label, kind)
+                except KeyError:
+                    pass
+
+    def exposition(self) -> bytes:
+        """The text exposition Prometheus would scrape."""
+        return generate_latest(self.registry)
+
+    def start_http_server(self, host: str = "127.0.0.1", port: int = 9108) -> MetricsServer:
+        """Serve /metrics on host:port (loopback by default; port 0 = any free port).
+
+        prometheus_client binds every interface unless given `addr`, so the host is passed
+        explicitly.
+        """
+        httpd, thread = _prom_start_http_server(port, addr=host, registry=self.registry)
+        server = MetricsServer(httpd, thread)
+        log.info("metrics on http://%s:%d/metrics", server.host, server.port)
+        return server

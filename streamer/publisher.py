@@ -1,0 +1,390 @@
+"""Alerts on the wire: a ZeroMQ publisher, a replay server over the journal, heartbeats, CURVE.
+
+Publishing. Multipart `[b"alert.<camera>.<label>", <vigil.alert/1 JSON, UTF-8>]` on an XPUB
+socket (a PUB that also reports subscriptions). Every message must already be in the journal
+(`Journal.append`, or `emit` which does both), so nothing a subscriber could miss is lost. Sends
+never block the daemon: `zmq.NOBLOCK`, and `XPUB_NODROP` so that a full high-water mark surfaces
+as `zmq.Again`, counted in `vigil_publish_dropped_total`, instead of a silent per-subscriber drop.
+The price of NODROP: while one subscriber's queue is full, the message goes to nobody; every
+subscriber recovers it from the replay socket (seq gaps and heartbeats reveal it), which is the
+point of the journal. ZMTP heartbeats (`HEARTBEAT_IVL`/`HEARTBEAT_TIMEOUT`) drop dead peers so
+their queues do not hold messages forever.
+
+Heartbeats. Topic `heartbeat`, JSON `{"schema": "vigil.heartbeat/1", "seq": <last alert seq>,
+"uptime_s": ..., "sent_at": ..., **payload}` (the daemon adds `"cameras": {name: state}`); `seq`
+includes alerts the socket refused, so a subscriber that sees it ahead of what it holds replays.
+
+Replay protocol (ROUTER socket at `replay_endpoint`; clients use DEALER or REQ). One request, one
+reply, each a single JSON frame (a REQ client's empty delimiter frame is echoed back):
+
+    request: {"since": N, "limit": L (optional, <= page size), "id": any (optional, echoed)}
+    reply:   {"schema": "vigil.replay/1", "id": ..., "alerts": [every message with seq > N,
+              oldest first, at most L or the page size], "last_seq": <highest seq assigned>,
+              "more": true when messages after the last one returned exist}
+    error:   {"schema": "vigil.replay/1", "id": ..., "error": "<what was wrong>"}
+
+A client pages by asking again with `since` = the last seq received while `more` is true; pages
+keep the server stateless and flow-controlled (a ROUTER would silently drop a long stream sent
+to a slow peer). `{"since": 0, "limit": 0}` just asks for `last_seq`.
+
+Threads. ZeroMQ sockets are not thread-safe: the PUB socket is used only by the thread that
+calls `publish`/`heartbeat`/`emit` (the daemon's event thread). The replay thread owns the ROUTER
+socket and its own `Journal` connection. `close()` stops the replay thread within a second.
+
+CURVE (when `curve` is given): both sockets are CURVE servers with the server's secret key, and a
+`zmq.auth` ThreadAuthenticator admits only clients whose public key is in the authorised clients
+directory. Keys are read at start-up: restart (or reload) the daemon after adding a client.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from detector.errors import ConfigError, VigilError
+
+from .events import iso_utc
+from .journal import Journal
+
+log = logging.getLogger(__name__)
+
+REPLAY_SCHEMA = "vigil.replay/1"
+HEARTBEAT_SCHEMA = "vigil.heartbeat/1"
+PAGE_SIZE = 500
+_KEY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class PublishError(VigilError):
+    """An alert socket cannot be set up (address in use, bad keys)."""
+
+
+def _curve_paths(curve: Any) -> tuple[Path, Path]:
+    """(server secret key file, authorised clients dir) from a CurveConfig or a mapping."""
+    if isinstance(curve, Mapping):
+        return Path(curve["server_secret_key"]), Path(curve["authorized_clients"])
+    return Path(curve.server_secret_key), Path(curve.authorized_clients)
+
+
+def load_server_keys(secret_key_file: Path) -> tuple[bytes, bytes]:
+    """(public, secret) Z85 keys from a `.key_secret` file written by `generate_keys`."""
+    try:
+        public, secret = zmq.auth.load_certificate(str(secret_key_file))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"alerts.curve.server_secret_key: cannot read {secret_key_file}: {exc}"
+                          ) from None
+    if not secret:
+        raise ConfigError(f"alerts.curve.server_secret_key: {secret_key_file} holds no secret "
+                          "key (give the .key_secret file, not the public .key)")
+    return public, secret
+
+
+class AlertPublisher:
+    """The PUB socket, the replay server and (optionally) CURVE authentication.
+
+    Args:
+        endpoint: where to bind the PUB socket, e.g. `tcp://127.0.0.1:5557` (`:*` = any port;
+            read the bound one from `.endpoint`).
+        replay_endpoint: where to bind the replay ROUTER socket.
+        journal_path: the journal file the replay thread reads (and `emit` writes).
+        metrics: optional `VigilMetrics` (alerts_total, publish_dropped_total, alert latency).
+        sndhwm: messages queued per subscriber before sends are refused.
+        curve: None, or an object/mapping with `server_secret_key` and `authorized_clients`.
+        context: a zmq.Context to use; None = a private one, terminated by `close()`.
+        heartbeat_ivl_s: ZMTP heartbeat interval; a peer silent for 3 intervals is dropped.
+        page_size: most alerts per replay reply.
+    Raises:
+        PublishError: an endpoint cannot be bound. ConfigError: unreadable CURVE keys.
+        JournalError: the journal cannot be opened.
+    """
+
+    def __init__(self, endpoint: str, replay_endpoint: str, journal_path: str | Path,
+                 metrics: Any = None, sndhwm: int = 1000, curve: Any = None,
+                 context: Optional[zmq.Context] = None, heartbeat_ivl_s: float = 2.0,
+                 page_size: int = PAGE_SIZE) -> None:
+        self.journal_path = Path(journal_path)
+        self.metrics = metrics
+        self.page_size = max(int(page_size), 1)
+        self._own_context = context is None
+        self.context = context if context is not None else zmq.Context()
+        self._auth: Optional[ThreadAuthenticator] = None
+        self._pub: Optional[zmq.Socket] = None
+        self._router: Optional[zmq.Socket] = None
+        self._writer: Optional[Journal] = None
+        self._writer_thread: Optional[int] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._started = time.monotonic()
+        self._closed = False
+        try:
+            # Fail here, in the caller's thread, if the journal is unusable.
+            with Journal(self.journal_path) as journal:
+                self._last_seq = journal.last_seq()
+            keys = self._setup_curve(curve) if curve is not None else None
+            self._pub = self._socket(zmq.XPUB, keys, heartbeat_ivl_s)
+            self._pub.setsockopt(zmq.SNDHWM, int(sndhwm))
+            # Refuse (EAGAIN) instead of silently dropping at the high-water mark: see docstring.
+            self._pub.setsockopt(zmq.XPUB_NODROP, 1)
+            self.endpoint = self._bind(self._pub, endpoint, "alerts.endpoint")
+            self._router = self._socket(zmq.ROUTER, keys, heartbeat_ivl_s)
+            self.replay_endpoint = self._bind(self._router, replay_endpoint,
+                                              "alerts.replay_endpoint")
+        except BaseException:
+            self.close()
+            raise
+        # The ROUTER was created here so bind errors surface in the caller; from now on only the
+        # replay thread touches it (thread start is the memory barrier ZeroMQ asks for).
+        self._thread = threading.Thread(target=self._replay_loop, name="vigil-replay",
+                                        daemon=True)
+        self._thread.start()
+        log.info("alerts on %s, replay on %s%s", self.endpoint, self.replay_endpoint,
+                 " (CURVE)" if keys else "")
+
+    # ---- set-up --------------------------------------------------------------------------------
+    def _setup_curve(self, curve: Any) -> tuple[bytes, bytes]:
+        secret_file, clients_dir = _curve_paths(curve)
+        keys = load_server_keys(secret_file)
+        if not clients_dir.is_dir():
+            raise ConfigError(f"alerts.curve.authorized_clients: not a directory: {clients_dir}")
+        self._auth = ThreadAuthenticator(self.context, log=logging.getLogger("vigil.zmq.auth"))
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(clients_dir))
+        return keys
+
+    def _socket(self, kind: int, keys: Optional[tuple[bytes, bytes]],
+                heartbeat_ivl_s: float) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        # A stopping daemon must not hang on undeliverable messages; they are in the journal.
+        sock.setsockopt(zmq.LINGER, 100)
+        ivl = max(int(heartbeat_ivl_s * 1000), 100)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ivl)
+        if keys is not None:
+            sock.curve_server = True
+            sock.curve_publickey, sock.curve_secretkey = keys
+        return sock
+
+    @staticmethod
+    def _bind(sock: zmq.Socket, endpoint: str, key: str) -> str:
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise PublishError(f"{key}: cannot bind {endpoint}: {exc}") from None
+        return sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    # ---- publishing (caller's thread) ----------------------------------------------------------
+    def publish(self, msg: dict) -> bool:
+        """Send one journalled alert. Never blocks.
+
+        Args:
+            msg: a final message from `Journal.append` (it must carry `seq`).
+        Returns:
+            True if sent, False if the high-water mark refused it (counted as dropped; it stays
+            in the journal for replay).
+        """
+        if "seq" not in msg:
+            raise ValueError("publish() takes a journalled message: call Journal.append first")
+        self._last_seq = max(self._last_seq, int(msg["seq"]))
+        topic = f"alert.{msg['camera']}.{msg['label']}".encode()
+        if not self._send(topic, msg):
+            return False
+        if self.metrics is not None:
+            self.metrics.alerts.labels(camera=msg["camera"], label=msg["label"],
+                                       type=msg["type"]).inc()
+            if msg["type"] == "start" and msg.get("latency_s") is not None:
+                self.metrics.alert_latency.observe(float(msg["latency_s"]))
+        return True
+
+    def emit(self, msg: dict) -> dict:
+        """Journal then publish (the journal connection is opened in the calling thread).
+
+        Returns:
+            The final message (with seq, published_at, latency_s), sent or not.
+        """
+        if self._writer is None:
+            self._writer = Journal(self.journal_path)
+            self._writer_thread = threading.get_ident()
+        elif self._writer_thread != threading.get_ident():
+            raise RuntimeError("emit() must always be called from the same thread")
+        final = self._writer.append(msg)
+        self.publish(final)
+        return final
+
+    def heartbeat(self, payload: Optional[dict] = None) -> bool:
+        """Send a heartbeat with the last seq, the uptime and `payload` (e.g. camera states).
+
+        Returns:
+            True if sent, False if refused by the high-water mark.
+        """
+        msg = {"schema": HEARTBEAT_SCHEMA, "seq": self._last_seq,
+               "uptime_s": round(time.monotonic() - self._started, 1),
+               "sent_at": iso_utc(time.time())}
+        msg.update(payload or {})
+        return self._send(b"heartbeat", msg)
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq handed to `publish` (or in the journal at start-up)."""
+        return self._last_seq
+
+    def _send(self, topic: bytes, msg: dict) -> bool:
+        assert self._pub is not None
+        self._drain_subscriptions()
+        body = json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        try:
+            self._pub.send_multipart([topic, body], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            if self.metrics is not None:
+                self.metrics.publish_dropped.inc()
+            log.warning("alert socket full (a subscriber is not reading): %s seq %s not sent, "
+                        "it stays in the journal", topic.decode(), msg.get("seq"))
+            return False
+        return True
+
+    def _drain_subscriptions(self) -> None:
+        """Read XPUB's (un)subscription notices so they do not pile up; log them."""
+        assert self._pub is not None
+        for _ in range(1000):
+            try:
+                note = self._pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if note:
+                log.debug("%s %r", "subscribe" if note[0] == 1 else "unsubscribe", note[1:])
+
+    # ---- replay (own thread) -------------------------------------------------------------------
+    def _replay_loop(self) -> None:
+        router = self._router
+        assert router is not None
+        journal: Optional[Journal] = None
+        try:
+            journal = Journal(self.journal_path)
+            poller = zmq.Poller()
+            poller.register(router, zmq.POLLIN)
+            while not self._stop.is_set():
+                if not poller.poll(100):
+                    continue
+                frames = router.recv_multipart(zmq.NOBLOCK)
+                reply = self._answer(journal, frames[-1])
+                try:
+                    router.send_multipart([*frames[:-1], reply], flags=zmq.NOBLOCK)
+                except zmq.ZMQError as exc:  # peer gone, or its queue is full
+                    log.debug("replay reply not sent: %s", exc)
+        except zmq.ContextTerminated:
+            pass
+        except Exception:  # the daemon must learn that replay is down, not just lose it
+            log.exception("replay server stopped")
+        finally:
+            router.close(linger=0)
+            if journal is not None:
+                journal.close()
+
+    def _answer(self, journal: Journal, body: bytes) -> bytes:
+        reply: dict[str, Any] = {"schema": REPLAY_SCHEMA, "id": None}
+        try:
+            req = json.loads(body.decode("utf-8"))
+            if not isinstance(req, dict):
+                raise ValueError("request must be a JSON object")
+            reply["id"] = req.get("id") if isinstance(req.get("id"), (str, int, float)) else None
+            since, limit = req.get("since"), req.get("limit", self.page_size)
+            for name, value in (("since", since), ("limit", limit)):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ValueError(f"{name} must be an integer >= 0")
+            limit = min(limit, self.page_size)
+            rows = journal.since(since, limit + 1)
+            reply["alerts"] = rows[:limit]
+            reply["more"] = len(rows) > limit
+            reply["last_seq"] = journal.last_seq()
+        except (UnicodeDecodeError, ValueError) as exc:
+            reply["error"] = f"bad replay request: {exc}"
+        except sqlite3.Error as exc:       # e.g. locked too long: say so, keep serving
+            log.warning("replay: journal error: %s", exc)
+            reply["error"] = f"journal unavailable: {exc}"
+        return json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    # ---- shutdown ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the replay thread (within a second), close the sockets, stop authentication."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+            if self._thread.is_alive():
+                log.warning("replay thread did not stop within 1 s")
+        elif self._router is not None:
+            self._router.close(linger=0)
+        if self._pub is not None:
+            self._pub.close()
+        if self._writer is not None and self._writer_thread == threading.get_ident():
+            self._writer.close()
+        if self._auth is not None:
+            self._auth.stop()
+        if self._own_context:
+            if self._thread is not None and self._thread.is_alive():
+                log.warning("leaving the ZeroMQ context open: the replay thread still runs")
+            else:
+                self.context.term()
+
+    def __enter__(self) -> "AlertPublisher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def generate_keys(directory: str | Path, clients: Iterable[str] = ("client",),
+                  overwrite: bool = False) -> dict[str, Any]:
+    """Write CURVE key pairs for the server and each client (`vigil keys generate`).
+
+    Layout:
+        <dir>/server.key, server.key_secret       server pair (give server.key to clients)
+        <dir>/authorized_clients/<name>.key         client public keys (alerts.curve.authorized_clients)
+        <dir>/clients/<name>.key, <name>.key_secret   client pairs (give to each subscriber)
+
+    Args:
+        directory: where to write (created).
+        clients: client names, `[A-Za-z0-9_-]{1,64}` each.
+        overwrite: replace existing keys (otherwise existing keys are an error).
+    Returns:
+        {"server_public_key", "server_secret_key", "authorized_clients": Path,
+         "clients": {name: secret key Path}}.
+    """
+    directory = Path(directory)
+    clients = list(clients)
+    for name in clients:
+        if not _KEY_NAME.fullmatch(name) or name == "server":
+            raise ConfigError(f"client name {name!r}: use 1 to 64 of A-Z a-z 0-9 _ - "
+                              "(and not 'server')")
+    authorized = directory / "authorized_clients"
+    client_dir = directory / "clients"
+    targets = [directory / "server.key_secret"] + [client_dir / f"{n}.key_secret" for n in clients]
+    existing = [p for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"{existing[0]}: key already exists (refusing to overwrite keys that "
+                          "clients may be using)")
+    for d in (directory, authorized, client_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    server_public, server_secret = zmq.auth.create_certificates(str(directory), "server")
+    os.chmod(server_secret, 0o600)
+    out: dict[str, Any] = {"server_public_key": Path(server_public),
+                           "server_secret_key": Path(server_secret),
+                           "authorized_clients": authorized, "clients": {}}
+    for name in clients:
+        public, secret = zmq.auth.create_certificates(str(client_dir), name)
+        os.chmod(secret, 0o600)
+        shutil.copyfile(public, authorized / f"{name}.key")
+        out["clients"][name] = Path(secret)
+    log.info("CURVE keys written to %s (server + %d clients)", directory, len(clients))
+    return out

@@ -1,0 +1,464 @@
+"""The client side of Vigil's alerts: subscribe, catch up from the journal, never miss one.
+
+`AlertSubscriber` follows the ZeroMQ guide's clone pattern: it subscribes to `alert.` and
+`heartbeat` first, then asks the replay socket for everything after the last seq it holds (see
+`streamer/publisher.py` for the protocol), merges replayed and live messages, drops duplicates by
+seq and hands alerts out strictly in seq order. A jump in seq (or a heartbeat whose seq is ahead
+of what it holds, or heartbeats falling silent) makes it ask the replay socket again; what the
+journal cannot supply either is reported in `gaps` and logged, and delivery goes on.
+
+`vigil alerts` is a thin wrapper: `for msg in AlertSubscriber(...): print(format_alert(msg))`.
+
+Not thread-safe (ZeroMQ sockets): use a subscriber from one thread.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import unicodedata
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import zmq
+import zmq.auth
+
+from detector.errors import ConfigError, VigilError
+
+from .events import END_REASONS, SCHEMA, TYPES
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 1 << 20       # an alert is < 2 kB; refuse anything absurd before parsing
+_MAX_REPLAY_PAGES = 10_000
+
+
+class AlertFormatError(VigilError):
+    """A message on the alert socket is not a valid `vigil.alert/1` (or heartbeat) message."""
+
+
+@dataclass
+class ClientCurve:
+    """CURVE keys of a subscriber: the server's public key and this client's secret key file
+    (both written by `vigil keys generate`: `server.key`, `clients/<name>.key_secret`)."""
+    server_public_key: Path
+    client_secret_key: Path
+
+
+# ---- parsing -----------------------------------------------------------------------------------
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _load_json(frame: Any, what: str) -> Any:
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise AlertFormatError(f"{what}: expected bytes, got {type(frame).__name__}")
+    frame = bytes(frame)
+    if len(frame) > MAX_FRAME_BYTES:
+        raise AlertFormatError(f"{what}: {len(frame)} bytes, more than {MAX_FRAME_BYTES}")
+    try:
+        return json.loads(frame.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise AlertFormatError(f"{what}: not UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise AlertFormatError(f"{what}: not JSON ({str(exc)[:80]})") from None
+
+
+def _number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_alert(msg: Any) -> dict:
+    """Check a decoded alert against `vigil.alert/1` (extra keys allowed for forward compat).
+
+    Returns:
+        `msg` itself.
+    Raises:
+        AlertFormatError: naming the first offending field.
+    """
+    def need(ok: bool, field: str, what: str) -> None:
+        if not ok:
+            shown = repr(msg.get(field))[:40] if isinstance(msg, dict) else ""
+            raise AlertFormatError(f"alert.{field}: {what}, got {shown}")
+
+    if not isinstance(msg, dict):
+        raise AlertFormatError(f"alert: expected a JSON object, got {type(msg).__name__}")
+    need(msg.get("schema") == SCHEMA, "schema", f"expected {SCHEMA!r}")
+    need(_int(msg.get("seq")) and msg["seq"] >= 1, "seq", "expected an integer >= 1")
+    need(msg.get("type") in TYPES, "type", f"expected one of {', '.join(TYPES)}")
+    for field in ("event_id", "camera", "label", "published_at"):
+        need(isinstance(msg.get(field), str) and msg[field] != "", field, "expected a string")
+    need(_number(msg.get("score")) and 0.0 <= msg["score"] <= 1.0, "score",
+         "expected a number in [0, 1]")
+    box = msg.get("box")
+    need(isinstance(box, list) and len(box) == 4 and all(_number(v) and 0.0 <= v <= 1.0
+                                                         for v in box),
+         "box", "expected 4 numbers in [0, 1]")
+    box_px = msg.get("box_px")
+    need(isinstance(box_px, list) and len(box_px) == 4 and all(_int(v) for v in box_px),
+         "box_px", "expected 4 integers")
+    size = msg.get("frame_size")
+    need(isinstance(size, list) and len(size) == 2 and all(_int(v) and v > 0 for v in size),
+         "frame_size", "expected [width, height]")
+    window = msg.get("window")
+    need(isinstance(window, dict) and isinstance(window.get("start"), str)
+         and isinstance(window.get("end"), str), "window", "expected {start, end} strings")
+    latency = msg.get("latency_s")
+    need(latency is None or (_number(latency) and latency >= 0), "latency_s",
+         "expected a number >= 0 or null")
+    for field in ("snapshot", "clip"):
+        need(msg.get(field) is None or isinstance(msg[field], str), field,
+             "expected a string or null")
+    if msg["type"] == "end":
+        need(msg.get("reason") in END_REASONS, "reason",
+             f"an end needs one of {', '.join(END_REASONS)}")
+    else:
+        need(msg.get("reason") is None, "reason", "only an end has a reason")
+    return msg
+
+
+def validate_heartbeat(msg: Any) -> dict:
+    """Check a decoded heartbeat: a JSON object with an integer `seq` >= 0."""
+    if not isinstance(msg, dict):
+        raise AlertFormatError(f"heartbeat: expected a JSON object, got {type(msg).__name__}")
+    if not (_int(msg.get("seq")) and msg["seq"] >= 0):
+        raise AlertFormatError(f"heartbeat.seq: expected an integer >= 0, got "
+                               f"{repr(msg.get('seq'))[:40]}")
+    return msg
+
+
+def _frames(frames: Sequence[Any]) -> tuple[bytes, Any]:
+    if not isinstance(frames, (list, tuple)) or len(frames) != 2:
+        n = len(frames) if isinstance(frames, (list, tuple)) else type(frames).__name__
+        raise AlertFormatError(f"expected 2 frames [topic, json], got {n}")
+    topic = frames[0]
+    if not isinstance(topic, (bytes, bytearray, memoryview)):
+        raise AlertFormatError(f"topic: expected bytes, got {type(topic).__name__}")
+    return bytes(topic), frames[1]
+
+
+def parse_alert(frames: Sequence[Any]) -> dict:
+    """Decode and validate one alert, `[b"alert.<camera>.<label>", json]`.
+
+    Returns:
+        The alert dict.
+    Raises:
+        AlertFormatError: whatever is wrong with it (never another exception).
+    """
+    topic, body = _frames(frames)
+    if not topic.startswith(b"alert."):
+        raise AlertFormatError(f"topic {topic[:60]!r}: expected alert.<camera>.<label>")
+    msg = validate_alert(_load_json(body, "alert"))
+    expected = f"alert.{msg['camera']}.{msg['label']}".encode("utf-8", "replace")
+    if topic != expected:
+        raise AlertFormatError(f"topic {topic[:60]!r} does not match camera/label ({expected!r})")
+    return msg
+
+
+def parse_heartbeat(frames: Sequence[Any]) -> dict:
+    """Decode and validate one heartbeat, `[b"heartbeat", json]` (AlertFormatError if not)."""
+    topic, body = _frames(frames)
+    if topic != b"heartbeat":
+        raise AlertFormatError(f"topic {topic[:60]!r}: expected heartbeat")
+    return validate_heartbeat(_load_json(body, "heartbeat"))
+
+
+def _clean(value: Any, width: int = 64) -> str:
+    """Printable text only: a message must not be able to drive the reader's terminal."""
+    text = "" if value is None else str(value)
+    text = "".join(ch if unicodedata.category(ch)[0] != "C" else "?" for ch in text)
+    return text[:width]
+
+
+def format_alert(msg: Mapping[str, Any]) -> str:
+    """One readable line: time, seq, camera, type, label, score, event, reason, snapshot/clip."""
+    score = msg.get("score")
+    parts = [
+        _clean(msg.get("published_at") or msg.get("window", {}).get("end"), 24),
+        f"#{_clean(msg.get('seq'), 12)}",
+        _clean(msg.get("camera")),
+        _clean(msg.get("type"), 8).upper(),
+        _clean(msg.get("label")),
+        f"score={score:.2f}" if _number(score) else "score=?",
+        _clean(msg.get("event_id"), 100),
+    ]
+    if msg.get("reason"):
+        parts.append(f"reason={_clean(msg['reason'])}")
+    if msg.get("latency_s") is not None and msg.get("type") == "start":
+        parts.append(f"latency={_clean(msg['latency_s'], 12)}s")
+    if msg.get("snapshot"):
+        parts.append(f"snapshot={_clean(msg['snapshot'], 300)}")
+    if msg.get("clip"):
+        parts.append(f"clip={_clean(msg['clip'], 300)}")
+    return " ".join(parts)
+
+
+# ---- the subscriber ----------------------------------------------------------------------------
+class AlertSubscriber:
+    """Live alerts in seq order, caught up from the journal, duplicates dropped, gaps reported.
+
+    Args:
+        endpoint: the daemon's alert (PUB) endpoint, e.g. `tcp://127.0.0.1:5557`.
+        replay_endpoint: the daemon's replay endpoint, e.g. `tcp://127.0.0.1:5558`.
+        since: deliver every alert with seq > since (from the journal, then live); None = only
+            alerts published from now on.
+        curve: None or a `ClientCurve` (or mapping with the same keys).
+        context: a zmq.Context; None = a private one, terminated by `close()`.
+        replay_timeout_s: how long one replay request may take before giving up.
+        heartbeat_timeout_s: no message at all for this long = ask the replay socket (a stuck
+            subscriber elsewhere can stall the publisher; see publisher.py).
+    Attributes:
+        last_seq: seq of the last alert delivered (or the baseline), None before one is known.
+        gaps: (first, last) seq ranges neither the wire nor the journal could supply.
+        last_heartbeat: the last heartbeat dict; `last_heartbeat_at` its monotonic arrival time.
+        malformed: count of messages refused by `parse_alert`.
+    """
+
+    def __init__(self, endpoint: str, replay_endpoint: str, since: Optional[int] = None,
+                 curve: Any = None, context: Optional[zmq.Context] = None,
+                 replay_timeout_s: float = 2.0, heartbeat_timeout_s: float = 15.0) -> None:
+        self._own_context = context is None
+        self.context = context if context is not None else zmq.Context()
+        self.replay_timeout_s = replay_timeout_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.last_seq: Optional[int] = since
+        self.gaps: list[tuple[int, int]] = []
+        self.last_heartbeat: Optional[dict] = None
+        self.last_heartbeat_at: Optional[float] = None
+        self.malformed = 0
+        self._pending: dict[int, dict] = {}
+        self._ready: deque[dict] = deque()
+        self._server_seq = 0          # highest seq the server said exists (heartbeat / replay)
+        self._request_id = 0
+        self._last_rx = time.monotonic()
+        self._closed = False
+        self._sub = self.context.socket(zmq.SUB)
+        self._dealer = self.context.socket(zmq.DEALER)
+        try:
+            keys = self._curve_keys(curve) if curve is not None else None
+            for sock in (self._sub, self._dealer):
+                sock.setsockopt(zmq.LINGER, 0)
+                # ZMTP heartbeats notice a half-open connection (daemon host gone) and reconnect.
+                sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+                sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+                if keys is not None:
+                    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = keys
+            self._sub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+            # Subscribe before asking for the replay (clone pattern): nothing falls in between.
+            self._sub.setsockopt(zmq.SUBSCRIBE, b"alert.")
+            self._sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
+            self._sub.connect(endpoint)
+            self._dealer.connect(replay_endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise ConfigError(f"cannot connect to {endpoint} / {replay_endpoint}: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
+        if since is None:
+            self._baseline()
+        else:
+            self._replay(since)
+
+    @staticmethod
+    def _curve_keys(curve: Any) -> tuple[bytes, bytes, bytes]:
+        if isinstance(curve, Mapping):
+            curve = ClientCurve(Path(curve["server_public_key"]), Path(curve["client_secret_key"]))
+        try:
+            server_public, _ = zmq.auth.load_certificate(str(curve.server_public_key))
+            public, secret = zmq.auth.load_certificate(str(curve.client_secret_key))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read CURVE keys: {exc}") from None
+        if not secret:
+            raise ConfigError(f"{curve.client_secret_key}: holds no secret key "
+                              "(give the client's .key_secret file)")
+        return server_public, public, secret
+
+    # ---- public API ----------------------------------------------------------------------------
+    def poll(self, timeout: Optional[float] = None) -> Optional[dict]:
+        """The next alert in seq order, or None if none arrived within `timeout` seconds.
+
+        Args:
+            timeout: seconds to wait; None = until an alert arrives.
+        """
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while not self._ready:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            wait = 0.5 if deadline is None else min(deadline - now, 0.5)
+            if self._sub.poll(int(wait * 1000)):
+                self._receive()
+            elif time.monotonic() - self._last_rx > self.heartbeat_timeout_s:
+                log.warning("no heartbeat for %.0f s: asking the replay socket",
+                            self.heartbeat_timeout_s)
+                self._last_rx = time.monotonic()   # at most one such replay per timeout
+                self._replay(self.last_seq or 0)
+            self._drain()
+        return self._ready.popleft() if self._ready else None
+
+    def __iter__(self) -> Iterator[dict]:
+        """Alerts forever (until `close()`), in seq order."""
+        while not self._closed:
+            msg = self.poll(1.0)
+            if msg is not None:
+                yield msg
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._sub.close(linger=0)
+        self._dealer.close(linger=0)
+        if self._own_context:
+            self.context.term()
+
+    def __enter__(self) -> "AlertSubscriber":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- live messages -------------------------------------------------------------------------
+    def _receive(self) -> None:
+        """Take everything waiting on the SUB socket (bounded) into the pending set."""
+        for _ in range(10_000):
+            try:
+                frames = self._sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._last_rx = time.monotonic()
+            try:
+                if frames and frames[0] == b"heartbeat":
+                    self._on_heartbeat(parse_heartbeat(frames))
+                else:
+                    msg = parse_alert(frames)
+                    self._server_seq = max(self._server_seq, msg["seq"])
+                    if self.last_seq is None:
+                        self.last_seq = msg["seq"] - 1
+                    if msg["seq"] > self.last_seq:
+                        self._pending[msg["seq"]] = msg
+            except AlertFormatError as exc:
+                self.malformed += 1
+                log.warning("ignoring a malformed message: %s", exc)
+
+    def _on_heartbeat(self, hb: dict) -> None:
+        self.last_heartbeat, self.last_heartbeat_at = hb, time.monotonic()
+        if self.last_seq is None:
+            self.last_seq = hb["seq"]             # no baseline from replay: start from now
+        if self.last_seq is not None and hb["seq"] < self.last_seq:
+            # The daemon's journal is behind what we hold: it was replaced. Start over from it.
+            log.warning("server seq %d is behind ours (%d): journal replaced? resetting",
+                        hb["seq"], self.last_seq)
+            self.last_seq = hb["seq"]
+            self._pending.clear()
+        self._server_seq = max(self._server_seq, hb["seq"])
+
+    def _drain(self) -> None:
+        """Move pending alerts to the ready queue in seq order, replaying to fill gaps."""
+        replayed = False
+        while True:
+            if self.last_seq is None:
+                if not self._pending:
+                    return
+                self.last_seq = min(self._pending) - 1
+            while self._pending:
+                seq = min(self._pending)
+                msg = self._pending.pop(seq)
+                if seq <= self.last_seq:
+                    continue                      # duplicate (live and replayed)
+                if seq != self.last_seq + 1:
+                    self._pending[seq] = msg
+                    break
+                self._ready.append(msg)
+                self.last_seq = seq
+            missing_to = (min(self._pending) - 1) if self._pending else self._server_seq
+            if missing_to <= self.last_seq:
+                return
+            if not replayed:
+                replayed = True
+                if self._replay(self.last_seq):
+                    continue
+                if not self._pending:
+                    return                        # server unreachable: try again later
+            # Still missing after asking the journal (pruned, or the replay socket is down
+            # while later alerts wait): report and move on rather than stall forever.
+            gap = (self.last_seq + 1, missing_to)
+            self.gaps.append(gap)
+            log.warning("alerts %d..%d are lost (not on the wire, not in the journal)", *gap)
+            self.last_seq = missing_to
+
+    # ---- replay --------------------------------------------------------------------------------
+    def _baseline(self) -> None:
+        """`since=None`: learn the current last seq, deliver only what comes after it."""
+        reply = self._request({"since": 0, "limit": 0})
+        if reply is not None:
+            self.last_seq = reply["last_seq"]
+            self._server_seq = max(self._server_seq, reply["last_seq"])
+
+    def _replay(self, since: int) -> bool:
+        """Fetch every alert after `since` into the pending set. False if the server is silent."""
+        for _ in range(_MAX_REPLAY_PAGES):
+            reply = self._request({"since": since})
+            if reply is None:
+                return False
+            if self.last_seq is not None and reply["last_seq"] < self.last_seq:
+                log.warning("server seq %d is behind ours (%d): journal replaced? resetting",
+                            reply["last_seq"], self.last_seq)
+                self.last_seq = since = reply["last_seq"]
+                self._pending.clear()
+                continue
+            self._server_seq = max(self._server_seq, reply["last_seq"])
+            for raw in reply["alerts"]:
+                try:
+                    msg = validate_alert(raw)
+                except AlertFormatError as exc:
+                    self.malformed += 1
+                    log.warning("ignoring a malformed replayed alert: %s", exc)
+                    continue
+                if self.last_seq is None or msg["seq"] > self.last_seq:
+                    self._pending[msg["seq"]] = msg
+                since = max(since, msg["seq"])
+            if not reply["more"] or not reply["alerts"]:
+                return True
+        return True
+
+    def _request(self, body: dict) -> Optional[dict]:
+        """One replay request/reply; None on timeout or an error reply."""
+        self._request_id += 1
+        body = {**body, "id": self._request_id}
+        try:
+            self._dealer.send(json.dumps(body).encode(), zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("replay socket not reachable")
+            return None
+        deadline = time.monotonic() + self.replay_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._dealer.poll(int(remaining * 1000)):
+                log.warning("replay request timed out after %.1f s", self.replay_timeout_s)
+                return None
+            frames = self._dealer.recv_multipart()
+            try:
+                reply = _load_json(frames[-1], "replay")
+            except AlertFormatError as exc:
+                log.warning("bad replay reply: %s", exc)
+                continue
+            if not isinstance(reply, dict) or reply.get("id") != self._request_id:
+                continue                          # a late answer to an earlier request
+            if "error" in reply:
+                log.warning("replay refused: %s", _clean(reply["error"], 200))
+                return None
+            if not (_int(reply.get("last_seq")) and isinstance(reply.get("alerts"), list)
+                    and isinstance(reply.get("more"), bool)):
+                log.warning("bad replay reply: missing last_seq/alerts/more")
+                return None
+            return reply
