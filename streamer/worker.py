@@ -1,0 +1,475 @@
+"""From due windows to per-window detections: the scheduling policy, the batched model call, the loop.
+
+* `Scheduler` (pure, no threads, no clock of its own): given each camera's frame counter, decides
+  which cameras are due, keeps only each camera's NEWEST due window (an older one that was not
+  taken in time is superseded and counted as skipped, never queued), and releases a batch when it
+  is full or the oldest pending window has waited `max_wait_ms`.
+* `InferenceWorker`: one batch = one pinned host tensor, ONE host->device copy, normalisation on
+  the device, the model under `inference_mode` + autocast, then `detector.postprocess.class_scores`
+  into `streamer.types.WindowResult`s. A CUDA out-of-memory error splits the batch in halves and
+  retries (and remembers the smaller size); nothing crashes.
+* `WorkerThread`: polls the scheduler, gathers the windows from the rings, runs the worker, hands
+  results on, and calls `heartbeat()` once per loop iteration so a hung device stops the watchdog
+  pings and systemd restarts the service.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from detector.postprocess import class_scores
+from detector.preprocess import normalize_clips
+
+from .ringbuffer import FramesUnavailableError, RingBuffer
+from .types import ClassScore, WindowResult
+from .windows import DueTracker, window_seqs, window_span
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+# --------------------------------------------------------------------------- scheduling policy
+@dataclass
+class CameraWindow:
+    """How one camera's windows are taken.
+
+    Attributes:
+        fps: the camera's frame rate (the scheduler's `set_fps` updates it once the stream says).
+        clip_seconds: time a window spans (the training clips'); None = T consecutive frames.
+        frames: T, frames per window.
+        stride: frames between two windows.
+    """
+    fps: float
+    clip_seconds: Optional[float]
+    frames: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class DueWindow:
+    """A window the scheduler released for inference.
+
+    Attributes:
+        camera: camera name.
+        seqs: (T,) int64 frame sequence numbers to gather, ending at `end_seq`.
+        end_seq: newest frame of the window (the camera's newest frame when released).
+        due_since: scheduler time at which the camera became due for it.
+    """
+    camera: str
+    seqs: np.ndarray
+    end_seq: int
+    due_since: float
+
+
+@dataclass
+class _Pending:
+    due_since: float
+
+
+class Scheduler:
+    """Decides which windows run, newest-only per camera, batched across cameras.
+
+    Args:
+        cameras: camera name -> `CameraWindow`.
+        max_batch: windows per batch at most.
+        max_wait_ms: how long the oldest pending window may wait for the batch to fill.
+    Attributes:
+        skipped: camera -> due windows superseded before the worker took them (exact).
+        released: camera -> windows released for inference.
+    """
+
+    def __init__(self, cameras: Mapping[str, CameraWindow], max_batch: int,
+                 max_wait_ms: float) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = int(max_batch)
+        self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
+        self._cams: dict[str, CameraWindow] = {}
+        self._due: dict[str, DueTracker] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._counts: dict[str, int] = {}
+        self.skipped: dict[str, int] = {}
+        self.released: dict[str, int] = {}
+        for name, spec in cameras.items():
+            self.add_camera(name, spec)
+
+    def add_camera(self, name: str, spec: CameraWindow) -> None:
+        """Start scheduling a camera (or reset it with a new spec)."""
+        self._cams[name] = spec
+        self._due[name] = DueTracker(spec.stride, window_span(spec.fps, spec.clip_seconds,
+                                                              spec.frames))
+        self._pending.pop(name, None)
+        self._counts[name] = 0
+        self.skipped.setdefault(name, 0)
+        self.released.setdefault(name, 0)
+
+    def remove_camera(self, name: str) -> None:
+        """Stop scheduling a camera; a pending window of it is dropped (not counted)."""
+        self._cams.pop(name, None)
+        self._due.pop(name, None)
+        self._pending.pop(name, None)
+        self._counts.pop(name, None)
+
+    def set_fps(self, name: str, fps: float) -> None:
+        """Update a camera's frame rate (e.g. once the stream reports it)."""
+        if fps > 0 and name in self._cams:
+            self._cams[name].fps = float(fps)
+
+    def spec(self, name: str) -> Optional[CameraWindow]:
+        """The camera's window settings, or None when it is not scheduled."""
+        return self._cams.get(name)
+
+    @property
+    def pending(self) -> int:
+        """Windows due and not yet released (at most one per camera: no backlog)."""
+        return len(self._pending)
+
+    def update(self, now: float, counts: Mapping[str, int]) -> None:
+        """Account for new frames.
+
+        Args:
+            now: current time (any monotonic clock, the same for every call).
+            counts: camera -> frames written so far (missing cameras are left as they are).
+        """
+        for name, count in counts.items():
+            tracker = self._due.get(name)
+            if tracker is None:
+                continue
+            self._counts[name] = int(count)
+            crossed = tracker.poll(int(count))
+            if not crossed:
+                continue
+            superseded = crossed - 1 + (1 if name in self._pending else 0)
+            self.skipped[name] += superseded
+            # The window's age is measured from the newest due point: the older ones are gone.
+            self._pending[name] = _Pending(due_since=now)
+
+    def next_deadline(self) -> Optional[float]:
+        """Time at which the oldest pending window must be sent, or None when nothing is pending."""
+        if not self._pending:
+            return None
+        return min(p.due_since for p in self._pending.values()) + self.max_wait_s
+
+    def poll(self, now: float, counts: Mapping[str, int]) -> list[DueWindow]:
+        """Update with the cameras' counters and release a batch when it is time.
+
+        A batch is released when `max_batch` windows are pending or the oldest pending one has
+        waited `max_wait_ms`; it holds up to `max_batch` windows, oldest first. Each window ends
+        at its camera's newest frame at release time (freshest data, lowest latency).
+
+        Args:
+            now: current time (same clock as `update`).
+            counts: camera -> frames written so far (a camera left out keeps its last count).
+        Returns:
+            the windows to infer now (possibly empty).
+        """
+        self.update(now, counts)
+        if not self._pending:
+            return []
+        deadline = self.next_deadline()
+        if len(self._pending) < self.max_batch and deadline is not None and now < deadline:
+            return []
+        order = sorted(self._pending.items(), key=lambda kv: kv[1].due_since)[: self.max_batch]
+        batch = []
+        for name, pend in order:
+            del self._pending[name]
+            spec = self._cams[name]
+            end_seq = self._counts[name] - 1
+            seqs = window_seqs(end_seq, spec.fps, spec.clip_seconds, spec.frames)
+            if seqs is None:      # fps changed to a longer span than the frames held: wait
+                continue
+            self.released[name] += 1
+            batch.append(DueWindow(name, seqs, end_seq, pend.due_since))
+        return batch
+
+
+# --------------------------------------------------------------------------- the model call
+@dataclass(frozen=True)
+class WindowMeta:
+    """What the worker needs to know about a window besides its frames.
+
+    Attributes:
+        end_seq: the camera's sequence number of the window's last frame.
+        t_start_wall, t_end_wall: wall-clock capture times of the first and last frame.
+        t_end_mono: monotonic capture time of the last frame.
+        frame_size: (width, height) of the camera's original frames.
+        roi: normalised (x1, y1, x2, y2) region of the original frame the frames show (None: all);
+            boxes are mapped back to the whole frame.
+    """
+    end_seq: int
+    t_start_wall: float
+    t_end_wall: float
+    t_end_mono: float
+    frame_size: tuple[int, int]
+    roi: Optional[tuple[float, float, float, float]] = None
+
+
+def _frame_box(box: Sequence[float], roi: Optional[Sequence[float]]
+               ) -> tuple[float, float, float, float]:
+    """Model box (cxcywh, normalised to what the model saw) -> normalised xyxy of the whole frame."""
+    cx, cy, w, h = (float(v) for v in box)
+    x1, y1, x2, y2 = (min(1.0, max(0.0, v)) for v in (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+    if roi is not None:
+        rx1, ry1, rx2, ry2 = roi
+        x1, x2 = rx1 + x1 * (rx2 - rx1), rx1 + x2 * (rx2 - rx1)
+        y1, y2 = ry1 + y1 * (ry2 - ry1), ry1 + y2 * (ry2 - ry1)
+    return (x1, y1, x2, y2)
+
+
+class InferenceWorker:
+    """Runs the model on a batch of windows.
+
+    Args:
+        model: the detector, mapping (B, 3, T, H, W) float to {"pred_logits", "pred_boxes"}.
+        input_cfg: `detector.config.InputConfig` (frames, size, mean, std).
+        class_names: foreground class names, in the logits' order.
+        device: "cpu", "cuda", "cuda:1", or a `torch.device`.
+        precision: "auto" (bf16 on CUDA when supported, else fp16; fp32 on CPU), "fp32",
+            "bf16" or "fp16" (fp16 on CPU falls back to fp32).
+        max_batch: largest batch `infer` is given (sizes the pinned host buffer).
+        max_wait_ms: kept for the daemon to build the `Scheduler` with the same numbers.
+    Attributes:
+        batch_limit: largest batch sent to the device in one call; lowered after an OOM.
+        oom_splits: batches split after CUDA ran out of memory.
+        oom_dropped: single windows dropped because even they did not fit.
+    """
+
+    def __init__(self, model: torch.nn.Module, input_cfg, class_names: Sequence[str],
+                 device: str | torch.device = "cpu", precision: str = "auto",
+                 max_batch: int = 8, max_wait_ms: float = 50.0) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.input_cfg = input_cfg
+        self.class_names = list(class_names)
+        self.max_batch = int(max_batch)
+        self.max_wait_ms = float(max_wait_ms)
+        self.batch_limit = self.max_batch
+        self.oom_splits = 0
+        self.oom_dropped = 0
+        self.autocast_dtype = self._pick_dtype(precision)
+        H, W = input_cfg.size
+        shape = (self.max_batch, input_cfg.frames, H, W, 3)
+        # One preallocated host staging buffer; pinned on CUDA so the copy is a single async DMA.
+        self._host = torch.empty(shape, dtype=torch.uint8,
+                                 pin_memory=self.device.type == "cuda")
+
+    def _pick_dtype(self, precision: str) -> Optional[torch.dtype]:
+        if self.device.type == "cuda":
+            if precision == "fp32":
+                return None
+            if precision == "fp16":
+                return torch.float16
+            if precision == "bf16" or torch.cuda.is_bf16_supported():
+                return torch.bfloat16
+            return torch.float16
+        # CPU: fp32 unless asked for bf16 (fp16 autocast on CPU is slow or unsupported).
+        return torch.bfloat16 if precision == "bf16" else None
+
+    def _forward(self, clips_host: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One device call.
+
+        Args:
+            clips_host: (B, T, H, W, 3) uint8 on the host (pinned on CUDA).
+        Returns:
+            scores (B, K) and boxes (B, K, 4) cxcywh, float32 on the CPU.
+        """
+        x = clips_host.to(self.device, non_blocking=True)       # the one host->device copy
+        with torch.inference_mode():
+            x = normalize_clips(x, self.input_cfg.mean, self.input_cfg.std)
+            if self.autocast_dtype is not None:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                    outputs = self.model(x)
+            else:
+                outputs = self.model(x)
+            scores, boxes = class_scores(outputs)
+            return scores.float().cpu(), boxes.float().cpu()
+
+    def _run(self, frames: list[np.ndarray]) -> list[Optional[tuple[np.ndarray, np.ndarray]]]:
+        """Infer a list of (T, H, W, 3) clips, splitting on OOM. None for a dropped window."""
+        if len(frames) > self.batch_limit:
+            out: list = []
+            for i in range(0, len(frames), self.batch_limit):
+                out += self._run(frames[i:i + self.batch_limit])
+            return out
+        B = len(frames)
+        host = self._host[:B]
+        host_np = host.numpy()
+        for i, clip in enumerate(frames):
+            host_np[i] = clip
+        try:
+            scores, boxes = self._forward(host)
+        except torch.cuda.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if B == 1:
+                self.oom_dropped += 1
+                log.error("inference: out of device memory on a single window; window dropped")
+                return [None]
+            half = (B + 1) // 2
+            self.oom_splits += 1
+            self.batch_limit = min(self.batch_limit, half)
+            log.warning("inference: out of device memory on a batch of %d; splitting into %d + %d "
+                        "and limiting batches to %d", B, half, B - half, self.batch_limit)
+            return self._run(frames[:half]) + self._run(frames[half:])
+        return [(scores[i].numpy(), boxes[i].numpy()) for i in range(B)]
+
+    def infer(self, windows: Sequence[tuple[str, np.ndarray, WindowMeta]]) -> list[WindowResult]:
+        """Run one batch.
+
+        Args:
+            windows: (camera, frames (T, H, W, 3) uint8 RGB at the model size, meta) per window.
+        Returns:
+            one `WindowResult` per window that was inferred, in order (a window is missing only
+            when even alone it did not fit in device memory).
+        """
+        if not windows:
+            return []
+        T = self.input_cfg.frames
+        H, W = self.input_cfg.size
+        for cam, frames, _ in windows:
+            if frames.shape != (T, H, W, 3) or frames.dtype != np.uint8:
+                raise ValueError(f"camera {cam}: window of shape {frames.shape} {frames.dtype}, "
+                                 f"expected {(T, H, W, 3)} uint8")
+        outs = self._run([w[1] for w in windows])
+        results = []
+        for (cam, _, meta), out in zip(windows, outs):
+            if out is None:
+                continue
+            scores, boxes = out
+            per_class = {
+                name: ClassScore(name, float(scores[k]), _frame_box(boxes[k], meta.roi))
+                for k, name in enumerate(self.class_names)}
+            results.append(WindowResult(
+                camera=cam, scores=per_class, frame_size=tuple(meta.frame_size),
+                t_start_wall=meta.t_start_wall, t_end_wall=meta.t_end_wall,
+                t_end_mono=meta.t_end_mono, end_seq=meta.end_seq))
+        return results
+
+
+# --------------------------------------------------------------------------- the loop
+@dataclass
+class WorkerStats:
+    """Counters the daemon turns into metrics (read from any thread; written by the loop only).
+
+    Attributes:
+        windows: camera -> windows inferred.
+        unavailable: camera -> released windows whose frames were overwritten before the gather.
+        gaps: camera -> released windows not inferred because they spanned a reconnect gap.
+        batches: batches run; batch_seconds: time of the last batch (gather + inference).
+    """
+    windows: dict[str, int] = field(default_factory=dict)
+    unavailable: dict[str, int] = field(default_factory=dict)
+    gaps: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    batch_seconds: float = 0.0
+
+
+class WorkerThread(threading.Thread):
+    """The inference loop: scheduler -> gather -> worker -> `on_results`.
+
+    Args:
+        scheduler: the batching policy.
+        worker: anything with `infer(windows) -> list[WindowResult]` (an `InferenceWorker`).
+        rings: camera -> its model-size `RingBuffer` or None while it has none yet (a live mapping:
+            it may gain or lose cameras on reload), or a callable returning that mapping.
+        on_results: called with (results, batch_seconds) after each batch, in this thread.
+        heartbeat: called once per loop iteration (watchdog pings); a hung batch stops it.
+        poll_s: longest sleep between two looks at the counters.
+        max_gap_factor: a window whose frames span more than this times the expected duration
+            (plus one second) crossed a reconnect gap and is not inferred.
+        clock: monotonic clock (injectable for tests).
+    """
+
+    def __init__(self, scheduler: Scheduler, worker,
+                 rings: Mapping[str, Optional[RingBuffer]]
+                 | Callable[[], Mapping[str, Optional[RingBuffer]]],
+                 on_results: Callable[[list[WindowResult], float], None],
+                 heartbeat: Optional[Callable[[], None]] = None, poll_s: float = 0.005,
+                 max_gap_factor: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 name: str = "vigil-worker") -> None:
+        super().__init__(name=name, daemon=True)
+        self.scheduler = scheduler
+        self.worker = worker
+        self.rings = rings
+        self.on_results = on_results
+        self.heartbeat = heartbeat
+        self.poll_s = float(poll_s)
+        self.max_gap_factor = float(max_gap_factor)
+        self.clock = clock
+        self.stats = WorkerStats()
+        self.error: Optional[BaseException] = None
+        self._stop_event = threading.Event()
+
+    def stop(self, timeout: Optional[float] = None) -> bool:
+        """Ask the loop to end after the current batch; True when it has ended within `timeout`."""
+        self._stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+        return not self.is_alive()
+
+    def _rings(self) -> Mapping[str, Optional[RingBuffer]]:
+        return self.rings() if callable(self.rings) else self.rings
+
+    def _gather(self, due: DueWindow) -> Optional[tuple[str, np.ndarray, WindowMeta]]:
+        ring = self._rings().get(due.camera)
+        if ring is None:
+            return None
+        try:
+            frames, t_mono, t_wall = ring.gather(due.seqs)
+        except FramesUnavailableError:
+            self.stats.unavailable[due.camera] = self.stats.unavailable.get(due.camera, 0) + 1
+            log.debug("camera %s: window %d overwritten before it was gathered", due.camera,
+                      due.end_seq)
+            return None
+        spec = self.scheduler.spec(due.camera)
+        if spec is not None and len(t_mono) > 1:
+            expected = window_span(spec.fps, spec.clip_seconds, spec.frames) / spec.fps
+            if t_mono[-1] - t_mono[0] > self.max_gap_factor * expected + 1.0:
+                self.stats.gaps[due.camera] = self.stats.gaps.get(due.camera, 0) + 1
+                return None
+        size = ring.source_size or (ring.width, ring.height)
+        meta = WindowMeta(end_seq=due.end_seq, t_start_wall=float(t_wall[0]),
+                          t_end_wall=float(t_wall[-1]), t_end_mono=float(t_mono[-1]),
+                          frame_size=size, roi=ring.roi)
+        return due.camera, frames, meta
+
+    def step(self) -> bool:
+        """One loop iteration (also the unit tests' entry point). Returns True when a batch ran."""
+        if self.heartbeat is not None:
+            self.heartbeat()
+        counts = {name: ring.count for name, ring in list(self._rings().items())
+                  if ring is not None}
+        t0 = self.clock()
+        batch = self.scheduler.poll(t0, counts)
+        if not batch:
+            deadline = self.scheduler.next_deadline()
+            wait = self.poll_s if deadline is None else min(self.poll_s, max(0.0, deadline - t0))
+            self._stop_event.wait(wait)
+            return False
+        windows = [w for w in (self._gather(d) for d in batch) if w is not None]
+        results = self.worker.infer(windows) if windows else []
+        elapsed = self.clock() - t0
+        for r in results:
+            self.stats.windows[r.camera] = self.stats.windows.get(r.camera, 0) + 1
+        self.stats.batches += 1
+        self.stats.batch_seconds = elapsed
+        self.on_results(results, elapsed)
+        return True
+
+    def run(self) -> None:
+        try:
+            while not self._stop_event.is_set():
+                self.step()
+        except BaseException as exc:   # the service's problem: the daemon sees it and exits
+            self.error = exc
+            log.exception("inference worker failed")
+            raise
