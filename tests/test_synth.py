@@ -1,0 +1,124 @@
+"""Synthetic scenes: deterministic, labels hold the actors, classes differ in motion."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train.dataset import scan_dataset
+from train.synth import KINDS, Scene, write_dataset
+
+SMALL = dict(width=96, height=72, fps=10, frames=16)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_same_seed_same_pixels_other_seed_other_pixels(kind: str) -> None:
+    a, b = Scene(kind, 7, **SMALL), Scene(kind, 7, **SMALL)
+    # Frames asked in a different order must not matter.
+    frames_a = [a.render(i) for i in range(a.frames)]
+    frames_b = [b.render(i) for i in reversed(range(b.frames))][::-1]
+    for fa, fb in zip(frames_a, frames_b):
+        assert fa.dtype == np.uint8 and fa.shape == (72, 96, 3)
+        np.testing.assert_array_equal(fa, fb)
+    assert a.action_box() == b.action_box()
+    assert not np.array_equal(Scene(kind, 8, **SMALL).render(3), frames_a[3])
+
+
+@pytest.mark.parametrize("kind", ["fight", "collapse"])
+@pytest.mark.parametrize("seed", range(4))
+def test_label_box_contains_every_actor_pixel(kind: str, seed: int) -> None:
+    scene = Scene(kind, seed, **SMALL)
+    x1, y1, x2, y2 = scene.action_box()
+    assert 0 <= x1 < x2 <= scene.width and 0 <= y1 < y2 <= scene.height
+    inside = np.zeros((scene.height, scene.width), bool)
+    inside[int(np.floor(y1)):int(np.ceil(y2)), int(np.floor(x1)):int(np.ceil(x2))] = True
+    for i in range(scene.frames):
+        mask = scene.actor_mask(i)
+        assert mask.any(), "the actors are visible"
+        assert not (mask & ~inside).any(), f"frame {i}: actor pixels outside the label box"
+
+
+@pytest.mark.parametrize("kind", ["fight", "collapse"])
+def test_action_box_is_a_sizeable_part_of_the_frame(kind: str) -> None:
+    widths = []
+    for seed in range(6):
+        scene = Scene(kind, seed)
+        x1, _, x2, _ = scene.action_box()
+        widths.append((x2 - x1) / scene.width)
+    assert 0.2 <= min(widths) and max(widths) <= 0.75
+
+
+def test_none_scenes_have_no_label_and_include_hard_negatives() -> None:
+    variants = Counter()
+    for seed in range(30):
+        scene = Scene("none", seed, **SMALL)
+        assert scene.action_box() is None and scene.label_line() == ""
+        variants[scene.variant] += 1
+    assert variants["lying"] > 0 and variants["talking"] > 0
+
+
+def _motion_in(scene: Scene, box) -> float:
+    """Mean absolute difference between consecutive frames inside `box`."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    frames = np.stack([scene.render(i)[y1:y2, x1:x2] for i in range(scene.frames)]).astype(np.int16)
+    return float(np.abs(np.diff(frames, axis=0)).mean())
+
+
+def test_fights_move_more_than_a_person_lying_still_or_people_talking() -> None:
+    def mean_motion(kind: str, variant: str) -> float:
+        values, seed = [], 0
+        while len(values) < 4:
+            scene = Scene(kind, seed, width=96, height=72, fps=25, frames=32)
+            seed += 1
+            if scene.variant == variant:
+                values.append(_motion_in(scene, scene.subject_box()))
+        return float(np.mean(values))
+
+    fight = mean_motion("fight", "fight")
+    assert fight > 1.5 * mean_motion("none", "lying")
+    assert fight > 1.5 * mean_motion("none", "talking")
+
+
+def test_collapse_ends_lying_down() -> None:
+    scene = Scene("collapse", 3, **SMALL)
+    x1, y1, x2, y2 = scene.box(0)
+    fx1, fy1, fx2, fy2 = scene.box(scene.frames - 1)
+    assert (y2 - y1) > (x2 - x1)          # upright at the start
+    assert (fx2 - fx1) > (fy2 - fy1)      # lying along the floor at the end
+
+
+def test_write_dataset_makes_a_balanced_readable_dataset(tmp_path: Path) -> None:
+    stems = write_dataset(tmp_path / "data", 6, seed=3, width=64, height=48, fps=10, frames=8)
+    assert len(stems) == 6 and len(set(stems)) == 6
+    assert not (tmp_path / "data" / "splits").exists()
+    assert sorted(p.stem for p in (tmp_path / "data" / "videos").glob("*.mp4")) == sorted(stems)
+    records = scan_dataset(tmp_path / "data")
+    assert [r.stem for r in records] == sorted(stems)
+    assert all(r.frames == 8 for r in records)
+    classes = Counter(int(r.annotations[0, 0]) if r.is_positive else "none" for r in records)
+    assert classes == {0: 2, 1: 2, "none": 2}
+    assert len({(r.width, r.height) for r in records} | {r.fps for r in records}) > 2
+    for r in records:
+        if r.is_positive:
+            x1, y1, x2, y2 = r.annotations[0, 1:]
+            assert 0 <= x1 < x2 <= r.width and 0 <= y1 < y2 <= r.height
+
+
+def test_write_dataset_is_deterministic(tmp_path: Path) -> None:
+    kw = dict(width=64, height=48, fps=10, frames=6)
+    a = write_dataset(tmp_path / "a", 3, seed=11, **kw)
+    b = write_dataset(tmp_path / "b", 3, seed=11, **kw)
+    assert a == b
+    for stem in a:
+        assert ((tmp_path / "a" / "labels" / f"{stem}.txt").read_text()
+                == (tmp_path / "b" / "labels" / f"{stem}.txt").read_text())
+        assert ((tmp_path / "a" / "videos" / f"{stem}.mp4").read_bytes()
+                == (tmp_path / "b" / "videos" / f"{stem}.mp4").read_bytes())
+
+
+def test_mix_controls_class_counts(tmp_path: Path) -> None:
+    stems = write_dataset(tmp_path / "d", 4, seed=0, width=64, height=48, fps=10, frames=4,
+                          mix=(1, 0, 1), vary=False)
+    assert Counter(s.split("_")[0] for s in stems) == {"fight": 2, "none": 2}
