@@ -65,3 +65,10 @@ def test_yaml_python_tags_are_refused(tmp_path):
 def test_round_trip_through_plain_data():
     cfg = from_dict(Outer, {"name": "x", "limit": 3})
     assert from_dict(Outer, to_dict(cfg)) == cfg
+
+
+def test_float_fields_accept_exponents_yaml_reads_as_strings():
+    # PyYAML reads `1e-3` (no dot) as the string "1e-3".
+    assert from_dict(Inner, {"rate": "1e-3"}).rate == 0.001
+    with pytest.raises(ConfigError, match="inner.rate: expected float"):
+        from_dict(Outer, {"name": "x", "inner": {"rate": "1e-3x"}})

@@ -1,0 +1,411 @@
+"""The training side of the `vigil` command: train, eval, cv, detect, synth, data check,
+import-reference.
+
+Each verb's function takes the parsed arguments and returns an exit code; heavy imports (torch,
+OpenCV, matplotlib) happen inside them so `vigil --help` stays instant. Library code logs; the
+verbs print results for a person (tables) or a program (JSON lines / CSV) on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("vigil.train")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the training verbs to the `vigil` command's subparsers."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = subparsers.add_parser(
+        "train", formatter_class=fmt,
+        help="train the detector on a labelled dataset",
+        description="Train the detector on DATA (videos/ labels/ [splits/], or a folder with "
+                    "action_challenge.csv). Writes OUT/last.pt after every epoch, OUT/best.pt "
+                    "for the best validation det-acc@0.5, OUT/metrics.jsonl; resumes from "
+                    "OUT/last.pt when it exists.")
+    p.add_argument("--config", type=Path, default=None,
+                   help="training YAML (e.g. configs/train/cpu-small.yaml); default: the "
+                        "report's recipe (configs/train/seed.yaml)")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder")
+    p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints and logs")
+    _add_overrides(p)
+    p.add_argument("--no-resume", action="store_true",
+                   help="start afresh even when OUT/last.pt exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser(
+        "eval", formatter_class=fmt, help="evaluate a checkpoint on a dataset",
+        description="Print the report's metrics (video accuracy, det-acc@0.5, mIoU, losses, "
+                    "per-class precision/recall/F1, confusion matrix, AP@0.5, AP@[.5:.95]) and, "
+                    "with --out, write metrics.json, predictions.jsonl and PNGs (confusion "
+                    "matrix, training curves, worst predictions).")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt checkpoint")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder")
+    p.add_argument("--split", choices=("val", "train", "all"), default="val",
+                   help="which videos: the training run's split (same seed and fraction), or all")
+    p.add_argument("--out", type=Path, default=None, help="folder for metrics.json and PNGs")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="clip decision score threshold (default: the training config's, 0.3)")
+    p.add_argument("--batch", type=int, default=8, help="clips per forward pass")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--worst", type=int, default=6, help="videos on the worst-predictions sheet")
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser(
+        "cv", formatter_class=fmt, help="stratified k-fold cross-validation",
+        description="Train one model per fold (each class spread evenly over the folds) and "
+                    "report the mean and standard deviation of every metric of the last epoch.")
+    p.add_argument("--config", type=Path, default=None, help="training YAML")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder")
+    p.add_argument("--out", type=Path, required=True, help="folder for the fold runs and cv.json")
+    p.add_argument("--folds", type=int, default=5, help="number of folds")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
+    _add_overrides(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_cv)
+
+    p = subparsers.add_parser(
+        "detect", formatter_class=fmt, help="run the detector on video files",
+        description="One row per video (JSON lines on stdout, or --out/--csv): the clip-level "
+                    "prediction (class, score, box in pixels x1,y1,x2,y2) as the reference "
+                    "inference script gives it; with --windows, one row per sliding window with "
+                    "its time span. Folders are searched for .mp4/.avi/.mkv/.mov files.")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="video files or folders")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt checkpoint")
+    p.add_argument("--out", type=Path, default=None, help="write JSON lines here, not stdout")
+    p.add_argument("--csv", type=Path, default=None, help="write CSV here ('-' = stdout)")
+    p.add_argument("--windows", type=float, default=None, metavar="STRIDE",
+                   help="sliding windows every STRIDE seconds instead of one clip per video")
+    p.add_argument("--window-seconds", type=float, default=None,
+                   help="window length (default: the checkpoint's clip_seconds)")
+    p.add_argument("--render", type=Path, default=None, metavar="DIR",
+                   help="write each video with its boxes and labels drawn into DIR")
+    p.add_argument("--batch", type=int, default=8, help="clips per forward pass")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default 2)")
+    p.add_argument("--threshold", type=float, default=0.3, help="minimum detection score")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.set_defaults(func=cmd_detect)
+
+    p = subparsers.add_parser(
+        "synth", formatter_class=fmt, help="write a synthetic labelled dataset",
+        description="Stick figures fighting, collapsing or neither (walking, standing, lying "
+                    "still, talking close together), with distractors, in the dataset layout "
+                    "`vigil train` reads.")
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    p.add_argument("--videos", type=int, default=240, help="number of videos")
+    p.add_argument("--seed", type=int, default=0, help="the dataset is a function of the seed")
+    p.add_argument("--width", type=int, default=320, help="base frame width")
+    p.add_argument("--height", type=int, default=240, help="base frame height")
+    p.add_argument("--fps", type=float, default=25.0, help="base frame rate")
+    p.add_argument("--frames", type=int, default=64, help="frames per video")
+    p.add_argument("--no-vary", action="store_true",
+                   help="every video at the base size and rate (default: three of each)")
+    p.set_defaults(func=cmd_synth)
+
+    p = subparsers.add_parser("data", help="dataset tools (check)",
+                              description="Dataset tools.")
+    data_sub = p.add_subparsers(dest="data_verb", metavar="ACTION")
+    data_sub.required = True
+    q = data_sub.add_parser(
+        "check", formatter_class=fmt, help="list every problem of a dataset",
+        description="Read every video and label file of DATA and print every problem found "
+                    "(exit status 1), or a summary when there is none.")
+    q.add_argument("data", type=Path, metavar="DATA", help="dataset folder")
+    q.add_argument("--classes", type=int, default=2, help="number of foreground classes")
+    q.set_defaults(func=cmd_data_check)
+
+    p = subparsers.add_parser(
+        "import-reference", formatter_class=fmt,
+        help="convert the reference implementation's best_model.pth",
+        description="Turn the report authors' state_dict (best_model.pth) into a Vigil "
+                    "checkpoint of the same model (configs/train/reference.yaml's architecture).")
+    p.add_argument("state_dict", type=Path, metavar="BEST_MODEL_PTH", help="reference state_dict")
+    p.add_argument("--out", type=Path, required=True, help="Vigil checkpoint to write")
+    p.set_defaults(func=cmd_import_reference)
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set loss.giou=0 (repeatable)")
+    p.add_argument("--epochs", type=int, default=None, help="shortcut for --set optim.epochs=N")
+    p.add_argument("--device", default=None, help="shortcut for --set train.device=DEVICE")
+
+
+def _load_config(args: argparse.Namespace):
+    from .config import load_train_config
+
+    overrides = list(args.overrides)
+    if args.epochs is not None:
+        overrides.append(f"optim.epochs={args.epochs}")
+    if args.device is not None:
+        overrides.append(f"train.device={args.device}")
+    return load_train_config(args.config, overrides)
+
+
+# --------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from .metrics import format_table
+    from .trainer import fit
+
+    cfg = _load_config(args)
+    result = fit(cfg, args.data, args.out, resume=not args.no_resume,
+                 progress=not args.no_progress)
+    best = result["best"]
+    losses = {k: best[k] for k in ("loss", "loss_ce", "loss_bbox", "loss_giou") if k in best}
+    print(format_table(best, losses, title=f"validation metrics of the best epoch "
+                                           f"({result['best_epoch']} of {result['epochs']}), "
+                                           f"{result['parameters']:,} parameters"))
+    print(f"\ncheckpoints: {Path(args.out) / 'best.pt'}  {Path(args.out) / 'last.pt'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from detector.checkpoint import load_checkpoint
+    from detector.losses import LossConfig, build_criterion
+    from detector.schema import from_dict
+
+    from . import engine
+    from .config import DataConfig, RunConfig
+    from .dataset import ClipDataset, collate, scan_dataset, split_records
+    from .metrics import format_table, to_jsonable
+
+    device = engine.resolve_device(args.device)
+    model, mcfg, meta = load_checkpoint(args.checkpoint, device=device)
+    train_cfg = meta.get("train_config") or {}
+    loss_cfg = from_dict(LossConfig, train_cfg.get("loss"), "train_config.loss")
+    data_cfg = from_dict(DataConfig, train_cfg.get("data"), "train_config.data")
+    run_cfg = from_dict(RunConfig, train_cfg.get("train"), "train_config.train")
+    threshold = run_cfg.score_threshold if args.threshold is None else args.threshold
+
+    records = scan_dataset(args.data, num_classes=mcfg.num_classes, require_positives=False)
+    records = split_records(records, args.data, args.split, data_cfg.val_fraction,
+                            data_cfg.split_seed)
+    if not records:
+        print(f"{args.data}: the {args.split} split is empty", file=sys.stderr)
+        return 1
+    cache_dir = data_cfg.resolved_cache_dir()
+    from .cache import ClipCache
+    cache = ClipCache(cache_dir) if cache_dir is not None else None
+    loader = DataLoader(ClipDataset(records, mcfg.input, cache=cache), batch_size=args.batch,
+                        shuffle=False, num_workers=args.workers, collate_fn=collate)
+    criterion = build_criterion(loss_cfg, mcfg.num_classes).to(device)
+    amp = engine.resolve_amp("auto", device)
+    metrics, preds = engine.evaluate(model, criterion, loader, device, mcfg.class_names,
+                                     threshold, amp, run_cfg.iou_threshold, progress=True)
+    losses = {k: metrics[k] for k in ("loss", "loss_ce", "loss_bbox", "loss_giou")
+              if k in metrics}
+    print(format_table(metrics, losses, title=f"{args.checkpoint} on {args.data} "
+                                              f"({args.split} split, {len(records)} videos)"))
+    if args.out is not None:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        body = {k: v for k, v in metrics.items() if k != "per_video"}
+        body.update(checkpoint=str(args.checkpoint), data=str(args.data), split=args.split)
+        (out / "metrics.json").write_text(json.dumps(to_jsonable(body), indent=2) + "\n",
+                                          encoding="utf-8")
+        with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
+            for p in preds:
+                f.write(json.dumps(to_jsonable({k: p[k] for k in (
+                    "stem", "true", "pred", "score", "iou", "correct", "box")})) + "\n")
+        _eval_plots(metrics, preds, records, args, out)
+        print(f"\nwrote {out / 'metrics.json'}, {out / 'predictions.jsonl'} and PNGs in {out}")
+    return 0
+
+
+def _eval_plots(metrics: dict[str, Any], preds: list[dict[str, Any]], records: list,
+                args: argparse.Namespace, out: Path) -> None:
+    import numpy as np
+
+    from .metrics import cxcywh_to_xyxy
+    from .plots import plot_confusion_matrix, plot_contact_sheet, plot_training_curves
+    from .video_io import read_frames, sample_indices
+
+    plot_confusion_matrix(metrics["confusion_matrix"], metrics["labels"], out / "confusion.png")
+    history = Path(args.checkpoint).parent / "metrics.jsonl"
+    if history.is_file():
+        plot_training_curves(history, out / "curves.png")
+    # Worst first: wrong ones by confidence, then right class but poorly placed by IoU.
+    ranked = sorted(preds, key=lambda p: (p["correct"],
+                                          -(p["score"] or 0.0) if not p["correct"] else p["iou"]))
+    by_stem = {r.stem: r for r in records}
+    items = []
+    for p in ranked[:max(args.worst, 0)]:
+        rec = by_stem[p["stem"]]
+        scale = 160.0 / max(rec.height, 1)
+        size = (160, max(int(round(rec.width * scale)), 8))
+        try:
+            frames = read_frames(rec.video, sample_indices(rec.frames, 4), size=size)
+        except Exception as exc:  # a video that went away since evaluation: skip, do not fail
+            log.warning("contact sheet: %s: %s", rec.video, exc)
+            continue
+        true_box = (cxcywh_to_xyxy(p["gt_boxes"][0]).tolist() if len(p["gt_boxes"]) else None)
+        pred_box = (cxcywh_to_xyxy(np.asarray(p["box"])).tolist() if p["box"] is not None
+                    else None)
+        title = (f"{p['stem']}: true {p['true']}, pred {p['pred']} ({p['score']:.2f})"
+                 + (f", IoU {p['iou']:.2f}" if p["pred"] == p["true"] and p["true"] != "none"
+                    else ""))
+        items.append({"frames": frames, "pred_box": pred_box, "true_box": true_box,
+                      "title": title})
+    plot_contact_sheet(items, out / "worst.png",
+                       title="Worst predictions (red: predicted, green: true)")
+
+
+# --------------------------------------------------------------------------- cv
+def cmd_cv(args: argparse.Namespace) -> int:
+    from .cv import cross_validate, format_cv_table
+
+    cfg = _load_config(args)
+    result = cross_validate(cfg, args.data, args.out, folds=args.folds, seed=args.seed,
+                            progress=not args.no_progress)
+    print(format_cv_table(result))
+    print(f"\nwrote {Path(args.out) / 'cv.json'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- detect
+def cmd_detect(args: argparse.Namespace) -> int:
+    import csv
+
+    from .detect import detect, render_video
+
+    rows_by_video: dict[str, list[dict[str, Any]]] = {}
+    failed = 0
+    json_out = open(args.out, "w", encoding="utf-8") if args.out else None
+    csv_file = None
+    writer = None
+    if args.csv is not None:
+        csv_file = sys.stdout if str(args.csv) == "-" else open(args.csv, "w", newline="",
+                                                                 encoding="utf-8")
+        fields = ["video"] + (["start_s", "end_s"] if args.windows else []) + \
+            ["class", "score", "x1", "y1", "x2", "y2", "width", "height", "error"]
+        writer = csv.DictWriter(csv_file, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+    try:
+        for row in detect(args.paths, args.checkpoint, windows=args.windows,
+                          window_seconds=args.window_seconds, batch=args.batch,
+                          workers=args.workers, threshold=args.threshold, device=args.device):
+            if "error" in row:
+                failed += 1
+            rows_by_video.setdefault(row["video"], []).append(row)
+            if writer is not None:
+                flat = dict(row)
+                box = flat.pop("box", None)
+                if box is not None:
+                    flat.update(zip(("x1", "y1", "x2", "y2"), box))
+                writer.writerow(flat)
+                csv_file.flush()
+            if json_out is not None or writer is None:
+                line = json.dumps(row)
+                if json_out is not None:
+                    json_out.write(line + "\n")
+                else:
+                    print(line, flush=True)
+    finally:
+        if json_out is not None:
+            json_out.close()
+        if csv_file is not None and csv_file is not sys.stdout:
+            csv_file.close()
+    if args.render is not None:
+        for video, rows in rows_by_video.items():
+            if any("error" in r for r in rows):
+                continue
+            out = render_video(video, rows, Path(args.render) / (Path(video).stem + ".mp4"))
+            log.info("rendered %s", out)
+    if failed:
+        log.error("%d video(s) could not be read", failed)
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- synth
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import write_dataset
+
+    if args.videos < 1:
+        print("--videos must be >= 1", file=sys.stderr)
+        return 2
+    stems = write_dataset(args.out, args.videos, args.seed, width=args.width,
+                          height=args.height, fps=args.fps, frames=args.frames,
+                          vary=not args.no_vary, progress=sys.stderr.isatty())
+    kinds: dict[str, int] = {}
+    for s in stems:
+        kinds[s.split("_")[0]] = kinds.get(s.split("_")[0], 0) + 1
+    print(f"wrote {len(stems)} videos to {args.out} ("
+          + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) + ")")
+    return 0
+
+
+# --------------------------------------------------------------------------- data check
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .dataset import check_dataset, detect_layout, scan_dataset
+
+    problems = check_dataset(args.data, num_classes=args.classes)
+    if problems:
+        for p in problems:
+            print(p)
+        print(f"\n{len(problems)} problem(s) in {args.data}", file=sys.stderr)
+        return 1
+    records = scan_dataset(args.data, num_classes=args.classes)
+    names = {0: "fight", 1: "collapse"} if args.classes == 2 else {}
+    per_class = Counter(names.get(r.stratum, str(r.stratum)) if r.stratum != "none" else "none"
+                        for r in records)
+    sizes = Counter(f"{r.width}x{r.height}" for r in records)
+    rates = Counter(f"{r.fps:g}" for r in records)
+    durations = [r.frames / r.fps for r in records if r.fps > 0]
+    boxes = sum(len(r.annotations) for r in records)
+    print(f"{args.data}: OK ({detect_layout(args.data)} layout)")
+    rows = [("videos", str(len(records))),
+            ("per class", ", ".join(f"{k} {v}" for k, v in sorted(per_class.items()))),
+            ("action boxes", str(boxes)),
+            ("sizes", ", ".join(f"{k} ({v})" for k, v in sizes.most_common())),
+            ("fps", ", ".join(f"{k} ({v})" for k, v in rates.most_common()))]
+    if durations:
+        rows.append(("duration s", f"min {min(durations):.2f}, median "
+                                   f"{sorted(durations)[len(durations) // 2]:.2f}, max "
+                                   f"{max(durations):.2f}"))
+    splits = [s for s in ("train", "val") if (Path(args.data) / "splits" / f"{s}.txt").is_file()]
+    rows.append(("splits", ", ".join(splits) if splits else "none (stratified 80/20 at train)"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+    return 0
+
+
+# --------------------------------------------------------------------------- import-reference
+def cmd_import_reference(args: argparse.Namespace) -> int:
+    import torch
+
+    from detector.checkpoint import save_checkpoint
+    from detector.errors import CheckpointError
+    from detector.model import build_model, count_parameters
+    from detector.reference import convert_reference_state_dict
+
+    path = Path(args.state_dict)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a loadable state_dict: "
+                              f"{' '.join(str(exc).split())[:300]}") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict) and "format" not in sd:
+        sd = sd["state_dict"]   # a {"state_dict": ...} wrapper some training scripts save
+    state, cfg = convert_reference_state_dict(sd, source=str(path))
+    model = build_model(cfg)
+    model.load_state_dict(state, strict=True)
+    save_checkpoint(args.out, model, cfg, source=str(path), imported_from="reference")
+    print(f"wrote {args.out}: reference model, {count_parameters(model):,} parameters, classes "
+          f"{', '.join(cfg.class_names)}")
+    return 0

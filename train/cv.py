@@ -1,0 +1,87 @@
+"""Stratified k-fold cross-validation (the report's advice for small datasets).
+
+Each fold trains a fresh model with the same recipe on the other folds and is evaluated on its
+own; the fold's numbers are those of its last epoch (choosing the best epoch on the very videos
+being scored would flatter the estimate). The result gives the mean and standard deviation of
+every scalar metric over the folds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics as M
+from .config import TrainConfig
+from .dataset import scan_dataset, stratified_folds
+from .trainer import fit_records
+
+log = logging.getLogger(__name__)
+
+
+def cross_validate(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, folds: int = 5,
+                   seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate one model per fold.
+
+    Args:
+        cfg: the training recipe (used unchanged for every fold).
+        data_root: dataset folder; its `splits/` files are ignored (the folds replace them).
+        out_dir: `fold1/` ... `foldK/` run folders and `cv.json` go here; finished folds are
+            resumed, not retrained.
+        folds: k.
+        seed: seed of the fold assignment.
+        progress: progress bars.
+    Returns:
+        {"folds": k, "per_fold": [scalar metrics of each fold's last epoch], "mean": {metric:
+         mean}, "std": {metric: population std}, "n": {metric: folds where it is defined}}.
+    """
+    out_dir = Path(out_dir)
+    records = scan_dataset(data_root, num_classes=len(cfg.model.class_names))
+    per_fold: list[dict[str, float]] = []
+    for k, (train_idx, val_idx) in enumerate(stratified_folds(records, folds, seed), start=1):
+        log.info("fold %d/%d: %d training videos, %d validation videos", k, folds,
+                 len(train_idx), len(val_idx))
+        result = fit_records(cfg, [records[i] for i in train_idx], [records[i] for i in val_idx],
+                             out_dir / f"fold{k}", progress=progress, data_root=data_root)
+        per_fold.append(M.scalar_metrics(result["last"]))
+    summary = summarize(per_fold)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "cv.json").write_text(json.dumps(M.to_jsonable(summary), indent=2) + "\n",
+                                     encoding="utf-8")
+    return summary
+
+
+def summarize(per_fold: list[dict[str, float]]) -> dict[str, Any]:
+    """Mean and standard deviation of each metric over folds, ignoring undefined (NaN) values."""
+    keys = sorted({k for fold in per_fold for k in fold})
+    mean, std, n = {}, {}, {}
+    for key in keys:
+        vals = np.array([f[key] for f in per_fold if key in f and f[key] is not None
+                         and not math.isnan(f[key])], dtype=float)
+        n[key] = int(vals.size)
+        mean[key] = float(vals.mean()) if vals.size else math.nan
+        std[key] = float(vals.std()) if vals.size else math.nan
+    return {"folds": len(per_fold), "per_fold": per_fold, "mean": mean, "std": std, "n": n}
+
+
+def format_cv_table(summary: dict[str, Any]) -> str:
+    """Aligned text: one metric per line with mean ± std over the folds."""
+    order = ["video_acc", "det_acc", "miou", "map50", "map", "loss", "loss_ce", "loss_bbox",
+             "loss_giou"]
+    keys = [k for k in order if k in summary["mean"]]
+    keys += [k for k in summary["mean"] if k not in keys and k not in ("num_videos", "seconds")]
+    width = max((len(k) for k in keys), default=6)
+    lines = [f"cross-validation over {summary['folds']} folds (last epoch of each fold)",
+             f"  {'metric':<{width}}  {'mean':>7}  {'std':>7}"]
+    for k in keys:
+        m, s = summary["mean"][k], summary["std"][k]
+        lines.append(f"  {k:<{width}}  {_num(m):>7}  {_num(s):>7}")
+    return "\n".join(lines)
+
+
+def _num(v: float) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"

@@ -1,0 +1,226 @@
+"""One training epoch and one evaluation pass, small and generic like torchvision's detection
+references: the trainer owns the run (schedule, checkpoints, resume); this file owns the loops.
+
+Clips travel as uint8 (B, T, H, W, 3) to the device (a quarter of float32's bytes) and are
+normalised there with `detector.preprocess.normalize_clips`, exactly as the daemon does.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections import defaultdict
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from detector.errors import VigilError
+from detector.preprocess import normalize_clips
+
+from . import metrics as M
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(VigilError, FloatingPointError):
+    """The loss became NaN or infinite: training diverged (the message holds every term)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when available, else CPU; anything else is passed to `torch.device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise VigilError(f"train.device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VigilError(f"train.device: {name!r} asked for but CUDA is not available")
+    return device
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `train.amp` on `device`, or None for full float32.
+
+    `auto`: fp16 on CUDA (with a GradScaler), off on CPU. `on`: fp16 on CUDA, bf16 on CPU (bf16
+    has float32's range, so it needs no scaler). `off`: None.
+    """
+    if mode == "off":
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if mode == "on":
+        return torch.bfloat16
+    return None
+
+
+def _autocast(device: torch.device, amp: torch.dtype | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp)
+
+
+def targets_to(targets: Sequence[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    """Copy the tensors of every target dict to `device` (other values, like the stem, stay)."""
+    return [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
+             for k, v in t.items()} for t in targets]
+
+
+def _model_input(model: nn.Module, clips: torch.Tensor, device: torch.device) -> torch.Tensor:
+    inp = model.cfg.input  # type: ignore[attr-defined]
+    clips = clips.to(device, non_blocking=True)
+    return normalize_clips(clips, inp.mean, inp.std)
+
+
+def _check_finite(total: torch.Tensor, terms: dict[str, torch.Tensor], epoch: int,
+                  step: int) -> None:
+    if not torch.isfinite(total):
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        raise NonFiniteLossError(
+            f"training diverged at epoch {epoch} step {step}: loss is {float(total.detach())} "
+            f"(terms {values}); lower optim.lr, keep optim.grad_clip on, or set train.amp=off")
+
+
+def train_one_epoch(model: nn.Module, criterion: Any, loader: Iterable,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device,
+                    epoch: int, grad_clip: float, amp: torch.dtype | None,
+                    scaler: "torch.amp.GradScaler | None", progress: bool = True,
+                    log_every: int = 20) -> dict[str, float]:
+    """Train for one pass over `loader`.
+
+    Args:
+        model: a `VideoDETR` (its `cfg.input` gives the normalisation statistics).
+        criterion: `detector.losses.SetCriterion`: `criterion(outputs, targets)` returns the
+            unweighted terms and `criterion.total(terms)` their weighted sum.
+        loader: yields (clips uint8 (B, T, H, W, 3), list of B target dicts).
+        optimizer: the optimiser.
+        scheduler: stepped after every optimiser step; None when the caller steps per epoch.
+        device: where the model lives.
+        epoch: epoch number, for the progress bar and error messages.
+        grad_clip: max total gradient L2 norm; 0 disables clipping.
+        amp: autocast dtype, or None for float32.
+        scaler: GradScaler for fp16 on CUDA, else None.
+        progress: show a tqdm bar with the running loss terms.
+        log_every: with the bar off, log the running means every this many steps.
+    Returns:
+        {term: mean over the epoch} for every loss term, plus `loss` (the weighted total),
+        `steps` and `seconds`.
+    """
+    from tqdm import tqdm
+
+    model.train()
+    sums: dict[str, float] = defaultdict(float)
+    steps = 0
+    start = time.monotonic()
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False,
+               dynamic_ncols=True, unit="batch")
+    for clips, targets in bar:
+        x = _model_input(model, clips, device)
+        tgts = targets_to(targets, device)
+        with _autocast(device, amp):
+            outputs = model(x)
+        # The loss in float32: fp16 logits through softmax/log would lose the small no_object terms.
+        outputs = {k: v.float() for k, v in outputs.items()}
+        terms = criterion(outputs, tgts)
+        total = criterion.total(terms)
+        _check_finite(total, terms, epoch, steps)
+
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(total).backward()
+            if grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            total.backward()
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+        steps += 1
+        for k, v in terms.items():
+            sums[k] += float(v.detach())
+        sums["loss"] += float(total.detach())
+        running = {k: sums[k] / steps for k in sums}
+        if progress:
+            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in running.items()})
+        elif steps % log_every == 0:
+            log.info("epoch %d step %d: %s", epoch, steps,
+                     " ".join(f"{k}={v:.4f}" for k, v in running.items()))
+    bar.close()
+    out = {k: v / max(steps, 1) for k, v in sums.items()}
+    out["steps"] = float(steps)
+    out["seconds"] = time.monotonic() - start
+    return out
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, criterion: Any, loader: Iterable, device: torch.device,
+             class_names: Sequence[str], score_threshold: float = 0.3,
+             amp: torch.dtype | None = None, iou_threshold: float = 0.5,
+             progress: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run the model over a loader and compute the report's metrics and the loss terms.
+
+    Args:
+        model: the detector.
+        criterion: the training criterion (its matcher's weights also drive mIoU matching).
+        loader: yields (clips uint8 (B, T, H, W, 3), targets with "labels", "boxes", "stem").
+        device: where the model lives.
+        class_names: the K foreground classes.
+        score_threshold: clip-level decision threshold.
+        amp: autocast dtype or None.
+        iou_threshold: det-acc IoU threshold.
+        progress: show a tqdm bar.
+    Returns:
+        (metrics, predictions): `train.metrics.compute_metrics`'s dict plus the mean loss terms
+        (`loss_ce`, ..., `loss`) and `seconds`; and per video {"stem", "probs" (N, K+1),
+        "boxes" (N, 4) cxcywh, "gt_labels" (G,), "gt_boxes" (G, 4)} numpy arrays merged with its
+        `per_video` entry (pred, score, true, iou, correct, box).
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    start = time.monotonic()
+    sums: dict[str, float] = defaultdict(float)
+    n_videos = 0
+    preds: list[dict[str, Any]] = []
+    for clips, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
+        x = _model_input(model, clips, device)
+        tgts = targets_to(targets, device)
+        with _autocast(device, amp):
+            outputs = model(x)
+        outputs = {k: v.float() for k, v in outputs.items()}
+        terms = criterion(outputs, tgts)
+        total = criterion.total(terms)
+        b = x.shape[0]
+        n_videos += b
+        for k, v in terms.items():
+            sums[k] += float(v) * b
+        sums["loss"] += float(total) * b
+        probs = outputs["pred_logits"].softmax(-1).cpu().numpy()
+        boxes = outputs["pred_boxes"].cpu().numpy()
+        for i, t in enumerate(targets):
+            preds.append({"stem": t.get("stem", str(len(preds))), "probs": probs[i],
+                          "boxes": boxes[i],
+                          "gt_labels": t["labels"].cpu().numpy().astype(np.int64),
+                          "gt_boxes": t["boxes"].cpu().numpy().astype(np.float64)})
+    matcher = getattr(criterion, "matcher", None)
+    weights = (float(getattr(matcher, "cost_class", 2.0)), float(getattr(matcher, "cost_bbox", 5.0)),
+               float(getattr(matcher, "cost_giou", 2.0)))
+    metrics = M.compute_metrics([p["probs"] for p in preds], [p["boxes"] for p in preds],
+                                [p["gt_labels"] for p in preds], [p["gt_boxes"] for p in preds],
+                                class_names, score_threshold, iou_threshold, weights)
+    for p, v in zip(preds, metrics["per_video"]):
+        p.update(v)
+        v["stem"] = p["stem"]
+    for k, v in sums.items():
+        metrics[k] = v / n_videos if n_videos else math.nan
+    metrics["seconds"] = time.monotonic() - start
+    return metrics, preds

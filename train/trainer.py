@@ -1,0 +1,403 @@
+"""A training run: data, model, optimiser, schedule, checkpoints, resume.
+
+`fit(cfg, data_root, out_dir)` writes into `out_dir`:
+  * `metrics.jsonl`: one JSON object per epoch: epoch, lr, train loss terms, val metrics, seconds;
+  * `last.pt`: the model after the latest epoch, with optimiser, scheduler, scaler, epoch and RNG
+    state, so an interrupted run continues where it stopped (`resume=True`, the default);
+  * `best.pt`: the model of the epoch with the best validation det-acc@0.5 (ties: lower loss);
+  * `config.yaml`: the full training config of the run.
+Every checkpoint is a plain-data file (`detector.checkpoint`), loadable with `weights_only=True`,
+that carries the model config, class names, input spec and parameter count, so `vigil eval` and
+the daemon need nothing else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from detector.checkpoint import save_checkpoint
+from detector.errors import CheckpointError, DataError
+from detector.losses import build_criterion
+from detector.model import build_model, count_parameters
+from detector.schema import to_dict
+
+from . import engine
+from . import metrics as M
+from .cache import ClipCache
+from .config import TrainConfig
+from .dataset import ClipDataset, VideoRecord, collate, scan_dataset, split_records
+from .sampler import BalancedBatchSampler
+
+log = logging.getLogger(__name__)
+
+LAST, BEST, HISTORY = "last.pt", "best.pt", "metrics.jsonl"
+
+
+# --------------------------------------------------------------------------- seeding
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    # torch gives each worker its own seed (base seed + id); derive numpy's and random's from it
+    # so no two workers share a stream. Samples themselves are seeded by (seed, epoch, index).
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global generators' states as plain data (tensors, ints, lists) for a checkpoint."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                       "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                       "cached_gaussian": float(np_state[4])},
+             "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved."""
+    torch.set_rng_state(state["torch"].cpu())
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), int(npst["pos"]),
+                         int(npst["has_gauss"]), float(npst["cached_gaussian"])))
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
+
+
+# --------------------------------------------------------------------------- data
+class EpochSharedDataset(Dataset):
+    """A dataset view whose epoch is read from shared memory at every item.
+
+    `ClipDataset` seeds augmentation with its `epoch`; DataLoader workers hold copies made when
+    they started, so with persistent workers (kept alive across epochs, which keeps their clip
+    cache fingerprints and saves a fork per epoch) a plain attribute set in the main process
+    would never reach them. A `multiprocessing.Value` is inherited by the workers and read here.
+    """
+
+    def __init__(self, dataset: ClipDataset) -> None:
+        import multiprocessing
+
+        self.dataset = dataset
+        self._epoch = multiprocessing.get_context().Value("i", 0, lock=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.value = int(epoch)
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        if self.dataset.epoch != self._epoch.value:
+            self.dataset.set_epoch(self._epoch.value)
+        return self.dataset[index]
+
+
+def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
+                 val_records: Sequence[VideoRecord], device: torch.device,
+                 input_cfg: Any) -> tuple[DataLoader, DataLoader | None, EpochSharedDataset,
+                                          BalancedBatchSampler]:
+    """The training loader (balanced batches, augmentation) and the validation loader."""
+    cache_dir = cfg.data.resolved_cache_dir()
+    cache = ClipCache(cache_dir) if cache_dir is not None else None
+    train_ds = EpochSharedDataset(ClipDataset(train_records, input_cfg, augment=cfg.augment,
+                                              cache=cache, seed=cfg.train.seed))
+    sampler = BalancedBatchSampler(train_ds.dataset.is_positive, cfg.data.batch_size,
+                                   seed=cfg.train.seed)
+    workers = cfg.data.num_workers
+    common = dict(num_workers=workers, collate_fn=collate, worker_init_fn=_worker_init,
+                  persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    # Own generators for the workers' base seeds: drawing them from the global generator would
+    # make the dropout stream depend on when loaders were created, and break exact resume.
+    train_loader = DataLoader(train_ds, batch_sampler=sampler,
+                              generator=torch.Generator().manual_seed(cfg.train.seed), **common)
+    val_loader = None
+    if val_records:
+        val_ds = ClipDataset(val_records, input_cfg, augment=None, cache=cache,
+                             seed=cfg.train.seed)
+        val_loader = DataLoader(val_ds, batch_size=cfg.data.batch_size, shuffle=False,
+                                generator=torch.Generator().manual_seed(cfg.train.seed + 1),
+                                **common)
+    return train_loader, val_loader, train_ds, sampler
+
+
+def median_clip_seconds(records: Sequence[VideoRecord]) -> float | None:
+    """Median duration (frames / fps) of the videos with a known frame rate, else None."""
+    durations = [r.frames / r.fps for r in records if r.fps and r.fps > 0]
+    return float(statistics.median(durations)) if durations else None
+
+
+# --------------------------------------------------------------------------- schedule
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    """The multiplier of the base lr at scheduler step `t` (per step or per epoch).
+
+    Linear warm-up from 1% over `warmup_epochs`, then the report's eq. 15 cosine from `lr` to
+    `lr_min` over the rest of the run.
+    """
+    o = cfg.optim
+    per = steps_per_epoch if o.schedule == "step" else 1
+    total = max(o.epochs * per, 1)
+    warm = o.warmup_epochs * per
+    floor = o.lr_min / o.lr
+
+    def factor(t: int) -> float:
+        if t < warm:
+            return 0.01 + 0.99 * t / warm
+        span = max(total - warm, 1)
+        progress = min((t - warm) / span, 1.0)
+        return floor + 0.5 * (1.0 - floor) * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+# --------------------------------------------------------------------------- the run
+def fit(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: bool = True,
+        progress: bool = True) -> dict[str, Any]:
+    """Train on a dataset folder with its own (or a stratified 80/20) train/val split.
+
+    Args:
+        cfg: the training config.
+        data_root: dataset folder (`videos/ labels/ [splits/]` or the reference layout).
+        out_dir: run folder (created); an existing `last.pt` there is resumed when `resume`.
+        resume: continue from `out_dir/last.pt` when it exists.
+        progress: show progress bars.
+    Returns:
+        See `fit_records`.
+    """
+    records = scan_dataset(data_root, num_classes=len(cfg.model.class_names))
+    train_records = split_records(records, data_root, "train", cfg.data.val_fraction,
+                                  cfg.data.split_seed)
+    val_records = split_records(records, data_root, "val", cfg.data.val_fraction,
+                                cfg.data.split_seed)
+    return fit_records(cfg, train_records, val_records, out_dir, resume=resume,
+                       progress=progress, data_root=data_root)
+
+
+def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
+                val_records: Sequence[VideoRecord], out_dir: str | Path, resume: bool = True,
+                progress: bool = True, data_root: str | Path | None = None) -> dict[str, Any]:
+    """Train on given train/validation records (what `fit` and cross-validation share).
+
+    Returns:
+        {"out_dir", "parameters", "epochs", "best_epoch", "best" (full val metrics of the best
+         epoch, without per-video entries), "last" (the same for the last epoch), "history"
+         (the `metrics.jsonl` records)}.
+    Raises:
+        DataError: no training videos, or none with an action.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not train_records:
+        raise DataError(f"{data_root or out_dir}: the training split is empty")
+    seed_everything(cfg.train.seed)
+    device = engine.resolve_device(cfg.train.device)
+    amp = engine.resolve_amp(cfg.train.amp, device)
+
+    model_cfg = cfg.model
+    if model_cfg.input.clip_seconds is None:
+        seconds = median_clip_seconds(train_records)
+        model_cfg = dataclasses.replace(
+            model_cfg, input=dataclasses.replace(model_cfg.input, clip_seconds=seconds))
+        log.info("clip_seconds = %s (median duration of the %d training videos)",
+                 "unknown" if seconds is None else f"{seconds:.2f}", len(train_records))
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+    _write_config(cfg, out_dir / "config.yaml")
+
+    model = build_model(model_cfg).to(device)
+    n_params = count_parameters(model)
+    log.info("model: %s backbone, %s parameters (%s trainable); device %s, amp %s",
+             model_cfg.backbone.name, f"{n_params:,}",
+             f"{count_parameters(model, trainable_only=True):,}", device,
+             "off" if amp is None else str(amp).replace("torch.", ""))
+    criterion = build_criterion(cfg.loss, model_cfg.num_classes).to(device)
+    train_loader, val_loader, train_ds, sampler = make_loaders(
+        cfg, train_records, val_records, device, model_cfg.input)
+    log.info("data: %d training videos (%d with an action), %d validation videos; %d steps "
+             "per epoch", len(train_records), sum(r.is_positive for r in train_records),
+             len(val_records), len(sampler))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, len(sampler)))
+    scaler = (torch.amp.GradScaler("cuda") if device.type == "cuda" and amp == torch.float16
+              else None)
+
+    start_epoch, best_key, best_epoch = 0, None, 0
+    history: list[dict[str, Any]] = []
+    last_path = out_dir / LAST
+    if resume and last_path.is_file():
+        _check_same_recipe(last_path, cfg)
+        start_epoch, best_key, best_epoch = _resume(last_path, model, optimizer, scheduler,
+                                                    scaler, device)
+        history = _trim_history(out_dir / HISTORY, start_epoch)
+        log.info("resuming %s after epoch %d of %d", last_path, start_epoch, cfg.optim.epochs)
+    elif (out_dir / HISTORY).exists():
+        (out_dir / HISTORY).unlink()
+
+    meta_common = {"train_config": to_dict(cfg), "clip_seconds": model_cfg.input.clip_seconds}
+    best_metrics = last_metrics = None
+    for epoch in range(start_epoch + 1, cfg.optim.epochs + 1):
+        t0 = time.monotonic()
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        train_stats = engine.train_one_epoch(
+            model, criterion, train_loader, optimizer,
+            scheduler if cfg.optim.schedule == "step" else None, device, epoch,
+            cfg.optim.grad_clip, amp, scaler, progress=progress, log_every=cfg.train.log_every)
+        lr = optimizer.param_groups[0]["lr"]
+        if cfg.optim.schedule == "epoch":
+            scheduler.step()
+        val_metrics: dict[str, Any] = {}
+        if val_loader is not None:
+            val_metrics, _ = engine.evaluate(model, criterion, val_loader, device,
+                                             model_cfg.class_names, cfg.train.score_threshold,
+                                             amp, cfg.train.iou_threshold)
+            val_metrics.pop("per_video", None)
+        record = {"epoch": epoch, "lr": lr, "train": train_stats,
+                  "val": M.to_jsonable(val_metrics), "seconds": time.monotonic() - t0}
+        history.append(record)
+        with open(out_dir / HISTORY, "a", encoding="utf-8") as f:
+            f.write(json.dumps(M.to_jsonable(record)) + "\n")
+
+        key = _selection_key(val_metrics, train_stats)
+        improved = best_key is None or key > best_key
+        if improved:
+            best_key, best_epoch, best_metrics = key, epoch, val_metrics
+        last_metrics = val_metrics
+        scalars = M.scalar_metrics(val_metrics)
+        meta = dict(meta_common, epoch=epoch, metrics=M.to_jsonable(scalars))
+        if improved:
+            save_checkpoint(out_dir / BEST, model, model_cfg, **meta)
+        save_checkpoint(last_path, model, model_cfg, **meta,
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        scaler=scaler.state_dict() if scaler is not None else None,
+                        rng=rng_state(), best_key=list(best_key), best_epoch=best_epoch)
+        log.info("epoch %d/%d: lr %.2e, train loss %.4f, val det-acc %s, video acc %s, mIoU %s, "
+                 "%.1fs%s", epoch, cfg.optim.epochs, lr, train_stats["loss"],
+                 _fmt(val_metrics.get("det_acc")), _fmt(val_metrics.get("video_acc")),
+                 _fmt(val_metrics.get("miou")), record["seconds"], " (best)" if improved else "")
+
+    if best_metrics is None or last_metrics is None:
+        # Resumed a finished run: report from the stored history.
+        best_metrics = next((h["val"] for h in history if h["epoch"] == best_epoch),
+                            history[-1]["val"] if history else {})
+        last_metrics = history[-1]["val"] if history else {}
+    return {"out_dir": str(out_dir), "parameters": n_params, "epochs": cfg.optim.epochs,
+            "best_epoch": best_epoch, "best": best_metrics, "last": last_metrics,
+            "history": history}
+
+
+def _selection_key(val: dict[str, Any], train_stats: dict[str, float]) -> tuple[float, float]:
+    """Higher is better: det-acc first, then lower validation loss (train loss without val)."""
+    det = val.get("det_acc")
+    det = -1.0 if det is None or (isinstance(det, float) and math.isnan(det)) else float(det)
+    loss = val.get("loss", train_stats.get("loss", math.inf))
+    loss = math.inf if loss is None or math.isnan(loss) else float(loss)
+    return (det, -loss)
+
+
+def _resume(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Any, scaler: Any, device: torch.device
+            ) -> tuple[int, tuple[float, float] | None, int]:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(data["state_dict"])
+        opt_state = dict(data["optimizer"])
+        # Checkpoints store mappings with string keys; the optimiser indexes its state by int.
+        opt_state["state"] = {int(k): v for k, v in opt_state["state"].items()}
+        optimizer.load_state_dict(opt_state)
+        scheduler.load_state_dict(data["scheduler"])
+        if scaler is not None and data.get("scaler"):
+            scaler.load_state_dict(data["scaler"])
+        set_rng_state(data["rng"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot resume from it ({exc}); move it away to start "
+                              "afresh, or pass a new --out folder") from None
+    # Optimiser moments follow the parameters' device.
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if torch.is_tensor(v) and k != "step":
+                state[k] = v.to(device)
+    best_key = tuple(data["best_key"]) if data.get("best_key") is not None else None
+    return int(data["epoch"]), best_key, int(data.get("best_epoch", 0))
+
+
+# Settings that may change between an interrupted run and its resumption: the length of the run
+# (to extend it), where and how fast it runs. Anything else would silently mix two recipes.
+_RESUMABLE = {"optim.epochs", "train.device", "train.log_every", "data.num_workers",
+              "data.cache", "data.cache_dir", "model.input.clip_seconds"}
+
+
+def _check_same_recipe(path: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume `path` with a config that differs in anything but `_RESUMABLE`."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True).get("train_config")
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read it to resume ({exc}); move it away or use "
+                              "another --out folder") from None
+    if not isinstance(stored, dict):
+        return
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        return out
+
+    old, new = flat(stored), flat(M.to_jsonable(to_dict(cfg)))
+    for key in sorted(set(old) | set(new)):
+        if key in _RESUMABLE:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and float(a) == float(b):
+            continue
+        if a != b:
+            raise CheckpointError(
+                f"{path}: the run there was trained with {key}={a!r}, this config says {b!r}; "
+                "resume with the same config (only optim.epochs and where it runs may change), "
+                "or start afresh with --no-resume or another --out folder")
+
+
+def _trim_history(path: Path, upto: int) -> list[dict[str, Any]]:
+    """Keep the epochs <= `upto` of `metrics.jsonl` (an interrupted epoch may have logged)."""
+    if not path.exists():
+        return []
+    kept = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    kept = [h for h in kept if h.get("epoch", 0) <= upto]
+    path.write_text("".join(json.dumps(h) + "\n" for h in kept), encoding="utf-8")
+    return kept
+
+
+def _write_config(cfg: TrainConfig, path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{value:.3f}"
