@@ -13,7 +13,7 @@ $(VENV)/bin/python:
 
 # Reinstalls only when the package metadata or the pins change, so a second run installs nothing.
 $(STAMP): $(VENV)/bin/python setup.cfg pyproject.toml constraints.txt
-	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev,onnx]'
 	touch $(STAMP)
 
 install: $(STAMP)

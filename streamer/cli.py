@@ -16,7 +16,7 @@ from detector.errors import VigilError
 from .logs import setup_logging
 
 # Modules that add verbs, in the order their verbs appear in --help.
-VERB_MODULES = ("train.cli", "streamer.commands")
+VERB_MODULES = ("train.cli", "streamer.commands", "streamer.bench_cli")
 
 log = logging.getLogger("vigil")
 

@@ -1,0 +1,807 @@
+"""`vigil bench model`: how fast the detector runs, and how far that is from the hardware's limit.
+
+Everything printed is measured in the run that prints it:
+
+* FLOPs per clip are counted by `torch.utils.flop_counter.FlopCounterMode` on the meta device
+  (no memory, no compute; convolutions, matmuls and attention are counted as 2 x MACs, biases and
+  element-wise ops are not);
+* each configuration (model, batch, precision, `channels_last_3d`, `torch.compile`,
+  `cudnn.benchmark`) is timed `repeats` times after `warmup` untimed calls (compilation, cuDNN
+  autotuning and allocator growth happen there) with the device synchronised around every call;
+  the reported time is the MEDIAN of those samples, and every derived number (clips/s, TFLOP/s,
+  fraction of peak, speed-up) is computed from the recorded samples by the table builder;
+* the roofline is a square matmul timed in the same process just before (8192^3 on CUDA, 2048^3
+  on the CPU), once per precision, so "fraction of peak" compares like with like.
+
+The generic pieces (timing, medians, environment, Markdown/JSON tables) are also used by the
+pipeline and offline benchmarks (`streamer/bench.py`, `train/bench_offline.py`).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import math
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# A matmul this size saturates an H100's tensor cores (about 790 dense bf16 TFLOP/s measured)...
+CUDA_MATMUL_N = 8192
+# ...and this one a small CPU's vector units in well under a second.
+CPU_MATMUL_N = 2048
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# =============================================================================== statistics
+def median(samples: Sequence[float]) -> float:
+    """Median of recorded samples (what every table reports).
+
+    Raises:
+        ValueError: no samples.
+    """
+    if not samples:
+        raise ValueError("no samples to summarise")
+    return float(statistics.median(samples))
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between order statistics."""
+    if not samples:
+        raise ValueError("no samples to summarise")
+    xs = sorted(float(s) for s in samples)
+    pos = (len(xs) - 1) * min(max(q, 0.0), 100.0) / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def ratio(numerator: float, denominator: float) -> Optional[float]:
+    """numerator / denominator, or None when the denominator is zero or not finite."""
+    if not denominator or not math.isfinite(denominator):
+        return None
+    return numerator / denominator
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_samples(fn: Callable[[], Any], repeats: int, warmup: int = 1,
+                 device: torch.device | str = "cpu", inner: int = 1) -> list[float]:
+    """Time `fn`: `warmup` untimed calls, then `repeats` timed samples.
+
+    Args:
+        fn: the work; its result is discarded.
+        repeats: samples recorded (>= 1).
+        warmup: untimed calls first (compilation, autotuning, caches).
+        device: synchronised before and after each sample so queued GPU work is counted.
+        inner: calls per sample (amortises launch overhead of very short calls); the sample is
+            the time of ONE call (total / inner).
+    Returns:
+        `repeats` durations in seconds, in the order measured.
+    """
+    if repeats < 1 or inner < 1:
+        raise ValueError("repeats and inner must be >= 1")
+    device = torch.device(device)
+    for _ in range(max(0, warmup)):
+        fn()
+    synchronize(device)
+    samples = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        synchronize(device)
+        samples.append((time.perf_counter() - t0) / inner)
+    return samples
+
+
+# =============================================================================== environment
+def resolve_device(requested: str) -> torch.device:
+    """`auto` -> CUDA when available, else CPU; `cuda` without a GPU is a ConfigError."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(f"--device: unknown device {requested!r} (auto, cpu, cuda, "
+                          "cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device: {requested!r} requested but no CUDA device is available")
+    return dev
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (AVX-512 BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()} ({torch.get_num_threads()} torch threads)"
+
+
+def command_line(argv: Optional[Sequence[str]] = None) -> str:
+    """The command as typed (`vigil bench ...`), quoted so it can be pasted back."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and (argv[0].endswith("vigil") or argv[0].endswith("cli.py")):
+        argv[0] = "vigil"
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+@dataclass
+class BenchEnv:
+    """Where and how a benchmark ran; stated above every table and in every JSON row."""
+    device: str
+    device_name: str
+    torch: str
+    torchvision: str
+    opencv: str
+    python: str
+    threads: int
+    command: str
+    date: str
+    cpu_bf16: bool
+
+    def line(self) -> str:
+        return (f"device {self.device} ({self.device_name}); torch {self.torch}, torchvision "
+                f"{self.torchvision}, OpenCV {self.opencv}, Python {self.python}; "
+                f"{self.threads} torch threads; {self.date}; command: `{self.command}`")
+
+
+def bench_env(device: torch.device, command: Optional[str] = None) -> BenchEnv:
+    """Collect the environment line of a benchmark."""
+    import torchvision
+    try:
+        import cv2
+        cv_version = cv2.__version__
+    except ImportError:
+        cv_version = "absent"
+    return BenchEnv(device=str(device), device_name=device_name(device), torch=torch.__version__,
+                    torchvision=torchvision.__version__, opencv=cv_version,
+                    python=platform.python_version(), threads=torch.get_num_threads(),
+                    command=command if command is not None else command_line(),
+                    date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                    cpu_bf16=cpu_bf16_supported())
+
+
+# =============================================================================== reports
+@dataclass
+class Section:
+    """One table: a title, column names, row dicts (keys = columns) and notes under it."""
+    title: str
+    columns: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BenchReport:
+    """A benchmark's result: environment + tables. `to_markdown()` / `to_json()`."""
+    title: str
+    env: BenchEnv
+    sections: list[Section] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        out = [f"## {self.title}", "", self.env.line(), ""]
+        for sec in self.sections:
+            out += [f"### {sec.title}", "", markdown_table(sec.columns, sec.rows), ""]
+            out += [f"- {n}" for n in sec.notes]
+            if sec.notes:
+                out.append("")
+        return "\n".join(out)
+
+    def to_json(self) -> str:
+        env = dataclasses.asdict(self.env)
+        return json.dumps({"title": self.title, "env": env, "sections": [
+            {"title": s.title, "columns": s.columns, "notes": s.notes,
+             "rows": [{**r, "env": env} for r in s.rows]} for s in self.sections]},
+            indent=2, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def format_cell(value: Any) -> str:
+    """Markdown cell text: 3-4 significant digits for floats, `-` for missing values."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "-"
+        if value == 0:
+            return "0"
+        mag = abs(value)
+        if mag >= 1000:
+            return f"{value:,.0f}"
+        if mag >= 100:
+            return f"{value:.1f}"
+        if mag >= 1:
+            return f"{value:.2f}"
+        return f"{value:.3g}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    """A GitHub Markdown table of `rows` (missing keys print as `-`)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(format_cell(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_report(report: BenchReport, path: str | Path) -> Path:
+    """Write `report` as Markdown (`.md`) or JSON (`.json`), chosen by the suffix.
+
+    Raises:
+        ConfigError: any other suffix.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        text = report.to_json()
+    elif path.suffix.lower() in (".md", ".markdown"):
+        text = report.to_markdown()
+    else:
+        raise ConfigError(f"--out {path}: use a .md or .json file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
+# =============================================================================== FLOPs
+def count_flops(model: nn.Module, example: torch.Tensor) -> int:
+    """FLOPs of one forward pass as counted by `FlopCounterMode` (2 x MACs per matmul/conv).
+
+    Args:
+        model: any module; it is not run for real when `example` is on the meta device.
+        example: the input (any device, usually meta).
+    Returns:
+        Total FLOPs of `model(example)`.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    # Grad mode stays on: FlopCounterMode's module tracker needs autograd nodes, and it also keeps
+    # nn.MultiheadAttention off its fused inference kernel, whose op the counter does not know.
+    with counter:
+        model(example)
+    return int(counter.get_total_flops())
+
+
+def model_flops_per_clip(cfg: ModelConfig, frames: Optional[int] = None,
+                         size: Optional[Sequence[int]] = None) -> int:
+    """FLOPs per clip of the detector built from `cfg`, counted on the meta device.
+
+    Args:
+        cfg: the model config.
+        frames, size: input T and (H, W); default `cfg.input`.
+    Returns:
+        FLOPs of one clip's forward pass.
+    """
+    from .model import build_model
+
+    T = frames or cfg.input.frames
+    H, W = size or cfg.input.size
+    bare = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, pretrained=None))
+    with torch.device("meta"):
+        model = build_model(bare).eval()
+        x = torch.empty(1, 3, T, H, W)
+    return count_flops(model, x)
+
+
+# =============================================================================== roofline
+@dataclass
+class MatmulPeak:
+    """A square matmul's measured throughput: the roofline a model's TFLOP/s is compared with."""
+    precision: str
+    n: int
+    samples: list[float]
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.n ** 3
+
+    @property
+    def tflops(self) -> float:
+        return self.flops / median(self.samples) / 1e12
+
+    def row(self, device: str) -> dict[str, Any]:
+        return {"device": device, "precision": self.precision, "n": self.n,
+                "ms": median(self.samples) * 1e3, "TFLOP/s": self.tflops,
+                "repeats": len(self.samples)}
+
+
+def measure_matmul(device: torch.device, precision: str, n: int, repeats: int = 5,
+                   warmup: int = 2) -> MatmulPeak:
+    """Time an n x n x n matmul in `precision` on `device`."""
+    dtype = PRECISION_DTYPES[precision]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    # On a GPU one 8192^3 matmul is ~1 ms: ten per sample keep launch and sync noise out.
+    inner = 10 if device.type == "cuda" else 1
+    with torch.inference_mode():
+        samples = time_samples(lambda: torch.mm(a, b), repeats, warmup, device, inner=inner)
+    return MatmulPeak(precision, n, samples)
+
+
+# =============================================================================== model timing
+@dataclass
+class ModelRow:
+    """One timed configuration of a model and the samples measured for it.
+
+    Attributes:
+        model: label ("seed", "cpu", ...).
+        input: (T, H, W) of the clips.
+        device: "cpu", "cuda:0", ...
+        precision: "fp32", "bf16" or "fp16" (the latter two as autocast).
+        batch: clips per forward pass.
+        channels_last: `channels_last_3d` memory format for weights and input.
+        compiled: wrapped in `torch.compile`.
+        cudnn_benchmark: `torch.backends.cudnn.benchmark` (None on the CPU).
+        samples: seconds per forward pass of `batch` clips, warm-up excluded.
+        flops_per_clip: counted FLOPs of one clip.
+        note: why a configuration was skipped or changed.
+    """
+    model: str
+    input: tuple[int, int, int]
+    device: str
+    precision: str
+    batch: int
+    channels_last: bool = False
+    compiled: bool = False
+    cudnn_benchmark: Optional[bool] = None
+    samples: list[float] = field(default_factory=list)
+    flops_per_clip: int = 0
+    note: str = ""
+
+    def key(self) -> tuple:
+        return (self.model, self.input, self.device, self.precision, self.batch,
+                self.channels_last, self.compiled, self.cudnn_benchmark)
+
+
+def model_table_rows(rows: Sequence[ModelRow], peaks: Mapping[str, MatmulPeak],
+                     baselines: Optional[Mapping[tuple, ModelRow]] = None) -> list[dict[str, Any]]:
+    """Derive every printed number from the recorded samples.
+
+    Args:
+        rows: measured configurations.
+        peaks: precision -> the matmul measured in the same run.
+        baselines: row key -> the row it is compared with (speed-up = baseline median / median).
+    Returns:
+        One dict per row with the columns of `MODEL_COLUMNS`.
+    """
+    out = []
+    for r in rows:
+        d: dict[str, Any] = {
+            "model": r.model, "input": "x".join(map(str, r.input)), "device": r.device,
+            "precision": r.precision if r.precision == "fp32" else f"{r.precision} autocast",
+            "batch": r.batch, "channels_last_3d": r.channels_last, "compile": r.compiled,
+            "cudnn.benchmark": r.cudnn_benchmark, "repeats": len(r.samples), "note": r.note,
+            "GFLOP/clip": r.flops_per_clip / 1e9 if r.flops_per_clip else None}
+        if r.samples:
+            t = median(r.samples)
+            tflops = r.flops_per_clip * r.batch / t / 1e12
+            peak = peaks.get(r.precision)
+            d.update({"ms/batch": t * 1e3, "clips/s": r.batch / t, "TFLOP/s": tflops,
+                      "% of matmul peak": (100.0 * tflops / peak.tflops) if peak else None})
+            base = (baselines or {}).get(r.key())
+            if base is not None and base.samples:
+                d["speed-up"] = median(base.samples) / t
+                d["vs"] = describe_difference(base, r)
+        out.append(d)
+    return out
+
+
+MODEL_COLUMNS = ["model", "input", "device", "precision", "batch", "channels_last_3d", "compile",
+                 "cudnn.benchmark", "ms/batch", "clips/s", "GFLOP/clip", "TFLOP/s",
+                 "% of matmul peak", "speed-up", "vs", "repeats", "note"]
+
+
+def describe_difference(base: ModelRow, row: ModelRow) -> str:
+    """What the baseline of a comparison differs in, e.g. `fp32` or `channels_last_3d off`."""
+    parts = []
+    if base.precision != row.precision:
+        parts.append(base.precision)
+    if base.batch != row.batch:
+        parts.append(f"batch {base.batch}")
+    if base.channels_last != row.channels_last:
+        parts.append(f"channels_last_3d {'on' if base.channels_last else 'off'}")
+    if base.compiled != row.compiled:
+        parts.append(f"compile {'on' if base.compiled else 'off'}")
+    if base.cudnn_benchmark != row.cudnn_benchmark:
+        parts.append(f"cudnn.benchmark {'on' if base.cudnn_benchmark else 'off'}")
+    return ", ".join(parts) or "same"
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(flag: Optional[bool]) -> Iterator[None]:
+    """Set `torch.backends.cudnn.benchmark` for the block (None: leave it), then restore it."""
+    previous = torch.backends.cudnn.benchmark
+    if flag is not None:
+        torch.backends.cudnn.benchmark = flag
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISION_DTYPES[precision])
+
+
+def time_model(model: nn.Module, row: ModelRow, repeats: int, warmup: int,
+               seed: int = 0) -> ModelRow:
+    """Fill `row.samples` by timing `model` (already on the device, eval) in `row`'s configuration.
+
+    The model is used as given for `channels_last=False` and converted (in place, as
+    `nn.Module.to` does) for `channels_last=True`; the caller restores the format.
+    """
+    device = torch.device(row.device)
+    T, H, W = row.input
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(row.batch, 3, T, H, W, generator=gen).to(device)
+    fmt = torch.channels_last_3d if row.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = x.contiguous(memory_format=fmt)
+    run: Callable[[torch.Tensor], Any] = model
+    if row.compiled:
+        # A fresh compile per row: no cache entries (or recompile budget) left by earlier rows.
+        torch._dynamo.reset()
+        run = torch.compile(model, dynamic=False)
+    with torch.inference_mode(), cudnn_benchmark(row.cudnn_benchmark if device.type == "cuda"
+                                                 else None):
+        def step() -> Any:
+            with _autocast(device, row.precision):
+                return run(x)
+        row.samples = time_samples(step, repeats, warmup, device)
+    return row
+
+
+# =============================================================================== precision check
+@dataclass
+class PrecisionCheck:
+    """Low-precision outputs against fp32 on the same clips."""
+    model: str
+    precision: str
+    clips: int
+    max_abs_logits: float
+    max_abs_boxes: float
+    class_agreement: float
+    min_box_iou: float
+
+    def row(self) -> dict[str, Any]:
+        return {"model": self.model, "precision": f"{self.precision} autocast vs fp32",
+                "clips": self.clips, "max abs diff logits": self.max_abs_logits,
+                "max abs diff boxes": self.max_abs_boxes,
+                "class agreement": f"{self.class_agreement:.0%}",
+                "min IoU of the class's box": self.min_box_iou}
+
+
+PRECISION_COLUMNS = ["model", "precision", "clips", "max abs diff logits", "max abs diff boxes",
+                     "class agreement", "min IoU of the class's box"]
+
+
+def compare_outputs(ref: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor]
+                    ) -> tuple[float, float, float, float]:
+    """fp32 outputs vs another run's on the same clips.
+
+    Args:
+        ref, other: {"pred_logits": (B, N, K+1), "pred_boxes": (B, N, 4) cxcywh}.
+    Returns:
+        (max |logits diff|, max |boxes diff|, share of clips whose best foreground class agrees,
+         smallest IoU between the two runs' boxes for the reference's best class).
+    """
+    from torchvision.ops import box_iou
+
+    from .box_ops import cxcywh_to_xyxy
+    from .postprocess import class_scores
+
+    la, lb = ref["pred_logits"].float(), other["pred_logits"].float()
+    ba, bb = ref["pred_boxes"].float(), other["pred_boxes"].float()
+    sa, boxa = class_scores(ref)
+    sb, boxb = class_scores(other)
+    ca, cb = sa.argmax(1), sb.argmax(1)
+    idx = torch.arange(len(ca))
+    ious = box_iou(cxcywh_to_xyxy(boxa[idx, ca]), cxcywh_to_xyxy(boxb[idx, ca])).diagonal()
+    return (float((la - lb).abs().max()), float((ba - bb).abs().max()),
+            float((ca == cb).float().mean()), float(ious.min()))
+
+
+def synth_clips(batch: int, frames: int, size: Sequence[int], seed: int = 0) -> torch.Tensor:
+    """Rendered synthetic scenes (fight/collapse/none) as uint8 (B, T, H, W, 3) RGB.
+
+    Real-looking clips rather than noise, so a precision check sees the model's usual inputs.
+    """
+    import cv2
+    import numpy as np
+
+    from train.synth import KINDS, Scene
+
+    H, W = int(size[0]), int(size[1])
+    out = np.empty((batch, frames, H, W, 3), np.uint8)
+    for b in range(batch):
+        scene = Scene(KINDS[b % len(KINDS)], seed + b, width=max(W, 64), height=max(H, 48),
+                      frames=frames)
+        for t in range(frames):
+            bgr = cv2.resize(scene.render(t), (W, H), interpolation=cv2.INTER_AREA)
+            cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=out[b, t])
+    return torch.from_numpy(out)
+
+
+def check_precision(model: nn.Module, cfg: ModelConfig, name: str, device: torch.device,
+                    precision: str, clips: torch.Tensor) -> PrecisionCheck:
+    """Run `clips` in fp32 and in `precision` autocast and compare (see `compare_outputs`).
+
+    Args:
+        model: the detector on `device`, eval.
+        cfg: its config (normalisation statistics).
+        name: the model's label in the table.
+        clips: (B, T, H, W, 3) uint8 RGB.
+    """
+    from .preprocess import normalize_clips
+
+    x = normalize_clips(clips.to(device), cfg.input.mean, cfg.input.std)
+    with torch.inference_mode():
+        ref = model(x)
+        with _autocast(device, precision):
+            low = model(x)
+    ref = {k: v.float().cpu() for k, v in ref.items()}
+    low = {k: v.float().cpu() for k, v in low.items()}
+    dl, db, agree, iou = compare_outputs(ref, low)
+    return PrecisionCheck(name, precision, int(clips.shape[0]), dl, db, agree, iou)
+
+
+# =============================================================================== the benchmark
+@dataclass
+class ModelBenchOptions:
+    """What `vigil bench model` measures.
+
+    Args:
+        device: "auto", "cpu", "cuda", "cuda:N".
+        quick: tiny sweep (batches 1 and 4, 2 repeats, 1 warm-up; seed model at 16x112x112 on
+            the CPU; no torch.compile on the CPU).
+        models: which of "seed" (`ModelConfig()` defaults) and "cpu" (`cpu-small.yaml`).
+        batches: batch sizes of the sweep (default 1..64 in powers of two on CUDA, 1..16 on
+            the CPU; --quick: 1, 4).
+        repeats, warmup: timed samples and untimed calls per configuration.
+        compile: include torch.compile rows (None = yes, except on the CPU in --quick).
+        ablation_batch: batch of the channels_last/compile/cudnn.benchmark comparisons (default:
+            the largest batch of the sweep; at most 8 on the CPU).
+        cpu_config: training config whose `model:` section is the CPU model.
+        seed_size: (H, W) of the seed model's clips (default 224x224; --quick on CPU 112x112).
+        matmul_n: roofline matmul size (default 8192 on CUDA, 2048 on the CPU).
+    """
+    device: str = "auto"
+    quick: bool = False
+    models: Sequence[str] = ("seed", "cpu")
+    batches: Optional[Sequence[int]] = None
+    repeats: Optional[int] = None
+    warmup: Optional[int] = None
+    compile: Optional[bool] = None
+    ablation_batch: Optional[int] = None
+    cpu_config: Optional[str] = None
+    seed_size: Optional[Sequence[int]] = None
+    matmul_n: Optional[int] = None
+    command: Optional[str] = None
+
+
+def default_cpu_config() -> Path:
+    """`configs/train/cpu-small.yaml` of the source tree this package runs from."""
+    return Path(__file__).resolve().parents[1] / "configs" / "train" / "cpu-small.yaml"
+
+
+def load_cpu_model_config(path: Optional[str | Path] = None) -> ModelConfig:
+    """The `model:` section of the CPU recipe (`configs/train/cpu-small.yaml` by default).
+
+    Raises:
+        ConfigError: the file is missing or its model section is invalid (naming the file).
+    """
+    path = Path(path) if path is not None else default_cpu_config()
+    if not path.is_file():
+        raise ConfigError(f"{path}: CPU model config not found (pass --cpu-config PATH)")
+    from .schema import from_dict, load_yaml
+
+    data = load_yaml(path)
+    try:
+        return from_dict(ModelConfig, data.get("model", {}), "model")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _precisions(device: torch.device) -> list[str]:
+    if device.type == "cuda":
+        return ["fp32", "fp16", "bf16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
+    return ["fp32", "bf16"]
+
+
+def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
+    """Measure the models; see the module docstring for what and how.
+
+    Returns:
+        The report (environment, roofline, FLOPs, throughput sweep, ablations, precision check).
+    """
+    from .model import build_model, count_parameters
+
+    device = resolve_device(opts.device)
+    cuda = device.type == "cuda"
+    env = bench_env(device, opts.command)
+    # The CPU's default stops at 16: a batch of 64 seed-model clips is over a minute per call on a
+    # small CPU. --batches extends it.
+    batches = list(opts.batches or ([1, 4] if opts.quick else
+                                    [1, 2, 4, 8, 16, 32, 64] if cuda else [1, 2, 4, 8, 16]))
+    repeats = opts.repeats or (2 if opts.quick else (20 if cuda else 5))
+    warmup = opts.warmup if opts.warmup is not None else (1 if opts.quick else (5 if cuda else 2))
+    if opts.quick:
+        repeats = min(repeats, 2)
+    do_compile = opts.compile if opts.compile is not None else (cuda or not opts.quick)
+    ablation_batch = opts.ablation_batch or (max(batches) if cuda else min(max(batches), 8))
+    precisions = _precisions(device)
+    low = "bf16" if "bf16" in precisions else precisions[-1]
+    notes: list[str] = []
+    if not cuda and not env.cpu_bf16:
+        notes.append("this CPU has no native bf16 kernels: bf16 autocast is emulated (slow)")
+    compile_why = ("--quick on the CPU: compiling the 3D CNN takes minutes on a small CPU"
+                   if opts.quick and not cuda and opts.compile is None else "--no-compile given")
+    if not do_compile:
+        notes.append(f"torch.compile rows skipped ({compile_why})")
+    if cuda and torch.backends.cudnn.allow_tf32:
+        notes.append("fp32 on CUDA: cuDNN convolutions run in TF32 (torch.backends.cudnn."
+                     "allow_tf32, PyTorch's default) while the fp32 matmul roofline does not "
+                     "(torch.backends.cuda.matmul.allow_tf32="
+                     f"{torch.backends.cuda.matmul.allow_tf32})")
+
+    configs: list[tuple[str, ModelConfig, tuple[int, int, int]]] = []
+    for name in opts.models:
+        if name == "seed":
+            cfg = ModelConfig()
+            size = opts.seed_size or ([112, 112] if opts.quick and not cuda else cfg.input.size)
+            if list(size) != list(cfg.input.size):
+                notes.append(f"seed model timed at {size[0]}x{size[1]} (--quick on the CPU or "
+                             f"--seed-size), not {cfg.input.size[0]}x{cfg.input.size[1]}")
+            configs.append(("seed", cfg, (cfg.input.frames, int(size[0]), int(size[1]))))
+        elif name == "cpu":
+            cfg = load_cpu_model_config(opts.cpu_config)
+            configs.append(("cpu", cfg, (cfg.input.frames, *map(int, cfg.input.size))))
+        else:
+            raise ConfigError(f"--models: unknown model {name!r} (seed, cpu)")
+
+    # The roofline first, on an idle device.
+    n = opts.matmul_n or (CUDA_MATMUL_N if cuda else CPU_MATMUL_N)
+    peaks = {p: measure_matmul(device, p, n, repeats=max(3, repeats), warmup=2)
+             for p in (["bf16", "fp16", "fp32"] if cuda else ["fp32", "bf16"]) if p in precisions}
+    for p, peak in peaks.items():
+        log.info("matmul %d^3 %s: %.2f TFLOP/s", n, p, peak.tflops)
+
+    flops_rows, sweep, ablation, checks = [], [], [], []
+    baselines: dict[tuple, ModelRow] = {}
+    for name, cfg, shape in configs:
+        T, H, W = shape
+        flops = model_flops_per_clip(cfg, T, (H, W))
+        torch.manual_seed(0)
+        model = build_model(dataclasses.replace(
+            cfg, backbone=dataclasses.replace(cfg.backbone, pretrained=None))).eval().to(device)
+        flops_rows.append({"model": name, "backbone": cfg.backbone.name,
+                           "input": f"{T}x{H}x{W}", "parameters": count_parameters(model),
+                           "GFLOP/clip": flops / 1e9})
+        bench_default = True if cuda else None
+
+        def measure(batch: int, precision: str, cl: bool = False, comp: bool = False,
+                    bench: Optional[bool] = bench_default) -> ModelRow:
+            row = ModelRow(name, shape, str(device), precision, batch, cl, comp, bench,
+                           flops_per_clip=flops)
+            log.info("timing %s %s batch %d %s%s%s", name, "x".join(map(str, shape)), batch,
+                     precision, " channels_last_3d" if cl else "", " compiled" if comp else "")
+            try:
+                time_model(model, row, repeats, warmup)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                row.note = "out of device memory"
+            finally:
+                model.to(memory_format=torch.contiguous_format)
+            return row
+
+        # Batch sweep: every precision, default layout, no compile.
+        by_key: dict[tuple[str, int], ModelRow] = {}
+        for batch in batches:
+            for precision in precisions:
+                row = measure(batch, precision)
+                by_key[(precision, batch)] = row
+                if precision != "fp32" and ("fp32", batch) in by_key:
+                    baselines[row.key()] = by_key[("fp32", batch)]
+                sweep.append(row)
+        # Ablations at one batch in the low precision, each against the plain row.
+        base = by_key[(low, ablation_batch)] if (low, ablation_batch) in by_key \
+            else measure(ablation_batch, low)
+        variants: list[dict[str, bool]] = [dict(cl=True)]
+        if do_compile:
+            variants += [dict(comp=True), dict(cl=True, comp=True)]
+        if cuda:
+            variants += [dict(bench=False)]
+        ablation.append(base)
+        for v in variants:
+            row = measure(ablation_batch, low, **v)
+            baselines[row.key()] = base
+            ablation.append(row)
+        if not do_compile:
+            # Stated in the table itself, not only in a note: the row exists, unmeasured.
+            ablation.append(ModelRow(name, shape, str(device), low, ablation_batch,
+                                     compiled=True, cudnn_benchmark=bench_default,
+                                     flops_per_clip=flops, note=f"skipped: {compile_why}"))
+
+        # Low precision against fp32 on rendered clips.
+        clips = synth_clips(4 if opts.quick else 8, T, (H, W))
+        for precision in precisions:
+            if precision != "fp32":
+                checks.append(check_precision(model, cfg, name, device, precision, clips))
+        del model
+        if cuda:
+            torch.cuda.empty_cache()
+
+    report = BenchReport("vigil bench model", env)
+    report.sections.append(Section(
+        f"Roofline: {n}x{n}x{n} matmul", ["device", "precision", "n", "ms", "TFLOP/s", "repeats"],
+        [p.row(str(device)) for p in peaks.values()],
+        ["FLOPs = 2 n^3; median of the samples; the models' '% of matmul peak' divides by the "
+         "matmul of their own precision."]))
+    report.sections.append(Section(
+        "FLOPs per clip (torch.utils.flop_counter, meta device)",
+        ["model", "backbone", "input", "parameters", "GFLOP/clip"], flops_rows,
+        ["convolutions, matmuls and attention count 2 FLOPs per multiply-add; element-wise ops "
+         "and biases are not counted"]))
+    report.sections.append(Section(
+        "Throughput by batch and precision", MODEL_COLUMNS,
+        model_table_rows(sweep, peaks, baselines),
+        notes + ["ms/batch: median forward time of one batch of float clips already on the "
+                 "device (normalisation and copy are the pipeline benchmark's); clips/s = "
+                 "batch / ms; speed-up vs the fp32 row of the same batch, same run"]))
+    report.sections.append(Section(
+        f"Options at batch {ablation_batch}, {low}", MODEL_COLUMNS,
+        model_table_rows(ablation, peaks, baselines),
+        ["speed-up vs the row without the option (its 'vs' column), same run"]))
+    report.sections.append(Section(
+        "Low precision against fp32 (rendered synthetic clips, random-init weights)",
+        PRECISION_COLUMNS, [c.row() for c in checks],
+        ["class agreement: best foreground class of each clip; IoU: the two runs' boxes of "
+         "the fp32 run's best class"]))
+    return report

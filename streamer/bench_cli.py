@@ -1,0 +1,257 @@
+"""The `vigil bench` and `vigil export` verbs.
+
+    vigil bench model    [--quick] [--device D] [--out FILE.md|FILE.json] ...
+    vigil bench pipeline [--quick] [--device D] [--out FILE] [--cameras N ...] ...
+    vigil bench offline  [--quick] [--device D] [--out FILE] [--data DIR] ...
+    vigil export --checkpoint CKPT --format onnx --out model.onnx
+
+Each benchmark prints its Markdown tables on stdout (the environment line above them states the
+device, versions and this command line) and writes them to --out as Markdown or JSON (by the
+file's suffix; JSON rows carry the raw samples). Heavy imports happen inside the verb functions.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 640x360, got {text!r}")
+    if w < 16 or h < 16:
+        raise argparse.ArgumentTypeError(f"resolution too small: {text!r}")
+    return w, h
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny sweep that runs in minutes on a small CPU")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="also write the tables to FILE (.md: Markdown, .json: JSON with samples)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `bench` (model, pipeline, offline) and `export` to the `vigil` command."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = subparsers.add_parser(
+        "bench", help="measure the model, the daemon and offline detection",
+        description="Benchmarks whose every number is measured in the run that prints it: "
+                    "medians over repeats after warm-up, comparisons as ratios from one run.")
+    sub = p.add_subparsers(dest="bench_verb", metavar="WHAT")
+    sub.required = True
+
+    m = sub.add_parser(
+        "model", formatter_class=fmt, help="clips/s, FLOPs and roofline of the detector",
+        description="Time the seed model (ModelConfig() defaults, 16x224x224) and the CPU model "
+                    "(configs/train/cpu-small.yaml) over batch sizes and precisions, with "
+                    "channels_last_3d, torch.compile and cudnn.benchmark on and off; FLOPs per "
+                    "clip from torch.utils.flop_counter; TFLOP/s against a matmul measured in "
+                    "the same run; low precision checked against fp32.")
+    _common(m)
+    m.add_argument("--models", default="seed,cpu", help="comma-separated: seed, cpu")
+    m.add_argument("--batches", type=_ints, default=None,
+                   help="batch sizes (default 1,2,4,...,64 on CUDA, 1,...,16 on CPU; --quick: 1,4)")
+    m.add_argument("--repeats", type=int, default=None,
+                   help="timed samples per configuration (default 5 CPU, 20 CUDA; --quick 2)")
+    m.add_argument("--warmup", type=int, default=None, help="untimed calls per configuration")
+    m.add_argument("--no-compile", action="store_true", help="leave out torch.compile rows")
+    m.add_argument("--ablation-batch", type=int, default=None,
+                   help="batch of the option comparisons (default: the largest batch, at most 8 "
+                        "on CPU)")
+    m.add_argument("--seed-size", type=_ints, default=None, metavar="H,W",
+                   help="clip size of the seed model (default 224,224; --quick on CPU 112,112)")
+    m.add_argument("--cpu-config", default=None, metavar="YAML",
+                   help="training config whose model: section is the CPU model")
+    m.add_argument("--matmul-n", type=int, default=None,
+                   help="roofline matmul size (default 8192 CUDA, 2048 CPU)")
+    m.set_defaults(func=cmd_bench_model)
+
+    q = sub.add_parser(
+        "pipeline", formatter_class=fmt, help="cameras per machine and alert latency of the daemon",
+        description="Run the real daemon in-process on N file cameras paced in real time (H.264 "
+                    "when this machine can write it) and measure windows/s, skipped windows, "
+                    "dropped frames, CPU per camera and alert latency; find the largest N that "
+                    "holds real time by bisection.")
+    _common(q)
+    q.add_argument("--cameras", type=_ints, default=[], metavar="N[,N...]",
+                   help="numbers of cameras to measure (besides the bisection's points)")
+    q.add_argument("--no-bisect", action="store_true", help="measure only --cameras")
+    q.add_argument("--max-cameras", type=int, default=None,
+                   help="bisection upper bound (default 4 --quick, 16 CPU, 128 CUDA)")
+    q.add_argument("--resolutions", type=lambda s: [_resolution(r) for r in s.split(",")],
+                   default=None, help="camera sizes (default 640x360,1280x720)")
+    q.add_argument("--fps", type=int, default=25, help="camera frame rate")
+    q.add_argument("--stride", type=int, default=8, help="frames between windows")
+    q.add_argument("--duration", type=float, default=None,
+                   help="measured seconds per point (default 30; --quick 6)")
+    q.add_argument("--warmup", type=float, default=None,
+                   help="unmeasured seconds per point (default 5; --quick 3)")
+    q.add_argument("--model", choices=("cpu", "seed"), default=None,
+                   help="random-init model (default: cpu on CPU, seed on CUDA)")
+    q.add_argument("--checkpoint", default=None, help="use this checkpoint instead")
+    q.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    q.add_argument("--max-batch", type=int, default=None,
+                   help="daemon model.max_batch (default 8 CPU, 32 CUDA)")
+    q.add_argument("--max-wait-ms", type=float, default=50.0, help="daemon model.max_wait_ms")
+    q.add_argument("--threads", type=int, default=None,
+                   help="daemon model.threads (default: the daemon's choice)")
+    q.add_argument("--alerts", choices=("every-window", "events"), default="every-window",
+                   help="every-window: each window publishes an alert (latency samples); "
+                        "events: production smoothing")
+    q.add_argument("--workdir", default=None,
+                   help="keep videos, checkpoint and journals here (default: a temporary folder)")
+    q.set_defaults(func=cmd_bench_pipeline)
+
+    o = sub.add_parser(
+        "offline", formatter_class=fmt, help="vigil detect against a reference-style loop",
+        description="videos/s of `vigil detect` against a loop doing what the reference "
+                    "inference script does (seek per frame, CPU normalisation, batch 1, fp32), "
+                    "same process, files and weights; with class agreement and box IoU.")
+    _common(o)
+    o.add_argument("--data", default=None, help="folder of videos (default: synthetic clips)")
+    o.add_argument("--videos", type=int, default=None,
+                   help="synthetic clips to write (default 32; --quick 8)")
+    o.add_argument("--checkpoint", default=None,
+                   help="weights (default: the reference architecture, random init, seed 0)")
+    o.add_argument("--batch", type=int, default=8, help="vigil detect --batch")
+    o.add_argument("--workers", type=int, default=None, help="vigil detect --workers")
+    o.add_argument("--precision", default=None,
+                   help="passed to vigil detect when it has a precision option")
+    o.add_argument("--repeats", type=int, default=None, help="timed passes (default 3; --quick 2)")
+    o.set_defaults(func=cmd_bench_offline)
+
+    e = subparsers.add_parser(
+        "export", formatter_class=fmt, help="export a checkpoint to ONNX and check it",
+        description="Write the detector as ONNX (dynamic batch axis, the checkpoint's clip size), "
+                    "run it with onnxruntime on the CPU next to PyTorch on the same clips and "
+                    "print the largest absolute difference of each output.")
+    e.add_argument("--checkpoint", type=Path, required=True, help="a .pt checkpoint")
+    e.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
+    e.add_argument("--out", type=Path, default=None,
+                   help="file to write (default: the checkpoint with .onnx)")
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    e.add_argument("--check-batch", type=int, default=3,
+                   help="clips in the check (not the export's batch: proves the batch is dynamic)")
+    e.add_argument("--atol", type=float, default=1e-3,
+                   help="exit 1 when any output differs by more than this")
+    e.add_argument("--time", action="store_true",
+                   help="also time PyTorch (fp32, CPU) and onnxruntime on the check batch")
+    e.set_defaults(func=cmd_export)
+
+
+def _emit(report: Any, out: Path | None) -> None:
+    print(report.to_markdown())
+    if out is not None:
+        from detector.bench import write_report
+
+        path = write_report(report, out)
+        log.info("wrote %s", path)
+
+
+def _check_out(out: Path | None) -> None:
+    """Refuse a bad --out suffix before minutes of measuring."""
+    from detector.errors import ConfigError
+
+    if out is not None and out.suffix.lower() not in (".md", ".markdown", ".json"):
+        raise ConfigError(f"--out {out}: use a .md or .json file name")
+
+
+def cmd_bench_model(args: argparse.Namespace) -> int:
+    """`vigil bench model`."""
+    _check_out(args.out)
+    from detector.bench import ModelBenchOptions, command_line, run_model_bench
+
+    opts = ModelBenchOptions(
+        device=args.device, quick=args.quick,
+        models=[m.strip() for m in args.models.split(",") if m.strip()],
+        batches=args.batches, repeats=args.repeats, warmup=args.warmup,
+        compile=False if args.no_compile else None, ablation_batch=args.ablation_batch,
+        cpu_config=args.cpu_config, seed_size=args.seed_size, matmul_n=args.matmul_n,
+        command=command_line())
+    _emit(run_model_bench(opts), args.out)
+    return 0
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    """`vigil bench pipeline`."""
+    _check_out(args.out)
+    from detector.bench import command_line
+
+    from .bench import RESOLUTIONS, PipelineBenchOptions, run_pipeline_bench
+
+    opts = PipelineBenchOptions(
+        device=args.device, quick=args.quick, cameras=args.cameras, bisect=not args.no_bisect,
+        max_cameras=args.max_cameras, resolutions=args.resolutions or RESOLUTIONS,
+        fps=args.fps, stride=args.stride, duration_s=args.duration, warmup_s=args.warmup,
+        model=args.model, checkpoint=args.checkpoint, precision=args.precision,
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads,
+        alerts=args.alerts, workdir=args.workdir, command=command_line())
+    _emit(run_pipeline_bench(opts), args.out)
+    return 0
+
+
+def cmd_bench_offline(args: argparse.Namespace) -> int:
+    """`vigil bench offline`."""
+    _check_out(args.out)
+    from detector.bench import command_line
+    from train.bench_offline import OfflineBenchOptions, run_offline_bench
+
+    opts = OfflineBenchOptions(
+        device=args.device, quick=args.quick, data=args.data, videos=args.videos,
+        checkpoint=args.checkpoint, batch=args.batch, workers=args.workers,
+        precision=args.precision, repeats=args.repeats, command=command_line())
+    _emit(run_offline_bench(opts), args.out)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`vigil export --checkpoint CKPT --format onnx`: export, then compare with PyTorch."""
+    import torch
+
+    from detector.bench import median, synth_clips, time_samples
+    from detector.checkpoint import load_checkpoint
+    from detector.export import OnnxModel, check_against_torch, export_onnx
+    from detector.preprocess import normalize_clips
+
+    out = args.out or args.checkpoint.with_suffix(".onnx")
+    # The exporter's graph passes log every rewrite at INFO; keep the command's output readable.
+    for name in ("onnx_ir", "onnxscript"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    model, cfg, _ = load_checkpoint(args.checkpoint, device="cpu")
+    export_onnx(model, cfg, out, opset=args.opset)
+    runner = OnnxModel(out)
+    clips = synth_clips(args.check_batch, cfg.input.frames, cfg.input.size)
+    x = normalize_clips(clips, cfg.input.mean, cfg.input.std)
+    diff = check_against_torch(model, runner, x)
+    print(f"wrote {out} (ONNX opset {args.opset}, dynamic batch, input Bx3x{cfg.input.frames}x"
+          f"{cfg.input.size[0]}x{cfg.input.size[1]})")
+    print(f"max abs diff vs PyTorch on {args.check_batch} clips: "
+          f"pred_logits {diff['pred_logits']:.3g}, pred_boxes {diff['pred_boxes']:.3g}")
+    if args.time:
+        with torch.inference_mode():
+            t_torch = median(time_samples(lambda: model(x), repeats=5, warmup=1))
+        t_onnx = median(time_samples(lambda: runner(x), repeats=5, warmup=1))
+        print(f"batch {args.check_batch} on the CPU (median of 5): PyTorch fp32 "
+              f"{1e3 * t_torch:.1f} ms, onnxruntime {1e3 * t_onnx:.1f} ms "
+              f"(onnxruntime speed-up {t_torch / t_onnx:.2f}x)")
+    if max(diff.values()) > args.atol:
+        log.error("ONNX outputs differ from PyTorch by more than --atol %g", args.atol)
+        return 1
+    return 0
