@@ -1,0 +1,196 @@
+"""The serve-side verbs of the `vigil` command: `serve`, `alerts`, `keys generate`.
+
+`register(subparsers)` adds the parsers; each verb function takes the parsed arguments and returns
+an exit code. Heavy imports (torch, cv2, zmq) happen inside the verb functions so `vigil --help`
+stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `serve`, `alerts` and `keys` to the `vigil` command's sub-parsers."""
+    p = subparsers.add_parser(
+        "serve", help="run the detection daemon on the cameras of a config file",
+        description="Watch the configured cameras, publish alerts over ZeroMQ and metrics over "
+                    "HTTP until SIGTERM/SIGINT; SIGHUP reloads the camera list.")
+    p.add_argument("--config", required=True, type=Path, metavar="FILE",
+                   help="daemon config (YAML), e.g. configs/vigil.yaml")
+    p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser(
+        "alerts", help="subscribe to a daemon's alerts and print them",
+        description="Subscribe to ENDPOINT, fetch what was missed from the replay endpoint, drop "
+                    "duplicates and print each alert once, in seq order; reports any gap that "
+                    "could not be filled.")
+    p.add_argument("endpoint", metavar="ENDPOINT",
+                   help="the daemon's PUB endpoint, e.g. tcp://127.0.0.1:5557")
+    p.add_argument("--replay", metavar="ENDPOINT", default=None,
+                   help="the daemon's replay endpoint (default: the config's default, the PUB "
+                        "port + 1 on the same host)")
+    p.add_argument("--since", type=int, default=None, metavar="SEQ",
+                   help="replay every alert with seq > SEQ first (default: only new ones)")
+    p.add_argument("--count", type=int, default=None, metavar="N",
+                   help="exit after N alerts (default: run until interrupted)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="exit after S seconds (default: run until interrupted)")
+    p.add_argument("--json", action="store_true",
+                   help="print each alert as one JSON line instead of a readable line")
+    p.add_argument("--heartbeats", action="store_true",
+                   help="print heartbeats too")
+    p.add_argument("--curve-keys", type=Path, default=None, metavar="DIR",
+                   help="directory written by `vigil keys generate` when the daemon uses CURVE")
+    p.add_argument("--client", default=None, metavar="NAME",
+                   help="client key name in --curve-keys (default: the only one there)")
+    p.set_defaults(func=cmd_alerts)
+
+    p = subparsers.add_parser("keys", help="manage the daemon's ZeroMQ CURVE keys")
+    ksub = p.add_subparsers(dest="keys_verb", metavar="ACTION")
+    ksub.required = True
+    g = ksub.add_parser(
+        "generate", help="write a server key pair and client key pairs",
+        description="Write CURVE key pairs (zmq.auth's format) for the daemon and its clients.")
+    g.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="directory to write the keys into (created)")
+    g.add_argument("--clients", nargs="+", default=["client"], metavar="NAME",
+                   help="client names, one key pair each (default: client)")
+    g.add_argument("--force", action="store_true",
+                   help="overwrite existing keys (clients holding the old ones are locked out)")
+    g.set_defaults(func=cmd_keys_generate)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`vigil serve --config FILE`: validate the config, then run the daemon until stopped.
+
+    An invalid config raises `ConfigError` (naming the key) before any camera is opened; the
+    command line prints it and exits 2.
+    """
+    from .config import load_config
+
+    cfg = load_config(args.config)        # before torch is even imported: a bad key fails fast
+    _apply_logging(args, cfg.logging)
+    from .daemon import Daemon
+
+    return Daemon(cfg, config_path=args.config).run()
+
+
+def _apply_logging(args: argparse.Namespace, logging_cfg) -> None:
+    """The config's `logging:` section, unless the command line asked for something else."""
+    from .logs import setup_logging
+
+    fmt = args.log_format if getattr(args, "log_format", "text") != "text" else logging_cfg.format
+    level = args.log_level if getattr(args, "log_level", "info") != "info" else logging_cfg.level
+    if (fmt, level) != (getattr(args, "log_format", "text"), getattr(args, "log_level", "info")):
+        setup_logging(fmt, level)
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """`vigil alerts ENDPOINT`: print alerts as they arrive, replayed and de-duplicated.
+
+    Returns:
+        0; 1 when `--count N` alerts did not arrive before `--timeout`.
+    """
+    import time
+
+    from .subscriber import AlertSubscriber, ClientCurve, format_alert
+
+    replay = args.replay or default_replay_endpoint(args.endpoint)
+    curve = _client_curve(args.curve_keys, args.client, ClientCurve) if args.curve_keys else None
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    received = 0
+    gaps_reported = 0
+    last_heartbeat_at = None
+    sub = AlertSubscriber(args.endpoint, replay, since=args.since, curve=curve)
+    try:
+        while args.count is None or received < args.count:
+            wait = 1.0
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    break
+            msg = sub.poll(timeout=wait)
+            # Gaps are what the journal could not supply either: say so, on stderr, once each.
+            for first, last in sub.gaps[gaps_reported:]:
+                print(f"gap: alerts {first}..{last} are lost (not on the wire, not in the "
+                      "journal)", file=sys.stderr, flush=True)
+            gaps_reported = len(sub.gaps)
+            if args.heartbeats and sub.last_heartbeat_at != last_heartbeat_at:
+                last_heartbeat_at = sub.last_heartbeat_at
+                print(json.dumps(sub.last_heartbeat) if args.json
+                      else format_heartbeat(sub.last_heartbeat), flush=True)
+            if msg is not None:
+                received += 1
+                print(json.dumps(msg, ensure_ascii=False) if args.json else format_alert(msg),
+                      flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.close()
+    if args.count is not None and received < args.count:
+        print(f"received {received} of {args.count} alerts before the timeout", file=sys.stderr)
+        return 1
+    return 0
+
+
+def default_replay_endpoint(endpoint: str) -> str:
+    """The replay endpoint beside a PUB endpoint, as in the default config: same host, port + 1.
+
+    Raises:
+        ConfigError: the endpoint has no numeric port to derive it from (give --replay).
+    """
+    from detector.errors import ConfigError
+
+    head, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit() or "://" not in head:
+        raise ConfigError(f"--replay: cannot derive a replay endpoint from {endpoint!r}; "
+                          "give it, e.g. --replay tcp://127.0.0.1:5558")
+    return f"{head}:{int(port) + 1}"
+
+
+def format_heartbeat(hb: dict | None) -> str:
+    """One readable line for a heartbeat: last seq, uptime, camera states."""
+    if not hb:
+        return "heartbeat"
+    cams = hb.get("cameras") or {}
+    states = ",".join(f"{name}:{'up' if (st or {}).get('up') else 'down'}"
+                      for name, st in sorted(cams.items()) if isinstance(st, dict))
+    return (f"heartbeat seq={hb.get('seq')} uptime={hb.get('uptime_s')}s"
+            + (f" cameras={states}" if states else ""))
+
+
+def _client_curve(keys_dir: Path, client: str | None, ClientCurve):
+    """The CURVE keys of a client from a `vigil keys generate` directory."""
+    from detector.errors import ConfigError
+
+    server_public = keys_dir / "server.key"
+    if not server_public.is_file():
+        raise ConfigError(f"--curve-keys: {server_public} not found (see `vigil keys generate`)")
+    clients = sorted(p.name[: -len(".key_secret")]
+                     for p in (keys_dir / "clients").glob("*.key_secret"))
+    if client is None:
+        if len(clients) != 1:
+            raise ConfigError(f"--client: choose one of {', '.join(clients) or '(none found)'} "
+                              f"in {keys_dir / 'clients'}")
+        client = clients[0]
+    secret = keys_dir / "clients" / f"{client}.key_secret"
+    if not secret.is_file():
+        raise ConfigError(f"--client: {secret} not found")
+    return ClientCurve(server_public_key=server_public, client_secret_key=secret)
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    """`vigil keys generate --out DIR [--clients NAME...]`: CURVE key pairs for daemon and clients."""
+    from .publisher import generate_keys
+
+    out = generate_keys(args.out, args.clients, overwrite=args.force)
+    print(f"server public key:  {out['server_public_key']}  (give to subscribers)")
+    print(f"server secret key:  {out['server_secret_key']}  (alerts.curve.server_secret_key)")
+    print(f"authorized clients: {out['authorized_clients']}  (alerts.curve.authorized_clients)")
+    for name, path in out["clients"].items():
+        print(f"client {name}: {path}  (give to that subscriber)")
+    return 0

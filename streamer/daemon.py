@@ -1,0 +1,704 @@
+"""The daemon's lifecycle: start every part, run the event loop, reload, stop cleanly.
+
+Threads (design.md's data flow):
+
+* one `CaptureThread` per enabled camera, filling that camera's `RingBuffer` (model size) and, when
+  evidence is on, a display-size ring with the same frame numbers (snapshots and clips);
+* the `WorkerThread`: scheduler -> gather -> model -> `WindowResult`s into a bounded queue. Its
+  per-iteration `heartbeat` sends systemd's WATCHDOG=1, so a hung model call stops the pings;
+* the main thread: the event loop. It owns the `EventTracker`, the journal connection and the PUB
+  socket (ZeroMQ sockets and sqlite3 connections belong to one thread), so every message is
+  committed then published from here, in order. It also refreshes camera metrics, sends
+  heartbeats, closes the events of cameras that went down, and handles the signal flags;
+* the publisher's replay thread, the evidence writer and the metrics HTTP server (their own).
+
+Signals only set flags; the event loop acts on them within its poll interval:
+SIGTERM/SIGINT stop (capture first, then the batch in flight, then `end` reason `shutdown` for
+every open event, journal flushed, exit 0); SIGHUP reloads the camera list from the config file
+(cameras added, removed or changed are started or stopped, the others keep running untouched; a
+bad config is logged and the running one kept). Model, alerts and metrics settings need a
+restart.
+
+Watchdog escalation: a capture thread stuck inside native code (FFmpeg, a V4L2 driver) cannot be
+stopped from Python. When one is `stuck()`, the worker heartbeat logs why (once) and stops the
+WATCHDOG pings, so systemd restarts the whole service: the only cure.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from detector.checkpoint import load_checkpoint
+from detector.errors import ConfigError, VigilError
+
+from .config import CameraConfig, ServeConfig, load_config, mask_url
+from .events import EventTracker, end_message
+from .evidence import EvidenceWriter
+from .journal import Journal
+from .metrics import VigilMetrics
+from .notify import Notifier
+from .publisher import AlertPublisher
+from .ringbuffer import FramesUnavailableError, RingBuffer
+from .sources import CaptureThread
+from .types import WindowResult
+from .windows import required_capacity, window_span
+from .worker import CameraWindow, InferenceWorker, Scheduler, WorkerThread
+
+log = logging.getLogger(__name__)
+
+# Evidence frames are kept at most this wide (the camera's aspect): readable, and ~0.4 MB a frame.
+EVIDENCE_MAX_WIDTH = 480
+# Seconds of an event kept for its clip after the start (plus the pre-roll copied at the start):
+# a clip shows the pre-roll, then the last CLIP_TAIL_S seconds before the end.
+CLIP_TAIL_S = 6.0
+# Extra ring time so a due window or a snapshot frame is still there when the worker or the
+# event loop gets to it (batching delay plus one batch's inference on a slow CPU).
+RING_SLACK_S = 2.0
+# How often camera metrics/state are refreshed and lost cameras' events closed.
+REFRESH_S = 0.5
+# The event loop's longest sleep; bounds how long a signal waits to be acted on.
+LOOP_POLL_S = 0.1
+# Results waiting for the event loop at most (batches); the worker waits when it is full.
+RESULT_QUEUE = 32
+# Journal retention runs this often.
+PRUNE_EVERY_S = 3600.0
+# A stopping daemon waits this long for each part.
+STOP_CAPTURE_S = 2.0
+STOP_WORKER_S = 5.0
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("vigil")
+    except Exception:  # running from a source checkout without package metadata
+        return "0.0.0+source"
+
+
+def choose_device(requested: str) -> torch.device:
+    """`auto` -> the first CUDA GPU when one is usable, else the CPU.
+
+    Raises:
+        ConfigError: a CUDA device was asked for and none is available.
+    """
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(requested)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device: {requested!r} requested but no CUDA device is available "
+                          "(use auto or cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"model.device: {requested!r}: only {torch.cuda.device_count()} CUDA "
+                          "device(s) present")
+    return dev
+
+
+def torch_threads(requested: Optional[int], device: torch.device, cpus: Optional[int] = None) -> int:
+    """Intra-op threads for torch.
+
+    On the CPU the model gets every core but one, which is left for the capture threads' decoding
+    (OpenCV releases the GIL while decoding, so that core is really used). On a GPU the CPU only
+    gathers and copies batches: a few threads are plenty.
+    """
+    if requested is not None:
+        return requested
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cpus = os.cpu_count() or 1
+    if device.type == "cuda":
+        return max(1, min(4, cpus // 2))
+    return max(1, cpus - 1)
+
+
+@dataclass
+class _Camera:
+    """A running camera: its config, capture thread and bookkeeping of the event loop."""
+    cfg: CameraConfig
+    thread: CaptureThread
+    clip_seconds: Optional[float]
+    reported_skipped: int = 0
+
+
+@dataclass
+class _OpenEvidence:
+    """What an open event's clip needs at its end: the pre-roll copied at its start."""
+    camera: str
+    start_seq: int
+    pre_roll: Optional[np.ndarray]           # (N, H, W, 3) uint8 RGB, or None
+    fps: float
+    when: float
+
+
+@dataclass
+class _Flags:
+    stop: threading.Event = field(default_factory=threading.Event)
+    reload: bool = False
+    signal_name: str = ""
+
+
+class Daemon:
+    """`vigil serve`: cameras in, alerts out, until a signal says stop.
+
+    Args:
+        cfg: the validated config (`load_config`).
+        config_path: the file to re-read on SIGHUP (None: SIGHUP only logs).
+        notifier: sd_notify sender; default `Notifier.from_env()` (a no-op outside systemd).
+    """
+
+    def __init__(self, cfg: ServeConfig, config_path: Optional[str | Path] = None,
+                 notifier: Optional[Notifier] = None) -> None:
+        self.cfg = cfg
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
+        self.flags = _Flags()
+        self.metrics = VigilMetrics()
+        self.device: Optional[torch.device] = None
+        self.model_cfg = None
+        self.class_names: list[str] = []
+        # name -> _Camera. Replaced, never mutated, so other threads can read it without a lock.
+        self._cams: dict[str, _Camera] = {}
+        # Scheduler changes are applied by the worker thread (the scheduler is not thread-safe).
+        self._scheduler_ops: deque[Callable[[Scheduler], None]] = deque()
+        self._results: queue.Queue[list[WindowResult]] = queue.Queue(maxsize=RESULT_QUEUE)
+        self._evidence_open: dict[str, _OpenEvidence] = {}
+        self._metrics_server = None
+        self._publisher: Optional[AlertPublisher] = None
+        self._journal: Optional[Journal] = None
+        self._evidence: Optional[EvidenceWriter] = None
+        self._tracker: Optional[EventTracker] = None
+        self._scheduler: Optional[Scheduler] = None
+        self._worker: Optional[WorkerThread] = None
+        self._stopping = threading.Event()
+        # Watchdog state (worker thread).
+        self._wd_interval: Optional[float] = None
+        self._wd_last = 0.0
+        self._wd_withheld: Optional[str] = None
+        self._loop_beat = time.monotonic()
+        self._last_status = ""
+
+    # ================================================================== public
+    def run(self) -> int:
+        """Start everything, serve until SIGTERM/SIGINT, stop cleanly.
+
+        Returns:
+            0 after a requested stop; 1 when the inference worker died (systemd restarts us).
+        Raises:
+            VigilError: start-up failed (checkpoint, journal, a port in use); nothing is left
+                running.
+        """
+        previous = self._install_signals()
+        try:
+            try:
+                self._start()
+            except BaseException:
+                self._shutdown(close_events=False)
+                raise
+            code = self._loop()
+            self._shutdown(close_events=True)
+            return code
+        finally:
+            self._restore_signals(previous)
+
+    def request_stop(self) -> None:
+        """Ask the event loop to stop (what SIGTERM does); callable from any thread."""
+        self.flags.stop.set()
+
+    def request_reload(self) -> None:
+        """Ask the event loop to reload the config (what SIGHUP does)."""
+        self.flags.reload = True
+
+    # ================================================================== signals
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}   # embedded in a test thread: use request_stop()/request_reload()
+
+        def on_stop(signum: int, frame: Any) -> None:
+            self.flags.signal_name = signal.Signals(signum).name
+            self.flags.stop.set()
+
+        def on_hup(signum: int, frame: Any) -> None:
+            self.flags.reload = True
+
+        previous = {}
+        for sig, handler in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop),
+                             (signal.SIGHUP, on_hup)):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    # ================================================================== start-up
+    def _start(self) -> None:
+        cfg = self.cfg
+        self.notifier.status("loading the model")
+        self.device = choose_device(cfg.model.device)
+        threads = torch_threads(cfg.model.threads, self.device)
+        torch.set_num_threads(threads)
+        model, mcfg, meta = load_checkpoint(cfg.model.checkpoint, device=self.device)
+        self.model_cfg = mcfg
+        self.class_names = list(mcfg.class_names)
+        worker = InferenceWorker(model, mcfg.input, self.class_names, device=self.device,
+                                 precision=cfg.model.precision, max_batch=cfg.model.max_batch,
+                                 max_wait_ms=cfg.model.max_wait_ms)
+        log.info("model %s (%s, %d parameters, %d frames of %dx%d, classes %s) on %s, "
+                 "%s autocast, %d torch threads", cfg.model.checkpoint.name, mcfg.backbone.name,
+                 meta.get("num_parameters", 0), mcfg.input.frames, mcfg.input.size[1],
+                 mcfg.input.size[0], ", ".join(self.class_names), self.device,
+                 worker.autocast_dtype or "no", threads)
+        if mcfg.input.clip_seconds is None:
+            log.warning("the checkpoint does not say how long its training clips were "
+                        "(input.clip_seconds): windows are %d consecutive frames unless a camera "
+                        "sets window_seconds", mcfg.input.frames)
+
+        # Journal first: seq continues from it, and events an unclean stop left open are ended.
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self._journal = Journal(cfg.journal_path)
+        self._journal.prune(cfg.alerts.journal_retention_days)
+        orphans = [self._journal.append(end_message(last, "restart"))
+                   for last in self._journal.open_events()]
+        if orphans:
+            log.warning("closed %d event(s) left open by an unclean stop (reason restart): %s",
+                        len(orphans), ", ".join(m["event_id"] for m in orphans))
+
+        self.metrics.set_build_info(_version(), cfg.model.checkpoint.name, str(self.device))
+        if cfg.metrics.enabled:
+            try:
+                self._metrics_server = self.metrics.start_http_server(cfg.metrics.host,
+                                                                      cfg.metrics.port)
+            except OSError as exc:
+                raise ConfigError(f"metrics.port: cannot serve metrics on "
+                                  f"{cfg.metrics.host}:{cfg.metrics.port}: {exc.strerror or exc}"
+                                  ) from None
+        self._publisher = AlertPublisher(
+            cfg.alerts.endpoint, cfg.alerts.replay_endpoint, cfg.journal_path,
+            metrics=self.metrics, sndhwm=cfg.alerts.sndhwm, curve=cfg.alerts.curve)
+        for msg in orphans:
+            self._publisher.publish(msg)
+        if cfg.evidence.enabled and (cfg.evidence.snapshot or cfg.evidence.clip):
+            self._evidence = EvidenceWriter(cfg.data_dir, max_age_days=cfg.evidence.max_age_days,
+                                            max_bytes=cfg.evidence.max_bytes).start()
+        # Event ids end in a per-daemon counter; starting above every seq ever assigned keeps
+        # them unique across restarts (each run assigns at least one seq per event).
+        self._tracker = EventTracker(cfg.smoothing, self.class_names, metrics=self.metrics,
+                                     counter_start=self._journal.last_seq() + 1)
+        self._scheduler = Scheduler({}, cfg.model.max_batch, cfg.model.max_wait_ms)
+
+        self._wd_interval = self.notifier.watchdog_interval()
+        self._cams = {}
+        for cam in cfg.enabled_cameras:
+            self._start_camera(cam)
+        self._worker = WorkerThread(self._scheduler, worker, rings=self._rings,
+                                    on_results=self._on_results, heartbeat=self._worker_heartbeat)
+        self._worker.start()
+        status = (f"serving {len(self._cams)} camera(s) on {self.device}; alerts on "
+                  f"{self._publisher.endpoint}")
+        self.notifier.ready(status=status)
+        log.info("ready: %s", status)
+
+    def _rings(self) -> dict[str, Optional[RingBuffer]]:
+        return {name: cam.thread.ring for name, cam in self._cams.items()}
+
+    def _clip_seconds(self, cam: CameraConfig) -> Optional[float]:
+        assert self.model_cfg is not None
+        return cam.settings.window_seconds or self.model_cfg.input.clip_seconds
+
+    def _start_camera(self, cam: CameraConfig) -> None:
+        """Create the camera's capture thread (its ring follows the source's real fps) and start it."""
+        assert self.model_cfg is not None
+        inp = self.model_cfg.input
+        s = cam.settings
+        clip_seconds = self._clip_seconds(cam)
+        ev = self.cfg.evidence
+        display_seconds = 0.0
+        if self._evidence is not None:
+            # A window's span, then pre-roll + clip tail for the evidence, plus slack.
+            span_s = clip_seconds if clip_seconds is not None else inp.frames / (s.fps or 15.0)
+            display_seconds = span_s + (ev.pre_roll_s + CLIP_TAIL_S if ev.clip else 0.0) + RING_SLACK_S
+        holder: dict[str, _Camera] = {}
+
+        def ring_factory(fps: float) -> RingBuffer:
+            # Called once by the capture thread when the source first opens, with its real fps.
+            capacity = required_capacity(fps, clip_seconds, inp.frames,
+                                         pre_roll_s=0.0 if self._evidence is not None else ev.pre_roll_s,
+                                         slack_s=RING_SLACK_S)
+            ring = RingBuffer(capacity, inp.size[0], inp.size[1])
+            spec = CameraWindow(fps=fps, clip_seconds=clip_seconds, frames=inp.frames,
+                                stride=s.stride)
+            me = holder["cam"]
+            if self._cams.get(cam.name) is me:   # not replaced by a reload meanwhile
+                self._scheduler_ops.append(lambda sch: sch.add_camera(cam.name, spec))
+            log.info("camera %s: %.1f fps, window of %d frames over %d, ring of %d frames",
+                     cam.name, fps, inp.frames, window_span(fps, clip_seconds, inp.frames),
+                     capacity)
+            return ring
+
+        m = self.metrics
+        thread = CaptureThread(
+            cam.name, cam.url, ring_factory=ring_factory, fps_hint=s.fps,
+            open_timeout_s=s.open_timeout_s, read_timeout_s=s.read_timeout_s,
+            stall_timeout_s=s.stall_timeout_s, backoff_initial_s=s.backoff_initial_s,
+            backoff_max_s=s.backoff_max_s, loop=s.loop,
+            on_state=lambda name, up: m.camera_up.labels(camera=name).set(1 if up else 0),
+            on_frame=lambda name: m.frames.labels(camera=name).inc(),
+            on_drop=lambda name: m.frames_dropped.labels(camera=name).inc(),
+            on_reconnect=lambda name: m.camera_reconnects.labels(camera=name).inc(),
+            roi=tuple(s.roi) if s.roi is not None else None,
+            display_max_width=EVIDENCE_MAX_WIDTH if display_seconds > 0 else 0,
+            display_seconds=display_seconds)
+        state = _Camera(cam, thread, clip_seconds)
+        holder["cam"] = state
+        m.add_camera(cam.name, tuple(self.class_names))
+
+        def last_frame_mono(t: CaptureThread = thread) -> Optional[float]:
+            age = t.last_frame_age()
+            return None if math.isinf(age) else time.monotonic() - age
+
+        m.track_frame_age(cam.name, last_frame_mono)
+        self._cams = {**self._cams, cam.name: state}
+        thread.start()
+        log.info("camera %s: started (%s)", cam.name, mask_url(cam.url))
+
+    def _stop_camera(self, name: str, reason: str) -> None:
+        """End the camera's open events with `reason`, stop its thread, drop its metrics."""
+        cam = self._cams.get(name)
+        if cam is None:
+            return
+        assert self._tracker is not None
+        self._emit(self._tracker.close_camera(name, reason))
+        self._cams = {k: v for k, v in self._cams.items() if k != name}
+        self._scheduler_ops.append(lambda sch: sch.remove_camera(name))
+        if not cam.thread.stop(STOP_CAPTURE_S):
+            log.error("camera %s: capture thread did not stop within %.0f s (stuck in native "
+                      "code); abandoning it", name, STOP_CAPTURE_S)
+        self.metrics.remove_camera(name, tuple(self.class_names))
+        log.info("camera %s: stopped (%s)", name, reason)
+
+    # ================================================================== worker thread side
+    def _worker_heartbeat(self) -> None:
+        """Called by the worker loop once per iteration: scheduler changes, then the watchdog."""
+        sched = self._scheduler
+        while self._scheduler_ops and sched is not None:
+            self._scheduler_ops.popleft()(sched)
+        now = time.monotonic()
+        if self._wd_interval is None:
+            # No systemd watchdog: still say (once) when a capture thread hangs.
+            if now - self._wd_last >= 1.0:
+                self._wd_last = now
+                self._health_problem(now)
+            return
+        if now - self._wd_last < self._wd_interval:
+            return
+        self._wd_last = now
+        if self._health_problem(now) is None:
+            self.notifier.watchdog()
+
+    def _health_problem(self, now: float) -> Optional[str]:
+        """Why the service must not tell systemd it is healthy, or None. Logs each reason once."""
+        problem = None
+        for name, cam in self._cams.items():
+            if cam.thread.stuck(now):
+                problem = (f"camera {name}: capture thread stuck in native code (no return from "
+                           f"open/read for over {3 * cam.thread.read_timeout_s + cam.thread.open_timeout_s:.0f} s); "
+                           "it cannot be stopped from Python, so the watchdog pings stop and "
+                           "systemd restarts the service")
+                break
+        if problem is None and self._wd_interval is not None:
+            silent = now - self._loop_beat
+            if silent > max(2 * self._wd_interval, 10.0):
+                problem = (f"event loop unresponsive for {silent:.0f} s: the watchdog pings stop "
+                           "and systemd restarts the service")
+        if problem != self._wd_withheld:
+            if problem is not None:
+                log.error("%s", problem)
+            elif self._wd_withheld is not None:
+                log.info("health restored; watchdog pings resume")
+            self._wd_withheld = problem
+        return problem
+
+    def _on_results(self, results: list[WindowResult], elapsed: float) -> None:
+        """Worker thread: metrics, then hand the batch to the event loop (waiting if it is behind)."""
+        m = self.metrics
+        m.inference_seconds.observe(elapsed)
+        m.batch_size.observe(len(results))
+        for r in results:
+            m.windows.labels(camera=r.camera).inc()
+        if not results:
+            return
+        while True:
+            try:
+                self._results.put(results, timeout=0.5)
+                return
+            except queue.Full:
+                if self._stopping.is_set():
+                    log.warning("stopping: %d window result(s) dropped, event loop is behind",
+                                len(results))
+                    return
+                # Keep waiting: dropping results would corrupt events. A wedged event loop
+                # stops the watchdog pings (we do not beat while waiting here).
+
+    # ================================================================== event loop
+    def _loop(self) -> int:
+        next_refresh = next_heartbeat = time.monotonic()
+        next_prune = time.monotonic() + PRUNE_EVERY_S
+        while not self.flags.stop.is_set():
+            self._loop_beat = time.monotonic()
+            if self.flags.reload:
+                self.flags.reload = False
+                self.reload()
+            try:
+                batch = self._results.get(timeout=LOOP_POLL_S)
+            except queue.Empty:
+                batch = None
+            if batch:
+                self._handle(batch)
+            now = time.monotonic()
+            if now >= next_refresh:
+                next_refresh = now + REFRESH_S
+                self._refresh_cameras()
+            if now >= next_heartbeat:
+                next_heartbeat = now + self.cfg.alerts.heartbeat_s
+                self._heartbeat()
+            if now >= next_prune:
+                next_prune = now + PRUNE_EVERY_S
+                assert self._journal is not None
+                self._journal.prune(self.cfg.alerts.journal_retention_days)
+            if self._worker is not None and not self._worker.is_alive():
+                log.error("inference worker died (%s): stopping so systemd restarts the service",
+                          self._worker.error)
+                return 1
+        log.info("stopping (%s)", self.flags.signal_name or "requested")
+        return 0
+
+    def _handle(self, results: list[WindowResult]) -> None:
+        assert self._tracker is not None
+        cams = self._cams
+        for r in results:
+            if r.camera not in cams:
+                continue   # removed by a reload while the window was in flight
+            self._emit(self._tracker.observe(r))
+
+    def _emit(self, messages: list[dict]) -> None:
+        """Evidence, then commit to the journal, then publish: nothing is on the wire unjournalled."""
+        assert self._journal is not None and self._publisher is not None
+        for msg in messages:
+            self._attach_evidence(msg)
+            final = self._journal.append(msg)
+            self._publisher.publish(final)
+            if final["type"] != "update":
+                # The event's own log line comes from the tracker; this one adds seq and evidence.
+                log.debug("alert seq %d: %s %s on %s (%s, score %.2f)%s", final["seq"],
+                         final["label"], final["type"], final["camera"], final["event_id"],
+                         final["score"], f", reason {final['reason']}" if final.get("reason") else "")
+
+    # ---- evidence
+    def _display_ring(self, camera: str) -> Optional[RingBuffer]:
+        cam = self._cams.get(camera)
+        return cam.thread.display_ring if cam is not None else None
+
+    def _attach_evidence(self, msg: dict) -> None:
+        ev = self._evidence
+        if ev is None:
+            return
+        camera, event_id = msg["camera"], msg["event_id"]
+        ring = self._display_ring(camera)
+        if msg["type"] == "start":
+            end_seq = int(msg.get("_end_seq", -1))
+            when = float(msg.get("_t_end_wall", time.time()))
+            fps = self._cams[camera].thread.fps if camera in self._cams else 15.0
+            pre = None
+            if ring is not None:
+                pre_n = int(math.ceil(self.cfg.evidence.pre_roll_s * fps)) if self.cfg.evidence.clip else 0
+                lo = max(ring.oldest, end_seq - pre_n)
+                try:
+                    pre, _, _ = ring.gather(np.arange(lo, end_seq + 1))
+                except FramesUnavailableError:
+                    latest = ring.latest()
+                    pre = latest[1][None] if latest is not None else None
+            if self.cfg.evidence.snapshot and pre is not None and len(pre):
+                msg["snapshot"] = ev.snapshot(camera, event_id, pre[-1], msg["box"], msg["label"],
+                                              float(msg["score"]), when=when)
+            self._evidence_open[event_id] = _OpenEvidence(
+                camera, end_seq, pre if self.cfg.evidence.clip else None, fps, when)
+        elif msg["type"] == "end":
+            opened = self._evidence_open.pop(event_id, None)
+            if opened is None or not self.cfg.evidence.clip:
+                return
+            frames = [] if opened.pre_roll is None else [opened.pre_roll]
+            if ring is not None:
+                end_seq = int(msg.get("_end_seq", ring.count - 1))
+                lo = max(ring.oldest, opened.start_seq + 1)
+                if end_seq >= lo:
+                    try:
+                        tail, _, _ = ring.gather(np.arange(lo, end_seq + 1))
+                        frames.append(tail)
+                    except FramesUnavailableError:
+                        pass
+            if frames:
+                clip = frames[0] if len(frames) == 1 else _concat_frames(frames)
+                msg["clip"] = ev.clip(camera, event_id, clip, opened.fps, when=opened.when)
+
+    # ---- periodic
+    def _refresh_cameras(self) -> None:
+        """Camera metrics from the threads' state; end the events of cameras that went down."""
+        assert self._tracker is not None
+        m = self.metrics
+        open_cams = {cam for cam, _ in self._tracker.open_events()}
+        worker = self._worker
+        unavailable = worker.stats.unavailable if worker is not None else {}
+        skipped = self._scheduler.skipped if self._scheduler is not None else {}
+        up = 0
+        for name, cam in self._cams.items():
+            is_up = cam.thread.up
+            up += is_up
+            m.camera_up.labels(camera=name).set(1 if is_up else 0)
+            total = skipped.get(name, 0) + unavailable.get(name, 0)
+            if total > cam.reported_skipped:
+                m.windows_skipped.labels(camera=name).inc(total - cam.reported_skipped)
+                cam.reported_skipped = total
+            if not is_up and name in open_cams:
+                log.warning("camera %s lost with open events: ending them (camera_lost)", name)
+                self._emit(self._tracker.close_camera(name, "camera_lost"))
+        status = (f"{up}/{len(self._cams)} cameras up, {len(self._tracker.open_events())} "
+                  "event(s) open" + (f"; UNHEALTHY: {self._wd_withheld}" if self._wd_withheld else ""))
+        if status != self._last_status:
+            self._last_status = status
+            self.notifier.status(status)
+
+    def camera_states(self) -> dict[str, dict]:
+        """name -> {"up", "last_frame_age_s", "reconnects", "fps"} for heartbeats."""
+        out = {}
+        for name, cam in self._cams.items():
+            age = cam.thread.last_frame_age()
+            out[name] = {"up": bool(cam.thread.up),
+                         "last_frame_age_s": None if math.isinf(age) else round(age, 2),
+                         "reconnects": int(cam.thread.reconnects),
+                         "fps": round(float(cam.thread.fps), 2)}
+        return out
+
+    def _heartbeat(self) -> None:
+        assert self._publisher is not None
+        self._publisher.heartbeat({"cameras": self.camera_states()})
+
+    # ================================================================== reload
+    def reload(self) -> bool:
+        """Re-read the config file and apply its camera list.
+
+        Cameras added are started, removed ones stopped (their open events end with reason
+        `reload`), changed ones restarted; unchanged ones keep running untouched. Returns False
+        (and keeps the running config) when the file is invalid.
+        """
+        if self.config_path is None:
+            log.warning("reload requested but the daemon was not started from a config file")
+            return False
+        self.notifier.reloading()
+        try:
+            try:
+                new = load_config(self.config_path)
+            except VigilError as exc:
+                log.error("reload: %s; keeping the running config", exc)
+                return False
+            for section in ("model", "alerts", "metrics", "data_dir", "smoothing", "evidence"):
+                if getattr(new, section) != getattr(self.cfg, section):
+                    log.warning("reload: %s changed; this takes effect at the next restart "
+                                "(only the camera list is reloaded)", section)
+            wanted = {c.name: c for c in new.enabled_cameras}
+            running = dict(self._cams)
+            removed = [n for n in running if n not in wanted]
+            changed = [n for n in running if n in wanted and wanted[n] != running[n].cfg]
+            added = [n for n in wanted if n not in running]
+            for name in removed:
+                self._stop_camera(name, "reload")
+            for name in changed:
+                self._stop_camera(name, "reload")
+                self._start_camera(wanted[name])
+            for name in added:
+                self._start_camera(wanted[name])
+            self.cfg = dataclasses.replace(self.cfg, cameras=new.cameras, defaults=new.defaults)
+            log.info("reload: %d camera(s) added, %d removed, %d changed, %d unchanged",
+                     len(added), len(removed), len(changed),
+                     len(running) - len(removed) - len(changed))
+            return True
+        finally:
+            self.notifier.ready()
+
+    # ================================================================== shutdown
+    def _shutdown(self, close_events: bool) -> None:
+        """Stop capture, finish the batch in flight, end open events (`shutdown`), close all.
+
+        Each step is bounded; a part that does not stop in time is logged and abandoned (all
+        threads are daemon threads, so the process still exits).
+        """
+        self._stopping.set()
+        self.notifier.stopping(status="stopping")
+        cams = list(self._cams.values())
+        for cam in cams:                       # ask all at once, then wait for each
+            cam.thread.stop(timeout=0)
+        for cam in cams:
+            if not cam.thread.stop(STOP_CAPTURE_S):
+                log.error("camera %s: capture thread did not stop within %.0f s", cam.cfg.name,
+                          STOP_CAPTURE_S)
+        worker = self._worker
+        if worker is not None and worker.is_alive():
+            worker.stop(timeout=0)             # ends after the batch in flight
+            deadline = time.monotonic() + STOP_WORKER_S
+            # Keep draining so the batch in flight can be handed over, then take what is left.
+            while worker.is_alive() and time.monotonic() < deadline:
+                try:
+                    batch = self._results.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if close_events:
+                    self._handle(batch)
+            if worker.is_alive():
+                log.error("inference worker did not finish its batch within %.0f s", STOP_WORKER_S)
+        while close_events:
+            try:
+                self._handle(self._results.get_nowait())
+            except queue.Empty:
+                break
+        if close_events and self._tracker is not None and self._journal is not None \
+                and self._publisher is not None:
+            ended = self._tracker.close_all("shutdown")
+            self._emit(ended)
+            if ended:
+                log.info("closed %d open event(s) (shutdown)", len(ended))
+        if self._evidence is not None:
+            if not self._evidence.close(timeout=5.0):
+                log.warning("evidence writer did not finish within 5 s")
+        if self._publisher is not None:
+            self._publisher.close()
+        if self._journal is not None:
+            self._journal.close()    # every append was already committed (synchronous=FULL)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        self.notifier.close()
+        log.info("stopped")
+
+
+def _concat_frames(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate frame arrays whose sizes may differ (a resolution change mid-event)."""
+    shape = parts[0].shape[1:]
+    if all(p.shape[1:] == shape for p in parts):
+        return np.concatenate(parts)
+    import cv2
+    h, w = shape[:2]
+    return np.stack([f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h))
+                     for p in parts for f in p])
