@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "HTTP until SIGTERM/SIGINT; SIGHUP reloads the camera list.")
     p.add_argument("--config", required=True, type=Path, metavar="FILE",
                    help="daemon config (YAML), e.g. configs/vigil.yaml")
+    p.add_argument("--check", action="store_true",
+                   help="validate the config and load the checkpoint, print a summary, exit; "
+                        "opens no camera and binds no socket")
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser(
@@ -74,9 +77,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)        # before torch is even imported: a bad key fails fast
     _apply_logging(args, cfg.logging)
+    if args.check:
+        return _check_config(cfg)
     from .daemon import Daemon
 
     return Daemon(cfg, config_path=args.config).run()
+
+
+def _check_config(cfg) -> int:
+    """`vigil serve --check`: what the daemon would run, without running it."""
+    from detector.checkpoint import load_checkpoint
+
+    _, model_cfg, meta = load_checkpoint(cfg.model.checkpoint)
+    inp = model_cfg.input
+    print(f"config OK: {len(cfg.enabled_cameras)} of {len(cfg.cameras)} cameras enabled")
+    print(f"model: {cfg.model.checkpoint} ({model_cfg.backbone.name}, "
+          f"{meta.get('num_parameters', '?')} parameters, classes {', '.join(model_cfg.class_names)},"
+          f" input {inp.frames}x{inp.size[0]}x{inp.size[1]}, clip {inp.clip_seconds} s)")
+    for cam in cfg.cameras:
+        state = "enabled" if cam.enabled else "disabled"
+        print(f"  {cam.name:<20} {state:<8} {cam.masked_url}  stride {cam.settings.stride}")
+    print(f"alerts: {cfg.alerts.endpoint} (replay {cfg.alerts.replay_endpoint}); metrics: "
+          f"{'http://%s:%d/metrics' % (cfg.metrics.host, cfg.metrics.port) if cfg.metrics.enabled else 'off'}")
+    return 0
 
 
 def _apply_logging(args: argparse.Namespace, logging_cfg) -> None:

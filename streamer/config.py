@@ -391,6 +391,15 @@ def _resolve_camera(raw: Any, index: int, defaults: CameraSettings) -> CameraCon
            + (f" {mask_url(str(url))!r}" if isinstance(url, (list, tuple)) else ""))
     _check(isinstance(enabled, bool), f"{where}.enabled",
            f"expected bool, got {type(enabled).__name__}")
+    # The URL is refused here, at the door, rather than by the capture thread at start-up or on
+    # a SIGHUP reload (where it would take the running daemon down). Imported lazily: sources
+    # imports this module.
+    from .sources import parse_source
+
+    try:
+        parse_source(url)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.url: {exc}") from None
     overrides = {k: v for k, v in raw.items() if k not in _CAMERA_KEYS}
     merged = {**to_dict(defaults), **overrides}
     settings = from_dict(CameraSettings, merged, where)

@@ -180,6 +180,7 @@ class Daemon:
         self._publisher: Optional[AlertPublisher] = None
         self._journal: Optional[Journal] = None
         self._evidence: Optional[EvidenceWriter] = None
+        self._evidence_reported = (0, 0)    # write errors, drops already counted in metrics
         self._tracker: Optional[EventTracker] = None
         self._scheduler: Optional[Scheduler] = None
         self._worker: Optional[WorkerThread] = None
@@ -576,6 +577,12 @@ class Daemon:
             if not is_up and name in open_cams:
                 log.warning("camera %s lost with open events: ending them (camera_lost)", name)
                 self._emit(self._tracker.close_camera(name, "camera_lost"))
+        ev = self._evidence
+        if ev is not None:
+            errors, dropped = ev.write_errors, ev.dropped
+            m.evidence_write_errors.inc(max(errors - self._evidence_reported[0], 0))
+            m.evidence_dropped.inc(max(dropped - self._evidence_reported[1], 0))
+            self._evidence_reported = (errors, dropped)
         status = (f"{up}/{len(self._cams)} cameras up, {len(self._tracker.open_events())} "
                   "event(s) open" + (f"; UNHEALTHY: {self._wd_withheld}" if self._wd_withheld else ""))
         if status != self._last_status:

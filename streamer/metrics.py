@@ -33,6 +33,7 @@ METRIC_NAMES = (
     "vigil_windows_total", "vigil_windows_skipped_total", "vigil_inference_seconds",
     "vigil_batch_size", "vigil_alert_latency_seconds", "vigil_alerts_total",
     "vigil_events_active", "vigil_publish_dropped_total", "vigil_build_info",
+    "vigil_evidence_write_errors_total", "vigil_evidence_dropped_total",
 )
 
 
@@ -92,6 +93,14 @@ class VigilMetrics:
             "vigil_publish_dropped_total",
             "Messages the alert socket refused (high-water mark); they stay in the journal.",
             registry=r)
+        # Beyond the design's table: evidence is written off the hot path, so a full disk must be
+        # visible somewhere other than the log.
+        self.evidence_write_errors = Counter(
+            "vigil_evidence_write_errors_total",
+            "Snapshots/clips that failed to write (disk full, permissions).", registry=r)
+        self.evidence_dropped = Counter(
+            "vigil_evidence_dropped_total",
+            "Snapshots/clips dropped because the evidence writer's queue was full.", registry=r)
         self.build_info = Gauge("vigil_build_info", "Constant 1, labelled with the build.",
                                 ["version", "model", "device"], registry=r)
 

@@ -126,6 +126,9 @@ class AlertPublisher:
         self._thread: Optional[threading.Thread] = None
         self._started = time.monotonic()
         self._closed = False
+        # Messages refused in a row by a full high-water mark: one log line per episode, not one
+        # per message (a stuck subscriber means hundreds a minute; the metric counts them all).
+        self._refused = 0
         try:
             # Fail here, in the caller's thread, if the journal is unusable.
             with Journal(self.journal_path) as journal:
@@ -246,9 +249,17 @@ class AlertPublisher:
         except zmq.Again:
             if self.metrics is not None:
                 self.metrics.publish_dropped.inc()
-            log.warning("alert socket full (a subscriber is not reading): %s seq %s not sent, "
-                        "it stays in the journal", topic.decode(), msg.get("seq"))
+            if self._refused == 0:
+                log.warning("alert socket full (a subscriber is not reading): %s seq %s not sent, "
+                            "it stays in the journal; until a send succeeds again refusals are "
+                            "only counted (vigil_publish_dropped_total)", topic.decode(),
+                            msg.get("seq"))
+            self._refused += 1
             return False
+        if self._refused:
+            log.info("alert socket accepting again after %d refused message(s) (they are in the "
+                     "journal for replay)", self._refused)
+            self._refused = 0
         return True
 
     def _drain_subscriptions(self) -> None:

@@ -27,6 +27,7 @@ import random
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 from urllib.parse import parse_qsl, urlsplit
@@ -48,6 +49,46 @@ SYNTH_KINDS = ("fight", "collapse", "none")
 SYNTH_PARAMS = {"seed": 1, "width": 640, "height": 360, "fps": 15, "frames": 96}
 # Frames a stream may fail to deliver in a row before the connection is considered lost.
 MAX_READ_FAILURES = 3
+# OpenCV's FFmpeg backend holds one process-wide mutex for the whole of `VideoCapture.open`,
+# timeouts included: measured (OpenCV 4.14), three unreachable RTSP servers with a 2 s open
+# timeout, opened from three threads, return after 2, 4 and 6 s. A thread waiting there is not
+# stuck in native code, but looked like it (no beat for longer than the stuck bound), so a few
+# offline cameras stopped the watchdog pings and made systemd restart the service. Capture
+# threads queue for this lock in Python instead, beating while they wait (tests/test_faults.py),
+# first come first served: with `threading.Lock` an offline camera retrying every backoff could
+# win it again and again while a live camera waited (measured: 20 s to reconnect instead of 5).
+
+
+class _FifoLock:
+    """A lock handed out in the order it was asked for, waiting in short slices."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+        self._held = False
+
+    def acquire(self, keep_waiting: Callable[[], bool], slice_s: float = 0.25) -> bool:
+        """Wait for our turn, calling `keep_waiting()` every `slice_s`; False when it says stop."""
+        me = object()
+        with self._cond:
+            self._queue.append(me)
+            while self._held or self._queue[0] is not me:
+                if not keep_waiting():
+                    self._queue.remove(me)
+                    self._cond.notify_all()
+                    return False
+                self._cond.wait(slice_s)
+            self._queue.popleft()
+            self._held = True
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+
+_FFMPEG_OPEN_LOCK = _FifoLock()
 
 
 def configure_ffmpeg_capture() -> None:
@@ -84,6 +125,14 @@ class SourceSpec:
         return self.kind in ("stream", "device")
 
 
+def _split(text: str):
+    """`urlsplit`, whose ValueError (e.g. "Invalid IPv6 URL" for `synth://[`) becomes ConfigError."""
+    try:
+        return urlsplit(text)
+    except ValueError as exc:
+        raise ConfigError(f"camera url {mask_url(text)!r}: {exc}") from None
+
+
 def parse_source(url: Union[str, int]) -> SourceSpec:
     """Parse a camera's `url` setting.
 
@@ -115,12 +164,12 @@ def parse_source(url: Union[str, int]) -> SourceSpec:
     if scheme in STREAM_SCHEMES:
         return SourceSpec("stream", text, url=text)
     if scheme == "file":
-        path = urlsplit(text).path
+        path = _split(text).path
         if not path:
             raise ConfigError(f"camera url {text!r}: file:// needs a path")
         return SourceSpec("file", path, url=text)
     if scheme == "synth":
-        parts = urlsplit(text)
+        parts = _split(text)
         kind = parts.netloc or parts.path.lstrip("/")
         if kind not in SYNTH_KINDS:
             raise ConfigError(f"camera url {text!r}: synthetic kind must be one of "
@@ -389,12 +438,26 @@ class CaptureThread(threading.Thread):
 
     def _open(self) -> Optional[Any]:
         self._beat = time.monotonic()
+        ffmpeg = self.spec.kind in ("stream", "file")
+        if ffmpeg:
+            # Queue for OpenCV's FFmpeg open lock here, beating while waiting (see
+            # _FFMPEG_OPEN_LOCK): only the open itself counts towards `stuck()`.
+            def keep_waiting() -> bool:
+                self._beat = time.monotonic()
+                return not self._stop_event.is_set()
+
+            if not _FFMPEG_OPEN_LOCK.acquire(keep_waiting):
+                return None
         try:
+            self._beat = time.monotonic()
             reader = open_source(self.spec, self.open_timeout_s, self.read_timeout_s)
         except Exception as exc:   # OSError, cv2.error, a missing synth module: same episode
             self._beat = time.monotonic()
             self._lost(f"cannot open source: {mask_secrets(str(exc))}")
             return None
+        finally:
+            if ffmpeg:
+                _FFMPEG_OPEN_LOCK.release()
         self._beat = time.monotonic()
         self.stream_fps = reader.fps
         if self.ring is None:

@@ -1,0 +1,303 @@
+"""`vigil demo`: the whole product on this machine, checked end to end.
+
+It trains the quick-start CPU model once (cached under the user's cache directory), writes a
+daemon config with synthetic cameras (one fight, one collapse, one where nobody is in trouble),
+starts the real `vigil serve` as a child process (told apart from systemd only by the notify
+socket this module creates for its READY), subscribes to its ZeroMQ alerts like any client,
+shows a live status scraped from its Prometheus endpoint, and after `--duration` seconds stops it
+with SIGTERM and prints a summary. It exits non-zero when an expected alert did not come or an
+unexpected one did, so the demo is also a smoke test of a deployment.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+# camera name -> (synthetic scene kind, the label its alert must carry or None for no alert).
+CAMERAS = {
+    "yard-fight": ("fight", "fight"),
+    "hall-collapse": ("collapse", "collapse"),
+    "lobby-quiet": ("none", None),
+}
+SCENE = dict(width=640, height=360, fps=15)
+
+
+@dataclass
+class DemoPorts:
+    metrics: int
+    alerts: int
+    replay: int
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo", help="train a small model once, serve three synthetic cameras, show the alerts",
+        description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p.add_argument("--duration", type=float, default=60.0, metavar="S",
+                   help="seconds to serve before stopping (default 60)")
+    p.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                   help="where the trained model is kept (default ~/.cache/vigil)")
+    p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
+                   help="daemon config, journal and evidence (default: a new temporary folder)")
+    p.add_argument("--metrics-port", type=int, default=9108, metavar="PORT")
+    p.add_argument("--no-status", action="store_true", help="no live status block")
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from train.quickstart import cached_quick_model
+
+    print("vigil demo: 1/3 preparing the CPU model (trained once, then cached)", flush=True)
+    t0 = time.monotonic()
+    run = cached_quick_model(args.cache_dir, progress=True)
+    print(f"  model: {run.checkpoint}"
+          + (f" (trained in {run.seconds:.0f} s)" if run.seconds else " (cached)"), flush=True)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vigil-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports = DemoPorts(_port_or_free(args.metrics_port), _port_or_free(5557), _port_or_free(5558))
+    config = write_demo_config(workdir, run.checkpoint, ports)
+    print(f"vigil demo: 2/3 starting `vigil serve --config {config}`", flush=True)
+    daemon = DaemonProcess(config, workdir / "daemon.log")
+    try:
+        daemon.start(timeout=120)
+        print(f"  metrics: http://127.0.0.1:{ports.metrics}/metrics", flush=True)
+        print(f"  alerts:  vigil alerts tcp://127.0.0.1:{ports.alerts} "
+              f"--replay tcp://127.0.0.1:{ports.replay} --since 0", flush=True)
+        print(f"  log:     {daemon.log_path}", flush=True)
+        print(f"vigil demo: 3/3 watching for {args.duration:.0f} s (Ctrl-C stops early)\n",
+              flush=True)
+        alerts = watch(ports, args.duration, daemon, live_status=not args.no_status)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the daemon", flush=True)
+        daemon.stop()
+        return 130
+    finally:
+        code = daemon.stop()
+    ok = print_summary(alerts, code, time.monotonic() - t0)
+    return 0 if ok else 1
+
+
+def write_demo_config(workdir: Path, checkpoint: Path, ports: DemoPorts) -> Path:
+    """The daemon config of the demo: three looping synthetic cameras on loopback ports."""
+    cameras = [{"name": name, "url": f"synth://{kind}?seed={20 + i}&width={SCENE['width']}"
+                                      f"&height={SCENE['height']}&fps={SCENE['fps']}"}
+               for i, (name, (kind, _)) in enumerate(CAMERAS.items())]
+    cfg = {
+        "data_dir": str(workdir / "data"),
+        "cameras": cameras,
+        "model": {"checkpoint": str(checkpoint), "device": "cpu", "max_batch": 4},
+        "alerts": {"endpoint": f"tcp://127.0.0.1:{ports.alerts}",
+                   "replay_endpoint": f"tcp://127.0.0.1:{ports.replay}", "heartbeat_s": 2.0},
+        "metrics": {"host": "127.0.0.1", "port": ports.metrics},
+    }
+    path = workdir / "vigil-demo.yaml"
+    path.write_text("# Written by `vigil demo`.\n" + yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+class DaemonProcess:
+    """`vigil serve` as a child process, READY detected over a notify socket we own."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.proc: Optional[subprocess.Popen] = None
+        self._sock_dir = tempfile.mkdtemp(prefix="vigil-notify-")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(os.path.join(self._sock_dir, "notify"))
+
+    def start(self, timeout: float) -> None:
+        env = dict(os.environ, NOTIFY_SOCKET=self._sock.getsockname())
+        cmd = [sys.executable, "-m", "streamer.cli", "serve", "--config", str(self.config)]
+        with open(self.log_path, "wb") as logf:
+            # Its own process group: Ctrl-C in the terminal reaches us, and we stop it cleanly.
+            self.proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        self._sock.settimeout(0.5)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vigil serve exited with {self.proc.returncode} before READY;"
+                                   f" see {self.log_path}:\n{_tail(self.log_path)}")
+            try:
+                if b"READY=1" in self._sock.recv(4096):
+                    return
+            except socket.timeout:
+                continue
+        raise RuntimeError(f"vigil serve not ready after {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self, timeout: float = 20.0) -> Optional[int]:
+        """SIGTERM, wait, then SIGKILL if it hangs. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.error("vigil serve did not stop in %.0f s: killing it", timeout)
+                self.proc.kill()
+                self.proc.wait()
+        self._sock.close()
+        return self.proc.returncode
+
+
+def watch(ports: DemoPorts, duration: float, daemon: DaemonProcess,
+          live_status: bool = True) -> list[dict]:
+    """Print alerts as they arrive and a status block refreshed in place; return the alerts."""
+    from .subscriber import AlertSubscriber, format_alert
+
+    tty = live_status and sys.stdout.isatty()
+    alerts: list[dict] = []
+    block_lines = 0
+    next_status = 0.0
+    last_counts: dict = {}
+    end = time.monotonic() + duration
+    with AlertSubscriber(f"tcp://127.0.0.1:{ports.alerts}", f"tcp://127.0.0.1:{ports.replay}",
+                         since=0) as sub:
+        while time.monotonic() < end:
+            if daemon.proc is not None and daemon.proc.poll() is not None:
+                print(f"vigil serve exited early ({daemon.proc.returncode}); see {daemon.log_path}")
+                break
+            msg = sub.poll(0.25)
+            if msg is not None:
+                alerts.append(msg)
+                if tty and block_lines:
+                    sys.stdout.write(f"\x1b[{block_lines}F\x1b[J")   # erase the status block
+                    block_lines = 0
+                print(format_alert(msg), flush=True)
+            now = time.monotonic()
+            if now >= next_status:
+                lines = status_lines(ports.metrics, alerts, end - now, last_counts)
+                if tty:
+                    if block_lines:
+                        sys.stdout.write(f"\x1b[{block_lines}F\x1b[J")
+                    sys.stdout.write("\n".join(lines) + "\n")
+                    sys.stdout.flush()
+                    block_lines = len(lines)
+                    next_status = now + 1.0
+                elif live_status:
+                    print("\n".join(lines), flush=True)
+                    next_status = now + 10.0
+                else:
+                    next_status = end
+        # The shutdown `end` messages arrive after SIGTERM: stop, then drain what is left.
+        daemon.stop()
+        while (msg := sub.poll(1.0)) is not None:
+            alerts.append(msg)
+            print(format_alert(msg), flush=True)
+    return alerts
+
+
+def status_lines(metrics_port: int, alerts: list[dict], remaining: float,
+                 last: dict) -> list[str]:
+    """One screen: per camera up, fps, windows inferred/skipped, open events.
+
+    `last` keeps the previous frame counts between calls, for the fps column.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError as exc:
+        return [f"(metrics unavailable: {exc})"]
+    values: dict[tuple[str, str], float] = defaultdict(float)
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            cam = s.labels.get("camera")
+            if cam is not None:
+                values[(s.name, cam)] += s.value
+    now = time.monotonic()
+    rows = [f"{'camera':<15} {'up':>3} {'fps':>5} {'windows':>8} {'skipped':>8} {'open events':>12}"]
+    for cam in CAMERAS:
+        frames = values[("vigil_frames_total", cam)]
+        fps = _rate(last, cam, frames, now)
+        rows.append(f"{cam:<15} {int(values[('vigil_camera_up', cam)]):>3} {fps:>5.1f} "
+                    f"{int(values[('vigil_windows_total', cam)]):>8} "
+                    f"{int(values[('vigil_windows_skipped_total', cam)]):>8} "
+                    f"{int(values[('vigil_events_active', cam)]):>12}")
+    rows.append(f"alerts so far: {len(alerts)}   remaining: {max(remaining, 0):.0f} s")
+    return rows
+
+
+def _rate(last: dict, key: str, value: float, now: float) -> float:
+    """Per-second rate of a counter since the previous call with the same `last` and key."""
+    prev = last.get(key)
+    last[key] = (value, now)
+    if prev is None or now <= prev[1]:
+        return 0.0
+    return (value - prev[0]) / (now - prev[1])
+
+
+def print_summary(alerts: list[dict], exit_code: Optional[int], seconds: float) -> bool:
+    """Alerts per camera and label, start latency p50/p95, and the demo's self-check."""
+    print("\n== vigil demo summary ==")
+    counts = Counter((a["camera"], a["label"], a["type"]) for a in alerts)
+    print(f"{'camera':<15} {'label':<9} {'start':>5} {'update':>6} {'end':>4}")
+    for cam, label in sorted({(c, lab) for c, lab, _ in counts}):
+        print(f"{cam:<15} {label:<9} {counts[(cam, label, 'start')]:>5} "
+              f"{counts[(cam, label, 'update')]:>6} {counts[(cam, label, 'end')]:>4}")
+    lat = sorted(a["latency_s"] for a in alerts if a["type"] == "start" and
+                 isinstance(a.get("latency_s"), (int, float)))
+    if lat:
+        p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
+        print(f"alert latency (capture of the window's last frame -> start published): "
+              f"p50 {statistics.median(lat):.2f} s, p95 {p95:.2f} s over {len(lat)} starts")
+    ok = True
+    for cam, (_, expected) in CAMERAS.items():
+        started = {a["label"] for a in alerts if a["camera"] == cam and a["type"] == "start"}
+        if expected is None:
+            good = not started
+            what = "no alert" if good else f"UNEXPECTED {', '.join(sorted(started))}"
+        else:
+            good = expected in started and started <= {expected}
+            what = (f"{expected} alert came" if good else
+                    f"expected {expected}, got {', '.join(sorted(started)) or 'nothing'}")
+        ok &= good
+        print(f"check {cam:<15} {'PASS' if good else 'FAIL'}  {what}")
+    ends = [a for a in alerts if a["type"] == "end"]
+    if any(a.get("reason") == "shutdown" for a in ends):
+        print("open events were closed on shutdown with reason=shutdown")
+    if exit_code not in (0, None):
+        print(f"vigil serve exited with {exit_code}")
+        ok = False
+    print(f"demo {'PASSED' if ok else 'FAILED'} in {seconds:.0f} s")
+    return ok
+
+
+def _port_or_free(port: int) -> int:
+    """`port` if it can be bound on loopback now, else any free port."""
+    for candidate in (port, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+                return s.getsockname()[1]
+            except OSError:
+                continue
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
