@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import yaml
+from .soak import DaemonProcess
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +70,11 @@ def run_demo(args: argparse.Namespace) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vigil-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     ports = DemoPorts(_port_or_free(args.metrics_port), _port_or_free(5557), _port_or_free(5558))
-    config = write_demo_config(workdir, run.checkpoint, ports)
-    print(f"vigil demo: 2/3 starting `vigil serve --config {config}`", flush=True)
-    daemon = DaemonProcess(config, workdir / "daemon.log")
+    daemon = DaemonProcess(workdir, demo_config(workdir, run.checkpoint, ports))
+    print(f"vigil demo: 2/3 starting `vigil serve --config {daemon.config_path}`", flush=True)
     try:
-        daemon.start(timeout=120)
+        daemon.start()
+        daemon.wait_ready(timeout=120)
         print(f"  metrics: http://127.0.0.1:{ports.metrics}/metrics", flush=True)
         print(f"  alerts:  vigil alerts tcp://127.0.0.1:{ports.alerts} "
               f"--replay tcp://127.0.0.1:{ports.replay} --since 0", flush=True)
@@ -91,11 +88,12 @@ def run_demo(args: argparse.Namespace) -> int:
         return 130
     finally:
         code = daemon.stop()
+        daemon.close()
     ok = print_summary(alerts, code, time.monotonic() - t0)
     return 0 if ok else 1
 
 
-def write_demo_config(workdir: Path, checkpoint: Path, ports: DemoPorts) -> Path:
+def demo_config(workdir: Path, checkpoint: Path, ports: DemoPorts) -> dict:
     """The daemon config of the demo: three looping synthetic cameras on loopback ports."""
     cameras = [{"name": name, "url": f"synth://{kind}?seed={20 + i}&width={SCENE['width']}"
                                       f"&height={SCENE['height']}&fps={SCENE['fps']}"}
@@ -108,59 +106,10 @@ def write_demo_config(workdir: Path, checkpoint: Path, ports: DemoPorts) -> Path
                    "replay_endpoint": f"tcp://127.0.0.1:{ports.replay}", "heartbeat_s": 2.0},
         "metrics": {"host": "127.0.0.1", "port": ports.metrics},
     }
-    path = workdir / "vigil-demo.yaml"
-    path.write_text("# Written by `vigil demo`.\n" + yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    return cfg
 
 
-class DaemonProcess:
-    """`vigil serve` as a child process, READY detected over a notify socket we own."""
-
-    def __init__(self, config: Path, log_path: Path) -> None:
-        self.config = config
-        self.log_path = log_path
-        self.proc: Optional[subprocess.Popen] = None
-        self._sock_dir = tempfile.mkdtemp(prefix="vigil-notify-")
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(os.path.join(self._sock_dir, "notify"))
-
-    def start(self, timeout: float) -> None:
-        env = dict(os.environ, NOTIFY_SOCKET=self._sock.getsockname())
-        cmd = [sys.executable, "-m", "streamer.cli", "serve", "--config", str(self.config)]
-        with open(self.log_path, "wb") as logf:
-            # Its own process group: Ctrl-C in the terminal reaches us, and we stop it cleanly.
-            self.proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        self._sock.settimeout(0.5)
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vigil serve exited with {self.proc.returncode} before READY;"
-                                   f" see {self.log_path}:\n{_tail(self.log_path)}")
-            try:
-                if b"READY=1" in self._sock.recv(4096):
-                    return
-            except socket.timeout:
-                continue
-        raise RuntimeError(f"vigil serve not ready after {timeout:.0f} s; see {self.log_path}")
-
-    def stop(self, timeout: float = 20.0) -> Optional[int]:
-        """SIGTERM, wait, then SIGKILL if it hangs. Returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.error("vigil serve did not stop in %.0f s: killing it", timeout)
-                self.proc.kill()
-                self.proc.wait()
-        self._sock.close()
-        return self.proc.returncode
-
-
-def watch(ports: DemoPorts, duration: float, daemon: DaemonProcess,
+def watch(ports: DemoPorts, duration: float, daemon: "DaemonProcess",
           live_status: bool = True) -> list[dict]:
     """Print alerts as they arrive and a status block refreshed in place; return the alerts."""
     from .subscriber import AlertSubscriber, format_alert
@@ -174,7 +123,7 @@ def watch(ports: DemoPorts, duration: float, daemon: DaemonProcess,
     with AlertSubscriber(f"tcp://127.0.0.1:{ports.alerts}", f"tcp://127.0.0.1:{ports.replay}",
                          since=0) as sub:
         while time.monotonic() < end:
-            if daemon.proc is not None and daemon.proc.poll() is not None:
+            if not daemon.alive():
                 print(f"vigil serve exited early ({daemon.proc.returncode}); see {daemon.log_path}")
                 break
             msg = sub.poll(0.25)
@@ -294,10 +243,3 @@ def _port_or_free(port: int) -> int:
             except OSError:
                 continue
     raise RuntimeError("no free port on 127.0.0.1")
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
