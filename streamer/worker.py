@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from detector.postprocess import class_scores
+from detector.precision import PRECISIONS, autocast, autocast_dtype
 from detector.preprocess import normalize_clips
 
 from .ringbuffer import FramesUnavailableError, RingBuffer
@@ -32,7 +33,6 @@ from .windows import DueTracker, window_seqs, window_span
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 # --------------------------------------------------------------------------- scheduling policy
@@ -255,24 +255,12 @@ class InferenceWorker:
         self.batch_limit = self.max_batch
         self.oom_splits = 0
         self.oom_dropped = 0
-        self.autocast_dtype = self._pick_dtype(precision)
+        self.autocast_dtype = autocast_dtype(self.device, precision)
         H, W = input_cfg.size
         shape = (self.max_batch, input_cfg.frames, H, W, 3)
         # One preallocated host staging buffer; pinned on CUDA so the copy is a single async DMA.
         self._host = torch.empty(shape, dtype=torch.uint8,
                                  pin_memory=self.device.type == "cuda")
-
-    def _pick_dtype(self, precision: str) -> Optional[torch.dtype]:
-        if self.device.type == "cuda":
-            if precision == "fp32":
-                return None
-            if precision == "fp16":
-                return torch.float16
-            if precision == "bf16" or torch.cuda.is_bf16_supported():
-                return torch.bfloat16
-            return torch.float16
-        # CPU: fp32 unless asked for bf16 (fp16 autocast on CPU is slow or unsupported).
-        return torch.bfloat16 if precision == "bf16" else None
 
     def _forward(self, clips_host: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One device call.
@@ -285,10 +273,7 @@ class InferenceWorker:
         x = clips_host.to(self.device, non_blocking=True)       # the one host->device copy
         with torch.inference_mode():
             x = normalize_clips(x, self.input_cfg.mean, self.input_cfg.std)
-            if self.autocast_dtype is not None:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                    outputs = self.model(x)
-            else:
+            with autocast(self.device, self.autocast_dtype):
                 outputs = self.model(x)
             scores, boxes = class_scores(outputs)
             return scores.float().cpu(), boxes.float().cpu()

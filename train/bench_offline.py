@@ -17,7 +17,6 @@ Also timed: decoding alone, seek-per-index (reference) against `train.video_io.r
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import shutil
 import tempfile
@@ -187,7 +186,7 @@ class OfflineBenchOptions:
         videos: synthetic clips to write (default 8 --quick, 32 otherwise).
         checkpoint: the weights (default: the reference-shaped model, random init, seed 0).
         batch, workers: `vigil detect`'s --batch and decoding workers (None = its defaults).
-        precision: passed to `detect` when it takes a `precision` argument.
+        precision: passed to `detect` (None = its default).
         repeats: timed passes of each method.
         workdir: where clips and checkpoint go (default: a temporary folder, removed).
     """
@@ -249,12 +248,8 @@ def run_offline_bench(opts: OfflineBenchOptions) -> BenchReport:
 
         kwargs: dict[str, Any] = {"batch": opts.batch, "workers": opts.workers,
                                   "device": str(device)}
-        accepts = inspect.signature(detect).parameters
         if opts.precision is not None:
-            if "precision" not in accepts:
-                log.warning("this `vigil detect` has no precision option; --precision ignored")
-            else:
-                kwargs["precision"] = opts.precision
+            kwargs["precision"] = opts.precision
 
         def run_detect(paths: Sequence[Path]) -> list[dict[str, Any]]:
             return list(detect(list(paths), ckpt, **kwargs))
@@ -290,7 +285,7 @@ def run_offline_bench(opts: OfflineBenchOptions) -> BenchReport:
     n = len(files)
     ref_med, det_med = median(ref_times), median(det_times)
     shape = f"{T}x{size[0]}x{size[1]}"
-    precision = kwargs.get("precision", "detect's default")
+    precision = kwargs.get("precision", "auto")
     common = {"videos": n, "device": str(device), "input": shape, "repeats": repeats}
     rows = [
         {"method": "reference-style loop (seek per frame, CPU normalise, batch 1)",

@@ -190,7 +190,8 @@ def _collate(batch: list[tuple[torch.Tensor | None, dict]]) -> tuple[torch.Tenso
 
 def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float | None = None,
            window_seconds: float | None = None, batch: int = 8, workers: int | None = None,
-           threshold: float = 0.3, device: str = "auto") -> Iterator[dict[str, Any]]:
+           threshold: float = 0.3, device: str = "auto",
+           precision: str = "auto") -> Iterator[dict[str, Any]]:
     """Run the detector over videos, yielding one row per video (or per window).
 
     Args:
@@ -202,6 +203,7 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
         workers: decoding processes (default: up to 2, one per file).
         threshold: minimum score of a detection.
         device: `auto`, `cpu`, `cuda`, ...
+        precision: `auto`, `fp32`, `bf16`, `fp16` (see `detector.precision`).
     Yields:
         {"video", "class" (name or "none"), "score", "box" ([x1, y1, x2, y2] pixels or None),
          "width", "height"} plus "start_s", "end_s" in window mode; a failed file yields
@@ -209,6 +211,7 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
     """
     from detector.checkpoint import load_checkpoint
     from detector.postprocess import clip_predictions
+    from detector.precision import autocast, autocast_dtype
     from detector.preprocess import normalize_clips
 
     from .engine import resolve_device
@@ -216,6 +219,7 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
     files = find_videos(paths)
     dev = resolve_device(device)
     model, cfg, _ = load_checkpoint(checkpoint, device=dev)
+    amp = autocast_dtype(dev, precision)
     if windows is not None:
         if windows <= 0:
             raise VigilError(f"--windows: stride must be > 0 seconds, got {windows}")
@@ -234,7 +238,10 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
             if clips is None:
                 continue
             x = normalize_clips(clips.to(dev), cfg.input.mean, cfg.input.std)
-            dets = clip_predictions(model(x), cfg.class_names, threshold)
+            with autocast(dev, amp):
+                outputs = model(x)
+            outputs = {k: v.float() for k, v in outputs.items()}
+            dets = clip_predictions(outputs, cfg.class_names, threshold)
             for info, det in zip(infos, dets):
                 row: dict[str, Any] = {"video": info["video"]}
                 if windows is not None:
