@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from streamer.soak import free_port, wait_until
+
 from detector.errors import ConfigError
 from streamer import commands
 
@@ -27,10 +29,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- parsing

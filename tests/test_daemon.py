@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
+
+from streamer.soak import free_port, wait_until
 import yaml
 
 zmq = pytest.importorskip("zmq")
@@ -39,22 +41,8 @@ pytestmark = pytest.mark.integration
 
 
 # ----------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.1):
-    """Poll `predicate` until it returns something truthy (returned) or `timeout` passes (None)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")

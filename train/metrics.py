@@ -24,7 +24,9 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
+from torchvision.ops import box_convert, box_iou, generalized_box_iou
 
 NONE_NAME = "none"
 COCO_IOUS = np.linspace(0.5, 0.95, 10)
@@ -38,13 +40,12 @@ def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     Returns:
         (..., 4) x1, y1, x2, y2.
     """
-    boxes = np.asarray(boxes, dtype=np.float64)
-    cx, cy, w, h = np.moveaxis(boxes, -1, 0)
-    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
+    return box_convert(torch.as_tensor(np.asarray(boxes, dtype=np.float64)),
+                       in_fmt="cxcywh", out_fmt="xyxy").numpy()
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes.
+    """Pairwise IoU of xyxy boxes (torchvision's `box_iou`, in float64 for exact metrics).
 
     Args:
         a: (N, 4) xyxy.
@@ -52,15 +53,12 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     Returns:
         (N, M) IoU in [0, 1]; 0 where a union is empty.
     """
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    inter, union, _ = _overlaps(a, b)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
+    iou = box_iou(_boxes(a), _boxes(b)).numpy()
+    return np.nan_to_num(iou, nan=0.0)
 
 
 def giou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise generalised IoU of xyxy boxes.
+    """Pairwise generalised IoU of xyxy boxes (torchvision's `generalized_box_iou`).
 
     Args:
         a: (N, 4) xyxy.
@@ -68,25 +66,11 @@ def giou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     Returns:
         (N, M) GIoU in [-1, 1].
     """
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    inter, union, hull = _overlaps(a, b)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
-        penalty = np.where(hull > 0, (hull - union) / hull, 0.0)
-    return iou - penalty
+    return np.nan_to_num(generalized_box_iou(_boxes(a), _boxes(b)).numpy(), nan=0.0)
 
 
-def _overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    hull_wh = np.clip(np.maximum(a[:, None, 2:], b[None, :, 2:])
-                      - np.minimum(a[:, None, :2], b[None, :, :2]), 0, None)
-    return inter, union, np.prod(hull_wh, axis=-1)
+def _boxes(x: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(-1, 4))
 
 
 # --------------------------------------------------------------------------- per video
