@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.soak import free_port, wait_until
+from streamer.soak import free_port
 
 from detector.errors import ConfigError
 from streamer import commands

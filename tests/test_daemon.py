@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import pytest
 

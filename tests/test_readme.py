@@ -11,14 +11,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
-import pytest
 
 from ._training import tiny_config  # noqa: F401  (keeps the tiny model's overrides in one place)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import pytest
 zmq = pytest.importorskip("zmq")
 import zmq.auth  # noqa: E402
 
-from streamer.soak import DaemonProcess, base_config, free_port, tiny_checkpoint, wait_until  # noqa: E402
+from streamer.soak import DaemonProcess, base_config, free_port, tiny_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
