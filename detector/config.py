@@ -85,6 +85,9 @@ class ModelConfig:
     pos_table_len: Optional[int] = None  # rows of the positional table; null = number of tokens
     head_dropout: float = 0.0        # dropout inside the heads (reference: 0.1)
     box_head_layers: int = 2         # Linear layers in the box MLP (reference: 3)
+    # DETR's auxiliary decoding losses: in training, the shared heads also read every
+    # intermediate decoder layer's output, so each layer gets a direct matching signal.
+    aux_loss: bool = False
 
     def __post_init__(self) -> None:
         if not self.class_names:

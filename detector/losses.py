@@ -8,6 +8,11 @@ After Hungarian matching:
 - `loss_giou`: `1 - GIoU` of matched boxes, summed, divided by `num_boxes`;
 with `num_boxes` = max(ground-truth boxes in the batch, 1).
 
+Auxiliary decoding losses (DETR's `aux_loss`): when the outputs carry "aux_outputs" (one
+{"pred_logits", "pred_boxes"} per intermediate decoder layer), each is matched on its own and its
+terms are returned as `loss_ce_0`, `loss_bbox_0`, ... (layer index suffix), weighted like the
+final layer's (`weight_dict` holds them when the criterion is built with `aux_layers`).
+
 Zero weights (the report's ablations, e.g. `--set loss.giou=0`): the term is still computed and
 returned, detached, so it can be logged and compared across ablations, but it has weight 0 and
 `total()` leaves it out entirely (not multiplied by 0, so a non-finite value cannot leak in).
@@ -58,14 +63,20 @@ class SetCriterion(nn.Module):
         num_classes: K foreground classes; logits have K+1 columns, the last is no_object.
         matcher: assigns queries to targets.
         cfg: weights (`weight_dict`) and `eos_coef`.
+        aux_layers: intermediate decoder layers whose auxiliary outputs are weighted
+            (`loss_ce_0` ... `loss_giou_{aux_layers - 1}`), as the final layer's terms.
     """
 
-    def __init__(self, num_classes: int, matcher: HungarianMatcher, cfg: LossConfig) -> None:
+    def __init__(self, num_classes: int, matcher: HungarianMatcher, cfg: LossConfig,
+                 aux_layers: int = 0) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher
         self.cfg = cfg
-        self.weight_dict = {"loss_ce": cfg.ce, "loss_bbox": cfg.l1, "loss_giou": cfg.giou}
+        base = {"loss_ce": cfg.ce, "loss_bbox": cfg.l1, "loss_giou": cfg.giou}
+        self.weight_dict = dict(base)
+        for i in range(aux_layers):
+            self.weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = cfg.eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)
@@ -74,12 +85,25 @@ class SetCriterion(nn.Module):
                 indices: list[tuple[torch.Tensor, torch.Tensor]] | None = None
                 ) -> dict[str, torch.Tensor]:
         """Args:
-            outputs: {"pred_logits": (B, N, K+1), "pred_boxes": (B, N, 4) cxcywh}.
+            outputs: {"pred_logits": (B, N, K+1), "pred_boxes": (B, N, 4) cxcywh}, optionally
+                "aux_outputs": a list of such dicts, one per intermediate decoder layer.
             targets: B dicts {"labels": (M_b,) int64, "boxes": (M_b, 4) cxcywh}.
-            indices: a matching already computed by `self.matcher` (else it is computed).
+            indices: a matching of the final outputs already computed by `self.matcher` (else
+                it is computed; auxiliary outputs are always matched on their own).
         Returns:
-            {"loss_ce", "loss_bbox", "loss_giou"}: unweighted scalars; zero-weight terms detached.
+            {"loss_ce", "loss_bbox", "loss_giou"}, plus `loss_ce_{i}`, ... for auxiliary output
+            i: unweighted scalars; zero-weight terms detached.
         """
+        losses = self._terms(outputs, targets, indices)
+        for i, aux in enumerate(outputs.get("aux_outputs") or []):
+            losses.update({f"{k}_{i}": v for k, v in self._terms(aux, targets, None).items()})
+        return {k: (v if self.weight_dict.get(k, 0) != 0 else v.detach())
+                for k, v in losses.items()}
+
+    def _terms(self, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]],
+               indices: list[tuple[torch.Tensor, torch.Tensor]] | None
+               ) -> dict[str, torch.Tensor]:
+        """The three terms of one set of predictions (B, N, ...), unweighted, with gradients."""
         logits = outputs["pred_logits"].float()
         boxes = outputs["pred_boxes"].float()
         if indices is None:
@@ -106,8 +130,7 @@ class SetCriterion(nn.Module):
         loss_bbox = F.l1_loss(src_boxes, matched_boxes, reduction="sum") / num_boxes
         loss_giou = giou_loss_cxcywh(src_boxes, matched_boxes, reduction="sum") / num_boxes
 
-        losses = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
-        return {k: (v if self.weight_dict[k] != 0 else v.detach()) for k, v in losses.items()}
+        return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
     def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """Weighted sum of the terms with a non-zero weight (a zero-weight term is left out)."""
@@ -116,7 +139,12 @@ class SetCriterion(nn.Module):
         return torch.stack(terms).sum()
 
 
-def build_criterion(cfg: LossConfig, num_classes: int) -> SetCriterion:
-    """The criterion of a training config's `loss:` section for `num_classes` classes."""
+def build_criterion(cfg: LossConfig, num_classes: int, aux_layers: int = 0) -> SetCriterion:
+    """The criterion of a training config's `loss:` section for `num_classes` classes.
+
+    Args:
+        aux_layers: intermediate decoder layers with auxiliary outputs to weight (a model built
+            with `aux_loss: true` has `decoder_layers - 1`); 0 = none.
+    """
     matcher = HungarianMatcher(cfg.cost_class, cfg.cost_bbox, cfg.cost_giou)
-    return SetCriterion(num_classes, matcher, cfg)
+    return SetCriterion(num_classes, matcher, cfg, aux_layers)

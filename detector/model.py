@@ -23,7 +23,7 @@ Kinetics weights and `freeze: all` cover, and an optimiser can give it its own l
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -94,19 +94,34 @@ class VideoDETR(nn.Module):
                              f"configured size {self.cfg.input.frames}x{self.cfg.input.size}")
         return tokens + self.pos_embedding.weight[:n].unsqueeze(0)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, Any]:
         """Args:
             x: (B, 3, T, H, W) float clips, normalised.
         Returns:
             {"pred_logits": (B, N, K+1) with column K = no_object,
-             "pred_boxes": (B, N, 4) cxcywh in [0, 1]}, N = num_queries.
+             "pred_boxes": (B, N, 4) cxcywh in [0, 1]}, N = num_queries; with `cfg.aux_loss`
+            in training mode also "aux_outputs": a list of decoder_layers - 1 dicts
+            {"pred_logits", "pred_boxes"} of the same shapes, one per intermediate layer
+            (first layer first), from the same heads.
         """
         if x.dim() != 5 or x.shape[1] != 3:
             raise ValueError(f"expected (B, 3, T, H, W) clips, got {tuple(x.shape)}")
         memory = self.tokens(x)
         tgt = self.queries.weight.unsqueeze(0).expand(x.shape[0], -1, -1)
-        hs = self.decoder(tgt, memory)                       # (B, N, d)
-        return {"pred_logits": self.class_head(hs), "pred_boxes": self.bbox_head(hs)}
+        if not (self.cfg.aux_loss and self.training):
+            hs = self.decoder(tgt, memory)                   # (B, N, d)
+            return {"pred_logits": self.class_head(hs), "pred_boxes": self.bbox_head(hs)}
+        # Layer by layer, as nn.TransformerDecoder does (no final norm), keeping every output.
+        states = []
+        hs = tgt
+        for layer in self.decoder.layers:
+            hs = layer(hs, memory)
+            states.append(hs)
+        out: dict[str, Any] = {"pred_logits": self.class_head(hs),
+                               "pred_boxes": self.bbox_head(hs)}
+        out["aux_outputs"] = [{"pred_logits": self.class_head(h), "pred_boxes": self.bbox_head(h)}
+                              for h in states[:-1]]
+        return out
 
 
 def build_model(cfg: ModelConfig | Mapping) -> VideoDETR:

@@ -123,7 +123,8 @@ def train_one_epoch(model: nn.Module, criterion: Any, loader: Iterable,
         with _autocast(device, amp):
             outputs = model(x)
         # The loss in float32: fp16 logits through softmax/log would lose the small no_object terms.
-        outputs = {k: v.float() for k, v in outputs.items()}
+        # (Auxiliary outputs, a list, are cast by the criterion itself.)
+        outputs = {k: (v.float() if torch.is_tensor(v) else v) for k, v in outputs.items()}
         terms = criterion(outputs, tgts)
         total = criterion.total(terms)
         _check_finite(total, terms, epoch, steps)

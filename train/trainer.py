@@ -230,7 +230,8 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
              model_cfg.backbone.name, f"{n_params:,}",
              f"{count_parameters(model, trainable_only=True):,}", device,
              "off" if amp is None else str(amp).replace("torch.", ""))
-    criterion = build_criterion(cfg.loss, model_cfg.num_classes).to(device)
+    aux_layers = model_cfg.decoder_layers - 1 if model_cfg.aux_loss else 0
+    criterion = build_criterion(cfg.loss, model_cfg.num_classes, aux_layers).to(device)
     train_loader, val_loader, train_ds, sampler = make_loaders(
         cfg, train_records, val_records, device, model_cfg.input)
     log.info("data: %d training videos (%d with an action), %d validation videos; %d steps "
