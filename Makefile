@@ -31,8 +31,9 @@ test: $(STAMP) $(SYSSTAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vigil demo
 
+# The quick-start recipe (train/quickstart.py): 1500 small synthetic videos, cpu-small.yaml.
 train-demo: $(STAMP)
-	$(VENV)/bin/vigil synth --out runs/demo-data --videos 240 --seed 1
+	$(VENV)/bin/vigil synth --out runs/demo-data --videos 1500 --seed 11 --width 128 --height 96 --frames 48
 	$(VENV)/bin/vigil train --config configs/train/cpu-small.yaml --data runs/demo-data --out runs/demo
 	$(VENV)/bin/vigil eval --checkpoint runs/demo/best.pt --data runs/demo-data --split val --out runs/demo/eval
 

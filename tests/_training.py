@@ -1,8 +1,9 @@
 """Shared training fixtures.
 
-`trained_checkpoint` (session scope) writes a synthetic dataset with `train.synth.write_dataset`
-and trains the `configs/train/cpu-small.yaml` recipe on it once per test session; the learning
-test checks what it learned and the daemon's integration tests serve it. Register with
+`trained_checkpoint` (session scope) trains the quick-start recipe of `train/quickstart.py` (the
+`configs/train/cpu-small.yaml` recipe on synthetic videos, the model `vigil demo` serves) once per
+test session; the learning test checks what it learned on held-out videos, and the daemon's
+integration tests and the demo test serve it. Register with
 `pytest_plugins = ["tests._training"]` in conftest.py, or import the fixture in a test module.
 
 `tiny_config` is a model small enough that a training epoch on a dozen 32x32 clips takes a
@@ -11,22 +12,11 @@ fraction of a second, for tests of the machinery rather than of learning.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-CPU_SMALL = REPO / "configs" / "train" / "cpu-small.yaml"
-
-# The learning run: synthetic videos small enough to write and decode fast (the model sees
-# 112x112 either way), a held-out set from another seed that training never sees.
-LEARN_TRAIN_VIDEOS = int(os.environ.get("VIGIL_TEST_TRAIN_VIDEOS", "300"))
-LEARN_HELDOUT_VIDEOS = 60
-LEARN_SYNTH = dict(width=160, height=120, fps=25, frames=48)
-
 
 @dataclass(frozen=True)
 class TrainedRun:
@@ -36,9 +26,10 @@ class TrainedRun:
         checkpoint: the run's `best.pt`.
         data_dir: the training dataset (its val split was used for model selection).
         heldout_dir: a dataset of other videos (another synth seed), never trained on.
-        run_dir: the run folder (`last.pt`, `metrics.jsonl`, `config.yaml`).
+        run_dir: the run folder (`last.pt`, `metrics.jsonl`).
         result: what `train.trainer.fit` returned.
         seconds: wall time of data generation plus training.
+        cache_dir: give this to `vigil demo --cache-dir` and it serves this very model.
     """
     checkpoint: Path
     data_dir: Path
@@ -46,24 +37,29 @@ class TrainedRun:
     run_dir: Path
     result: dict[str, Any]
     seconds: float
+    cache_dir: Path
 
 
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
-    """Train cpu-small on synthetic data once per session (a few minutes on 2 CPU cores)."""
-    from train.config import load_train_config
-    from train.synth import write_dataset
-    from train.trainer import fit
+    """Train the quick-start recipe (`train/quickstart.py`: cpu-small on synthetic videos) once
+    per session: about 4 minutes on 2 CPU cores. `VIGIL_TEST_TRAIN_VIDEOS` overrides the number
+    of training videos (fewer is faster but will not reach the learning test's bar)."""
+    import dataclasses
 
-    root = tmp_path_factory.mktemp("learning")
-    start = time.monotonic()
-    write_dataset(root / "data", LEARN_TRAIN_VIDEOS, seed=11, **LEARN_SYNTH)
-    write_dataset(root / "heldout", LEARN_HELDOUT_VIDEOS, seed=12, **LEARN_SYNTH)
-    cfg = load_train_config(CPU_SMALL, [f"data.cache_dir={root / 'cache'}", "train.device=cpu"])
-    result = fit(cfg, root / "data", root / "run", progress=False)
-    return TrainedRun(checkpoint=root / "run" / "best.pt", data_dir=root / "data",
-                      heldout_dir=root / "heldout", run_dir=root / "run", result=result,
-                      seconds=time.monotonic() - start)
+    from train.quickstart import CPU_SMALL, RECIPE, train_quick_model
+
+    recipe = RECIPE
+    if "VIGIL_TEST_TRAIN_VIDEOS" in os.environ:
+        recipe = dataclasses.replace(RECIPE, train_videos=int(os.environ["VIGIL_TEST_TRAIN_VIDEOS"]))
+    cache_dir = tmp_path_factory.mktemp("vigil-cache")
+    # The folder name `vigil demo --cache-dir` looks for, so the demo test reuses this run.
+    root = cache_dir / f"quickstart-{recipe.fingerprint(CPU_SMALL.read_text(encoding='utf-8'))}"
+    run = train_quick_model(root, recipe, heldout=True, progress=False, reuse=False)
+    assert run.heldout_dir is not None and run.result is not None
+    return TrainedRun(checkpoint=run.checkpoint, data_dir=run.data_dir,
+                      heldout_dir=run.heldout_dir, run_dir=run.run_dir, result=run.result,
+                      seconds=run.seconds, cache_dir=cache_dir)
 
 
 def tiny_config(cache_dir: Path | None = None, epochs: int = 2, **extra: Any):

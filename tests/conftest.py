@@ -1,4 +1,5 @@
-"""Shared fixtures. `rtsp_server` starts the real GStreamer RTSP server of `tests/rtsp_server.py`."""
+"""Shared fixtures. `rtsp_server` starts the real GStreamer RTSP server of `tests/rtsp_server.py`;
+`trained_checkpoint` (in `tests/_training.py`) trains the quick-start model once per session."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+
+pytest_plugins = ["tests._training"]
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_SCRIPT = Path(__file__).with_name("rtsp_server.py")

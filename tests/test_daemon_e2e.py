@@ -20,14 +20,8 @@ from pathlib import Path
 
 import pytest
 
-import tests.conftest as _conftest
 from tests.test_daemon import (DaemonProcess, make_config, recv_json, subscriber,  # noqa: F401
                                tiny_checkpoint, wait_until)
-
-# The session fixture that trains cpu-small once; import it unless conftest registers it already
-# (a second registration would train a second time).
-if "tests._training" not in getattr(_conftest, "pytest_plugins", ()):
-    from tests._training import trained_checkpoint  # noqa: F401
 
 pytestmark = pytest.mark.integration
 

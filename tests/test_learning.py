@@ -7,12 +7,10 @@ import logging
 import torch
 from torch.utils.data import DataLoader
 
-from ._training import trained_checkpoint  # noqa: F401  (the session fixture)
-
 log = logging.getLogger(__name__)
 
 
-def test_cpu_small_reaches_det_acc_08_on_held_out_synthetic_videos(trained_checkpoint):  # noqa: F811
+def test_cpu_small_reaches_det_acc_08_on_held_out_synthetic_videos(trained_checkpoint):
     from detector.checkpoint import load_checkpoint
     from detector.losses import LossConfig, build_criterion
     from train import engine

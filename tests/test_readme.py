@@ -95,8 +95,9 @@ def test_training_commands_as_in_the_readme(tmp_path):
     for words in cmds:
         args = words[1:]
         verb = args[0]
-        if verb == "synth":           # 240 videos -> 12 small ones
-            args = _replace(args, "--videos", "12") + ["--width", "64", "--frames", "16"]
+        if verb == "synth":           # 1500 videos -> 12 smaller ones
+            args = _replace(_replace(_replace(args, "--videos", "12"), "--width", "64"),
+                            "--frames", "16")
         elif verb in ("train", "cv"):  # the README's recipe, on a tiny model for 1 epoch
             args = args + ["--epochs", "1", "--no-progress"] if verb == "train" else args
             args += [x for s in TINY for x in ("--set", s)]

@@ -34,9 +34,13 @@ class QuickRecipe:
         train_seed, heldout_seed: synthetic data seeds.
         overrides: `--set` style overrides applied on top of `cpu-small.yaml`.
     """
-    train_videos: int = 300
+    # Many unique videos rather than many epochs: with 240 training videos cpu-small overfits
+    # (held-out det-acc ~0.55), with 800 it just reaches 0.8; 1500 (1275 after the 15% val
+    # split) reached 0.883. Small frames write and decode fast (~30 ms a video at 128x96); the
+    # model sees 64x64 either way.
+    train_videos: int = 1500
     heldout_videos: int = 60
-    synth: dict[str, Any] = field(default_factory=lambda: dict(width=160, height=120, fps=25,
+    synth: dict[str, Any] = field(default_factory=lambda: dict(width=128, height=96, fps=25,
                                                                frames=48))
     train_seed: int = 11
     heldout_seed: int = 12
