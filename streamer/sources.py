@@ -98,6 +98,9 @@ def configure_ffmpeg_capture() -> None:
     """
     if FFMPEG_OPTIONS_ENV not in os.environ:
         os.environ[FFMPEG_OPTIONS_ENV] = FFMPEG_OPTIONS
+    # OpenCV prints a [WARN] line on every failed open (tens a minute for one dead camera); the
+    # capture thread logs one line per episode with the reason, so keep only OpenCV's errors.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 configure_ffmpeg_capture()
@@ -205,6 +208,10 @@ class _CvReader:
 
     def read(self) -> tuple[bool, Optional[np.ndarray]]:
         return self.cap.read()
+
+    def rewind(self) -> bool:
+        """Back to the first frame of a file; False when the container cannot seek."""
+        return bool(self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0))
 
     def release(self) -> None:
         self.cap.release()
@@ -532,6 +539,7 @@ class CaptureThread(threading.Thread):
         opened = time.monotonic()
         next_due = opened
         failures = 0
+        frames_at_rewind = -1
         while not self._stop_event.is_set():
             if paced:
                 delay = next_due - time.monotonic()
@@ -559,6 +567,14 @@ class CaptureThread(threading.Thread):
                     next_due = max(next_due + period, t_mono - period)
                 continue
             if self.spec.kind == "file":
+                # Loop by seeking rather than reopening: a reopen waits for OpenCV's process-wide
+                # FFmpeg open lock, behind every unreachable camera's open timeout, and the file
+                # would look lost meanwhile. Only after frames were read, so an unreadable file
+                # cannot spin here.
+                if (self.loop and self.frames > frames_at_rewind and
+                        getattr(reader, "rewind", None) is not None and reader.rewind()):
+                    frames_at_rewind = self.frames
+                    continue
                 return "eof"
             failures += 1
             if self._up:

@@ -104,6 +104,20 @@ def test_looping_file_keeps_going_without_counting_reconnects(tmp_path):
     assert cap.stop(2)
 
 
+def test_looping_file_rewinds_instead_of_reopening(tmp_path, monkeypatch):
+    # A reopen would queue behind OpenCV's process-wide FFmpeg open lock (every dead camera's
+    # open timeout), so a looping file seeks back to its first frame instead.
+    path = _video(tmp_path / "clip.mp4", 6, 30)
+    opens = []
+    original = CaptureThread._open
+    monkeypatch.setattr(CaptureThread, "_open", lambda self: opens.append(1) or original(self))
+    cap = CaptureThread("f", str(path), RingBuffer(8, 16, 16), loop=True)
+    cap.start()
+    assert wait_for(lambda: cap.frames > 20, 5)       # past three loops of 6 frames
+    assert cap.stop(2)
+    assert len(opens) == 1
+
+
 def test_display_ring_keeps_whole_frames_with_the_same_sequence_numbers(tmp_path):
     path = _video(tmp_path / "clip.mp4", 6, 30, w=320, h=180)
     ring = RingBuffer(8, 16, 16)
