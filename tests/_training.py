@@ -47,14 +47,14 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     of training videos (fewer is faster but will not reach the learning test's bar)."""
     import dataclasses
 
-    from train.quickstart import CPU_SMALL, RECIPE, train_quick_model
+    from train.quickstart import RECIPE, train_quick_model
 
     recipe = RECIPE
     if "VIGIL_TEST_TRAIN_VIDEOS" in os.environ:
         recipe = dataclasses.replace(RECIPE, train_videos=int(os.environ["VIGIL_TEST_TRAIN_VIDEOS"]))
     cache_dir = tmp_path_factory.mktemp("vigil-cache")
     # The folder name `vigil demo --cache-dir` looks for, so the demo test reuses this run.
-    root = cache_dir / f"quickstart-{recipe.fingerprint(CPU_SMALL.read_text(encoding='utf-8'))}"
+    root = cache_dir / f"quickstart-{recipe.fingerprint()}"
     run = train_quick_model(root, recipe, heldout=True, progress=False, reuse=False)
     assert run.heldout_dir is not None and run.result is not None
     return TrainedRun(checkpoint=run.checkpoint, data_dir=run.data_dir,

@@ -46,10 +46,13 @@ class QuickRecipe:
     heldout_seed: int = 12
     overrides: tuple[str, ...] = ("train.device=cpu",)
 
-    def fingerprint(self, config_text: str) -> str:
-        """Hash of the recipe and the config file's text: the cache key of the trained model."""
-        payload = json.dumps({"recipe": self.__dict__, "config": config_text}, sort_keys=True,
-                             default=list)
+    def fingerprint(self, config: Path = CPU_SMALL) -> str:
+        """Hash of the recipe and the config's values (not its comments): the cache key of the
+        trained model."""
+        from detector.schema import load_yaml
+
+        payload = json.dumps({"recipe": self.__dict__, "config": load_yaml(config)},
+                             sort_keys=True, default=list)
         return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
 
@@ -123,5 +126,5 @@ def train_quick_model(root: Path, recipe: QuickRecipe = RECIPE, heldout: bool = 
 def cached_quick_model(cache_dir: Optional[Path] = None, progress: bool = True) -> QuickRun:
     """The quick-start model under the user's cache directory, trained on first use."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = RECIPE.fingerprint(CPU_SMALL.read_text(encoding="utf-8"))
+    key = RECIPE.fingerprint()
     return train_quick_model(cache_dir / f"quickstart-{key}", heldout=False, progress=progress)
