@@ -4,9 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSSTAMP := $(VENV)/.system-packages
-PYTEST_ARGS ?=
+# The `slow` tests (a real soak of a few minutes) run with `make test-slow`, not in CI's budget.
+PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install system-packages test demo train-demo clean
+.PHONY: install system-packages test test-slow demo train-demo clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +27,11 @@ $(SYSSTAMP): scripts/system-packages.sh | $(VENV)/bin/python
 system-packages: $(SYSSTAMP)
 
 test: $(STAMP) $(SYSSTAMP)
+	@echo "make test: the slow soak test is deselected here; run it with make test-slow"
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: $(STAMP) $(SYSSTAMP)
+	$(PY) -m pytest -m slow -s
 
 demo: $(STAMP)
 	$(VENV)/bin/vigil demo

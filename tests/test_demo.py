@@ -22,7 +22,7 @@ def test_demo_sees_the_fight_and_the_collapse_and_nothing_on_the_quiet_camera(
         trained_checkpoint, tmp_path):
     cache_dir = trained_checkpoint.cache_dir
     out = subprocess.run(
-        [sys.executable, "-m", "streamer.cli", "demo", "--duration", "45", "--no-status",
+        [sys.executable, "-m", "streamer.cli", "demo", "--duration", "25", "--no-status",
          "--cache-dir", str(cache_dir), "--workdir", str(tmp_path / "demo"),
          "--metrics-port", "0"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
