@@ -1,9 +1,9 @@
 """End to end: `vigil serve` with a checkpoint trained in this test session on synthetic data, and
 with a real RTSP server that is killed and restarted.
 
-* A video of a fight followed by calm, served as a (looping) file camera: the daemon must publish
-  a fight `start`, then an `end` with reason `cleared`, received on a real ZeroMQ subscriber,
-  with the evidence files on disk.
+* A video of a fight followed by calm, streamed by a real GStreamer RTSP server
+  (tests/rtsp_server.py): the daemon must publish a fight `start`, then an `end` with reason
+  `cleared`, received on a real ZeroMQ subscriber, with the evidence files on disk.
 * A live synthetic fight camera: SIGTERM while its event is open gives an `end` with reason
   `shutdown`, and exit code 0.
 * A real GStreamer RTSP server (tests/rtsp_server.py) killed and restarted: `vigil_camera_up`
@@ -47,14 +47,15 @@ def calm_scene(frames: int):
 
 
 def write_fight_then_calm(path: Path) -> Path:
-    """An MP4: FIGHT_S seconds of a synthetic fight, then CALM_S seconds of a calm scene."""
+    """An MJPG AVI (what this GStreamer's RTSP server can stream without libav): FIGHT_S seconds
+    of a synthetic fight, then CALM_S seconds of a calm scene."""
     import cv2
 
     from train.synth import Scene
 
     fight = Scene("fight", 101, *SIZE, FPS, int(FIGHT_S * FPS))
     calm = calm_scene(int(CALM_S * FPS))
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, SIZE)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, SIZE)
     try:
         for scene in (fight, calm):
             for i in range(scene.frames):
@@ -68,11 +69,17 @@ def write_fight_then_calm(path: Path) -> Path:
 def trained_run(trained_checkpoint, tmp_path_factory) -> dict:
     """One daemon life with the trained model: collect alerts until the scripted camera's fight
     started and was cleared and the live camera's fight started, then SIGTERM."""
+    from tests.conftest import RtspServer, _gst_rtsp_missing, free_port
+
+    missing = _gst_rtsp_missing()
+    if missing:
+        pytest.skip(f"GStreamer RTSP server unavailable: {missing}")
     work = tmp_path_factory.mktemp("e2e")
-    video = write_fight_then_calm(work / "fight_then_calm.mp4")
+    video = write_fight_then_calm(work / "fight_then_calm.avi")
+    server = RtspServer(free_port(), "scripted", str(video)).start()
     w, h = SIZE
     cfg = make_config(work / "data", trained_checkpoint.checkpoint, {
-        "scripted": str(video),
+        "scripted": server.url,
         "live": f"synth://fight?seed=3&width={w}&height={h}&fps={FPS}&frames=48",
     })
     cfg["smoothing"] = {"on_threshold": 0.6, "off_threshold": 0.35, "min_windows": 2,
@@ -106,6 +113,7 @@ def trained_run(trained_checkpoint, tmp_path_factory) -> dict:
     finally:
         sub.close()
         d.stop()
+        server.stop()
 
 
 def _events(messages: list[dict], camera: str, label: str = "fight") -> dict[str, list[dict]]:
