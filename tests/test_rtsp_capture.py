@@ -7,6 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
+from streamer.soak import wait_until as wait_for
+
 from streamer import sources  # noqa: F401  (sets OPENCV_FFMPEG_CAPTURE_OPTIONS on import)
 from streamer.ringbuffer import RingBuffer
 from streamer.sources import CaptureThread
@@ -15,15 +17,6 @@ pytestmark = pytest.mark.integration
 
 TIMEOUTS = dict(open_timeout_s=3.0, read_timeout_s=2.0, stall_timeout_s=3.0,
                 backoff_initial_s=0.2, backoff_max_s=1.0)
-
-
-def wait_for(pred, timeout, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 def test_opencv_reads_the_stream_over_tcp(rtsp_server):

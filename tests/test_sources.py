@@ -8,21 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
+from streamer.soak import wait_until as wait_for
+
 from detector.errors import ConfigError
 from streamer import sources
 from streamer.ringbuffer import RingBuffer
 from streamer.sources import CaptureThread, parse_source
 
 SECRET = "hunter2"
-
-
-def wait_for(pred, timeout, step=0.02):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 @pytest.mark.parametrize("url,kind,target", [
