@@ -132,8 +132,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weights (default: the reference architecture, random init, seed 0)")
     o.add_argument("--batch", type=int, default=8, help="vigil detect --batch")
     o.add_argument("--workers", type=int, default=None, help="vigil detect --workers")
-    o.add_argument("--precision", default=None,
-                   help="passed to vigil detect when it has a precision option")
+    o.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"),
+                   help="vigil detect --precision (default: its own, auto)")
     o.add_argument("--repeats", type=int, default=None, help="timed passes (default 3; --quick 2)")
     o.set_defaults(func=cmd_bench_offline)
 

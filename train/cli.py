@@ -171,7 +171,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
     from torch.utils.data import DataLoader
 
     from detector.checkpoint import load_checkpoint
