@@ -148,7 +148,23 @@ class EvidenceWriter:
                 self._dirs.move_to_end(key)
             return rel
 
-    def _enqueue(self, job: _Job) -> Optional[str]:
+    def _expect_write(self, needed: int) -> bool:
+        """Whether a write of `needed` bytes is expected to succeed: the last write did not fail
+        and the data directory's file system has room. Alerts go out before the file is written,
+        so this is what keeps them from naming files that a disk-full episode never wrote."""
+        if self._failing:
+            return False
+        where = self.root if os.path.isdir(self.root) else self.data_dir   # events/ may be a mount
+        try:
+            return shutil.disk_usage(where).free >= needed
+        except OSError:
+            return False
+
+    def _enqueue(self, job: _Job, needed: int) -> Optional[str]:
+        """Queue a write. Returns the relative path when it is expected to be written; None when
+        the queue is full (dropped) or writes are failing (queued anyway: its success is how the
+        writer notices that space came back)."""
+        expected = self._expect_write(needed)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -158,7 +174,7 @@ class EvidenceWriter:
                 log.warning("evidence: writer is behind, dropping evidence (first: %s)", job.rel)
             return None
         self._dropping = False
-        return job.rel
+        return job.rel if expected else None
 
     def snapshot(self, camera: str, event_id: str, frame_rgb: np.ndarray,
                  box_norm_xyxy: Optional[Sequence[float]], label: str, score: float,
@@ -172,11 +188,13 @@ class EvidenceWriter:
             label, score: drawn next to the box.
             when: epoch seconds of the event's start (date directory); default now.
         Returns:
-            the path relative to `data_dir`, or None when the queue was full (dropped).
+            the path relative to `data_dir`; None when the queue was full (dropped) or the write
+            is not expected to succeed (writes failing, or too little free space).
         """
         rel = os.path.join(self._event_dir(camera, event_id, when), SNAPSHOT_NAME)
         img = draw_box(frame_rgb, box_norm_xyxy, label, score)
-        return self._enqueue(_Job("snapshot", os.path.join(self.data_dir, rel), rel, img))
+        return self._enqueue(_Job("snapshot", os.path.join(self.data_dir, rel), rel, img),
+                             needed=img.nbytes // 4)     # JPEG q90 is well under a quarter of raw
 
     def clip(self, camera: str, event_id: str, frames_rgb: Union[np.ndarray, Sequence[np.ndarray]],
              fps: float, when: Optional[float] = None) -> Optional[str]:
@@ -187,13 +205,14 @@ class EvidenceWriter:
                 (not copied: pass a gathered copy, never a live ring view).
             fps: frame rate to play it at.
         Returns:
-            the path relative to `data_dir`, or None when dropped (queue full or no frames).
+            the path relative to `data_dir`; None when dropped (queue full or no frames) or not
+            expected to be written (as for `snapshot`).
         """
         if len(frames_rgb) == 0:
             return None
         rel = os.path.join(self._event_dir(camera, event_id, when), CLIP_NAME)
         return self._enqueue(_Job("clip", os.path.join(self.data_dir, rel), rel, frames_rgb,
-                                  fps=max(1.0, float(fps))))
+                                  fps=max(1.0, float(fps))), needed=_clip_bytes(frames_rgb))
 
     # ----------------------------------------------------------------- the writer's side
     def _write_bytes(self, path: str, data: bytes) -> None:
@@ -213,9 +232,7 @@ class EvidenceWriter:
         result verified; both failures surface as OSError like any other write."""
         h, w = frames[0].shape[:2]
         directory = os.path.dirname(path)
-        # mp4v at default quality is rarely above 1/10 of raw; a margin keeps the disk usable.
-        needed = len(frames) * h * w * 3 // 10 + (1 << 20)
-        if shutil.disk_usage(directory).free < needed:
+        if shutil.disk_usage(directory).free < _clip_bytes(frames):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         tmp = os.path.join(directory, ".clip.tmp.mp4")   # the extension picks the container
         writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
@@ -326,6 +343,13 @@ class EvidenceWriter:
         if removed:
             log.info("evidence: retention deleted %d event directories", removed)
         return removed
+
+
+def _clip_bytes(frames: Union[np.ndarray, Sequence[np.ndarray]]) -> int:
+    """Free space an MP4 of these frames needs: mp4v at default quality is rarely above 1/10 of
+    raw, plus a margin that keeps the disk usable."""
+    h, w = frames[0].shape[:2]
+    return len(frames) * h * w * 3 // 10 + (1 << 20)
 
 
 def _dir_stats(path: str) -> tuple[float, int]:

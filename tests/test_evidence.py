@@ -88,18 +88,37 @@ def test_disk_full_is_logged_once_per_episode_and_recovers(tmp_path, caplog):
     w._write_bytes = write_bytes
     w.start()
     with caplog.at_level(logging.INFO, logger="streamer.evidence"):
-        for i in range(3):
-            w.snapshot("cam", f"full{i}", _frame(), None, "fight", 0.9)
+        first = w.snapshot("cam", "full0", _frame(), None, "fight", 0.9)
         assert w.flush(10)
+        # Once a write has failed, alerts stop naming files that will not be there.
+        later = [w.snapshot("cam", f"full{i}", _frame(), None, "fight", 0.9) for i in (1, 2)]
+        assert w.flush(10)
+        assert first is not None and later == [None, None]
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 1 and "disk full" in errors[0].getMessage()
         assert w.write_errors == 3 and w.written == 0
         full["on"] = False
+        # Still failing as far as the writer knows: written, but not promised to the alert.
+        assert w.snapshot("cam", "probe", _frame(), None, "fight", 0.9) is None
+        assert w.flush(10)
+        assert list(tmp_path.glob("events/cam/*/probe/start.jpg")) and w.written == 1
         rel = w.snapshot("cam", "ok", _frame(), None, "fight", 0.9)
         assert w.flush(10)
-    assert (tmp_path / rel).is_file() and w.written == 1
+    assert (tmp_path / rel).is_file() and w.written == 2
     assert any("writing again" in r.getMessage() for r in caplog.records)
     w.close()
+
+
+def test_no_path_is_named_when_the_disk_has_no_room_for_the_file(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+    usage = namedtuple("usage", "total used free")
+    w = EvidenceWriter(tmp_path, queue_size=8)          # not started: only what the caller sees
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 4096, 4096))
+    assert w.snapshot("cam", "ev", _frame(), None, "fight", 0.9) is None
+    assert w.clip("cam", "ev", np.stack([_frame()] * 3), 10) is None
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 0, 10**9))
+    assert w.snapshot("cam", "ev2", _frame(), None, "fight", 0.9) is not None
 
 
 def _event(root, cam, day, ev, size, mtime):

@@ -720,6 +720,11 @@ def test_evidence_disk_full_keeps_alerts_flowing_logs_once_and_recovers(checkpoi
                starts_published=sum(m["type"] == "start" for m in msgs),
                recovered_s=round(recovered_s, 2), writing_again="writing again" in d.log())
         assert len(failures) == 1                       # one clear line for the episode
+        # No alert names a snapshot that was never written (the disk was full for a and b).
+        assert all(m["snapshot"] is None for m in msgs
+                   if m["type"] == "start" and m["camera"] in ("a", "b"))
+        named = [m["snapshot"] for m in msgs if m["type"] == "start" and m["snapshot"]]
+        assert wait_until(lambda: all((data / rel).is_file() for rel in named), timeout=10), named
         assert "disk full" in failures[0] or "No space" in failures[0]
         assert {m["camera"] for m in msgs if m["type"] == "start"} >= {"b", "c"}
         assert "evidence: writing again" in d.log()
