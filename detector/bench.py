@@ -28,6 +28,7 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -392,10 +393,11 @@ class ModelRow:
     samples: list[float] = field(default_factory=list)
     flops_per_clip: int = 0
     note: str = ""
+    runtime: str = "torch"
 
     def key(self) -> tuple:
         return (self.model, self.input, self.device, self.precision, self.batch,
-                self.channels_last, self.compiled, self.cudnn_benchmark)
+                self.channels_last, self.compiled, self.cudnn_benchmark, self.runtime)
 
 
 def model_table_rows(rows: Sequence[ModelRow], peaks: Mapping[str, MatmulPeak],
@@ -413,6 +415,7 @@ def model_table_rows(rows: Sequence[ModelRow], peaks: Mapping[str, MatmulPeak],
     for r in rows:
         d: dict[str, Any] = {
             "model": r.model, "input": "x".join(map(str, r.input)), "device": r.device,
+            "runtime": r.runtime,
             "precision": r.precision if r.precision == "fp32" else f"{r.precision} autocast",
             "batch": r.batch, "channels_last_3d": r.channels_last, "compile": r.compiled,
             "cudnn.benchmark": r.cudnn_benchmark, "repeats": len(r.samples), "note": r.note,
@@ -431,7 +434,8 @@ def model_table_rows(rows: Sequence[ModelRow], peaks: Mapping[str, MatmulPeak],
     return out
 
 
-MODEL_COLUMNS = ["model", "input", "device", "precision", "batch", "channels_last_3d", "compile",
+MODEL_COLUMNS = ["model", "input", "device", "runtime", "precision", "batch", "channels_last_3d",
+                 "compile",
                  "cudnn.benchmark", "ms/batch", "clips/s", "GFLOP/clip", "TFLOP/s",
                  "% of matmul peak", "speed-up", "vs", "repeats", "note"]
 
@@ -439,6 +443,8 @@ MODEL_COLUMNS = ["model", "input", "device", "precision", "batch", "channels_las
 def describe_difference(base: ModelRow, row: ModelRow) -> str:
     """What the baseline of a comparison differs in, e.g. `fp32` or `channels_last_3d off`."""
     parts = []
+    if base.runtime != row.runtime:
+        parts.append(base.runtime)
     if base.precision != row.precision:
         parts.append(base.precision)
     if base.batch != row.batch:
@@ -495,6 +501,34 @@ def time_model(model: nn.Module, row: ModelRow, repeats: int, warmup: int,
             with _autocast(device, row.precision):
                 return run(x)
         row.samples = time_samples(step, repeats, warmup, device)
+    return row
+
+
+def onnx_available() -> Optional[str]:
+    """None when the ONNX rows can run, else why not (which optional packages are missing)."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime")
+               if importlib.util.find_spec(m) is None]
+    return f"optional packages not installed: {', '.join(missing)}" if missing else None
+
+
+def time_onnx(model: nn.Module, cfg: ModelConfig, row: ModelRow, repeats: int, warmup: int,
+              workdir: str | Path, threads: Optional[int] = None, seed: int = 0) -> ModelRow:
+    """Export `model` at `row`'s clip size and fill `row.samples` with onnxruntime's time.
+
+    The same random clips as `time_model` (same seed), fp32, CPU provider: the comparison with
+    the torch row of the same batch is like for like.
+    """
+    from .export import OnnxModel, export_onnx
+
+    T, H, W = row.input
+    sized = dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, frames=T, size=[H, W]))
+    path = export_onnx(model, sized, Path(workdir) / f"{row.model}-{T}x{H}x{W}.onnx")
+    runner = OnnxModel(path, threads=threads if threads is not None else torch.get_num_threads())
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(row.batch, 3, T, H, W, generator=gen)
+    row.samples = time_samples(lambda: runner(x), repeats, warmup, "cpu")
     return row
 
 
@@ -611,6 +645,8 @@ class ModelBenchOptions:
         cpu_config: training config whose `model:` section is the CPU model.
         seed_size: (H, W) of the seed model's clips (default 224x224; --quick on CPU 112x112).
         matmul_n: roofline matmul size (default 8192 on CUDA, 2048 on the CPU).
+        onnx: include onnxruntime rows (fp32, CPU, each batch of the sweep, against torch fp32
+            of the same batch; None = yes on the CPU when the optional packages are installed).
     """
     device: str = "auto"
     quick: bool = False
@@ -623,6 +659,7 @@ class ModelBenchOptions:
     cpu_config: Optional[str] = None
     seed_size: Optional[Sequence[int]] = None
     matmul_n: Optional[int] = None
+    onnx: Optional[bool] = None
     command: Optional[str] = None
 
 
@@ -685,6 +722,13 @@ def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
                    if opts.quick and not cuda and opts.compile is None else "--no-compile given")
     if not do_compile:
         notes.append(f"torch.compile rows skipped ({compile_why})")
+    onnx_missing = onnx_available()
+    do_onnx = (not cuda and onnx_missing is None) if opts.onnx is None else opts.onnx
+    if do_onnx and (cuda or onnx_missing):
+        raise ConfigError("--onnx: " + ("the ONNX rows run on the CPU (onnxruntime's CPU "
+                                        "provider); use --device cpu" if cuda else onnx_missing))
+    if not do_onnx and not cuda:
+        notes.append(f"onnxruntime rows skipped ({onnx_missing or '--no-onnx given'})")
     if cuda and torch.backends.cudnn.allow_tf32:
         notes.append("fp32 on CUDA: cuDNN convolutions run in TF32 (torch.backends.cudnn."
                      "allow_tf32, PyTorch's default) while the fp32 matmul roofline does not "
@@ -750,6 +794,17 @@ def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
                 if precision != "fp32" and ("fp32", batch) in by_key:
                     baselines[row.key()] = by_key[("fp32", batch)]
                 sweep.append(row)
+        # The exported graph on onnxruntime against torch fp32, batch by batch.
+        if do_onnx:
+            with tempfile.TemporaryDirectory(prefix="vigil-bench-onnx-") as tmp:
+                for batch in batches:
+                    row = ModelRow(name, shape, str(device), "fp32", batch,
+                                   flops_per_clip=flops, runtime="onnxruntime")
+                    log.info("timing %s %s batch %d on onnxruntime", name,
+                             "x".join(map(str, shape)), batch)
+                    time_onnx(model, cfg, row, repeats, warmup, tmp)
+                    baselines[row.key()] = by_key[("fp32", batch)]
+                    sweep.append(row)
         # Ablations at one batch in the low precision, each against the plain row.
         base = by_key[(low, ablation_batch)] if (low, ablation_batch) in by_key \
             else measure(ablation_batch, low)
@@ -794,7 +849,9 @@ def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
         model_table_rows(sweep, peaks, baselines),
         notes + ["ms/batch: median forward time of one batch of float clips already on the "
                  "device (normalisation and copy are the pipeline benchmark's); clips/s = "
-                 "batch / ms; speed-up vs the fp32 row of the same batch, same run"]))
+                 "batch / ms; speed-up vs the torch fp32 row of the same batch, same run; "
+                 "onnxruntime rows: the model exported by `vigil export --format onnx` at this "
+                 "clip size, CPU provider, as many threads as torch"]))
     report.sections.append(Section(
         f"Options at batch {ablation_batch}, {low}", MODEL_COLUMNS,
         model_table_rows(ablation, peaks, baselines),

@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(configs/train/cpu-small.yaml) over batch sizes and precisions, with "
                     "channels_last_3d, torch.compile and cudnn.benchmark on and off; FLOPs per "
                     "clip from torch.utils.flop_counter; TFLOP/s against a matmul measured in "
-                    "the same run; low precision checked against fp32.")
+                    "the same run; low precision checked against fp32; on the CPU, the model "
+                    "exported to ONNX on onnxruntime against torch.")
     _common(m)
     m.add_argument("--models", default="seed,cpu", help="comma-separated: seed, cpu")
     m.add_argument("--batches", type=_ints, default=None,
@@ -72,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="timed samples per configuration (default 5 CPU, 20 CUDA; --quick 2)")
     m.add_argument("--warmup", type=int, default=None, help="untimed calls per configuration")
     m.add_argument("--no-compile", action="store_true", help="leave out torch.compile rows")
+    m.add_argument("--no-onnx", action="store_true",
+                   help="leave out the onnxruntime rows (default on the CPU when vigil[onnx] is "
+                        "installed: the exported model against torch fp32, batch by batch)")
     m.add_argument("--ablation-batch", type=int, default=None,
                    help="batch of the option comparisons (default: the largest batch, at most 8 "
                         "on CPU)")
@@ -184,7 +188,7 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
         batches=args.batches, repeats=args.repeats, warmup=args.warmup,
         compile=False if args.no_compile else None, ablation_batch=args.ablation_batch,
         cpu_config=args.cpu_config, seed_size=args.seed_size, matmul_n=args.matmul_n,
-        command=command_line())
+        onnx=False if args.no_onnx else None, command=command_line())
     _emit(run_model_bench(opts), args.out)
     return 0
 

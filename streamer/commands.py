@@ -86,13 +86,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _check_config(cfg) -> int:
     """`vigil serve --check`: what the daemon would run, without running it."""
-    from detector.checkpoint import load_checkpoint
+    import torch
 
-    _, model_cfg, meta = load_checkpoint(cfg.model.checkpoint)
+    from .daemon import load_model
+
+    _, model_cfg, meta = load_model(cfg.model.checkpoint, torch.device("cpu"), threads=1)
     inp = model_cfg.input
+    params = f"{meta['num_parameters']} parameters, " if "num_parameters" in meta else ""
     print(f"config OK: {len(cfg.enabled_cameras)} of {len(cfg.cameras)} cameras enabled")
-    print(f"model: {cfg.model.checkpoint} ({model_cfg.backbone.name}, "
-          f"{meta.get('num_parameters', '?')} parameters, classes {', '.join(model_cfg.class_names)},"
+    print(f"model: {cfg.model.checkpoint} ({model_cfg.backbone.name}, {meta['runtime']}, "
+          f"{params}classes {', '.join(model_cfg.class_names)},"
           f" input {inp.frames}x{inp.size[0]}x{inp.size[1]}, clip {inp.clip_seconds} s)")
     for cam in cfg.cameras:
         state = "enabled" if cam.enabled else "disabled"

@@ -184,7 +184,9 @@ class ServeModelConfig:
     """The `model:` section of the daemon config (which checkpoint, where it runs, batching).
 
     Args:
-        checkpoint: a Vigil checkpoint (`vigil train`/`vigil import-reference`); must exist.
+        checkpoint: a Vigil checkpoint (`vigil train`/`vigil import-reference`), a reference
+            `best_model.pth`, or an `.onnx` file from `vigil export` (run by onnxruntime on the
+            CPU, in fp32); must exist.
         device: `auto` (first CUDA GPU, else CPU), `cpu`, `cuda` or `cuda:N`.
         precision: `auto` (bf16/fp16 autocast on GPU, fp32 on CPU), or forced.
         max_batch: most windows per forward pass.
@@ -206,6 +208,18 @@ class ServeModelConfig:
                f"must be >= 0, got {self.max_wait_ms}")
         if self.threads is not None:
             _check(self.threads >= 1, f"{where}.threads", f"must be >= 1, got {self.threads}")
+        if self.is_onnx:
+            # onnxruntime runs the exported fp32 graph on the CPU; autocast does not reach it.
+            _check(self.device in ("auto", "cpu"), f"{where}.device",
+                   f"an .onnx model runs on the CPU (onnxruntime): use auto or cpu, "
+                   f"got {self.device!r}")
+            _check(self.precision in ("auto", "fp32"), f"{where}.precision",
+                   f"an .onnx model runs in fp32: use auto or fp32, got {self.precision!r}")
+
+    @property
+    def is_onnx(self) -> bool:
+        """Whether the checkpoint is an exported ONNX graph rather than a PyTorch checkpoint."""
+        return Path(self.checkpoint).suffix.lower() == ".onnx"
 
 
 @dataclass

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from detector.checkpoint import load_checkpoint
-from detector.errors import ConfigError, VigilError
+from detector.config import ModelConfig
+from detector.errors import CheckpointError, ConfigError, VigilError
 
 from .config import CameraConfig, ServeConfig, load_config, mask_url
 from .events import EventTracker, end_message
@@ -123,6 +124,35 @@ def torch_threads(requested: Optional[int], device: torch.device, cpus: Optional
     if device.type == "cuda":
         return max(1, min(4, cpus // 2))
     return max(1, cpus - 1)
+
+
+def load_model(path: Path, device: torch.device, threads: int
+               ) -> tuple[Any, ModelConfig, dict[str, Any]]:
+    """The model the worker runs: a PyTorch checkpoint, or an exported `.onnx` graph.
+
+    Args:
+        path: `model.checkpoint`.
+        device: from `choose_device`; an ONNX model needs the CPU.
+        threads: CPU threads for the model (onnxruntime's intra-op pool or torch's).
+    Returns:
+        (model, its `ModelConfig`, meta: the checkpoint's entries and `runtime`).
+    Raises:
+        CheckpointError: unreadable file, or an ONNX file without Vigil's config metadata.
+        ConfigError: ONNX on a GPU, or onnxruntime missing.
+    """
+    if path.suffix.lower() != ".onnx":
+        model, mcfg, meta = load_checkpoint(path, device=device)
+        return model, mcfg, {**meta, "runtime": "torch"}
+    from detector.export import METADATA_KEY, OnnxModel
+
+    if device.type != "cpu":
+        raise ConfigError(f"model.device: an .onnx model runs on the CPU (onnxruntime), not "
+                          f"{device}")
+    model = OnnxModel(path, threads=threads)
+    if model.cfg is None:
+        raise CheckpointError(f"{path}: no {METADATA_KEY} metadata (classes, clip size): "
+                              "export it with `vigil export --format onnx`")
+    return model, model.cfg, {"runtime": "onnxruntime"}
 
 
 @dataclass
@@ -250,20 +280,20 @@ class Daemon:
     def _start(self) -> None:
         cfg = self.cfg
         self.notifier.status("loading the model")
-        self.device = choose_device(cfg.model.device)
+        # An exported graph runs on onnxruntime's CPU provider even where a GPU is present.
+        self.device = torch.device("cpu") if cfg.model.is_onnx else choose_device(cfg.model.device)
         threads = torch_threads(cfg.model.threads, self.device)
         torch.set_num_threads(threads)
-        model, mcfg, meta = load_checkpoint(cfg.model.checkpoint, device=self.device)
+        model, mcfg, meta = load_model(cfg.model.checkpoint, self.device, threads)
         self.model_cfg = mcfg
         self.class_names = list(mcfg.class_names)
         worker = InferenceWorker(model, mcfg.input, self.class_names, device=self.device,
                                  precision=cfg.model.precision, max_batch=cfg.model.max_batch,
                                  max_wait_ms=cfg.model.max_wait_ms)
-        log.info("model %s (%s, %d parameters, %d frames of %dx%d, classes %s) on %s, "
-                 "%s autocast, %d torch threads", cfg.model.checkpoint.name, mcfg.backbone.name,
-                 meta.get("num_parameters", 0), mcfg.input.frames, mcfg.input.size[1],
-                 mcfg.input.size[0], ", ".join(self.class_names), self.device,
-                 worker.autocast_dtype or "no", threads)
+        log.info("model %s (%s, %d frames of %dx%d, classes %s) on %s via %s, %s autocast, "
+                 "%d threads", cfg.model.checkpoint.name, mcfg.backbone.name, mcfg.input.frames,
+                 mcfg.input.size[1], mcfg.input.size[0], ", ".join(self.class_names), self.device,
+                 meta["runtime"], worker.autocast_dtype or "no", threads)
         if mcfg.input.clip_seconds is None:
             log.warning("the checkpoint does not say how long its training clips were "
                         "(input.clip_seconds): windows are %d consecutive frames unless a camera "

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+import detector.bench as bench_mod
 from detector.bench import (BenchReport, MatmulPeak, ModelBenchOptions, ModelRow, Section,
                             bench_env, compare_outputs, count_flops, markdown_table,
                             model_flops_per_clip, model_table_rows, percentile,
@@ -156,12 +157,23 @@ def test_model_bench_rows_state_the_configuration_and_match_their_samples(tmp_pa
                                                command="vigil bench model --quick"))
     data = json.loads(report.to_json())
     sweep = next(s for s in data["sections"] if s["title"].startswith("Throughput"))
-    assert {(r["batch"], r["precision"]) for r in sweep["rows"]} == {
-        (1, "fp32"), (1, "bf16 autocast"), (2, "fp32"), (2, "bf16 autocast")}
+    onnx = not bench_mod.onnx_available()
+    expected = {(1, "fp32", "torch"), (1, "bf16 autocast", "torch"), (2, "fp32", "torch"),
+                (2, "bf16 autocast", "torch")}
+    if onnx:
+        expected |= {(1, "fp32", "onnxruntime"), (2, "fp32", "onnxruntime")}
+    else:
+        print(f"onnxruntime rows not checked: {bench_mod.onnx_available()}")
+    assert {(r["batch"], r["precision"], r["runtime"]) for r in sweep["rows"]} == expected
+    by = {(r["batch"], r["precision"], r["runtime"]): r for r in sweep["rows"]}
     for row in sweep["rows"]:
         assert row["device"] == "cpu" and row["env"]["command"] == "vigil bench model --quick"
         assert row["repeats"] == 2
         assert row["clips/s"] == pytest.approx(row["batch"] / (row["ms/batch"] / 1e3))
+        if row["runtime"] == "onnxruntime":   # compared with torch fp32 of the same batch
+            base = by[(row["batch"], "fp32", "torch")]
+            assert row["vs"] == "torch"
+            assert row["speed-up"] == pytest.approx(base["ms/batch"] / row["ms/batch"])
     flops = next(s for s in data["sections"] if s["title"].startswith("FLOPs"))["rows"][0]
     assert flops["GFLOP/clip"] > 0
     check = next(s for s in data["sections"] if s["title"].startswith("Low precision"))

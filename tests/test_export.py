@@ -6,6 +6,7 @@ the reason printed.
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -124,3 +125,83 @@ def test_onnx_runner_without_onnxruntime_or_file_is_a_clear_error(tmp_path):
 
     with pytest.raises((ConfigError, CheckpointError), match="onnx"):
         OnnxModel(tmp_path / "missing.onnx")
+
+
+# ----------------------------------------------------------------------- the daemon runs it
+@needs_onnx
+def test_the_daemons_worker_scores_windows_the_same_from_the_exported_model(exported):
+    import numpy as np
+
+    from streamer.daemon import load_model
+    from streamer.worker import InferenceWorker, WindowMeta
+
+    model, cfg, path = exported
+    onnx_model, onnx_cfg, meta = load_model(path, torch.device("cpu"), threads=1)
+    assert meta["runtime"] == "onnxruntime" and onnx_cfg == cfg
+    rng = np.random.default_rng(0)
+    windows = [(f"cam{i}", rng.integers(0, 256, (8, 40, 40, 3), dtype=np.uint8),
+                WindowMeta(end_seq=i, t_start_wall=0.0, t_end_wall=1.0, t_end_mono=1.0,
+                           frame_size=(640, 360))) for i in range(3)]
+    by_torch = InferenceWorker(model, cfg.input, cfg.class_names, max_batch=4).infer(windows)
+    by_onnx = InferenceWorker(onnx_model, onnx_cfg.input, onnx_cfg.class_names,
+                              max_batch=4).infer(windows)
+    assert len(by_onnx) == 3
+    for a, b in zip(by_torch, by_onnx):
+        for name in cfg.class_names:
+            assert b.scores[name].score == pytest.approx(a.scores[name].score, abs=1e-4)
+            assert b.scores[name].box == pytest.approx(a.scores[name].box, abs=1e-4)
+
+
+@pytest.mark.parametrize("section,key", [({"device": "cuda"}, "model.device"),
+                                         ({"precision": "bf16"}, "model.precision")])
+def test_serve_config_refuses_an_onnx_model_on_a_gpu_or_in_reduced_precision(section, key):
+    from detector.errors import ConfigError
+    from streamer.config import parse_config
+
+    raw = {"data_dir": "/tmp/unused", "model": {"checkpoint": "model.onnx", **section},
+           "cameras": [{"name": "cam", "url": "synth://fight"}]}
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ".*onnx"):
+        parse_config(raw, check_paths=False)
+
+
+@needs_onnx
+@pytest.mark.integration
+def test_vigil_serve_runs_an_exported_model_end_to_end(exported, tmp_path):
+    """The real daemon process, an .onnx checkpoint, a file camera: events open and are
+    published; `serve --check` names the runtime."""
+    import subprocess
+    import sys
+
+    zmq = pytest.importorskip("zmq")
+    import yaml
+
+    from streamer.harness import DaemonProcess, base_config, wait_until
+
+    _, _, path = exported
+    cfg = base_config(tmp_path / "data", path, {"cam": "synth://fight?seed=1&width=96&height=72"
+                                                       "&fps=15&frames=45"})
+    (tmp_path / "vigil.yaml").write_text(yaml.safe_dump(cfg))
+    check = subprocess.run([sys.executable, "-m", "streamer.cli", "serve", "--check", "--config",
+                            str(tmp_path / "vigil.yaml")], capture_output=True, text=True,
+                           timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert "onnxruntime" in check.stdout
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"alert.")
+    sub.connect(cfg["alerts"]["endpoint"])
+    d = DaemonProcess(tmp_path / "work", cfg).start()
+    try:
+        d.wait_ready(90)
+        got: list[dict] = []
+
+        def started() -> bool:
+            while sub.poll(100):
+                got.append(json.loads(sub.recv_multipart()[1]))
+            return any(m["type"] == "start" for m in got)
+
+        assert wait_until(started, timeout=30), d.log()[-2000:]
+        assert "via onnxruntime" in d.log()
+        assert d.total(d.metrics(), "vigil_windows_total") > 0
+    finally:
+        sub.close(0)
+        d.close()
