@@ -33,7 +33,6 @@ import logging
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -46,9 +45,10 @@ from detector.bench import (BenchReport, Section, bench_env, median, percentile,
                             resolve_device)
 from detector.errors import ConfigError, VigilError
 
+from .harness import SYSTEM_PYTHON, free_port, system_python_env
+
 log = logging.getLogger(__name__)
 
-SYSTEM_PYTHON = "/usr/bin/python3"
 RESOLUTIONS = ((640, 360), (1280, 720))
 # The GStreamer encoder run by the system Python (python3-gi is built for it, not for a venv):
 # raw BGR frames on stdin -> H.264 (x264, no B-frames, a key frame every 2 s, as IP cameras do).
@@ -287,15 +287,10 @@ def _gstreamer_h264_available() -> bool:
              "Gst.init(None); import sys; sys.exit(0 if all(Gst.ElementFactory.find(e) for e in "
              "('rawvideoparse', 'x264enc', 'h264parse', 'mp4mux')) else 1)")
     try:
-        return subprocess.run([SYSTEM_PYTHON, "-c", probe], env=_system_env(),
+        return subprocess.run([SYSTEM_PYTHON, "-c", probe], env=system_python_env(),
                               capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
-
-
-def _system_env() -> dict[str, str]:
-    # The venv's PYTHONPATH/PYTHONHOME would break the system interpreter.
-    return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
 
 
 def choose_encoder(directory: str | Path) -> Encoder:
@@ -333,7 +328,7 @@ def write_camera_video(path: str | Path, width: int, height: int, fps: int, fram
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen([SYSTEM_PYTHON, "-c", _GST_ENCODE, str(width), str(height),
                                      str(int(fps)), str(path)], stdin=subprocess.PIPE,
-                                    stderr=err, env=_system_env())
+                                    stderr=err, env=system_python_env())
             assert proc.stdin is not None
             try:
                 for i in range(frames):
@@ -380,12 +375,6 @@ def make_camera_videos(directory: str | Path, width: int, height: int, fps: int,
 
 
 # =============================================================================== the daemon
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_checkpoint(directory: str | Path, model: str, clip_seconds: float = 2.0) -> Path:
     """A random-init checkpoint of the seed model (`ModelConfig()`) or the CPU model.
 
@@ -423,8 +412,8 @@ def pipeline_config(data_dir: Path, checkpoint: Path, videos: Sequence[Path], ca
                     for i in range(cameras)],
         "model": {"checkpoint": str(checkpoint), "device": device, "precision": precision,
                   "max_batch": max_batch, "max_wait_ms": max_wait_ms, "threads": threads},
-        "alerts": {"endpoint": f"tcp://127.0.0.1:{_free_port()}",
-                   "replay_endpoint": f"tcp://127.0.0.1:{_free_port()}", "heartbeat_s": 1.0},
+        "alerts": {"endpoint": f"tcp://127.0.0.1:{free_port()}",
+                   "replay_endpoint": f"tcp://127.0.0.1:{free_port()}", "heartbeat_s": 1.0},
         # Snapshots keep the per-frame display ring (production cost); clips would only add
         # N x classes MP4 encodes at shutdown, after the measurement.
         "evidence": {"enabled": True, "snapshot": True, "clip": False},

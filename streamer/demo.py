@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .soak import DaemonProcess
+from .harness import DaemonProcess
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@
 The soak starts `vigil serve` as a child process on loopback with several cameras:
 
 * file-backed cameras: synthetic videos (`train.synth`) written once, read as looping files;
-* RTSP cameras: GStreamer's RTSP server (`tests/rtsp_server.py`, run with the system Python
-  that has python3-gi) killed and restarted every `restart_every_s`, so the daemon goes through
-  camera-lost / reconnect cycles, events ending with `camera_lost`, evidence clips;
+* RTSP cameras: GStreamer's RTSP server (`streamer/rtsp_test_server.py`, run with the system
+  Python that has python3-gi) killed and restarted every `restart_every_s`, so the daemon goes
+  through camera-lost / reconnect cycles, events ending with `camera_lost`, evidence clips;
 * a flapping subscriber: an `AlertSubscriber` connected for `flap_every_s`, then gone for as
   long, again and again (replay on every reconnect);
 
@@ -13,394 +13,39 @@ and samples the daemon's resident memory, thread count, open file descriptors (`
 and its windows per second (`/metrics`) every `sample_every_s`. It writes `soak.csv` and
 `soak.png` into the output folder.
 
-Pass/fail ("grows without bound"): for RSS, threads and fds a least-squares line is fitted over
-the SECOND half of the run (the first half holds the warm-up: allocator arenas, model caches,
-the journal's page cache) and its growth over that half, slope x duration, must stay under a
-budget: RSS `RSS_BUDGET_MIB` MiB, threads `THREAD_BUDGET`, fds `FD_BUDGET`. A leak of one fd or
-thread per RTSP reconnect, or ~0.1 MiB per second, exceeds these within a 5-minute soak. The
-windows rate must not decay: the mean windows/s of the last quarter must be at least
-`MIN_RATE_RATIO` of the second quarter's. The daemon must also still be alive at the end and
-stop cleanly on SIGTERM.
+Pass/fail ("grows without bound"): for RSS, threads and fds a robust line (Theil-Sen, see
+`fit_growth`) is fitted over the SECOND half of the run (the first half holds the warm-up:
+allocator arenas, model caches, the journal's page cache) and its growth over that half,
+slope x duration, must stay under a budget: RSS `RSS_BUDGET_MIB` MiB, threads `THREAD_BUDGET`,
+fds `FD_BUDGET`. A leak of one fd or thread per RTSP reconnect, or ~0.1 MiB per second, exceeds
+these within a 5-minute soak. The windows rate must not decay: the mean windows/s of the last
+quarter must be at least `MIN_RATE_RATIO` of the second quarter's. The daemon must also still be
+alive at the end and stop cleanly on SIGTERM.
 
-The first part of this module, `DaemonProcess` and `NotifyListener`, is the harness the fault
-injection tests (`tests/test_faults.py`, `tests/test_security.py`) use as well: the daemon as a
-real process with a notify socket standing in for systemd, its logs kept, `/metrics` parsed with
-prometheus-client's own parser.
+The daemon, the RTSP servers and the process sampling come from `streamer.harness`, the same
+harness the daemon, fault injection and security tests drive the daemon with.
 """
 from __future__ import annotations
 
 import csv
 import logging
 import math
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
+
+from .harness import (DaemonProcess, RtspServer, base_config, free_port, rtsp_server_missing,
+                      sample_process, tiny_checkpoint)
 
 log = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parents[1]
-RTSP_SCRIPT = REPO / "tests" / "rtsp_server.py"
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 RSS_BUDGET_MIB = 24.0
 THREAD_BUDGET = 3.0
 FD_BUDGET = 12.0
 MIN_RATE_RATIO = 0.7
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
-    """Poll `predicate` until it returns something truthy (returned) or `timeout` passes (None)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval)
-
-
-# --------------------------------------------------------------------------- the harness
-class NotifyListener:
-    """The sd_notify end systemd would hold: an AF_UNIX datagram socket on a short path, read by a
-    background thread so every datagram is timestamped when it arrives (and the daemon's sends
-    never find the queue full).
-
-    Attributes:
-        path: what to put in the child's `NOTIFY_SOCKET`.
-        received: (monotonic arrival time, datagram) in arrival order.
-    """
-
-    def __init__(self) -> None:
-        # AF_UNIX paths are limited to 108 bytes: a test's tmp_path can be longer.
-        self.dir = tempfile.mkdtemp(prefix="vn")
-        self.path = os.path.join(self.dir, "notify")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.received: list[tuple[float, bytes]] = []
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="notify-listener", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._closed.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.received.append((time.monotonic(), data))
-
-    def times(self, line: bytes) -> list[float]:
-        """Arrival times of the datagrams holding the `line` assignment (e.g. b"WATCHDOG=1")."""
-        with self._lock:
-            return [t for t, d in self.received if line in d.split(b"\n")]
-
-    def wait_for(self, line: bytes, timeout: float, after: float = -math.inf) -> bool:
-        """True once a datagram holding `line` arrived at or after monotonic time `after`."""
-        return bool(wait_until(lambda: any(t >= after for t in self.times(line)), timeout,
-                               interval=0.05))
-
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join(1.0)
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class DaemonProcess:
-    """`vigil serve` as a child process, its stderr in `workdir/daemon.log`.
-
-    Args:
-        workdir: where the config and the log are written.
-        config: the daemon config (a dict, written as YAML), or YAML text.
-        log_format: `text` or `json` (the command line's `--log-format`).
-        env: extra environment variables for the child.
-        watchdog_usec: sets `WATCHDOG_USEC` (the daemon then pings at half this interval).
-        prelude: Python code run in the child before `vigil` starts (fault injection in tests).
-        preexec_fn: run in the child before exec (e.g. `resource.setrlimit`).
-    """
-
-    def __init__(self, workdir: Path, config: dict | str, log_format: str = "text",
-                 env: Optional[dict[str, str]] = None, watchdog_usec: Optional[int] = None,
-                 prelude: Optional[str] = None,
-                 preexec_fn: Optional[Callable[[], None]] = None) -> None:
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config = config
-        self.config_path = self.workdir / "vigil.yaml"
-        self.log_path = self.workdir / "daemon.log"
-        self.log_format = log_format
-        self.env = dict(env or {})
-        self.watchdog_usec = watchdog_usec
-        self.prelude = prelude
-        self.preexec_fn = preexec_fn
-        self.notify = NotifyListener()
-        self.proc: Optional[subprocess.Popen] = None
-        self._log_file: Any = None
-        self.write_config(config)
-
-    # ---- config
-    def write_config(self, config: dict | str) -> None:
-        """Write the config atomically (a reload never reads half a file)."""
-        import yaml
-
-        text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.config_path)
-
-    @property
-    def metrics_port(self) -> int:
-        assert isinstance(self.config, dict)
-        return int(self.config["metrics"]["port"])
-
-    # ---- lifecycle
-    def command(self) -> list[str]:
-        args = ["--log-format", self.log_format, "serve", "--config", str(self.config_path)]
-        if self.prelude is None:
-            return [sys.executable, "-m", "streamer.cli", *args]
-        code = (f"{self.prelude}\nimport sys\nfrom streamer.cli import main\n"
-                "sys.exit(main(sys.argv[1:]))")
-        return [sys.executable, "-c", code, *args]
-
-    def start(self) -> "DaemonProcess":
-        env = {**os.environ, "NOTIFY_SOCKET": self.notify.path, "PYTHONUNBUFFERED": "1",
-               "VIGIL_OFFLINE": "1", **self.env}
-        for key in ("WATCHDOG_USEC", "WATCHDOG_PID"):
-            env.pop(key, None)
-        if self.watchdog_usec is not None:
-            env["WATCHDOG_USEC"] = str(self.watchdog_usec)
-        self._log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command(), cwd=REPO, env=env, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_ready(self, timeout: float = 60.0, after: float = -math.inf) -> float:
-        """Wait for READY=1; returns the seconds it took from now. AssertionError with the log."""
-        t0 = time.monotonic()
-        if not self.notify.wait_for(b"READY=1", timeout, after=after):
-            raise AssertionError(f"no READY=1 within {timeout} s (exit code "
-                                 f"{self.proc.poll() if self.proc else None}); log:\n"
-                                 f"{self.log()[-4000:]}")
-        return time.monotonic() - t0
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 15.0) -> Optional[int]:
-        """SIGTERM, wait up to `timeout`, then SIGKILL. Returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL (a crash, or the OOM killer) and reap."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def close(self) -> None:
-        """Kill if still running, close the log and the notify socket."""
-        self.kill()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-        self.notify.close()
-
-    # ---- observation
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def metrics_text(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.read().decode()
-
-    def metrics(self) -> dict[tuple[str, tuple], float]:
-        """One scrape: (sample name, sorted label items) -> value."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(self.metrics_text())
-                for s in fam.samples}
-
-    @staticmethod
-    def value(scrape: dict, name: str, **labels: str) -> Optional[float]:
-        return scrape.get((name, tuple(sorted(labels.items()))))
-
-    @staticmethod
-    def total(scrape: dict, name: str) -> float:
-        """Sum of a metric over all its label sets."""
-        return sum(v for (n, _), v in scrape.items() if n == name)
-
-
-@dataclass
-class ProcStats:
-    """One sample of a process: resident memory, threads, open file descriptors."""
-    rss_bytes: int
-    threads: int
-    fds: int
-
-
-def sample_process(pid: int) -> ProcStats:
-    """Read RSS and thread count from `/proc/<pid>/status`, fds from `/proc/<pid>/fd`.
-
-    Raises:
-        OSError: the process is gone.
-    """
-    rss = threads = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-            elif line.startswith("Threads:"):
-                threads = int(line.split()[1])
-    return ProcStats(rss, threads, len(os.listdir(f"/proc/{pid}/fd")))
-
-
-# --------------------------------------------------------------------------- fixtures of a run
-def tiny_checkpoint(path: Path) -> Path:
-    """A random-weight `small3d` detector (8 frames of 32x32, 1 s clips): cheap to run, enough to
-    exercise every part of the daemon (a soak measures the service, not the model)."""
-    import torch
-
-    from detector.checkpoint import save_checkpoint
-    from detector.config import BackboneConfig, InputConfig, ModelConfig
-    from detector.model import build_model
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone=BackboneConfig(name="small3d", channels=[4, 8, 8, 16],
-                                              pool=[1, 2, 2]),
-                      input=InputConfig(frames=8, size=[32, 32], clip_seconds=1.0),
-                      d_model=16, num_queries=4, decoder_layers=1, nheads=2, dim_feedforward=32)
-    return save_checkpoint(path, build_model(cfg), cfg)
-
-
-def base_config(data_dir: Path, checkpoint: Path, cameras: dict[str, str],
-                always_on: bool = True, updates: bool = False) -> dict:
-    """A daemon config on free loopback ports with short timeouts (fault tests, soak).
-
-    Args:
-        cameras: name -> url.
-        always_on: thresholds so low that every camera/class opens an event at its first window
-            and keeps it open (lifecycle without depending on what a random model sees).
-        updates: publish an `update` for every window (a steady stream of alerts).
-    """
-    smoothing: dict[str, Any] = {"on_threshold": 0.02, "off_threshold": 0.01, "min_windows": 1,
-                                 "cooldown_s": 600} if always_on else {
-        "on_threshold": 0.999, "off_threshold": 0.5}
-    if updates:
-        smoothing.update(update_interval_s=0.0, min_score_delta=0.0)
-    return {
-        "data_dir": str(data_dir),
-        "defaults": {"stride": 4, "open_timeout_s": 2, "read_timeout_s": 1.5,
-                     "stall_timeout_s": 3, "backoff_initial_s": 0.3, "backoff_max_s": 2},
-        "cameras": [{"name": n, "url": u} for n, u in cameras.items()],
-        "model": {"checkpoint": str(checkpoint), "device": "cpu", "threads": 1, "max_batch": 4,
-                  "max_wait_ms": 20},
-        "smoothing": smoothing,
-        "alerts": {"endpoint": f"tcp://127.0.0.1:{free_port()}",
-                   "replay_endpoint": f"tcp://127.0.0.1:{free_port()}", "heartbeat_s": 0.5},
-        "evidence": {"enabled": True, "pre_roll_s": 0.5},
-        "metrics": {"host": "127.0.0.1", "port": free_port()},
-    }
-
-
-class RtspProcess:
-    """`tests/rtsp_server.py` (ball test pattern, or a file) on a fixed port; restartable."""
-
-    def __init__(self, port: int, path: str = "cam", file: Optional[Path] = None,
-                 width: Optional[int] = None, height: Optional[int] = None) -> None:
-        self.port, self.path, self.file = port, path, file
-        self.width, self.height = width, height
-        self.url = f"rtsp://127.0.0.1:{port}/{path}"
-        self.proc: Optional[subprocess.Popen] = None
-
-    @staticmethod
-    def unavailable() -> Optional[str]:
-        """Why the RTSP server cannot run here, or None."""
-        if not RTSP_SCRIPT.is_file():
-            return f"{RTSP_SCRIPT} not found (a source checkout is needed)"
-        if not os.path.exists(SYSTEM_PYTHON):
-            return f"{SYSTEM_PYTHON} not found"
-        probe = subprocess.run(
-            [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
-             "from gi.repository import GstRtspServer"], capture_output=True, timeout=30)
-        return None if probe.returncode == 0 else "python3-gi / gir1.2-gst-rtsp-server-1.0 missing"
-
-    def start(self, timeout: float = 15.0) -> "RtspProcess":
-        cmd = [SYSTEM_PYTHON, str(RTSP_SCRIPT), "--port", str(self.port), "--path", self.path]
-        if self.file is not None:
-            cmd += ["--file", str(self.file)]
-        if self.width and self.height:
-            cmd += ["--width", str(self.width), "--height", str(self.height)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env=env, text=True)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        import select
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"rtsp_server.py exited with {self.proc.returncode}")
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
-            if ready and self.proc.stdout.readline().startswith("READY"):
-                return self
-        self.stop()
-        raise RuntimeError(f"rtsp_server.py not ready within {timeout} s")
-
-    def stop(self) -> None:
-        """SIGKILL, as a crash would."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.kill()
-        self.proc.wait(10)
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        self.proc = None
 
 
 class FlappingSubscriber(threading.Thread):
@@ -625,14 +270,14 @@ def run_soak(minutes: float, out_dir: Path, file_cameras: int = 3, rtsp_cameras:
             write_video(video, Scene(kinds[i % 3], i + 1, width=160, height=120, fps=15,
                                      frames=90))
         cameras[f"file{i}"] = str(video)
-    servers: list[RtspProcess] = []
+    servers: list[RtspServer] = []
     if rtsp_cameras > 0:
-        why = RtspProcess.unavailable()
+        why = rtsp_server_missing()
         if why:
             log.warning("soak: no RTSP cameras: %s", why)
         else:
             for i in range(rtsp_cameras):
-                srv = RtspProcess(free_port(), f"cam{i}").start()
+                srv = RtspServer(free_port(), f"cam{i}").start()
                 servers.append(srv)
                 cameras[f"rtsp{i}"] = srv.url
     data_dir = out_dir / "data"

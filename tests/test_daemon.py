@@ -5,201 +5,31 @@ SIGHUP reloads, SIGTERM shutdown, and config errors refused before any camera op
 The checkpoint is a tiny random-weight `small3d` model: it cannot be expected to find fights, so
 the smoothing thresholds are set so low that every camera/class opens an event at its first window
 and keeps it open. That makes the lifecycle (start, then `end` reason `shutdown` on SIGTERM)
-deterministic without depending on what the model sees.
+deterministic without depending on what the model sees. The daemon process, its notify socket
+and the config come from `streamer.harness`.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
-from streamer.soak import free_port, wait_until
-import yaml
-
 zmq = pytest.importorskip("zmq")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from streamer.daemon import choose_device, torch_threads  # noqa: E402
+from streamer.harness import (DaemonProcess, NotifyListener, base_config,  # noqa: E402
+                              free_port, wait_until)
+from tests.conftest import recv_json, subscriber  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SYNTH = "synth://{kind}?seed={seed}&width=96&height=72&fps=15&frames=45"
+# The daemon's own stride and camera timeouts (what a deployment runs), not the fault tests'.
+DEPLOYED = {"stride": 8, "fast_timeouts": False}
 
 pytestmark = pytest.mark.integration
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A random-weight small3d detector: 8 frames of 32x32, 1 s training clips."""
-    import torch
-
-    from detector.checkpoint import save_checkpoint
-    from detector.config import BackboneConfig, InputConfig, ModelConfig
-    from detector.model import build_model
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone=BackboneConfig(name="small3d", channels=[4, 8, 8, 16],
-                                              pool=[1, 2, 2]),
-                      input=InputConfig(frames=8, size=[32, 32], clip_seconds=1.0),
-                      d_model=16, num_queries=4, decoder_layers=1, nheads=2, dim_feedforward=32)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", build_model(cfg), cfg)
-
-
-def make_config(data_dir: Path, checkpoint: Path, cameras: dict[str, str]) -> dict:
-    """A daemon config on free loopback ports, thresholds low enough that events always open."""
-    return {
-        "data_dir": str(data_dir),
-        "defaults": {"stride": 8},
-        "cameras": [{"name": n, "url": u} for n, u in cameras.items()],
-        "model": {"checkpoint": str(checkpoint), "device": "cpu", "threads": 1, "max_batch": 4},
-        "smoothing": {"on_threshold": 0.02, "off_threshold": 0.01, "min_windows": 1,
-                      "cooldown_s": 600},
-        "alerts": {"endpoint": f"tcp://127.0.0.1:{free_port()}",
-                   "replay_endpoint": f"tcp://127.0.0.1:{free_port()}", "heartbeat_s": 0.5},
-        "evidence": {"enabled": True, "pre_roll_s": 0.5},
-        "metrics": {"host": "127.0.0.1", "port": free_port()},
-    }
-
-
-class NotifySocket:
-    """The sd_notify end systemd would hold: an AF_UNIX datagram socket bound to a short path,
-    read continuously (as systemd does) by a background thread."""
-
-    def __init__(self) -> None:
-        # AF_UNIX paths are limited to 108 bytes: pytest's tmp_path can be longer.
-        self.dir = tempfile.mkdtemp(prefix="vn")
-        self.path = os.path.join(self.dir, "notify")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.1)
-        self.received: list[bytes] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._closed:
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self._cond:
-                self.received.append(data)
-                self._cond.notify_all()
-
-    def count(self, line: bytes) -> int:
-        with self._cond:
-            return sum(line in d.split(b"\n") for d in self.received)
-
-    def wait_for(self, line: bytes, timeout: float, at_least: int = 1) -> bool:
-        """True once `at_least` datagrams holding the `line` assignment arrived (earlier ones count)."""
-        with self._cond:
-            return self._cond.wait_for(
-                lambda: sum(line in d.split(b"\n") for d in self.received) >= at_least, timeout)
-
-    def close(self) -> None:
-        self._closed = True
-        self._thread.join(1)
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class DaemonProcess:
-    """`python -m streamer.cli serve --config FILE` with a notify socket, logs kept in a file."""
-
-    def __init__(self, workdir: Path, cfg: dict, watchdog_usec: Optional[int] = None) -> None:
-        self.workdir = workdir
-        self.watchdog_usec = watchdog_usec
-        self.cfg = cfg
-        self.config_path = workdir / "vigil.yaml"
-        self.write_config(cfg)
-        self.notify = NotifySocket()
-        self.log_path = workdir / "daemon.log"
-        self.proc: Optional[subprocess.Popen] = None
-
-    def write_config(self, cfg: dict | str) -> None:
-        text = cfg if isinstance(cfg, str) else yaml.safe_dump(cfg, sort_keys=False)
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.config_path)      # a reload never reads half a file
-
-    def start(self) -> "DaemonProcess":
-        env = {**os.environ, "NOTIFY_SOCKET": self.notify.path, "PYTHONUNBUFFERED": "1"}
-        env.pop("WATCHDOG_USEC", None)
-        env.pop("WATCHDOG_PID", None)
-        if self.watchdog_usec is not None:
-            env["WATCHDOG_USEC"] = str(self.watchdog_usec)
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamer.cli", "serve", "--config", str(self.config_path)],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 25.0) -> None:
-        if not self.notify.wait_for(b"READY=1", timeout):
-            raise AssertionError(f"no READY=1 within {timeout} s "
-                                 f"(exit code {self.proc.poll()}); log:\n{self.log()}")
-
-    def metrics(self) -> dict[tuple[str, tuple], float]:
-        """One scrape: (sample name, sorted label items) -> value."""
-        url = f"http://127.0.0.1:{self.cfg['metrics']['port']}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-    def value(self, scrape: dict, name: str, **labels: str) -> Optional[float]:
-        return scrape.get((name, tuple(sorted(labels.items()))))
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        if self.proc is not None:
-            self._log.close()
-        self.notify.close()
-
-
-def subscriber(endpoint: str, topic: bytes = b""):
-    ctx = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, topic)
-    sub.connect(endpoint)
-    return sub
-
-
-def recv_json(sub, timeout: float) -> Optional[tuple[bytes, dict]]:
-    if not sub.poll(int(timeout * 1000)):
-        return None
-    topic, body = sub.recv_multipart()
-    return topic, json.loads(body)
 
 
 # ----------------------------------------------------------------------------- unit checks
@@ -262,7 +92,7 @@ def test_watchdog_pings_stop_while_a_capture_thread_is_stuck_and_resume_after(tm
     from streamer.daemon import _Camera
     from streamer.notify import Notifier
 
-    ns = NotifySocket()
+    ns = NotifyListener()
     try:
         d = _bare_daemon(tmp_path, Notifier(ns.path, watchdog_usec="20000"))   # ping every 10 ms
         d._wd_interval = d.notifier.watchdog_interval()
@@ -285,7 +115,7 @@ def test_watchdog_pings_stop_while_a_capture_thread_is_stuck_and_resume_after(tm
 def test_watchdog_pings_stop_when_the_event_loop_is_wedged(tmp_path):
     from streamer.notify import Notifier
 
-    ns = NotifySocket()
+    ns = NotifyListener()
     try:
         d = _bare_daemon(tmp_path, Notifier(ns.path, watchdog_usec="20000"))
         d._wd_interval = d.notifier.watchdog_interval()
@@ -344,19 +174,19 @@ def test_a_camera_going_down_ends_its_open_events_with_reason_camera_lost(tmp_pa
 def daemon(tiny_checkpoint, tmp_path_factory):
     """A running daemon with two synthetic cameras (a fight scene and an empty one)."""
     work = tmp_path_factory.mktemp("daemon")
-    cfg = make_config(work / "data", tiny_checkpoint,
+    cfg = base_config(work / "data", tiny_checkpoint,
                       {"fightcam": SYNTH.format(kind="fight", seed=1),
-                       "emptycam": SYNTH.format(kind="none", seed=2)})
+                       "emptycam": SYNTH.format(kind="none", seed=2)}, **DEPLOYED)
     d = DaemonProcess(work, cfg, watchdog_usec=1_000_000).start()   # ping every 0.5 s
     try:
         d.wait_ready()
         yield d
     finally:
-        d.stop()
+        d.close()
 
 
 def test_daemon_sends_ready_with_a_status(daemon):
-    ready = [d for d in daemon.notify.received if b"READY=1" in d.split(b"\n")]
+    ready = [d for d in daemon.notify.datagrams() if b"READY=1" in d.split(b"\n")]
     assert ready and b"STATUS=" in ready[0]
     assert daemon.proc.poll() is None
 
@@ -391,7 +221,7 @@ def test_metrics_counters_move_between_two_scrapes(daemon):
 
 
 def test_heartbeats_arrive_on_a_zmq_subscriber(daemon):
-    sub = subscriber(daemon.cfg["alerts"]["endpoint"], b"heartbeat")
+    sub = subscriber(daemon.config["alerts"]["endpoint"], b"heartbeat")
     try:
         got = recv_json(sub, timeout=10)
         assert got is not None, "no heartbeat within 10 s"
@@ -406,7 +236,7 @@ def test_heartbeats_arrive_on_a_zmq_subscriber(daemon):
 
 
 def test_sighup_with_a_bad_config_keeps_running_the_old_one(daemon):
-    bad = json.loads(json.dumps(daemon.cfg))
+    bad = json.loads(json.dumps(daemon.config))
     bad["cameras"][0]["strdie"] = 4
     daemon.write_config(bad)
     try:
@@ -420,13 +250,13 @@ def test_sighup_with_a_bad_config_keeps_running_the_old_one(daemon):
                           timeout=10, interval=0.3)
         assert "camera fightcam: stopped" not in daemon.log()
     finally:
-        daemon.write_config(daemon.cfg)
+        daemon.write_config(daemon.config)
 
 
 def test_sighup_adding_a_camera_starts_it_without_touching_the_others(daemon):
     before = daemon.metrics()
     frames_before = daemon.value(before, "vigil_frames_total", camera="fightcam")
-    grown = json.loads(json.dumps(daemon.cfg))
+    grown = json.loads(json.dumps(daemon.config))
     grown["cameras"].append({"name": "newcam", "url": SYNTH.format(kind="collapse", seed=3)})
     daemon.write_config(grown)
     daemon.signal(signal.SIGHUP)
@@ -447,9 +277,9 @@ def test_sighup_adding_a_camera_starts_it_without_touching_the_others(daemon):
 
 
 def test_sighup_removing_a_camera_ends_its_events_with_reason_reload(daemon):
-    sub = subscriber(daemon.cfg["alerts"]["endpoint"], b"alert.tempcam.")
+    sub = subscriber(daemon.config["alerts"]["endpoint"], b"alert.tempcam.")
     try:
-        with_temp = json.loads(json.dumps(daemon.cfg))
+        with_temp = json.loads(json.dumps(daemon.config))
         with_temp["cameras"].append({"name": "tempcam", "url": SYNTH.format(kind="none", seed=7)})
         daemon.write_config(with_temp)
         daemon.signal(signal.SIGHUP)
@@ -461,7 +291,7 @@ def test_sighup_removing_a_camera_ends_its_events_with_reason_reload(daemon):
                 starts.add(got[1]["event_id"])
         assert len(starts) == 2, daemon.log()[-3000:]
 
-        daemon.write_config(daemon.cfg)
+        daemon.write_config(daemon.config)
         daemon.signal(signal.SIGHUP)
         ends = {}
         deadline = time.monotonic() + 10
@@ -499,7 +329,8 @@ def stopped_daemon(tiny_checkpoint, tmp_path_factory) -> dict:
     with Journal(db_path) as journal:
         orphan = journal.append(tracker.observe(window)[0])
 
-    cfg = make_config(work / "data", tiny_checkpoint, {"cam1": SYNTH.format(kind="fight", seed=4)})
+    cfg = base_config(work / "data", tiny_checkpoint,
+                      {"cam1": SYNTH.format(kind="fight", seed=4)}, **DEPLOYED)
     d = DaemonProcess(work, cfg)
     sub = subscriber(cfg["alerts"]["endpoint"], b"alert.")   # connects once the daemon binds
     d.start()
@@ -529,7 +360,7 @@ def stopped_daemon(tiny_checkpoint, tmp_path_factory) -> dict:
         yield run
     finally:
         sub.close()
-        d.stop()
+        d.close()
 
 
 def _journal_rows(db_path: Path) -> list[dict]:
@@ -580,8 +411,8 @@ def test_sigterm_ends_open_events_with_reason_shutdown_and_exits_zero(stopped_da
 ])
 def test_invalid_config_exits_nonzero_naming_the_key_before_any_camera_opens(
         tiny_checkpoint, tmp_path, mutate, key):
-    cfg = make_config(tmp_path / "data", tiny_checkpoint,
-                      {"cam1": SYNTH.format(kind="fight", seed=1)})
+    cfg = base_config(tmp_path / "data", tiny_checkpoint,
+                      {"cam1": SYNTH.format(kind="fight", seed=1)}, **DEPLOYED)
     mutate(cfg)
     d = DaemonProcess(tmp_path, cfg).start()
     try:
@@ -594,4 +425,4 @@ def test_invalid_config_exits_nonzero_naming_the_key_before_any_camera_opens(
         assert not d.notify.wait_for(b"READY=1", timeout=0.1)
         assert not (tmp_path / "data").exists()   # nothing was created either
     finally:
-        d.stop()
+        d.close()

@@ -2,13 +2,13 @@
 with a real RTSP server that is killed and restarted.
 
 * A video of a fight followed by calm, streamed by a real GStreamer RTSP server
-  (tests/rtsp_server.py): the daemon must publish a fight `start`, then an `end` with reason
-  `cleared`, received on a real ZeroMQ subscriber, with the evidence files on disk.
+  (streamer/rtsp_test_server.py): the daemon must publish a fight `start`, then an `end` with
+  reason `cleared`, received on a real ZeroMQ subscriber, with the evidence files on disk.
 * A live synthetic fight camera: SIGTERM while its event is open gives an `end` with reason
   `shutdown`, and exit code 0.
-* A real GStreamer RTSP server (tests/rtsp_server.py) killed and restarted: `vigil_camera_up`
-  goes to 0 and back to 1, the open events of that camera end with `camera_lost`, and the other
-  camera keeps delivering frames throughout.
+* A real GStreamer RTSP server (streamer/rtsp_test_server.py) killed and restarted:
+  `vigil_camera_up` goes to 0 and back to 1, the open events of that camera end with
+  `camera_lost`, and the other camera keeps delivering frames throughout.
 """
 from __future__ import annotations
 
@@ -20,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_daemon import (DaemonProcess, make_config, recv_json, subscriber,  # noqa: F401
-                               tiny_checkpoint, wait_until)
+pytest.importorskip("zmq")
+
+from streamer.harness import (DaemonProcess, RtspServer, base_config, free_port,  # noqa: E402
+                              rtsp_server_missing, wait_until)
+from tests.conftest import recv_json, subscriber  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -69,19 +72,17 @@ def write_fight_then_calm(path: Path) -> Path:
 def trained_run(trained_checkpoint, tmp_path_factory) -> dict:
     """One daemon life with the trained model: collect alerts until the scripted camera's fight
     started and was cleared and the live camera's fight started, then SIGTERM."""
-    from tests.conftest import RtspServer, _gst_rtsp_missing, free_port
-
-    missing = _gst_rtsp_missing()
+    missing = rtsp_server_missing()
     if missing:
         pytest.skip(f"GStreamer RTSP server unavailable: {missing}")
     work = tmp_path_factory.mktemp("e2e")
     video = write_fight_then_calm(work / "fight_then_calm.avi")
     server = RtspServer(free_port(), "scripted", str(video)).start()
     w, h = SIZE
-    cfg = make_config(work / "data", trained_checkpoint.checkpoint, {
+    cfg = base_config(work / "data", trained_checkpoint.checkpoint, {
         "scripted": server.url,
         "live": f"synth://fight?seed=3&width={w}&height={h}&fps={FPS}&frames=48",
-    })
+    }, stride=8, fast_timeouts=False)
     cfg["smoothing"] = {"on_threshold": 0.6, "off_threshold": 0.35, "min_windows": 2,
                         "cooldown_s": 2.0}
     cfg["model"]["threads"] = None
@@ -112,7 +113,7 @@ def trained_run(trained_checkpoint, tmp_path_factory) -> dict:
         yield run
     finally:
         sub.close()
-        d.stop()
+        d.close()
         server.stop()
 
 
@@ -172,10 +173,10 @@ def test_sigterm_mid_event_ends_it_with_reason_shutdown_and_exits_zero(trained_r
 def test_rtsp_server_killed_and_restarted_takes_only_its_camera_down_and_up(
         rtsp_server, tiny_checkpoint, tmp_path):
     server = rtsp_server()
-    cfg = make_config(tmp_path / "data", tiny_checkpoint, {
+    cfg = base_config(tmp_path / "data", tiny_checkpoint, {
         "rtspcam": server.url,
         "synthcam": "synth://none?seed=2&width=96&height=72&fps=15&frames=45",
-    })
+    }, stride=8, fast_timeouts=False)
     cfg["defaults"].update(open_timeout_s=3, read_timeout_s=2, stall_timeout_s=2,
                            backoff_initial_s=0.2, backoff_max_s=1)
     d = DaemonProcess(tmp_path, cfg).start()
@@ -220,4 +221,4 @@ def test_rtsp_server_killed_and_restarted_takes_only_its_camera_down_and_up(
         d.signal(signal.SIGTERM)
         assert d.proc.wait(timeout=10) == 0
     finally:
-        d.stop()
+        d.close()

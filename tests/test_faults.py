@@ -35,8 +35,9 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
-from streamer.soak import (DaemonProcess, base_config, free_port, tiny_checkpoint,  # noqa: E402
-                           wait_until)
+from streamer.harness import (DaemonProcess, RtspServer, base_config, free_port,  # noqa: E402
+                              wait_until)
+from tests.conftest import subscriber  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -52,11 +53,6 @@ BACKOFF_MAX_S = 2.0
 def report(name: str, **values) -> None:
     """One greppable line per measurement (`pytest -s tests/test_faults.py | grep FAULT`)."""
     print(f"FAULT {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()), flush=True)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 # ----------------------------------------------------------------------------- fake servers
@@ -163,14 +159,6 @@ class MjpegServer(threading.Thread):
         self.sock.close()
 
 
-def subscribe(endpoint: str, topic: bytes = b"alert."):
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SUBSCRIBE, topic)
-    sock.connect(endpoint)
-    return sock
-
-
 def drain(sock, into: list, timeout: float = 0.0) -> list:
     """Append every JSON message waiting on `sock` (waiting up to `timeout` for the first)."""
     if sock.poll(int(timeout * 1000)):
@@ -225,11 +213,8 @@ def log_lines(d: DaemonProcess, camera: str, levels=("WARNING", "ERROR")) -> lis
 
 # ============================================================================ camera faults
 @pytest.fixture(scope="class")
-def fleet(checkpoint, tmp_path_factory, _rtsp_available):
+def fleet(tiny_checkpoint, tmp_path_factory, _rtsp_available):
     """One daemon watching a reference synthetic camera beside every kind of broken camera."""
-    from streamer.soak import RtspProcess
-    from tests.conftest import RtspServer
-
     work = tmp_path_factory.mktemp("fleet")
     from train.synth import Scene, write_video
     good = work / "good.avi"
@@ -240,7 +225,7 @@ def fleet(checkpoint, tmp_path_factory, _rtsp_available):
     corrupt = work / "corrupt.mp4"
     corrupt.write_bytes(random.Random(1).randbytes(40_000))
 
-    servers = {"kill": RtspProcess(free_port(), "kill").start(),
+    servers = {"kill": RtspServer(free_port(), "kill").start(),
                "freeze": RtspServer(free_port(), "freeze").start()}
     silent, garbage, mjpeg = TcpServer("silent"), TcpServer("garbage"), MjpegServer()
     for t in (silent, garbage, mjpeg):
@@ -251,13 +236,13 @@ def fleet(checkpoint, tmp_path_factory, _rtsp_available):
             "garbage": f"rtsp://127.0.0.1:{garbage.port}/x",
             "mjpeg": mjpeg.url, "truncated": str(truncated), "corrupt": str(corrupt),
             "webcam": "/dev/video99"}
-    cfg = base_config(work / "data", checkpoint, cams)
+    cfg = base_config(work / "data", tiny_checkpoint, cams)
     cfg["defaults"]["stride"] = STRIDE
     d = DaemonProcess(work, cfg, watchdog_usec=2_000_000).start()   # pings every 1 s
     sub = None
     try:
         d.wait_ready(90)
-        sub = subscribe(cfg["alerts"]["endpoint"])
+        sub = subscriber(cfg["alerts"]["endpoint"], b"alert.")
         d.servers, d.silent, d.garbage, d.mjpeg, d.sub = servers, silent, garbage, mjpeg, sub
         d.started_at = time.monotonic()
         yield d
@@ -424,10 +409,10 @@ class TestCameraFaults:
 
 # ============================================================================ subscribers
 @pytest.fixture(scope="class")
-def stream(checkpoint, tmp_path_factory):
+def stream(tiny_checkpoint, tmp_path_factory):
     """A daemon publishing an `update` per window per class: a steady stream of alerts."""
     work = tmp_path_factory.mktemp("stream")
-    cfg = base_config(work / "data", checkpoint,
+    cfg = base_config(work / "data", tiny_checkpoint,
                       {"a": SYNTH.format(kind="fight", seed=1),
                        "b": SYNTH.format(kind="collapse", seed=2),
                        "c": SYNTH.format(kind="none", seed=3)}, updates=True)
@@ -531,7 +516,7 @@ class TestSubscribers:
         d = stream
         good = d.config
         sub_msgs: list[dict] = []
-        sub = subscribe(good["alerts"]["endpoint"])
+        sub = subscriber(good["alerts"]["endpoint"], b"alert.")
         bad_unknown = json.loads(json.dumps(good))
         bad_unknown["cameras"][0]["stridee"] = 3
         bad_dup = json.loads(json.dumps(good))
@@ -588,11 +573,11 @@ class TestSubscribers:
 
 
 # ============================================================================ SIGKILL
-def test_sigkill_mid_event_then_restart_keeps_the_journal_and_fills_the_gap(checkpoint,
+def test_sigkill_mid_event_then_restart_keeps_the_journal_and_fills_the_gap(tiny_checkpoint,
                                                                               tmp_path):
     from streamer.subscriber import AlertSubscriber
 
-    cfg = base_config(tmp_path / "data", checkpoint,
+    cfg = base_config(tmp_path / "data", tiny_checkpoint,
                       {"a": SYNTH.format(kind="fight", seed=1),
                        "b": SYNTH.format(kind="none", seed=2)}, updates=True)
     cfg["smoothing"]["update_interval_s"] = 0.5
@@ -664,7 +649,7 @@ def _mount_tmpfs(path: Path, size: str) -> Optional[str]:
     return None if proc.returncode == 0 else f"mount failed: {proc.stderr.strip()}"
 
 
-def test_evidence_disk_full_keeps_alerts_flowing_logs_once_and_recovers(checkpoint, tmp_path):
+def test_evidence_disk_full_keeps_alerts_flowing_logs_once_and_recovers(tiny_checkpoint, tmp_path):
     data = tmp_path / "data"
     events = data / "events"
     why = _mount_tmpfs(events, "256k")
@@ -680,10 +665,10 @@ def test_evidence_disk_full_keeps_alerts_flowing_logs_once_and_recovers(checkpoi
                     f.flush()
             except OSError:
                 pass
-        cfg = base_config(data, checkpoint, {"a": SYNTH.format(kind="fight", seed=1)})
+        cfg = base_config(data, tiny_checkpoint, {"a": SYNTH.format(kind="fight", seed=1)})
         d = DaemonProcess(tmp_path / "work", cfg).start()
         d.wait_ready(90)
-        sub = subscribe(cfg["alerts"]["endpoint"])
+        sub = subscriber(cfg["alerts"]["endpoint"], b"alert.")
         msgs: list[dict] = []
         try:
             def add(name: str, seed: int) -> None:
@@ -761,9 +746,9 @@ _w.InferenceWorker._forward = _forward
 '''
 
 
-def test_oom_splits_batches_and_a_hung_worker_stops_the_watchdog_pings(checkpoint, tmp_path):
+def test_oom_splits_batches_and_a_hung_worker_stops_the_watchdog_pings(tiny_checkpoint, tmp_path):
     cams = {f"c{i}": SYNTH.format(kind="fight", seed=i) for i in range(4)}
-    cfg = base_config(tmp_path / "data", checkpoint, cams)
+    cfg = base_config(tmp_path / "data", tiny_checkpoint, cams)
     cfg["model"].update(max_batch=4, max_wait_ms=150)
     cfg["evidence"]["enabled"] = False
     d = DaemonProcess(tmp_path, cfg, watchdog_usec=1_000_000, prelude=INJECT,   # ping 0.5 s

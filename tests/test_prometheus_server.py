@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.soak import DaemonProcess, base_config, free_port, tiny_checkpoint, wait_until
+from streamer.harness import DaemonProcess, base_config, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "configs/prometheus/vigil-rules.yml"
@@ -36,14 +36,14 @@ def get(port: int, path: str) -> dict:
         return json.load(resp)
 
 
-def test_prometheus_scrapes_the_daemon_and_answers_vigil_camera_up(tmp_path):
+def test_prometheus_scrapes_the_daemon_and_answers_vigil_camera_up(tiny_checkpoint, tmp_path):
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("prometheus not installed (Debian package 'prometheus'; `make test` installs "
                     "it as root)")
-    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
-    cfg = base_config(tmp_path / "data", ckpt, {"gate": "synth://none?seed=1&width=64&height=48"
-                                                        "&fps=10&frames=20"}, always_on=False)
+    cfg = base_config(tmp_path / "data", tiny_checkpoint,
+                      {"gate": "synth://none?seed=1&width=64&height=48&fps=10&frames=20"},
+                      always_on=False)
     daemon = DaemonProcess(tmp_path / "daemon", cfg)
     prom_port = free_port()
     (tmp_path / "prometheus.yml").write_text(

@@ -27,7 +27,7 @@ import pytest
 zmq = pytest.importorskip("zmq")
 import zmq.auth  # noqa: E402
 
-from streamer.soak import DaemonProcess, base_config, free_port, tiny_checkpoint  # noqa: E402
+from streamer.harness import DaemonProcess, base_config, free_port  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +46,6 @@ def vigil(*args: str, env: dict | None = None, timeout: float = 60) -> subproces
     return subprocess.run([sys.executable, "-m", "streamer.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +140,7 @@ def _listening_sockets(pid: int) -> list[tuple[str, int]]:
 
 
 @pytest.fixture(scope="module", params=["text", "json"])
-def leak_run(request, checkpoint, keys, tmp_path_factory) -> Run:
+def leak_run(request, tiny_checkpoint, keys, tmp_path_factory) -> Run:
     """One daemon run with the planted password: text logs + CURVE + the password written in the
     YAML; or JSON logs + plaintext + the password from an environment variable (`${DOOR_PW}`)."""
     fmt = request.param
@@ -153,7 +148,7 @@ def leak_run(request, checkpoint, keys, tmp_path_factory) -> Run:
     door = (f"rtsp://admin:{PASSWORD}@127.0.0.1:{closed_port()}/Streaming/Channels/101"
             if fmt == "text" else
             f"rtsp://admin:${{DOOR_PW}}@127.0.0.1:{closed_port()}/Streaming/Channels/101")
-    cfg = base_config(work / "data", checkpoint, {"door": door, "demo": SYNTH})
+    cfg = base_config(work / "data", tiny_checkpoint, {"door": door, "demo": SYNTH})
     curve = fmt == "text"
     if curve:
         cfg["alerts"]["curve"] = {"server_secret_key": str(keys["server_secret"]),
@@ -368,9 +363,9 @@ def test_without_curve_a_plaintext_subscriber_does_receive(leak_run):
     assert leak_run.replay["plaintext"] is not None
 
 
-def test_vigil_alerts_with_curve_keys_prints_alerts(checkpoint, keys, tmp_path):
+def test_vigil_alerts_with_curve_keys_prints_alerts(tiny_checkpoint, keys, tmp_path):
     """`vigil alerts --curve-keys DIR` (the command a user runs) gets through CURVE."""
-    cfg = base_config(tmp_path / "data", checkpoint, {"demo": SYNTH})
+    cfg = base_config(tmp_path / "data", tiny_checkpoint, {"demo": SYNTH})
     cfg["alerts"]["curve"] = {"server_secret_key": str(keys["server_secret"]),
                               "authorized_clients": str(keys["authorized"])}
     d = DaemonProcess(tmp_path, cfg)
