@@ -513,19 +513,29 @@ def onnx_available() -> Optional[str]:
     return f"optional packages not installed: {', '.join(missing)}" if missing else None
 
 
-def time_onnx(model: nn.Module, cfg: ModelConfig, row: ModelRow, repeats: int, warmup: int,
-              workdir: str | Path, threads: Optional[int] = None, seed: int = 0) -> ModelRow:
-    """Export `model` at `row`'s clip size and fill `row.samples` with onnxruntime's time.
+def export_for_bench(model: nn.Module, cfg: ModelConfig, shape: Sequence[int],
+                     workdir: str | Path, threads: Optional[int] = None) -> Any:
+    """Export `model` at clip size `shape` (T, H, W) once and load it on onnxruntime (CPU).
 
-    The same random clips as `time_model` (same seed), fp32, CPU provider: the comparison with
-    the torch row of the same batch is like for like.
+    Returns:
+        a `detector.export.OnnxModel` with as many intra-op threads as torch uses.
     """
     from .export import OnnxModel, export_onnx
 
-    T, H, W = row.input
+    T, H, W = shape
     sized = dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, frames=T, size=[H, W]))
-    path = export_onnx(model, sized, Path(workdir) / f"{row.model}-{T}x{H}x{W}.onnx")
-    runner = OnnxModel(path, threads=threads if threads is not None else torch.get_num_threads())
+    path = export_onnx(model, sized, Path(workdir) / f"model-{T}x{H}x{W}.onnx")
+    return OnnxModel(path, threads=threads if threads is not None else torch.get_num_threads())
+
+
+def time_onnx(runner: Callable[[torch.Tensor], Any], row: ModelRow, repeats: int, warmup: int,
+              seed: int = 0) -> ModelRow:
+    """Fill `row.samples` with onnxruntime's time for `row`'s batch.
+
+    The same random clips as `time_model` (same seed), fp32: the comparison with the torch row
+    of the same batch is like for like.
+    """
+    T, H, W = row.input
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(row.batch, 3, T, H, W, generator=gen)
     row.samples = time_samples(lambda: runner(x), repeats, warmup, "cpu")
@@ -797,12 +807,13 @@ def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
         # The exported graph on onnxruntime against torch fp32, batch by batch.
         if do_onnx:
             with tempfile.TemporaryDirectory(prefix="vigil-bench-onnx-") as tmp:
+                runner = export_for_bench(model, cfg, shape, tmp)   # dynamic batch: once
                 for batch in batches:
                     row = ModelRow(name, shape, str(device), "fp32", batch,
                                    flops_per_clip=flops, runtime="onnxruntime")
                     log.info("timing %s %s batch %d on onnxruntime", name,
                              "x".join(map(str, shape)), batch)
-                    time_onnx(model, cfg, row, repeats, warmup, tmp)
+                    time_onnx(runner, row, repeats, warmup)
                     baselines[row.key()] = by_key[("fp32", batch)]
                     sweep.append(row)
         # Ablations at one batch in the low precision, each against the plain row.
