@@ -435,8 +435,7 @@ def model_table_rows(rows: Sequence[ModelRow], peaks: Mapping[str, MatmulPeak],
 
 
 MODEL_COLUMNS = ["model", "input", "device", "runtime", "precision", "batch", "channels_last_3d",
-                 "compile",
-                 "cudnn.benchmark", "ms/batch", "clips/s", "GFLOP/clip", "TFLOP/s",
+                 "compile", "cudnn.benchmark", "ms/batch", "clips/s", "GFLOP/clip", "TFLOP/s",
                  "% of matmul peak", "speed-up", "vs", "repeats", "note"]
 
 
@@ -514,7 +513,7 @@ def onnx_available() -> Optional[str]:
 
 
 def export_for_bench(model: nn.Module, cfg: ModelConfig, shape: Sequence[int],
-                     workdir: str | Path, threads: Optional[int] = None) -> Any:
+                     workdir: str | Path) -> Any:
     """Export `model` at clip size `shape` (T, H, W) once and load it on onnxruntime (CPU).
 
     Returns:
@@ -525,7 +524,7 @@ def export_for_bench(model: nn.Module, cfg: ModelConfig, shape: Sequence[int],
     T, H, W = shape
     sized = dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, frames=T, size=[H, W]))
     path = export_onnx(model, sized, Path(workdir) / f"model-{T}x{H}x{W}.onnx")
-    return OnnxModel(path, threads=threads if threads is not None else torch.get_num_threads())
+    return OnnxModel(path, threads=torch.get_num_threads())
 
 
 def time_onnx(runner: Callable[[torch.Tensor], Any], row: ModelRow, repeats: int, warmup: int,

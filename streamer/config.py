@@ -219,7 +219,12 @@ class ServeModelConfig:
     @property
     def is_onnx(self) -> bool:
         """Whether the checkpoint is an exported ONNX graph rather than a PyTorch checkpoint."""
-        return Path(self.checkpoint).suffix.lower() == ".onnx"
+        return is_onnx_model(self.checkpoint)
+
+
+def is_onnx_model(path: str | Path) -> bool:
+    """Whether `model.checkpoint` names an exported ONNX graph (by its `.onnx` suffix)."""
+    return Path(path).suffix.lower() == ".onnx"
 
 
 @dataclass

@@ -45,7 +45,7 @@ from detector.checkpoint import load_checkpoint
 from detector.config import ModelConfig
 from detector.errors import CheckpointError, ConfigError, VigilError
 
-from .config import CameraConfig, ServeConfig, load_config, mask_url
+from .config import CameraConfig, ServeConfig, is_onnx_model, load_config, mask_url
 from .events import EventTracker, end_message
 from .evidence import EvidenceWriter
 from .journal import Journal
@@ -132,22 +132,20 @@ def load_model(path: Path, device: torch.device, threads: int
 
     Args:
         path: `model.checkpoint`.
-        device: from `choose_device`; an ONNX model needs the CPU.
+        device: where a PyTorch model goes (an ONNX model stays on the CPU, and its `.to()`
+            refuses any other device).
         threads: CPU threads for the model (onnxruntime's intra-op pool or torch's).
     Returns:
         (model, its `ModelConfig`, meta: the checkpoint's entries and `runtime`).
     Raises:
         CheckpointError: unreadable file, or an ONNX file without Vigil's config metadata.
-        ConfigError: ONNX on a GPU, or onnxruntime missing.
+        ConfigError: onnxruntime missing.
     """
-    if path.suffix.lower() != ".onnx":
+    if not is_onnx_model(path):
         model, mcfg, meta = load_checkpoint(path, device=device)
         return model, mcfg, {**meta, "runtime": "torch"}
     from detector.export import METADATA_KEY, OnnxModel
 
-    if device.type != "cpu":
-        raise ConfigError(f"model.device: an .onnx model runs on the CPU (onnxruntime), not "
-                          f"{device}")
     model = OnnxModel(path, threads=threads)
     if model.cfg is None:
         raise CheckpointError(f"{path}: no {METADATA_KEY} metadata (classes, clip size): "
