@@ -56,6 +56,17 @@ def report(name: str, **values) -> None:
 
 
 # ----------------------------------------------------------------------------- fake servers
+def loopback_listener(backlog: int) -> socket.socket:
+    """A listening TCP socket on 127.0.0.1 (a free port) whose accept() times out after 0.2 s,
+    so the fake servers' loops notice a stop request."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(backlog)
+    sock.settimeout(0.2)
+    return sock
+
+
 class TcpServer(threading.Thread):
     """A loopback TCP server: `silent` accepts and never answers; `garbage` answers every
     connection with random bytes, then keeps sending more."""
@@ -63,11 +74,7 @@ class TcpServer(threading.Thread):
     def __init__(self, mode: str) -> None:
         super().__init__(daemon=True, name=f"fake-{mode}")
         self.mode = mode
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
+        self.sock = loopback_listener(backlog=16)
         self.port = self.sock.getsockname()[1]
         self.connections = 0
         self._conns: list[socket.socket] = []
@@ -110,11 +117,7 @@ class MjpegServer(threading.Thread):
         import cv2
         import numpy as np
 
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
+        self.sock = loopback_listener(backlog=8)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/video.mjpg"
         self.switch_after_s = switch_after_s
