@@ -31,6 +31,8 @@ import torch
 from detector.bench import BenchReport, Section, bench_env, median, ratio, resolve_device
 from detector.errors import DataError
 
+from .metrics import iou_matrix
+
 log = logging.getLogger(__name__)
 
 
@@ -124,12 +126,8 @@ def reference_loop(files: Sequence[Path], checkpoint: str | Path, device: torch.
 
 # =============================================================================== comparison
 def box_iou_px(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two pixel xyxy boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    """IoU of two pixel xyxy boxes (0 when the union is empty)."""
+    return float(iou_matrix(np.asarray([a]), np.asarray([b]))[0, 0])
 
 
 @dataclass
