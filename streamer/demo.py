@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -100,8 +99,7 @@ def run_demo(args: argparse.Namespace) -> int:
         alerts = watch(ports, args.duration, daemon, live_status=not args.no_status)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the daemon", flush=True)
-        daemon.stop()
-        return 130
+        return 130               # the daemon is stopped below
     finally:
         code = daemon.stop()
         daemon.close()
@@ -231,18 +229,20 @@ def _rate(last: dict, key: str, value: float, now: float) -> float:
 
 def print_summary(alerts: list[dict], exit_code: Optional[int], seconds: float) -> bool:
     """Alerts per camera and label, start latency p50/p95, and the demo's self-check."""
+    from detector.bench import percentile
+
     print("\n== vigil demo summary ==")
     counts = Counter((a["camera"], a["label"], a["type"]) for a in alerts)
     print(f"{'camera':<15} {'label':<9} {'start':>5} {'update':>6} {'end':>4}")
     for cam, label in sorted({(c, lab) for c, lab, _ in counts}):
         print(f"{cam:<15} {label:<9} {counts[(cam, label, 'start')]:>5} "
               f"{counts[(cam, label, 'update')]:>6} {counts[(cam, label, 'end')]:>4}")
-    lat = sorted(a["latency_s"] for a in alerts if a["type"] == "start" and
-                 isinstance(a.get("latency_s"), (int, float)))
+    lat = [a["latency_s"] for a in alerts
+           if a["type"] == "start" and isinstance(a.get("latency_s"), (int, float))]
     if lat:
-        p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
         print(f"alert latency (capture of the window's last frame -> start published): "
-              f"p50 {statistics.median(lat):.2f} s, p95 {p95:.2f} s over {len(lat)} starts")
+              f"p50 {percentile(lat, 50):.2f} s, p95 {percentile(lat, 95):.2f} s over "
+              f"{len(lat)} starts")
     ok = True
     for cam, (_, expected) in CAMERAS.items():
         started = {a["label"] for a in alerts if a["camera"] == cam and a["type"] == "start"}
