@@ -91,6 +91,22 @@ def test_evaluate_gives_report_metrics_losses_and_per_video_predictions():
     assert not model.training
 
 
+def test_evaluate_without_boxes_gives_video_metrics_and_nan_box_metrics_per_source():
+    cfg, model, crit, _ = setup()
+    batches = fake_batches(2, 3, cfg)
+    for _, targets in batches:
+        for t in targets:      # video-level labels only, as real footage has them
+            t["has_box"] = torch.zeros(len(t["labels"]), dtype=torch.bool)
+            t["boxes"] = torch.zeros(len(t["labels"]), 4)
+            t["source"] = "real"
+    metrics, preds = engine.evaluate(model, crit, batches, torch.device("cpu"),
+                                     cfg.model.class_names, score_threshold=0.3)
+    assert metrics["num_videos"] == 6 and not math.isnan(metrics["video_acc"])
+    assert math.isnan(metrics["det_acc"]) and math.isnan(metrics["map50"])
+    assert metrics["box_metrics"] == "no boxes in this set" and metrics["box_videos"] == 0
+    assert {p["source"] for p in preds} == {"real"} and not any(p["has_box"] for p in preds)
+
+
 def test_resolve_amp_uses_bf16_on_cpu_only_when_asked():
     cpu = torch.device("cpu")
     assert engine.resolve_amp("auto", cpu) is None

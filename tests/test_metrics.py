@@ -156,3 +156,55 @@ def test_format_table_is_aligned_and_names_every_class():
         assert word in text
     head = [ln for ln in text.splitlines()[:7] if ln.strip()]
     assert len({len(ln) for ln in head}) == 1          # the headline block is one column wide
+
+
+# --------------------------------------------------------------------------- box-less videos
+def _mixed_set():
+    """Three videos: a boxed fight found at IoU 1, a box-less collapse predicted collapse with a
+    box that would miss any real one, and a negative predicted none."""
+    gt = [0.5, 0.5, 0.2, 0.2]
+    probs = [probs_for(0, 0.9), probs_for(1, 0.8), probs_for(0, 0.1)]
+    boxes = [boxes_for(gt), boxes_for([0.9, 0.9, 0.05, 0.05]), boxes_for(gt)]
+    labels = [np.array([0]), np.array([1]), np.zeros(0, np.int64)]
+    gt_boxes = [np.array([gt]), np.zeros((1, 4)), np.zeros((0, 4))]
+    has_box = [np.array([True]), np.array([False]), np.zeros(0, bool)]
+    return probs, boxes, labels, gt_boxes, has_box
+
+
+def test_box_metrics_leave_out_positives_without_boxes_and_say_so():
+    probs, boxes, labels, gt_boxes, has_box = _mixed_set()
+    m = M.compute_metrics(probs, boxes, labels, gt_boxes, NAMES, gt_has_box=has_box)
+    assert m["video_acc"] == 1.0                        # the class counts on every video
+    assert m["box_videos"] == 2                         # the boxed fight and the negative
+    assert m["det_acc"] == 1.0 and m["miou"] == pytest.approx(1.0)
+    assert m["ap50"]["fight"] == pytest.approx(1.0)
+    assert math.isnan(m["ap50"]["collapse"])            # its only video has no box
+    assert m["box_metrics"] == "over 2 of 3 videos (1 positives without boxes left out)"
+    collapse = m["per_video"][1]
+    assert collapse["correct"] and not collapse["has_box"] and math.isnan(collapse["iou"])
+    assert "over 2 of 3 videos" in M.format_table(m)
+
+
+def test_box_metrics_are_nan_with_a_note_when_no_video_has_boxes():
+    probs, boxes, labels, gt_boxes, _ = _mixed_set()
+    no_boxes = [np.zeros(len(lab), bool) for lab in labels]
+    m = M.compute_metrics(probs, boxes, labels, gt_boxes, NAMES, gt_has_box=no_boxes)
+    assert m["video_acc"] == 1.0 and m["box_videos"] == 0
+    for key in ("det_acc", "miou", "map50", "map"):
+        assert math.isnan(m[key]), key
+    assert m["box_metrics"] == M.NO_BOXES_NOTE
+    text = M.format_table(m)
+    assert "no boxes in this set" in text
+    det_line = next(ln for ln in text.splitlines() if "det-acc" in ln)
+    assert det_line.split()[-1] == "n/a"
+
+
+def test_fully_boxed_data_gives_the_same_metrics_with_or_without_has_box():
+    probs, boxes, labels, gt_boxes, _ = _mixed_set()
+    gt_boxes[1] = np.array([[0.3, 0.3, 0.2, 0.2]])
+    all_boxed = [np.ones(len(lab), bool) for lab in labels]
+    plain = M.compute_metrics(probs, boxes, labels, gt_boxes, NAMES)
+    flagged = M.compute_metrics(probs, boxes, labels, gt_boxes, NAMES, gt_has_box=all_boxed)
+    assert json.dumps(M.to_jsonable(plain)) == json.dumps(M.to_jsonable(flagged))
+    assert "box_metrics" not in plain and plain["box_videos"] == 3
+    assert plain["det_acc"] == pytest.approx(2 / 3)     # the collapse box misses

@@ -172,7 +172,9 @@ def evaluate(model: nn.Module, criterion: Any, loader: Iterable, device: torch.d
     Args:
         model: the detector.
         criterion: the training criterion (its matcher's weights also drive mIoU matching).
-        loader: yields (clips uint8 (B, T, H, W, 3), targets with "labels", "boxes", "stem").
+        loader: yields (clips uint8 (B, T, H, W, 3), targets with "labels", "boxes", "stem",
+            and optionally "has_box" (K,) bool (absent: every action has a box) and "source"
+            (absent: "all")).
         device: where the model lives.
         class_names: the K foreground classes.
         score_threshold: clip-level decision threshold.
@@ -181,9 +183,10 @@ def evaluate(model: nn.Module, criterion: Any, loader: Iterable, device: torch.d
         progress: show a tqdm bar.
     Returns:
         (metrics, predictions): `train.metrics.compute_metrics`'s dict plus the mean loss terms
-        (`loss_ce`, ..., `loss`) and `seconds`; and per video {"stem", "probs" (N, K+1),
-        "boxes" (N, 4) cxcywh, "gt_labels" (G,), "gt_boxes" (G, 4)} numpy arrays merged with its
-        `per_video` entry (pred, score, true, iou, correct, box).
+        (`loss_ce`, ..., `loss`) and `seconds`; and per video {"stem", "source", "probs"
+        (N, K+1), "boxes" (N, 4) cxcywh, "gt_labels" (G,), "gt_boxes" (G, 4), "gt_has_box" (G,)}
+        merged with its `per_video` entry (pred, score, true, iou, correct, box, has_box). Box
+        metrics cover only the videos with boxes (see `train.metrics.compute_metrics`).
     """
     from tqdm import tqdm
 
@@ -208,16 +211,14 @@ def evaluate(model: nn.Module, criterion: Any, loader: Iterable, device: torch.d
         probs = outputs["pred_logits"].softmax(-1).cpu().numpy()
         boxes = outputs["pred_boxes"].cpu().numpy()
         for i, t in enumerate(targets):
-            preds.append({"stem": t.get("stem", str(len(preds))), "probs": probs[i],
-                          "boxes": boxes[i],
-                          "gt_labels": t["labels"].cpu().numpy().astype(np.int64),
-                          "gt_boxes": t["boxes"].cpu().numpy().astype(np.float64)})
+            preds.append(_prediction(t, probs[i], boxes[i], len(preds)))
     matcher = getattr(criterion, "matcher", None)
     weights = (float(getattr(matcher, "cost_class", 2.0)), float(getattr(matcher, "cost_bbox", 5.0)),
                float(getattr(matcher, "cost_giou", 2.0)))
     metrics = M.compute_metrics([p["probs"] for p in preds], [p["boxes"] for p in preds],
                                 [p["gt_labels"] for p in preds], [p["gt_boxes"] for p in preds],
-                                class_names, score_threshold, iou_threshold, weights)
+                                class_names, score_threshold, iou_threshold, weights,
+                                gt_has_box=[p["gt_has_box"] for p in preds])
     for p, v in zip(preds, metrics["per_video"]):
         p.update(v)
         v["stem"] = p["stem"]
@@ -225,3 +226,16 @@ def evaluate(model: nn.Module, criterion: Any, loader: Iterable, device: torch.d
         metrics[k] = v / n_videos if n_videos else math.nan
     metrics["seconds"] = time.monotonic() - start
     return metrics, preds
+
+
+def _prediction(target: dict[str, Any], probs: np.ndarray, boxes: np.ndarray,
+                index: int) -> dict[str, Any]:
+    """One video's record for `evaluate`: its model output and its truth as numpy arrays."""
+    labels = target["labels"].cpu().numpy().astype(np.int64)
+    has_box = target.get("has_box")
+    has_box = (np.ones(len(labels), dtype=bool) if has_box is None
+               else np.asarray(has_box.cpu() if torch.is_tensor(has_box) else has_box, dtype=bool))
+    return {"stem": target.get("stem", str(index)), "source": target.get("source") or "all",
+            "probs": probs, "boxes": boxes, "gt_labels": labels,
+            "gt_boxes": target["boxes"].cpu().numpy().astype(np.float64),
+            "gt_has_box": has_box.reshape(-1)}

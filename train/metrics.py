@@ -17,6 +17,12 @@ definitions can be checked against hand-computed cases without a model:
   boxes, precision interpolated at 101 recall points as pycocotools does.
 
 Boxes are normalised cxcywh throughout, as the model outputs them.
+
+Real footage often has only a video-level class. Box metrics (det-acc, mIoU, AP) are then taken
+over the videos where they are defined: negatives, and positives whose every action has a box
+(`box_metric_videos`); a positive without boxes counts for video accuracy and the per-class
+table only. When no positive in the set has a box, the box metrics are NaN and
+`metrics["box_metrics"]` says why.
 """
 from __future__ import annotations
 
@@ -274,12 +280,65 @@ def ap_per_threshold(probs: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
     return out
 
 
+# --------------------------------------------------------------------------- box coverage
+NO_BOXES_NOTE = "no boxes in this set"
+
+
+def video_has_boxes(gt_labels: np.ndarray, has_box: Any) -> bool:
+    """Whether a video's box metrics are defined: it has no action, or every action has a box.
+
+    Args:
+        gt_labels: (G,) true classes.
+        has_box: (G,) bool per action (the dataset's `has_box` target), or one bool for all.
+    Returns:
+        True for a negative; for a positive, True when all G actions have a box (a video with
+        some box-less action is left out whole: its unboxed action would otherwise make a
+        correct detection count as a false positive).
+    """
+    g = np.asarray(gt_labels).reshape(-1).size
+    flags = np.broadcast_to(np.asarray(has_box, dtype=bool).reshape(-1), (g,)) if g else ()
+    return bool(np.all(flags))
+
+
+def box_metric_videos(gt_labels: Sequence[np.ndarray],
+                      gt_has_box: Sequence[Any] | None) -> np.ndarray:
+    """(V,) bool: the videos box metrics are computed over (see `video_has_boxes`).
+
+    `gt_has_box` None means every action has a box (the synthetic and fully boxed datasets).
+    """
+    if gt_has_box is None:
+        return np.ones(len(gt_labels), dtype=bool)
+    if len(gt_has_box) != len(gt_labels):
+        raise ValueError(f"gt_has_box has {len(gt_has_box)} entries for {len(gt_labels)} videos")
+    return np.array([video_has_boxes(gl, hb) for gl, hb in zip(gt_labels, gt_has_box)],
+                    dtype=bool)
+
+
+def box_coverage_note(used: np.ndarray, gt_labels: Sequence[np.ndarray]) -> str | None:
+    """What `format_table` says about the box metrics' videos; None when they cover all.
+
+    Returns:
+        None when every video counts; NO_BOXES_NOTE when no positive video has boxes (then the
+        box metrics are NaN: det-acc over the negatives alone would read as a detection score);
+        otherwise "over U of V videos (N positives without boxes left out)".
+    """
+    used = np.asarray(used, dtype=bool)
+    if used.all():
+        return None
+    positive = np.array([np.asarray(gl).size > 0 for gl in gt_labels], dtype=bool)
+    if not (used & positive).any():
+        return NO_BOXES_NOTE
+    return (f"over {int(used.sum())} of {used.size} videos "
+            f"({int((~used).sum())} positives without boxes left out)")
+
+
 # --------------------------------------------------------------------------- everything
 def compute_metrics(probs: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
                     gt_labels: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarray],
                     class_names: Sequence[str], score_threshold: float = 0.3,
                     iou_threshold: float = 0.5,
-                    match_weights: Sequence[float] = (2.0, 5.0, 2.0)) -> dict[str, Any]:
+                    match_weights: Sequence[float] = (2.0, 5.0, 2.0),
+                    gt_has_box: Sequence[Any] | None = None) -> dict[str, Any]:
     """All the report's validation metrics over a set of videos.
 
     Args:
@@ -291,38 +350,51 @@ def compute_metrics(probs: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
         score_threshold: clip-level decision threshold (reference: 0.3).
         iou_threshold: det-acc IoU threshold (report: 0.5).
         match_weights: matching cost weights for mIoU.
+        gt_has_box: per video (G,) bool (or one bool): which actions have a true box; None =
+            all. Box metrics (det_acc, miou, ap50, ap, map50, map) are computed over the videos
+            of `box_metric_videos` only, and are NaN when no positive among them has a box.
     Returns:
         {"num_videos", "video_acc", "det_acc", "miou", "report" (per-class P/R/F1, averages),
          "confusion_matrix" (list of lists, rows true), "labels" (class names + "none"),
-         "ap50" {class: AP}, "ap" {class: AP@[.5:.95]}, "map50", "map", "per_video" (list of
-         {pred, score, true, iou, correct})}. NaN where a value is undefined.
+         "ap50" {class: AP}, "ap" {class: AP@[.5:.95]}, "map50", "map", "box_videos" (how many
+         videos the box metrics cover), "per_video" (list of {pred, score, true, iou, correct,
+         box, has_box})}, plus "box_metrics" (a note, see `box_coverage_note`) when the box
+         metrics do not cover every video. NaN where a value is undefined. A per-video
+         `correct` is det-acc's where the video has boxes, else whether the class is right;
+         its `iou` is NaN without boxes.
+    Raises:
+        ValueError: gt_has_box's length differs from the number of videos.
     """
     k = len(class_names)
     names = list(class_names) + [NONE_NAME]
+    used = box_metric_videos(gt_labels, gt_has_box)
+    note = box_coverage_note(used, gt_labels)
+    if note == NO_BOXES_NOTE:
+        used = np.zeros_like(used)
     true_ids, pred_ids, correct, matched, per_video = [], [], [], [], []
-    for p, b, gl, gb in zip(probs, boxes, gt_labels, gt_boxes):
+    for p, b, gl, gb, boxed in zip(probs, boxes, gt_labels, gt_boxes, used):
         label, score, box = clip_decision(p, b, score_threshold)
-        ok, iou = detection_correct(label, box, gl, gb, k, iou_threshold)
         want = true_class(gl, k)
+        if boxed:
+            ok, iou = detection_correct(label, box, gl, gb, k, iou_threshold)
+            correct.append(ok)
+            matched.append(matched_ious(p, b, gl, gb, match_weights))
+        else:
+            ok, iou = label == want, math.nan
         true_ids.append(want)
         pred_ids.append(label)
-        correct.append(ok)
-        matched.append(matched_ious(p, b, gl, gb, match_weights))
         per_video.append({"pred": names[label], "score": score, "true": names[want],
                           "iou": iou, "correct": bool(ok),
-                          "box": None if box is None else [float(x) for x in box]})
+                          "box": None if box is None else [float(x) for x in box],
+                          "has_box": bool(boxed)})
     n = len(true_ids)
     cm = confusion_matrix(true_ids, pred_ids, k + 1)
     all_matched = np.concatenate(matched) if matched else np.zeros(0)
-    ap50, ap = {}, {}
-    for c, name in enumerate(class_names):
-        per_t = ap_per_threshold(probs, boxes, gt_labels, gt_boxes, c, COCO_IOUS)
-        ap50[name] = float(per_t[0])
-        ap[name] = float(per_t.mean())
-    return {
+    ap50, ap = _ap_tables(probs, boxes, gt_labels, gt_boxes, class_names, used)
+    out = {
         "num_videos": n,
         "video_acc": float(np.mean(np.asarray(true_ids) == np.asarray(pred_ids))) if n else math.nan,
-        "det_acc": float(np.mean(correct)) if n else math.nan,
+        "det_acc": float(np.mean(correct)) if correct else math.nan,
         "miou": float(all_matched.mean()) if all_matched.size else math.nan,
         "report": classification_report(cm, names),
         "confusion_matrix": cm.tolist(),
@@ -332,9 +404,30 @@ def compute_metrics(probs: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
         "map50": _nanmean(list(ap50.values())),
         "map": _nanmean(list(ap.values())),
         "per_video": per_video,
+        "box_videos": int(used.sum()),
         "settings": {"score_threshold": float(score_threshold),
                      "iou_threshold": float(iou_threshold)},
     }
+    if note is not None:
+        out["box_metrics"] = note
+    return out
+
+
+def _ap_tables(probs: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
+               gt_labels: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarray],
+               class_names: Sequence[str], used: np.ndarray
+               ) -> tuple[dict[str, float], dict[str, float]]:
+    """({class: AP@0.5}, {class: AP@[.5:.95]}) over the videos flagged in `used` (all NaN when
+    none is)."""
+    keep = np.flatnonzero(used)
+    sub = [[seq[i] for i in keep] for seq in (probs, boxes, gt_labels, gt_boxes)]
+    ap50, ap = {}, {}
+    for c, name in enumerate(class_names):
+        per_t = (ap_per_threshold(*sub, c, COCO_IOUS) if keep.size
+                 else np.full(len(COCO_IOUS), math.nan))
+        ap50[name] = float(per_t[0])
+        ap[name] = float(per_t.mean())
+    return ap50, ap
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -407,6 +500,8 @@ def format_table(metrics: dict[str, Any], losses: dict[str, float] | None = None
         head.append((name, num(value, 4)))
     width = max(len(k) for k, _ in head)
     lines += [f"  {k:<{width}}  {v:>8}" for k, v in head]
+    if metrics.get("box_metrics"):
+        lines.append(f"  (det-acc, mIoU and AP: {metrics['box_metrics']})")
 
     report = metrics.get("report", {})
     if report:
