@@ -76,8 +76,10 @@ def test_train_then_eval_writes_checkpoints_metrics_and_pngs(tmp_path, capsys):
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["num_videos"] == 12
     for key in ("video_acc", "det_acc", "miou", "report", "confusion_matrix", "ap50", "map",
-                "loss_ce"):
+                "loss_ce", "per_source"):
         assert key in metrics
+    assert metrics["per_source"]["overall"]["videos"] == 12
+    assert "per source at threshold" in out and "ROC AUC" in out
     for png in ("confusion.png", "curves.png", "worst.png"):
         assert (run / "eval" / png).stat().st_size > 1000
     assert len((run / "eval" / "predictions.jsonl").read_text().splitlines()) == 12
@@ -107,3 +109,26 @@ def test_import_reference_writes_a_checkpoint_of_the_reference_model(tmp_path, c
     model, cfg, meta = load_checkpoint(out)
     assert cfg.pos_table_len == 10000 and meta["source"] == str(src)
     assert torch.equal(model.state_dict()["queries.weight"], sd["queries.weight"])
+
+
+def test_the_worst_sheet_shows_a_video_without_a_true_box_by_its_class(tmp_path):
+    import numpy as np
+
+    from train.cli import _sheet_item, _worst_first
+    from train.plots import plot_contact_sheet
+
+    boxless = {"stem": "fall_3", "true": "collapse", "pred": "collapse", "score": 0.8,
+               "iou": float("nan"), "correct": True, "has_box": False,
+               "box": [0.5, 0.5, 0.2, 0.4], "gt_boxes": np.zeros((1, 4))}
+    missed = dict(boxless, stem="fall_4", pred="none", score=0.6, correct=False, box=None)
+    placed = dict(boxless, stem="fight_1", true="fight", pred="fight", iou=0.4, has_box=True,
+                  gt_boxes=np.array([[0.5, 0.5, 0.2, 0.2]]))
+    # Wrong first, then right ones by IoU, then right ones with nothing to place.
+    assert [p["stem"] for p in sorted([boxless, placed, missed], key=_worst_first)] == [
+        "fall_4", "fight_1", "fall_3"]
+    item = _sheet_item(boxless, np.zeros((2, 16, 16, 3), np.uint8))
+    assert item["true_box"] is None and item["pred_box"] is not None
+    assert item["title"] == "fall_3: true collapse, pred collapse (0.80), no true box"
+    png = plot_contact_sheet([item, _sheet_item(placed, np.zeros((2, 16, 16, 3), np.uint8))],
+                             tmp_path / "worst.png")
+    assert png.stat().st_size > 1000

@@ -42,9 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval", formatter_class=fmt, help="evaluate a checkpoint on a dataset",
         description="Print the report's metrics (video accuracy, det-acc@0.5, mIoU, losses, "
-                    "per-class precision/recall/F1, confusion matrix, AP@0.5, AP@[.5:.95]) and, "
-                    "with --out, write metrics.json, predictions.jsonl and PNGs (confusion "
-                    "matrix, training curves, worst predictions).")
+                    "per-class precision/recall/F1, confusion matrix, AP@0.5, AP@[.5:.95]; box "
+                    "metrics only over videos with boxes), then a per-source table (accuracy, "
+                    "recall, precision, ROC AUC, false alarms on none videos) and, with --out, "
+                    "write metrics.json, predictions.jsonl and PNGs (confusion matrix, training "
+                    "curves, worst predictions).")
     p.add_argument("--checkpoint", type=Path, required=True, help="a .pt checkpoint")
     p.add_argument("--data", type=Path, required=True, help="dataset folder")
     p.add_argument("--split", choices=("val", "train", "all"), default="val",
@@ -181,6 +183,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .config import DataConfig, RunConfig
     from .dataset import ClipDataset, collate, scan_dataset, split_records
     from .metrics import format_table, to_jsonable
+    from .report import format_source_table, report_from_predictions
 
     device = engine.resolve_device(args.device)
     model, mcfg, meta = load_checkpoint(args.checkpoint, device=device)
@@ -209,6 +212,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
               if k in metrics}
     print(format_table(metrics, losses, title=f"{args.checkpoint} on {args.data} "
                                               f"({args.split} split, {len(records)} videos)"))
+    metrics["per_source"] = report_from_predictions(preds, mcfg.class_names)
+    print("\n" + format_source_table(metrics["per_source"], mcfg.class_names, threshold))
     if args.out is not None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -219,7 +224,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
             for p in preds:
                 f.write(json.dumps(to_jsonable({k: p[k] for k in (
-                    "stem", "true", "pred", "score", "iou", "correct", "box")})) + "\n")
+                    "stem", "source", "true", "pred", "score", "iou", "correct", "box",
+                    "has_box")})) + "\n")
         _eval_plots(metrics, preds, records, args, out)
         print(f"\nwrote {out / 'metrics.json'}, {out / 'predictions.jsonl'} and PNGs in {out}")
     return 0
@@ -227,9 +233,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_plots(metrics: dict[str, Any], preds: list[dict[str, Any]], records: list,
                 args: argparse.Namespace, out: Path) -> None:
-    import numpy as np
-
-    from .metrics import cxcywh_to_xyxy
     from .plots import plot_confusion_matrix, plot_contact_sheet, plot_training_curves
     from .video_io import read_frames, sample_indices
 
@@ -237,12 +240,9 @@ def _eval_plots(metrics: dict[str, Any], preds: list[dict[str, Any]], records: l
     history = Path(args.checkpoint).parent / "metrics.jsonl"
     if history.is_file():
         plot_training_curves(history, out / "curves.png")
-    # Worst first: wrong ones by confidence, then right class but poorly placed by IoU.
-    ranked = sorted(preds, key=lambda p: (p["correct"],
-                                          -(p["score"] or 0.0) if not p["correct"] else p["iou"]))
     by_stem = {r.stem: r for r in records}
     items = []
-    for p in ranked[:max(args.worst, 0)]:
+    for p in sorted(preds, key=_worst_first)[:max(args.worst, 0)]:
         rec = by_stem[p["stem"]]
         scale = 160.0 / max(rec.height, 1)
         size = (160, max(int(round(rec.width * scale)), 8))
@@ -251,16 +251,33 @@ def _eval_plots(metrics: dict[str, Any], preds: list[dict[str, Any]], records: l
         except Exception as exc:  # a video that went away since evaluation: skip, do not fail
             log.warning("contact sheet: %s: %s", rec.video, exc)
             continue
-        true_box = (cxcywh_to_xyxy(p["gt_boxes"][0]).tolist() if len(p["gt_boxes"]) else None)
-        pred_box = (cxcywh_to_xyxy(np.asarray(p["box"])).tolist() if p["box"] is not None
-                    else None)
-        title = (f"{p['stem']}: true {p['true']}, pred {p['pred']} ({p['score']:.2f})"
-                 + (f", IoU {p['iou']:.2f}" if p["pred"] == p["true"] and p["true"] != "none"
-                    else ""))
-        items.append({"frames": frames, "pred_box": pred_box, "true_box": true_box,
-                      "title": title})
+        items.append(_sheet_item(p, frames))
     plot_contact_sheet(items, out / "worst.png",
                        title="Worst predictions (red: predicted, green: true)")
+
+
+def _worst_first(p: dict[str, Any]) -> tuple:
+    """Sort key of the contact sheet: wrong videos by descending confidence, then right ones
+    with boxes by ascending IoU, then right ones without boxes (nothing to look at there)."""
+    if not p["correct"]:
+        return (0, -(p["score"] or 0.0))
+    return (1, p["iou"]) if p.get("has_box", True) else (2, 0.0)
+
+
+def _sheet_item(p: dict[str, Any], frames: Any) -> dict[str, Any]:
+    """One contact-sheet row of an evaluated video: its predicted box, its true box when it has
+    one (a box-less positive gets none; its title still names the true class)."""
+    import numpy as np
+
+    from .metrics import cxcywh_to_xyxy
+
+    boxed = p.get("has_box", True) and len(p["gt_boxes"])
+    true_box = cxcywh_to_xyxy(p["gt_boxes"][0]).tolist() if boxed else None
+    pred_box = cxcywh_to_xyxy(np.asarray(p["box"])).tolist() if p["box"] is not None else None
+    title = f"{p['stem']}: true {p['true']}, pred {p['pred']} ({p['score']:.2f})"
+    if p["pred"] == p["true"] and p["true"] != "none":
+        title += f", IoU {p['iou']:.2f}" if boxed else ", no true box"
+    return {"frames": frames, "pred_box": pred_box, "true_box": true_box, "title": title}
 
 
 # --------------------------------------------------------------------------- cv
