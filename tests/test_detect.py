@@ -109,3 +109,75 @@ def test_an_unreadable_video_gets_an_error_row_and_exit_status_1(setup, tmp_path
     assert code == 1
     rows = {Path(r["video"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     assert "broken.mp4" in rows["broken.mp4"]["error"] and "class" in rows["a.mp4"]
+
+
+# --------------------------------------------------------------------------- known labels
+FALL = D.VideoTruth(Path("fall.mp4"), "collapse", (D.Segment("collapse", 1.2, 2.6),))
+
+
+def test_a_window_is_its_segments_class_when_its_centre_is_inside_none_when_outside():
+    # Windows of 1 s every 0.5 s against a fall from 1.2 s to 2.6 s.
+    spans = [(0.0, 1.0), (0.5, 1.5), (1.0, 2.0), (1.5, 2.5), (2.0, 3.0), (2.5, 3.5), (3.0, 4.0)]
+    assert [D.window_truth(a, b, FALL) for a, b in spans] == [
+        "none",        # ends before the fall starts
+        "ambiguous",   # overlaps it, centre 1.0 before it
+        "collapse", "collapse", "collapse",   # centres 1.5, 2.0, 2.5
+        "ambiguous",   # centre 3.0 after it, overlaps 2.5-2.6
+        "none"]
+
+
+def test_a_segment_of_unknown_times_covers_the_clip_and_a_none_video_is_none_throughout():
+    whole = D.VideoTruth(Path("f.mp4"), "fight", (D.Segment("fight"),))
+    nothing = D.VideoTruth(Path("n.mp4"), "none")
+    assert D.window_truth(7.0, 8.0, whole) == "fight"
+    assert D.window_truth(0.0, 1.0, nothing) == "none"
+
+
+def test_a_clip_row_takes_the_video_class_and_an_ambiguous_window_is_neither_right_nor_wrong():
+    clip = D.label_row({"video": "fall.mp4", "class": "collapse"}, FALL)
+    assert (clip["true"], clip["correct"]) == ("collapse", True)
+    win = D.label_row({"video": "fall.mp4", "class": "none", "start_s": 0.5, "end_s": 1.5}, FALL)
+    assert (win["true"], win["correct"]) == ("ambiguous", None)
+
+
+def test_the_video_summary_counts_windows_and_the_latency_from_the_fall_start():
+    # Predicted: a false alarm before the fall, a miss, then collapse from 1.5 s to 3.5 s.
+    predicted = ["fight", "none", "none", "collapse", "collapse", "collapse", "none"]
+    spans = [(0.0, 1.0), (0.5, 1.5), (1.0, 2.0), (1.5, 2.5), (2.0, 3.0), (2.5, 3.5), (3.0, 4.0)]
+    rows = [D.label_row({"video": "fall.mp4", "class": c, "start_s": a, "end_s": b}, FALL)
+            for c, (a, b) in zip(predicted, spans)]
+    s = D.summarise_video(rows, FALL)
+    # Scored windows (true / predicted): none/fight, collapse/none, collapse/collapse x2,
+    # none/none; two ambiguous ones left out.
+    assert {k: s[k] for k in ("windows", "positive", "ambiguous", "tp", "fp", "fn")} == {
+        "windows": 7, "positive": 3, "ambiguous": 2, "tp": 2, "fp": 1, "fn": 1}
+    # The first collapse window ends at 2.5 s, the fall starts at 1.2 s.
+    assert s["latency_s"] == 1.3
+    never = D.summarise_video([dict(r, **{"class": "none"}) for r in rows], FALL)
+    assert never["latency_s"] is None and never["fn"] == 3
+    total = D.total_summary([s, never])
+    assert (total["detected_videos"], total["action_videos"], total["median_latency_s"]) == (
+        1, 2, 1.3)
+    text = D.format_summary([s, never])
+    assert "1.30" in text and "action videos detected: 1/2" in text
+
+
+def test_videos_are_matched_to_labels_by_file_then_by_unique_stem(tmp_path):
+    a, b = tmp_path / "a.mp4", tmp_path / "sub" / "b.mp4"
+    truths = [D.VideoTruth(a, "fight"), D.VideoTruth(Path("/elsewhere/b.mp4"), "none")]
+    got = D.match_truths([a, b, tmp_path / "c.mp4"], truths)
+    assert got == {str(a): truths[0], str(b): truths[1]}
+
+
+def test_truth_from_a_record_names_classes_and_reads_segments():
+    from types import SimpleNamespace
+
+    rec = SimpleNamespace(video=Path("v.mp4"),
+                          annotations=np.array([[1, np.nan, np.nan, np.nan, np.nan]], np.float32),
+                          segments=np.array([[3.4, 11.0]], np.float32))
+    t = D.truth_from_record(rec, ("fight", "collapse"))
+    assert t.label == "collapse" and t.segments[0].label == "collapse"
+    assert t.segments[0].span == pytest.approx((3.4, 11.0))
+    none = SimpleNamespace(video=Path("n.mp4"), annotations=np.zeros((0, 5), np.float32),
+                           segments=np.zeros((0, 2), np.float32))
+    assert D.truth_from_record(none, ("fight", "collapse")).label == "none"

@@ -87,6 +87,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="sliding windows every STRIDE seconds instead of one clip per video")
     p.add_argument("--window-seconds", type=float, default=None,
                    help="window length (default: the checkpoint's clip_seconds)")
+    p.add_argument("--labels", type=Path, default=None, metavar="DATA",
+                   help="known labels (a dataset folder or its labels.csv): every row gets "
+                        "'true' and 'correct', and a per-video table of true/false positive "
+                        "windows and detection latency goes to stderr. A window is the class "
+                        "of the segment holding its centre, none when it overlaps no segment, "
+                        "else ambiguous (not counted)")
+    p.add_argument("--summary", type=Path, default=None, metavar="FILE",
+                   help="with --labels, also write the per-video table and totals as JSON here")
     p.add_argument("--render", type=Path, default=None, metavar="DIR",
                    help="write each video with its boxes and labels drawn into DIR")
     p.add_argument("--batch", type=int, default=8, help="clips per forward pass")
@@ -296,8 +304,16 @@ def cmd_cv(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     import csv
 
-    from .detect import detect, render_video
+    from .detect import (checkpoint_class_names, detect, find_videos, label_row, match_truths,
+                         read_truths, render_video)
 
+    if args.summary is not None and args.labels is None:
+        print("--summary needs --labels", file=sys.stderr)
+        return 2
+    truths = {}
+    if args.labels is not None:
+        truths = match_truths(find_videos(args.paths),
+                              read_truths(args.labels, checkpoint_class_names(args.checkpoint)))
     rows_by_video: dict[str, list[dict[str, Any]]] = {}
     failed = 0
     json_out = open(args.out, "w", encoding="utf-8") if args.out else None
@@ -307,7 +323,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         csv_file = sys.stdout if str(args.csv) == "-" else open(args.csv, "w", newline="",
                                                                  encoding="utf-8")
         fields = ["video"] + (["start_s", "end_s"] if args.windows else []) + \
-            ["class", "score", "x1", "y1", "x2", "y2", "width", "height", "error"]
+            ["class", "score", "x1", "y1", "x2", "y2", "width", "height"] + \
+            (["true", "correct"] if truths else []) + ["error"]
         writer = csv.DictWriter(csv_file, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
     try:
@@ -317,6 +334,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
                           precision=args.precision):
             if "error" in row:
                 failed += 1
+            elif row["video"] in truths:
+                label_row(row, truths[row["video"]])
             rows_by_video.setdefault(row["video"], []).append(row)
             if writer is not None:
                 flat = dict(row)
@@ -342,9 +361,25 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 continue
             out = render_video(video, rows, Path(args.render) / (Path(video).stem + ".mp4"))
             log.info("rendered %s", out)
+    if truths:
+        _detect_summary(rows_by_video, truths, args.summary)
     if failed:
         log.error("%d video(s) could not be read", failed)
     return 1 if failed else 0
+
+
+def _detect_summary(rows_by_video: dict[str, list[dict[str, Any]]], truths: dict,
+                    path: Path | None) -> None:
+    """Print the per-video window table of labelled videos on stderr; write it as JSON to
+    `path` when given."""
+    from .detect import format_summary, summarise_video, total_summary
+
+    summaries = [summarise_video(rows, truths[video]) for video, rows in rows_by_video.items()
+                 if video in truths]
+    print(format_summary(summaries), file=sys.stderr)
+    if path is not None:
+        body = {"videos": summaries, "total": total_summary(summaries)}
+        Path(path).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- synth

@@ -7,6 +7,15 @@ checkpoint's `clip_seconds`, one every STRIDE seconds, and every window gets a r
 span. Each video is read once, front to back, without seeking (windows are assembled from the
 frames as they stream past); decoding runs in DataLoader worker processes, so it overlaps the
 model's work on the previous batch.
+
+Known labels (`--labels`, read with `train.dataset.scan_dataset`): each row gets `true` and
+`correct`. A clip row's true class is the video's. A window's follows the overlap rule of
+`window_truth`: the class of a segment that holds the window's centre; "none" when the window
+lies entirely outside every segment; otherwise "ambiguous" (partly inside, centre outside),
+excluded from every count. A segment with unknown times (NaN) covers the whole clip.
+`summarise_video` counts true-positive, false-positive and false-negative windows per video and
+the latency: seconds from the segment's start to the end of the first window predicted as its
+class that ends after that start.
 """
 from __future__ import annotations
 
@@ -302,3 +311,242 @@ def render_video(src: str | Path, rows: Sequence[dict[str, Any]], out: str | Pat
         cap.release()
         writer.release()
     return out
+
+
+# --------------------------------------------------------------------------- known labels
+NONE = "none"
+AMBIGUOUS = "ambiguous"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One labelled action: its class name and the seconds it spans (NaN = clip start / end)."""
+    label: str
+    start_s: float = math.nan
+    end_s: float = math.nan
+
+    @property
+    def span(self) -> tuple[float, float]:
+        """(start, end) seconds with the unknowns made the clip's: 0 and infinity."""
+        return (0.0 if math.isnan(self.start_s) else self.start_s,
+                math.inf if math.isnan(self.end_s) else self.end_s)
+
+
+@dataclass(frozen=True)
+class VideoTruth:
+    """What a video is known to show.
+
+    Attributes:
+        video: its file.
+        label: the video-level class: the first action's class name, or "none".
+        segments: the actions, in label-file order (empty for a "none" video).
+    """
+    video: Path
+    label: str
+    segments: tuple[Segment, ...] = ()
+
+
+def truth_from_record(record: Any, class_names: Sequence[str]) -> VideoTruth:
+    """A `VideoTruth` from a `train.dataset.VideoRecord`.
+
+    Args:
+        record: with `video`, `annotations` (K, 5) rows `[class, x1, y1, x2, y2]` and optionally
+            `segments` (K, 2) seconds (NaN = the whole clip; absent = every action unknown).
+        class_names: the checkpoint's class names, index = class id.
+    Raises:
+        DataError: a class id outside the checkpoint's classes.
+    """
+    ann = np.asarray(record.annotations, dtype=np.float64).reshape(-1, 5)
+    segs = getattr(record, "segments", None)
+    segs = (np.full((len(ann), 2), np.nan) if segs is None
+            else np.asarray(segs, dtype=np.float64).reshape(-1, 2))
+    out = []
+    for row, (start, end) in zip(ann, segs):
+        cls = int(row[0])
+        if not 0 <= cls < len(class_names):
+            raise DataError(f"{record.video}: class id {cls} is not one of the checkpoint's "
+                            f"{len(class_names)} classes ({', '.join(class_names)})")
+        out.append(Segment(class_names[cls], float(start), float(end)))
+    return VideoTruth(Path(record.video), out[0].label if out else NONE, tuple(out))
+
+
+def read_truths(labels: str | Path, class_names: Sequence[str]) -> list[VideoTruth]:
+    """The known labels of a dataset folder (any layout `scan_dataset` reads) or its labels.csv.
+
+    Raises:
+        VigilError: `labels` is a file other than a `labels.csv`.
+        DataError: from `scan_dataset` (a missing video, a bad label).
+    """
+    from .dataset import scan_dataset
+
+    path = Path(labels)
+    if path.is_file():
+        if path.name != "labels.csv":
+            raise VigilError(f"--labels {path}: give a dataset folder or its labels.csv")
+        path = path.parent
+    records = scan_dataset(path, num_classes=len(class_names), require_positives=False,
+                           class_names=tuple(class_names))
+    return [truth_from_record(r, class_names) for r in records]
+
+
+def match_truths(files: Sequence[Path], truths: Sequence[VideoTruth]) -> dict[str, VideoTruth]:
+    """Pair each video file with its labels: by the same file, else by a stem only one labelled
+    video has.
+
+    Returns:
+        {str(file): truth} for the files that have labels (the others are logged).
+    """
+    by_path = {t.video.resolve(): t for t in truths}
+    stems: dict[str, list[VideoTruth]] = {}
+    for t in truths:
+        stems.setdefault(t.video.stem, []).append(t)
+    out = {}
+    for f in files:
+        t = by_path.get(Path(f).resolve())
+        if t is None and len(stems.get(Path(f).stem, ())) == 1:
+            t = stems[Path(f).stem][0]
+        if t is not None:
+            out[str(f)] = t
+    missing = len(files) - len(out)
+    if missing:
+        log.warning("%d of %d video(s) have no labels: no true class for their rows",
+                    missing, len(files))
+    return out
+
+
+def window_truth(start_s: float, end_s: float, truth: VideoTruth) -> str:
+    """The true class of the window [start_s, end_s] of a labelled video.
+
+    The rule: the class of the first segment whose [start, end] holds the window's centre;
+    "none" when the window does not overlap any segment (touching an end does not count);
+    "ambiguous" when it overlaps one but its centre lies outside (part action, part not:
+    neither a detection nor a miss should be held against the model there).
+
+    Returns:
+        A class name, "none" or "ambiguous".
+    """
+    centre = (start_s + end_s) / 2.0
+    overlaps = False
+    for seg in truth.segments:
+        s, e = seg.span
+        if s <= centre <= e:
+            return seg.label
+        overlaps = overlaps or (start_s < e and end_s > s)
+    return AMBIGUOUS if overlaps else NONE
+
+
+def label_row(row: dict[str, Any], truth: VideoTruth) -> dict[str, Any]:
+    """Add "true" and "correct" to a `detect` row (in place; returned for convenience).
+
+    A window row (with start_s/end_s) gets `window_truth`'s class, a clip row the video's;
+    "correct" is whether the predicted class equals it, None for an ambiguous window.
+    """
+    if "start_s" in row:
+        true = window_truth(row["start_s"], row["end_s"], truth)
+    else:
+        true = truth.label
+    row["true"] = true
+    row["correct"] = None if true == AMBIGUOUS else row["class"] == true
+    return row
+
+
+def first_segment(truth: VideoTruth) -> Segment | None:
+    """The earliest action of a video (unknown start = 0), None for a "none" video."""
+    return min(truth.segments, key=lambda s: s.span[0], default=None)
+
+
+def detection_latency(rows: Sequence[dict[str, Any]], segment: Segment) -> float | None:
+    """Seconds from the segment's start to the end of the first window predicted as its class
+    that ends after that start (a window that ends before the action starts is a false alarm,
+    not an early detection).
+
+    Args:
+        rows: one video's window rows (with start_s, end_s, class).
+        segment: the action.
+    Returns:
+        Seconds >= 0 (rounded to ms), or None when no such window exists.
+    """
+    start = segment.span[0]
+    hits = [r["end_s"] for r in rows if "end_s" in r and r.get("class") == segment.label
+            and r["end_s"] > start]
+    return round(min(hits) - start, 3) if hits else None
+
+
+def summarise_video(rows: Sequence[dict[str, Any]], truth: VideoTruth) -> dict[str, Any]:
+    """Window counts and latency of one labelled video.
+
+    Args:
+        rows: its rows from `detect`, labelled by `label_row` (error rows are ignored).
+        truth: its labels.
+    Returns:
+        {"video", "true" (video-level class), "windows", "positive" (windows whose true class is
+         an action), "ambiguous", "tp" (windows predicted as their true action), "fp" (windows
+         predicted as an action they do not show: on none windows, or the wrong class), "fn"
+         (action windows not predicted as their class), "latency_s" (of the earliest action,
+         `detection_latency`; None for a none video or when never detected)}.
+    """
+    rows = [r for r in rows if "error" not in r]
+    scored = [r for r in rows if r["true"] != AMBIGUOUS]
+    seg = first_segment(truth)
+    return {
+        "video": str(truth.video),
+        "true": truth.label,
+        "windows": len(rows),
+        "positive": sum(r["true"] != NONE for r in scored),
+        "ambiguous": len(rows) - len(scored),
+        "tp": sum(r["true"] != NONE and r["class"] == r["true"] for r in scored),
+        "fp": sum(r["class"] != NONE and r["class"] != r["true"] for r in scored),
+        "fn": sum(r["true"] != NONE and r["class"] != r["true"] for r in scored),
+        "latency_s": detection_latency(rows, seg) if seg is not None else None,
+    }
+
+
+def total_summary(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The sums over videos, how many action videos were detected, their median latency, and
+    how many none videos had any false-positive window."""
+    positives = [s for s in summaries if s["true"] != NONE]
+    latencies = [s["latency_s"] for s in positives if s["latency_s"] is not None]
+    nones = [s for s in summaries if s["true"] == NONE]
+    return {
+        "videos": len(summaries),
+        **{k: sum(s[k] for s in summaries) for k in ("windows", "positive", "ambiguous", "tp",
+                                                      "fp", "fn")},
+        "action_videos": len(positives),
+        "detected_videos": len(latencies),
+        "median_latency_s": round(float(np.median(latencies)), 3) if latencies else None,
+        "none_videos": len(nones),
+        "none_videos_with_alarm": sum(s["fp"] > 0 for s in nones),
+    }
+
+
+def format_summary(summaries: Sequence[dict[str, Any]]) -> str:
+    """Per-video and total window counts as an aligned text table.
+
+    Returns:
+        Multi-line text without a trailing newline.
+    """
+    head = ("video", "true", "windows", "ambiguous", "TP", "FP", "FN", "latency s")
+    rows = [head]
+    for s in summaries:
+        lat = "n/a" if s["latency_s"] is None else f"{s['latency_s']:.2f}"
+        rows.append((Path(s["video"]).name, s["true"], str(s["windows"]), str(s["ambiguous"]),
+                     str(s["tp"]), str(s["fp"]), str(s["fn"]), lat))
+    t = total_summary(summaries)
+    med = "n/a" if t["median_latency_s"] is None else f"{t['median_latency_s']:.2f} (median)"
+    rows.append(("total", "", str(t["windows"]), str(t["ambiguous"]), str(t["tp"]),
+                 str(t["fp"]), str(t["fn"]), med))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                              for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.append(f"  action videos detected: {t['detected_videos']}/{t['action_videos']}; "
+                 f"none videos with a false alarm: {t['none_videos_with_alarm']}/"
+                 f"{t['none_videos']}")
+    return "\n".join(lines)
+
+
+def checkpoint_class_names(checkpoint: str | Path) -> tuple[str, ...]:
+    """The class names a checkpoint predicts (loads it on the CPU once more; `detect` loads its
+    own copy on the chosen device)."""
+    from detector.checkpoint import load_checkpoint
+
+    return tuple(load_checkpoint(checkpoint, device="cpu")[1].class_names)
