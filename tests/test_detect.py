@@ -181,3 +181,66 @@ def test_truth_from_a_record_names_classes_and_reads_segments():
     none = SimpleNamespace(video=Path("n.mp4"), annotations=np.zeros((0, 5), np.float32),
                            segments=np.zeros((0, 2), np.float32))
     assert D.truth_from_record(none, ("fight", "collapse")).label == "none"
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """A labels.csv folder of three 4.5 s videos (a fall from 1.2 s to 2.6 s, a whole-clip fight,
+    a walk) and a checkpoint that calls every clip a fight (class bias +8)."""
+    import dataclasses
+
+    import torch
+
+    from detector.checkpoint import save_checkpoint
+    from detector.model import build_model
+    from train.synth import Scene, write_video
+
+    root = tmp_path_factory.mktemp("labelled")
+    (root / "clips").mkdir()
+    for name, kind in (("fall", "collapse"), ("brawl", "fight"), ("walk", "none")):
+        write_video(root / "clips" / f"{name}.mp4", Scene(kind, 3, 64, 48, 10, 45))
+    (root / "labels.csv").write_text("file,label,start_s,end_s,group\n"
+                                     "clips/fall.mp4,collapse,1.2,2.6,fall\n"
+                                     "clips/brawl.mp4,fight,,,brawl\n"
+                                     "clips/walk.mp4,none,,,walk\n")
+    cfg = tiny_config().model
+    cfg = dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, clip_seconds=1.0))
+    model = build_model(cfg)
+    with torch.no_grad():
+        head = model.class_head[-1]
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([8.0, -8.0, 0.0]))
+    return root, save_checkpoint(root / "fight.pt", model, cfg)
+
+
+def test_detect_with_labels_marks_windows_and_summarises_each_video(labelled, tmp_path, capsys):
+    root, ckpt = labelled
+    out, summary = tmp_path / "w.jsonl", tmp_path / "summary.json"
+    code = vigil(["detect", str(root / "clips"), "--checkpoint", str(ckpt), "--windows", "0.5",
+                  "--window-seconds", "1.0", "--labels", str(root / "labels.csv"),
+                  "--out", str(out), "--summary", str(summary), "--workers", "0"])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    fall = [r for r in rows if r["video"].endswith("fall.mp4")]
+    # 1 s windows every 0.5 s: centres 0.5, 1.0, ..., 4.0 against the fall at 1.2-2.6 s.
+    assert [r["true"] for r in fall] == ["none", "ambiguous", "collapse", "collapse", "collapse",
+                                         "ambiguous", "none", "none"]
+    assert [r["correct"] for r in fall] == [False, None, False, False, False, None, False, False]
+    got = {Path(v["video"]).stem: v for v in json.loads(summary.read_text())["videos"]}
+    counts = {stem: (v["windows"], v["tp"], v["fp"], v["fn"], v["latency_s"])
+              for stem, v in got.items()}
+    assert counts == {"fall": (8, 0, 6, 3, None),     # every scored window called a fight
+                      "brawl": (8, 8, 0, 0, 1.0),     # found by the first window, ending at 1 s
+                      "walk": (8, 0, 8, 0, None)}
+    total = json.loads(summary.read_text())["total"]
+    assert (total["tp"], total["fp"], total["fn"], total["detected_videos"],
+            total["none_videos_with_alarm"]) == (8, 14, 3, 1, 1)
+    err = capsys.readouterr().err
+    assert "latency s" in err and "action videos detected: 1/2" in err
+
+
+def test_detect_summary_without_labels_is_refused(labelled, capsys):
+    root, ckpt = labelled
+    assert vigil(["detect", str(root / "clips"), "--checkpoint", str(ckpt),
+                  "--summary", "x.json"]) == 2
+    assert "--summary needs --labels" in capsys.readouterr().err
