@@ -8,6 +8,11 @@ After Hungarian matching:
 - `loss_giou`: `1 - GIoU` of matched boxes, summed, divided by `num_boxes`;
 with `num_boxes` = max(ground-truth boxes in the batch, 1).
 
+Footage labelled by class only (targets with `has_box` False, e.g. a whole clip marked "fight")
+is matched by class cost alone and contributes to `loss_ce` only: its matched query learns the
+class, no L1/GIoU term is computed for it and it is not counted in `num_boxes`. A clip without
+any action is a negative as always: every query's target is no_object.
+
 Auxiliary decoding losses (DETR's `aux_loss`): when the outputs carry "aux_outputs" (one
 {"pred_logits", "pred_boxes"} per intermediate decoder layer), each is matched on its own and its
 terms are returned as `loss_ce_0`, `loss_bbox_0`, ... (layer index suffix), weighted like the
@@ -26,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .box_ops import giou_loss_cxcywh
-from .matcher import HungarianMatcher
+from .matcher import HungarianMatcher, box_mask
 
 
 @dataclass
@@ -87,7 +92,8 @@ class SetCriterion(nn.Module):
         """Args:
             outputs: {"pred_logits": (B, N, K+1), "pred_boxes": (B, N, 4) cxcywh}, optionally
                 "aux_outputs": a list of such dicts, one per intermediate decoder layer.
-            targets: B dicts {"labels": (M_b,) int64, "boxes": (M_b, 4) cxcywh}.
+            targets: B dicts {"labels": (M_b,) int64, "boxes": (M_b, 4) cxcywh, optionally
+                "has_box": (M_b,) bool}.
             indices: a matching of the final outputs already computed by `self.matcher` (else
                 it is computed; auxiliary outputs are always matched on their own).
         Returns:
@@ -117,7 +123,9 @@ class SetCriterion(nn.Module):
                                     for t, (_, tgt) in zip(targets, indices)])
         matched_boxes = torch.cat([t["boxes"][tgt.to(t["boxes"].device)].to(device, torch.float32)
                                    for t, (_, tgt) in zip(targets, indices)])
-        num_boxes = max(sum(int(t["labels"].numel()) for t in targets), 1)
+        matched_has_box = torch.cat([box_mask(t)[tgt.to(t["labels"].device)].to(device)
+                                     for t, (_, tgt) in zip(targets, indices)])
+        num_boxes = max(sum(int(box_mask(t).sum()) for t in targets), 1)
 
         # Every query defaults to no_object; matched ones get their ground truth's class.
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64,
@@ -126,9 +134,14 @@ class SetCriterion(nn.Module):
         loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes,
                                   weight=self.empty_weight.to(device))
 
-        src_boxes = boxes[batch_idx, src_idx]                       # (M, 4)
-        loss_bbox = F.l1_loss(src_boxes, matched_boxes, reduction="sum") / num_boxes
-        loss_giou = giou_loss_cxcywh(src_boxes, matched_boxes, reduction="sum") / num_boxes
+        # Box terms only for targets that have a box; a class-only target adds nothing here.
+        src_boxes = boxes[batch_idx, src_idx][matched_has_box]     # (M_box, 4)
+        matched_boxes = matched_boxes[matched_has_box]
+        if src_boxes.numel():
+            loss_bbox = F.l1_loss(src_boxes, matched_boxes, reduction="sum") / num_boxes
+            loss_giou = giou_loss_cxcywh(src_boxes, matched_boxes, reduction="sum") / num_boxes
+        else:   # zero, but still part of the graph so backward() sees every term
+            loss_bbox = loss_giou = boxes.sum() * 0.0
 
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 

@@ -6,8 +6,9 @@ For each clip the cost of assigning query i to ground-truth box j is
 
 with p the softmax over classes and boxes in normalised cxcywh. The report writes the last term
 as `2 * (1 - GIoU)`; it differs from `-2 * GIoU` by a constant per assignment, so the argmin is
-the same. The one-to-one assignment minimising the total cost is found with
-`scipy.optimize.linear_sum_assignment` per clip (clips have different numbers of targets).
+the same. A target without a box (footage labelled by class only, `has_box` False) has only the
+class term: it is matched by class alone. The one-to-one assignment minimising the total cost is
+found with `scipy.optimize.linear_sum_assignment` per clip (clips have different numbers of targets).
 """
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ from .errors import ConfigError
 # Stands in for NaN/inf costs (a diverged model) so matching still returns an assignment; the
 # loss is then non-finite too and the training loop's finite-loss guard deals with it.
 _INVALID_COST = 1e8
+
+
+def box_mask(target: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(M,) bool: which targets of a clip have a box (`target["has_box"]`, else all)."""
+    if "has_box" in target:
+        return target["has_box"].to(torch.bool)
+    return torch.ones(target["labels"].shape[0], dtype=torch.bool, device=target["labels"].device)
 
 
 class HungarianMatcher:
@@ -47,7 +55,8 @@ class HungarianMatcher:
         Args:
             logits: (N, K+1) class logits of the clip's queries.
             boxes: (N, 4) predicted cxcywh boxes.
-            target: {"labels": (M,) int64, "boxes": (M, 4) cxcywh}.
+            target: {"labels": (M,) int64, "boxes": (M, 4) cxcywh, optionally "has_box"
+                (M,) bool: False for a target without a box, whose cost is the class term only}.
         Returns:
             (N, M) float32 cost matrix on the CPU.
         """
@@ -56,8 +65,11 @@ class HungarianMatcher:
         tgt_boxes = target["boxes"].to(boxes.device, torch.float32)
         pred_boxes = boxes.float()
         cost = -self.cost_class * prob[:, tgt_ids]
-        cost = cost + self.cost_bbox * torch.cdist(pred_boxes, tgt_boxes, p=1)
-        cost = cost - self.cost_giou * pairwise_giou_cxcywh(pred_boxes, tgt_boxes)
+        box_cost = (self.cost_bbox * torch.cdist(pred_boxes, tgt_boxes, p=1)
+                    - self.cost_giou * pairwise_giou_cxcywh(pred_boxes, tgt_boxes))
+        # A target labelled without a box (class-only footage) is matched by class alone.
+        has_box = box_mask(target).to(box_cost.device)
+        cost = cost + torch.where(has_box[None, :], box_cost, torch.zeros_like(box_cost))
         return torch.nan_to_num(cost, nan=_INVALID_COST, posinf=_INVALID_COST,
                                 neginf=-_INVALID_COST).cpu()
 

@@ -110,7 +110,7 @@ def test_folder_layout_records_hold_probe_and_labels(folder_root: Path,
 def test_reference_layout_gives_the_same_records(tmp_path: Path, records, one_based: bool,
                                                  caplog) -> None:
     root = make_reference_dataset(tmp_path / "ref", one_based)
-    with caplog.at_level(logging.INFO, logger="train.dataset"):
+    with caplog.at_level(logging.INFO, logger="train"):
         ref = scan_dataset(root)
     assert _summary(ref) == _summary(records)
     shift_logs = [r for r in caplog.records if "shifting" in r.getMessage()]

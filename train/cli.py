@@ -130,8 +130,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "check", formatter_class=fmt, help="list every problem of a dataset",
         description="Read every video and label file of DATA and print every problem found "
                     "(exit status 1), or a summary when there is none.")
-    q.add_argument("data", type=Path, metavar="DATA", help="dataset folder")
+    q.add_argument("data", type=Path, metavar="DATA", help="dataset folder or CSV manifest")
+    q.add_argument("--config", type=Path, default=None,
+                   help="training YAML whose class names and data.class_folders / "
+                        "data.label_id_base apply (default: fight, collapse)")
     q.add_argument("--classes", type=int, default=2, help="number of foreground classes")
+    q.add_argument("--map", dest="folder_map", action="append", default=[],
+                   metavar="FOLDER=CLASS", help="map a class folder's name to a class or 'none' "
+                                                "(repeatable; adds to data.class_folders)")
+    q.add_argument("--label-id-base", type=int, choices=(0, 1), default=None,
+                   help="reference layout: label ids start at 0 or 1 (default: from the ids, "
+                        "refused when ambiguous)")
     q.set_defaults(func=cmd_data_check)
 
     p = subparsers.add_parser(
@@ -155,11 +164,9 @@ def _load_config(args: argparse.Namespace):
     from .config import load_train_config
 
     overrides = list(args.overrides)
-    if args.epochs is not None:
-        overrides.append(f"optim.epochs={args.epochs}")
     if args.device is not None:
         overrides.append(f"train.device={args.device}")
-    return load_train_config(args.config, overrides)
+    return load_train_config(args.config, overrides, epochs=args.epochs)
 
 
 # --------------------------------------------------------------------------- train
@@ -404,38 +411,70 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from .dataset import check_dataset, detect_layout, scan_dataset
+    from .dataset import detect_layout, inspect_dataset
 
-    problems = check_dataset(args.data, num_classes=args.classes)
+    names, folders, base = None, {}, args.label_id_base
+    if args.config is not None:
+        from .config import load_train_config
+
+        cfg = load_train_config(args.config)
+        names, folders = list(cfg.model.class_names), dict(cfg.data.class_folders)
+        base = cfg.data.label_id_base if base is None else base
+    for item in args.folder_map:
+        folder, sep, cls = item.partition("=")
+        if not sep or not folder.strip() or not cls.strip():
+            print(f"--map {item!r}: expected FOLDER=CLASS", file=sys.stderr)
+            return 2
+        folders[folder.strip()] = cls.strip()
+    k = len(names) if names is not None else args.classes
+    opts = dict(num_classes=k, class_names=names, class_folders=folders, label_id_base=base)
+    records, problems = inspect_dataset(args.data, **opts)
     if problems:
         for p in problems:
             print(p)
         print(f"\n{len(problems)} problem(s) in {args.data}", file=sys.stderr)
+    if not records:
         return 1
-    records = scan_dataset(args.data, num_classes=args.classes)
-    names = {0: "fight", 1: "collapse"} if args.classes == 2 else {}
-    per_class = Counter(names.get(r.stratum, str(r.stratum)) if r.stratum != "none" else "none"
-                        for r in records)
+    class_names = names or (["fight", "collapse"] if k == 2 else [str(i) for i in range(k)])
+
+    def cls_name(r) -> str:
+        return "none" if r.stratum == "none" else class_names[int(r.stratum)]
+
+    per_class = Counter(cls_name(r) for r in records)
     sizes = Counter(f"{r.width}x{r.height}" for r in records)
     rates = Counter(f"{r.fps:g}" for r in records)
-    durations = [r.frames / r.fps for r in records if r.fps > 0]
-    boxes = sum(len(r.annotations) for r in records)
-    print(f"{args.data}: OK ({detect_layout(args.data)} layout)")
+    durations = [r.duration_s for r in records]
+    positives = [r for r in records if r.is_positive]
+    sources = Counter(r.source for r in records)
+    groups = len({r.group for r in records})
+    status = "OK" if not problems else f"{len(records)} usable videos, {len(problems)} problem(s)"
+    print(f"{args.data}: {status} ({detect_layout(args.data)} layout)")
     rows = [("videos", str(len(records))),
             ("per class", ", ".join(f"{k} {v}" for k, v in sorted(per_class.items()))),
-            ("action boxes", str(boxes)),
-            ("sizes", ", ".join(f"{k} ({v})" for k, v in sizes.most_common())),
-            ("fps", ", ".join(f"{k} ({v})" for k, v in rates.most_common()))]
+            ("labels", f"{sum(r.has_boxes for r in positives)} with boxes, "
+                       f"{sum(not r.has_boxes for r in positives)} class-only, "
+                       f"{sum(r.has_segments for r in positives)} with time segments"),
+            ("action boxes", str(int(sum(r.has_box.sum() for r in records)))),
+            ("sources", ", ".join(f"{k} ({v})" for k, v in sorted(sources.items()))),
+            ("groups", f"{groups} (videos of one group stay on one side of every split)"),
+            ("sizes", ", ".join(f"{k} ({v})" for k, v in sizes.most_common(6))
+             + (f", ... {len(sizes) - 6} more" if len(sizes) > 6 else "")),
+            ("fps", ", ".join(f"{k} ({v})" for k, v in rates.most_common(6))
+             + (f", ... {len(rates) - 6} more" if len(rates) > 6 else ""))]
     if durations:
         rows.append(("duration s", f"min {min(durations):.2f}, median "
                                    f"{sorted(durations)[len(durations) // 2]:.2f}, max "
                                    f"{max(durations):.2f}"))
-    splits = [s for s in ("train", "val") if (Path(args.data) / "splits" / f"{s}.txt").is_file()]
-    rows.append(("splits", ", ".join(splits) if splits else "none (stratified 80/20 at train)"))
+    root = args.data.parent if args.data.is_file() else args.data
+    splits = [s for s in ("train", "val") if (root / "splits" / f"{s}.txt").is_file()]
+    if not splits and records and all(r.split for r in records):
+        splits = ["from the layout"]
+    rows.append(("splits", ", ".join(splits) if splits else
+                 "none (stratified by class, grouped, at train)"))
     width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"  {k:<{width}}  {v}")
-    return 0
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+    return 1 if problems else 0
 
 
 # --------------------------------------------------------------------------- import-reference

@@ -8,6 +8,7 @@ errors naming the dotted key).
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from detector.losses import LossConfig
 from detector.schema import apply_overrides, from_dict, load_yaml
 
 from .augment import AugmentConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +70,16 @@ class DataConfig:
         split_seed: seed of that stratified split.
         cache: keep decoded, resized clips on disk so epoch 2 onward decodes no video.
         cache_dir: where; null = `$XDG_CACHE_HOME/vigil/clips` (default `~/.cache/vigil/clips`).
+        window_seconds: seconds a training window spans where windows are used (videos with
+            time segments, long videos without an action); null = the model's clip length
+            (`model.input.clip_seconds`, else the median training video); 0 = always sample
+            whole videos, as the reference implementation does.
+        segment_margin_s: a negative window cut from a video with segments keeps at least this
+            many seconds away from every segment.
+        class_folders: folder name -> class name (or `none`) for the class-folder layout, on
+            top of the built-in names (`fight`, `NonFight`, `Fall`, `ADL`, ...).
+        label_id_base: 0 or 1: how the reference layout's label files number classes; null =
+            decide from the ids where they can only mean one thing, refuse otherwise.
     """
     batch_size: int = 4
     num_workers: int = 2
@@ -74,12 +87,22 @@ class DataConfig:
     split_seed: int = 0
     cache: bool = True
     cache_dir: Optional[str] = None
+    window_seconds: Optional[float] = None
+    segment_margin_s: float = 1.0
+    class_folders: dict[str, str] = field(default_factory=dict)
+    label_id_base: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_workers < 0:
             raise ValueError("data: need batch_size >= 1 and num_workers >= 0")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError("data.val_fraction must be in (0, 1)")
+        if self.window_seconds is not None and self.window_seconds < 0:
+            raise ValueError("data.window_seconds must be >= 0 (0 = whole videos) or null")
+        if self.segment_margin_s < 0:
+            raise ValueError("data.segment_margin_s must be >= 0")
+        if self.label_id_base not in (None, 0, 1):
+            raise ValueError("data.label_id_base must be 0, 1 or null")
 
     def resolved_cache_dir(self) -> Path | None:
         """The clip cache directory, or None when caching is off."""
@@ -134,12 +157,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "vigil" / "clips"
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None,
+                      epochs: int | None = None) -> TrainConfig:
     """Read a training config and apply `--set` overrides.
 
     Args:
         path: YAML file; None starts from the defaults (the report's recipe).
         overrides: `["loss.giou=0", "optim.lr=1e-4"]`; values are parsed as YAML.
+        epochs: the `--epochs N` shortcut: sets `optim.epochs` and, when the recipe's warm-up
+            would not fit in N epochs, shortens `optim.warmup_epochs` to N - 1 (logged), so a
+            quick run of a documented recipe works as it is.
     Returns:
         The validated config.
     Raises:
@@ -147,6 +174,16 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     """
     data = load_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
+    if epochs is not None:
+        if epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+        optim = data.setdefault("optim", {}) if isinstance(data, dict) else {}
+        optim["epochs"] = epochs
+        warm = optim.get("warmup_epochs", OptimConfig.warmup_epochs)
+        if isinstance(warm, (int, float)) and warm >= epochs:
+            log.info("--epochs %d: optim.warmup_epochs %s shortened to %d", epochs, warm,
+                     epochs - 1)
+            optim["warmup_epochs"] = epochs - 1
     try:
         return from_dict(TrainConfig, data)
     except ConfigError as exc:

@@ -1,4 +1,6 @@
-"""Stratified k-fold cross-validation (the report's advice for small datasets).
+"""Stratified, grouped k-fold cross-validation (the report's advice for small datasets).
+
+Folds never separate a group (clips cut from one source recording, `train.splits`).
 
 Each fold trains a fresh model with the same recipe on the other folds and is evaluated on its
 own; the fold's numbers are those of its last epoch (choosing the best epoch on the very videos
@@ -17,8 +19,8 @@ import numpy as np
 
 from . import metrics as M
 from .config import TrainConfig
-from .dataset import scan_dataset, stratified_folds
-from .trainer import fit_records
+from .splits import stratified_folds
+from .trainer import fit_records, load_records
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def cross_validate(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path,
          mean}, "std": {metric: population std}, "n": {metric: folds where it is defined}}.
     """
     out_dir = Path(out_dir)
-    records = scan_dataset(data_root, num_classes=len(cfg.model.class_names))
+    records = load_records(cfg, data_root)
     per_fold: list[dict[str, float]] = []
     for k, (train_idx, val_idx) in enumerate(stratified_folds(records, folds, seed), start=1):
         log.info("fold %d/%d: %d training videos, %d validation videos", k, folds,

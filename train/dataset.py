@@ -1,35 +1,35 @@
-"""Datasets of labelled videos: finding them on disk, splitting them, and serving clips.
+"""Labelled videos: scanning a dataset into records, and serving `(clip, target)` samples.
 
-Two layouts are understood (`scan_dataset` tells them apart):
+`scan_dataset` reads any layout `train.layouts` knows (Vigil's, the reference's, a CSV
+manifest, class folders) into `VideoRecord`s: probed videos with their actions (`train.labels`:
+class, optional box, optional time segment), group, source and split. Splits and folds are in
+`train.splits`.
 
-* Vigil's own::
+`ClipDataset` turns records into samples. What a sample covers depends on what is known:
 
-      DATA/videos/<stem>.<mp4|avi|mkv|mov>
-      DATA/labels/<stem>.txt        # "<class_id> <x1> <y1> <x2> <y2>" per action; none = no action
-      DATA/splits/{train,val}.txt   # optional, one stem per line
+* a video whose actions hold for the whole clip (video-level labels, boxes without segments) is
+  one sample over the whole video: T frames spread over it, the reference's
+  `linspace(0, n-1, T)` without temporal jitter;
+* a video with time segments gives an *inside* sample, a window of `window_s` seconds centred in
+  a segment, and (in training) an *outside* sample, a window at least `margin_s` away from every
+  segment, whose target is no action;
+* a video without any action that is much longer than a window (`> 1.5 * window_s`) is sampled
+  by windows too (any stretch of it is "no action"), so its samples look like what the daemon
+  sees; window starts lie on a grid of `window_s / 2` so decoded windows can be cached.
 
-* the reference implementation's: one folder holding the videos, the label files and
-  `action_challenge.csv` with the header `video_file,label_file` (paths relative to the folder,
-  an empty `label_file` = no action). When its label ids are 1-based (1, 2 used, 0 never), they
-  are shifted down by one, as the reference code does.
-
-`ClipDataset` turns records into `(clip, target)` samples. Frame sampling: without temporal
-jitter a clip is the reference's `linspace(0, n-1, T)` frames. With jitter (training), a "pool"
-of `pool_factor * T` frames spread uniformly over the video (all frames for short videos) is
-decoded, cached as one entry, and T of them are drawn from it with per-segment random offsets.
-That pool is the same whether or not a cache is used, so results do not depend on the cache.
-Randomness comes from a generator seeded with (seed, epoch, index): the same sample gets the
-same augmentation whichever DataLoader worker loads it. Workers copy the dataset when an epoch
-starts, so call `set_epoch` before iterating and leave `persistent_workers` off.
+With temporal jitter (training), a "pool" of `pool_factor * T` frames spread uniformly over the
+sample's span is decoded, cached as one entry, and T of them are drawn with per-segment random
+offsets. Randomness comes from a generator seeded with (seed, epoch, index): the same sample gets
+the same augmentation whichever DataLoader worker loads it. Workers copy the dataset when an
+epoch starts, so call `set_epoch` before iterating and leave `persistent_workers` off.
 """
 from __future__ import annotations
 
-import csv
 import logging
-from collections import defaultdict
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,11 +42,17 @@ from detector.errors import DataError
 from . import video_io
 from .augment import AugmentConfig, augment_clip
 from .cache import ClipCache
-from .labels import parse_label_file, read_class_ids
+from .labels import Actions, check_segments_disjoint, parse_action, parse_label_file
+from .layouts import (REFERENCE_CSV, Entry, LayoutOptions, Problems, dataset_root,
+                      detect_layout, find_entries)
+from .splits import check_groups_within_split, read_split_files, split_records, stratified_folds
 
 log = logging.getLogger(__name__)
 
-REFERENCE_CSV = "action_challenge.csv"
+__all__ = ["VideoRecord", "scan_dataset", "check_dataset", "detect_layout", "split_records",
+           "stratified_folds", "ClipDataset", "collate", "REFERENCE_CSV", "DEFAULT_CLASSES"]
+
+DEFAULT_CLASSES = ("fight", "collapse")
 
 
 @dataclass
@@ -56,9 +62,15 @@ class VideoRecord:
     Attributes:
         stem: the video's name without suffix, unique in the dataset.
         video: path of the video file.
-        label_file: path of its label file, None when it has none.
+        label_file: path of its label file, None when it has none (or its labels come from a
+            manifest row or a class folder).
         width, height, fps, frames: from `video_io.probe`.
-        annotations: (K, 5) float32 `[class, x1, y1, x2, y2]` in pixels; K = 0 for no action.
+        annotations: (K, 5) float32 `[class, x1, y1, x2, y2]` in pixels, the box NaN for an
+            action labelled without one; K = 0 for no action.
+        segments: (K, 2) float32 `[start_s, end_s]` of each action, NaN for the whole clip.
+        source: the dataset or source the video comes from, for per-source reports.
+        group: clips of one source recording share it; "" means the video's own stem.
+        split: "train" or "val" when the layout says so, else None.
     """
     stem: str
     video: Path
@@ -68,6 +80,16 @@ class VideoRecord:
     fps: float
     frames: int
     annotations: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), np.float32))
+    segments: Optional[np.ndarray] = None
+    source: str = "all"
+    group: str = ""
+    split: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.segments is None:
+            self.segments = np.full((len(self.annotations), 2), np.nan, np.float32)
+        if not self.group:
+            self.group = self.stem
 
     @property
     def is_positive(self) -> bool:
@@ -75,290 +97,228 @@ class VideoRecord:
         return len(self.annotations) > 0
 
     @property
+    def has_box(self) -> np.ndarray:
+        """(K,) bool: which actions have a box."""
+        return ~np.isnan(self.annotations[:, 1:5]).any(axis=1)
+
+    @property
+    def has_boxes(self) -> bool:
+        """Whether some action of the video has a box."""
+        return bool(self.has_box.any())
+
+    @property
+    def has_segments(self) -> bool:
+        """Whether some action of the video is limited to a time segment."""
+        return bool((~np.isnan(self.segments).any(axis=1)).any())
+
+    @property
+    def duration_s(self) -> float:
+        """frames / fps (fps 0, unknown, is taken as 25)."""
+        return self.frames / (self.fps if self.fps > 0 else 25.0)
+
+    @property
     def stratum(self) -> int | str:
         """Class used to stratify splits: the first annotation's class, or "none"."""
         return int(self.annotations[0, 0]) if self.is_positive else "none"
 
 
-class _Problems:
-    """Raise on the first problem (scan) or collect them all (check)."""
-
-    def __init__(self, collect: bool) -> None:
-        self.collect = collect
-        self.items: list[str] = []
-
-    def add(self, message: str) -> None:
-        if not self.collect:
-            raise DataError(message)
-        self.items.append(message)
-
-
-def detect_layout(root: str | Path) -> Literal["folders", "reference"]:
-    """`"reference"` when `root/action_challenge.csv` exists, else `"folders"`."""
-    return "reference" if (Path(root) / REFERENCE_CSV).is_file() else "folders"
-
-
-def _folder_entries(root: Path, problems: _Problems) -> list[tuple[str, Path, Optional[Path], int]]:
-    """(stem, video, label file or None, class offset) of Vigil's own layout."""
-    videos_dir, labels_dir = root / "videos", root / "labels"
-    if not videos_dir.is_dir():
-        problems.add(f"{root}: no videos/ folder and no {REFERENCE_CSV}: expected "
-                     f"videos/<stem>.mp4 with labels/<stem>.txt, or the reference layout")
-        return []
-    by_stem: dict[str, Path] = {}
-    for video in sorted(videos_dir.iterdir()):
-        if not video.is_file() or video.suffix.lower() not in video_io.VIDEO_SUFFIXES:
-            continue
-        if video.stem in by_stem:
-            problems.add(f"{video}: another video has the same stem {video.stem!r} "
-                         f"({by_stem[video.stem].name}); stems must be unique")
-            continue
-        by_stem[video.stem] = video
-    if labels_dir.is_dir():
-        for label in sorted(labels_dir.glob("*.txt")):
-            if label.stem not in by_stem:
-                problems.add(f"{label}: label file without a video "
-                             f"(no videos/{label.stem}.{{mp4,avi,mkv,mov}})")
-    entries = []
-    for stem, video in by_stem.items():
-        label = labels_dir / f"{stem}.txt"
-        entries.append((stem, video, label if label.is_file() else None, 0))
-    return entries
-
-
-def _reference_entries(root: Path, num_classes: int, problems: _Problems
-                       ) -> list[tuple[str, Path, Optional[Path], int]]:
-    """(stem, video, label file or None, class offset) from `action_challenge.csv`."""
-    csv_path = root / REFERENCE_CSV
-    try:
-        with csv_path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        problems.add(f"{csv_path}: cannot read: {exc}")
-        return []
+def _entry_actions(entry: Entry, info: video_io.VideoInfo, opts: LayoutOptions) -> Actions:
+    """Parse an entry's actions against its probed video. Raises DataError on the first problem."""
+    duration = info.frames / info.fps if info.fps > 0 else None
+    k = len(opts.class_names)
+    if entry.actions is None:
+        return parse_label_file(entry.label_file, info.width, info.height, num_classes=k,
+                                class_offset=entry.class_offset, class_names=opts.class_names,
+                                duration_s=duration)
+    rows, segs = [], []
+    for raw in entry.actions:
+        action = parse_action(raw.label, raw.box, raw.segment, raw.where, info.width,
+                              info.height, num_classes=k, class_names=opts.class_names,
+                              duration_s=duration)
+        if action is not None:
+            rows.append(action[0])
+            segs.append(action[1])
     if not rows:
-        problems.add(f"{csv_path}:1: empty file; expected the header 'video_file,label_file'")
-        return []
-    header = [h.strip() for h in rows[0]]
-    if "video_file" not in header or "label_file" not in header:
-        problems.add(f"{csv_path}:1: header must name video_file and label_file, got "
-                     f"{','.join(header)!r}")
-        return []
-    vcol, lcol = header.index("video_file"), header.index("label_file")
-    found: list[tuple[str, Path, Optional[Path]]] = []
-    seen: dict[str, int] = {}
-    for line_no, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        where = f"{csv_path}:{line_no}"
-        video_name = row[vcol].strip() if vcol < len(row) else ""
-        label_name = row[lcol].strip() if lcol < len(row) else ""
-        if not video_name:
-            problems.add(f"{where}: empty video_file")
-            continue
-        video = root / video_name
-        label = root / label_name if label_name else None
-        if not video.is_file():
-            what = f" (its label file is {label_name})" if label_name else ""
-            problems.add(f"{where}: video {video_name!r} not found{what}")
-            continue
-        if label is not None and not label.is_file():
-            problems.add(f"{where}: label file {label_name!r} not found")
-            continue
-        if video.stem in seen:
-            problems.add(f"{where}: stem {video.stem!r} already listed on line {seen[video.stem]}")
-            continue
-        seen[video.stem] = line_no
-        found.append((video.stem, video, label))
-    # The reference code numbers classes from 1 in some datasets: shift when 0 is never used
-    # and the top id (num_classes) is.
-    ids = {i for _, _, label in found if label is not None for i in read_class_ids(label)}
-    offset = 1 if ids and 0 not in ids and num_classes in ids else 0
-    if offset:
-        log.info("%s: label ids are 1..%d; shifting them down by one to 0..%d", csv_path,
-                 num_classes, num_classes - 1)
-    return [(stem, video, label, offset) for stem, video, label in found]
+        return Actions()
+    actions = Actions(np.asarray(rows, np.float32), np.asarray(segs, np.float32))
+    check_segments_disjoint(actions, entry.actions[0].where)
+    return actions
 
 
-def _read_splits(root: Path, stems: set[str], problems: _Problems) -> dict[str, list[str]]:
-    """Stems listed in `splits/{train,val}.txt`, checked against the dataset's stems."""
-    out: dict[str, list[str]] = {}
-    where_seen: dict[str, str] = {}
-    for split in ("train", "val"):
-        path = root / "splits" / f"{split}.txt"
-        if not path.is_file():
-            continue
-        names: list[str] = []
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            name = line.strip()
-            if not name or name.startswith("#"):
-                continue
-            if Path(name).suffix.lower() in video_io.VIDEO_SUFFIXES:
-                name = Path(name).stem
-            where = f"{path}:{line_no}"
-            if name not in stems:
-                problems.add(f"{where}: unknown stem {name!r} (no such video in the dataset)")
-                continue
-            if name in where_seen:
-                problems.add(f"{where}: stem {name!r} is already listed at {where_seen[name]}")
-                continue
-            where_seen[name] = where
-            names.append(name)
-        out[split] = names
-    return out
-
-
-def _scan(root: Path, num_classes: int, problems: _Problems,
+def _scan(root: Path, opts: LayoutOptions, problems: Problems,
           require_positives: bool) -> list[VideoRecord]:
-    if not root.is_dir():
+    if not root.exists():
         problems.add(f"{root}: dataset folder not found")
         return []
-    if detect_layout(root) == "reference":
-        entries = _reference_entries(root, num_classes, problems)
-    else:
-        entries = _folder_entries(root, problems)
+    entries = find_entries(root, opts, problems)
     records: list[VideoRecord] = []
-    for stem, video, label, offset in sorted(entries, key=lambda e: e[0]):
+    for entry in sorted(entries, key=lambda e: e.stem):
         try:
-            info = video_io.probe(video)
+            info = video_io.probe(entry.video)
+            actions = _entry_actions(entry, info, opts)
         except DataError as exc:
             problems.add(str(exc))
             continue
-        try:
-            ann = parse_label_file(label, info.width, info.height, num_classes=num_classes,
-                                   class_offset=offset)
-        except DataError as exc:
-            problems.add(str(exc))
-            continue
-        records.append(VideoRecord(stem=stem, video=video, label_file=label, width=info.width,
-                                   height=info.height, fps=info.fps, frames=info.frames,
-                                   annotations=ann))
+        records.append(VideoRecord(
+            stem=entry.stem, video=entry.video, label_file=entry.label_file, width=info.width,
+            height=info.height, fps=info.fps, frames=info.frames,
+            annotations=actions.annotations, segments=actions.segments,
+            source=entry.source or dataset_root(root).name or "all",
+            group=entry.group or entry.stem, split=entry.split))
     layout_missing = detect_layout(root) == "folders" and not (root / "videos").is_dir()
-    if not entries and not layout_missing:  # a missing videos/ folder was reported already
+    if not entries and not layout_missing and not problems.items:
         problems.add(f"{root}: no videos found")
     elif records and require_positives and not any(r.is_positive for r in records):
         problems.add(f"{root}: no video has an action label (no positives): a detector "
                      f"cannot learn from this dataset")
-    _read_splits(root, {stem for stem, *_ in entries}, problems)
+    read_split_files(dataset_root(root), {e.stem for e in entries}, problems)
+    check_groups_within_split(records, problems)
     return records
 
 
-def scan_dataset(root: str | Path, num_classes: int = 2,
-                 require_positives: bool = True) -> list[VideoRecord]:
-    """Find, probe and parse every video of a dataset, in either layout.
+def layout_options(num_classes: int = 2, class_names: Optional[Sequence[str]] = None,
+                   class_folders: Optional[Mapping[str, str]] = None,
+                   label_id_base: Optional[int] = None) -> LayoutOptions:
+    """`LayoutOptions` for K classes: the given names, the default names when K is 2, else
+    the ids as names."""
+    if class_names is None:
+        class_names = DEFAULT_CLASSES if num_classes == 2 else [str(i) for i in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+    return LayoutOptions(tuple(class_names), dict(class_folders or {}), label_id_base)
+
+
+def scan_dataset(root: str | Path, num_classes: int = 2, require_positives: bool = True,
+                 class_names: Optional[Sequence[str]] = None,
+                 class_folders: Optional[Mapping[str, str]] = None,
+                 label_id_base: Optional[int] = None) -> list[VideoRecord]:
+    """Find, probe and parse every video of a dataset, in any layout.
 
     Args:
-        root: dataset folder.
+        root: dataset folder, or a CSV manifest file.
         num_classes: valid class ids are 0 .. num_classes - 1.
         require_positives: refuse a dataset without a single labelled action (training
-            needs one; evaluating detection on negatives only may turn this off).
+            needs one; evaluating on negatives only may turn this off).
+        class_names: names accepted in labels (default: fight, collapse for 2 classes).
+        class_folders: extra folder-name -> class mappings for the class-folder layout.
+        label_id_base: 0 or 1 for the reference layout's ids (None: decide when unambiguous).
     Returns:
         Records sorted by stem.
     Raises:
         DataError: on the first problem, naming the file (and line).
     """
-    return _scan(Path(root), num_classes, _Problems(collect=False), require_positives)
+    opts = layout_options(num_classes, class_names, class_folders, label_id_base)
+    return _scan(Path(root), opts, Problems(collect=False), require_positives)
 
 
-def check_dataset(root: str | Path, num_classes: int = 2) -> list[str]:
+def inspect_dataset(root: str | Path, num_classes: int = 2,
+                    class_names: Optional[Sequence[str]] = None,
+                    class_folders: Optional[Mapping[str, str]] = None,
+                    label_id_base: Optional[int] = None
+                    ) -> tuple[list[VideoRecord], list[str]]:
+    """The records that load and every problem of the rest, in one pass; never raises.
+
+    Args: as `scan_dataset`.
+    Returns:
+        (records sorted by stem, messages naming the file (and line) of each problem).
+    """
+    problems = Problems(collect=True)
+    opts = layout_options(num_classes, class_names, class_folders, label_id_base)
+    records = _scan(Path(root), opts, problems, require_positives=True)
+    return records, problems.items
+
+
+def check_dataset(root: str | Path, num_classes: int = 2,
+                  class_names: Optional[Sequence[str]] = None,
+                  class_folders: Optional[Mapping[str, str]] = None,
+                  label_id_base: Optional[int] = None) -> list[str]:
     """Every problem of a dataset, found in one pass (for `vigil data check`).
 
-    Args:
-        root: dataset folder.
-        num_classes: valid class ids are 0 .. num_classes - 1.
+    Args: as `scan_dataset`.
     Returns:
         Messages naming the file (and line) of each problem; empty when the dataset is fine.
     """
-    problems = _Problems(collect=True)
-    _scan(Path(root), num_classes, problems, require_positives=True)
-    return problems.items
+    return inspect_dataset(root, num_classes, class_names, class_folders, label_id_base)[1]
 
 
-def _group_by_stratum(records: Sequence[VideoRecord]) -> dict[str, list[int]]:
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, rec in enumerate(records):
-        groups[str(rec.stratum)].append(i)
-    return dict(sorted(groups.items()))
+def scan_dataset_lenient(root: str | Path, num_classes: int = 2, require_positives: bool = True,
+                         class_names: Optional[Sequence[str]] = None,
+                         class_folders: Optional[Mapping[str, str]] = None,
+                         label_id_base: Optional[int] = None
+                         ) -> tuple[list[VideoRecord], list[str]]:
+    """The records that load, and the problems of those that do not (each logged once).
 
+    What training and evaluation use: one undecodable video or bad row in a set of thousands
+    costs that video, not the run. Problems that leave nothing to train on still raise.
 
-def split_records(records: Sequence[VideoRecord], root: Optional[str | Path],
-                  split: Literal["train", "val", "all"], val_fraction: float = 0.2,
-                  seed: int = 0) -> list[VideoRecord]:
-    """The records of one split.
-
-    `root/splits/{train,val}.txt` decide when present (with only one of them, the other split
-    is every record it does not list). Otherwise each class (first annotation's class, or
-    "none") is shuffled with `seed` and `round(n * val_fraction)` of it goes to val, at least
-    one and never all of a class with two or more videos; a lone video stays in train.
-
-    Args:
-        records: from `scan_dataset`.
-        root: dataset folder, for its `splits/`; None ignores split files.
-        split: "train", "val" or "all".
-        val_fraction: share of each class in val when there are no split files.
-        seed: shuffling seed; the same seed gives the same split.
-    Returns:
-        The split's records, in the order of `records`.
     Raises:
-        DataError: a split file names a stem that is not among `records`.
+        DataError: no usable video, or (with `require_positives`) no positive among them.
     """
-    if split not in ("train", "val", "all"):
-        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
-    records = list(records)
-    if split == "all":
-        return records
-    stems = {r.stem for r in records}
-    lists = _read_splits(Path(root), stems, _Problems(collect=False)) if root is not None else {}
-    if lists:
-        if "train" in lists and "val" in lists:
-            chosen = set(lists[split])
-        elif split in lists:
-            chosen = set(lists[split])
-        else:
-            chosen = stems - set(next(iter(lists.values())))
-        return [r for r in records if r.stem in chosen]
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    rng = np.random.default_rng(seed)
-    val: set[int] = set()
-    for idx in _group_by_stratum(records).values():
-        perm = rng.permutation(len(idx))
-        n_val = int(round(len(idx) * val_fraction))
-        if len(idx) >= 2 and val_fraction > 0:
-            n_val = min(max(n_val, 1), len(idx) - 1)
-        elif len(idx) < 2:
-            n_val = 0
-        val.update(idx[j] for j in perm[:n_val])
-    want_val = split == "val"
-    return [r for i, r in enumerate(records) if (i in val) == want_val]
+    records, problems = inspect_dataset(root, num_classes, class_names, class_folders,
+                                        label_id_base)
+    problems = [p for p in problems if "(no positives)" not in p]
+    for p in problems:
+        log.warning("skipped: %s", p)
+    if not records:
+        raise DataError(problems[0] if problems else f"{root}: no videos found")
+    if require_positives and not any(r.is_positive for r in records):
+        raise DataError(f"{root}: no video has an action label (no positives): a detector "
+                        f"cannot learn from this dataset")
+    return records, problems
 
 
-def stratified_folds(records: Sequence[VideoRecord], k: int, seed: int = 0
-                     ) -> list[tuple[list[int], list[int]]]:
-    """k cross-validation folds with each class spread evenly over them.
+SampleKind = Literal["whole", "inside", "outside", "window"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One item of a `ClipDataset`: a record and which part of it the clip covers."""
+    record: int
+    kind: SampleKind
+
+
+def plan_samples(records: Sequence[VideoRecord], window_s: Optional[float], train: bool,
+                 margin_s: float = 1.0) -> list[Sample]:
+    """The samples of a list of records (see the module docstring for the rules).
 
     Args:
-        records: from `scan_dataset`.
-        k: number of folds, 2 <= k <= len(records).
-        seed: shuffling seed.
+        records: the videos.
+        window_s: seconds a window spans (the model's clip length); None = every sample is a
+            whole video, as in the reference implementation.
+        train: add the outside-the-segment negatives (evaluation takes one sample per video).
+        margin_s: an outside window keeps at least this far from every segment.
     Returns:
-        k pairs (train indices, val indices) into `records`, sorted; the val sets partition
-        all indices.
+        Samples in record order.
     """
-    n = len(records)
-    if not 2 <= k <= n:
-        raise DataError(f"cross-validation needs 2 <= folds <= {n} videos, got {k}")
-    rng = np.random.default_rng(seed)
-    folds: list[list[int]] = [[] for _ in range(k)]
-    dealt = 0
-    # Deal each class round-robin, continuing the count across classes so fold sizes differ
-    # by at most one.
-    for idx in _group_by_stratum(records).values():
-        for j in rng.permutation(len(idx)):
-            folds[dealt % k].append(idx[j])
-            dealt += 1
-    everything = set(range(n))
-    return [(sorted(everything - set(f)), sorted(f)) for f in folds]
+    out: list[Sample] = []
+    for i, rec in enumerate(records):
+        if window_s is None or window_s <= 0 or rec.duration_s <= window_s:
+            out.append(Sample(i, "whole"))
+        elif rec.has_segments:
+            out.append(Sample(i, "inside"))
+            if train and outside_starts(rec, window_s, margin_s).size:
+                out.append(Sample(i, "outside"))
+        elif not rec.is_positive and rec.duration_s > 1.5 * window_s:
+            out.append(Sample(i, "window"))
+        else:
+            out.append(Sample(i, "whole"))
+    return out
+
+
+def window_starts(duration_s: float, window_s: float) -> np.ndarray:
+    """Window start times on a grid of `window_s / 2` seconds that fit in the video."""
+    step = window_s / 2.0
+    return np.arange(0.0, max(duration_s - window_s, 0.0) + 1e-6, step)
+
+
+def outside_starts(rec: VideoRecord, window_s: float, margin_s: float) -> np.ndarray:
+    """Grid window starts whose window stays `margin_s` clear of every segment."""
+    starts = window_starts(rec.duration_s, window_s)
+    seg = rec.segments[~np.isnan(rec.segments).any(axis=1)]
+    ok = np.ones(starts.size, bool)
+    for s, e in seg:
+        ok &= (starts + window_s <= s - margin_s) | (starts >= e + margin_s)
+    return starts[ok]
 
 
 class ClipDataset(Dataset):
@@ -366,16 +326,23 @@ class ClipDataset(Dataset):
 
     Args:
         records: the videos (e.g. one split).
-        input_cfg: the model's input: `frames` (T) and `size` (H, W).
+        input_cfg: the model's input: `frames` (T), `size` (H, W), and `clip_seconds`, the
+            default window length.
         augment: augmentation for training; None (or disabled) for evaluation.
         cache: decoded-clip cache; None decodes every time.
         seed: base seed of the per-sample random generators.
         pool_factor: with temporal jitter, how many times T frames are decoded to draw from.
+        window_s: window length in seconds; None = `input_cfg.clip_seconds`; 0 = whole videos
+            only (the reference's sampling).
+        train: plan training samples (outside-the-segment negatives, random window positions);
+            default: whether augmentation is on.
+        margin_s: how far an outside window keeps from every segment.
     """
 
     def __init__(self, records: Sequence[VideoRecord], input_cfg: InputConfig,
                  augment: Optional[AugmentConfig] = None, cache: Optional[ClipCache] = None,
-                 seed: int = 0, pool_factor: int = 2) -> None:
+                 seed: int = 0, pool_factor: int = 2, window_s: Optional[float] = None,
+                 train: Optional[bool] = None, margin_s: float = 1.0) -> None:
         self.records = list(records)
         self.frames = int(input_cfg.frames)
         self.size = (int(input_cfg.size[0]), int(input_cfg.size[1]))
@@ -384,14 +351,18 @@ class ClipDataset(Dataset):
         self.seed = int(seed)
         self.pool_factor = max(1, int(pool_factor))
         self.epoch = 0
+        self.window_s = (input_cfg.clip_seconds if window_s is None else window_s) or None
+        self.train = self.augment is not None if train is None else bool(train)
+        self.margin_s = float(margin_s)
+        self.samples = plan_samples(self.records, self.window_s, self.train, self.margin_s)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.samples)
 
     @property
     def is_positive(self) -> list[bool]:
         """Per index, whether the sample holds an action (for `BalancedBatchSampler`)."""
-        return [r.is_positive for r in self.records]
+        return [s.kind != "outside" and self.records[s.record].is_positive for s in self.samples]
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch that seeds augmentation and jitter."""
@@ -402,39 +373,90 @@ class ClipDataset(Dataset):
             return self.cache.get_or_decode(record.video, indices, self.size)
         return video_io.read_frames(record.video, indices, self.size)
 
-    def load_clip(self, record: VideoRecord, rng: Optional[np.random.Generator] = None
-                  ) -> np.ndarray:
-        """The T frames of a record, jittered when augmentation asks for it.
+    def span(self, sample: Sample, rng: Optional[np.random.Generator]
+             ) -> tuple[int, int, np.ndarray]:
+        """The frames a sample covers and the actions its target holds.
+
+        Returns:
+            (first frame, frame count, indices into the record's actions).
+        """
+        rec = self.records[sample.record]
+        every = np.arange(len(rec.annotations))
+        if sample.kind == "whole":
+            return 0, rec.frames, every
+        fps = rec.fps if rec.fps > 0 else 25.0
+        w = float(self.window_s)
+        whole_clip = np.isnan(rec.segments).any(axis=1)
+        if sample.kind == "inside":
+            segmented = np.flatnonzero(~whole_clip)
+            pick = segmented[rng.integers(segmented.size)] if (
+                self.train and rng is not None) else segmented[0]
+            s, e = rec.segments[pick]
+            # Centre the window inside the segment (anywhere in training, the middle otherwise);
+            # a segment shorter than the window gets a window centred on it.
+            lo, hi = (s + w / 2, e - w / 2) if e - s >= w else ((s + e) / 2, (s + e) / 2)
+            centre = rng.uniform(lo, hi) if self.train and rng is not None else (lo + hi) / 2
+            start = min(max(centre - w / 2, 0.0), max(rec.duration_s - w, 0.0))
+            mid = start + w / 2
+            covers = (rec.segments[:, 0] <= mid) & (rec.segments[:, 1] >= mid)
+            keep = every[whole_clip | (every == pick) | covers]
+        else:
+            starts = (outside_starts(rec, w, self.margin_s) if sample.kind == "outside"
+                      else window_starts(rec.duration_s, w))
+            k = rng.integers(starts.size) if self.train and rng is not None else starts.size // 2
+            start = float(starts[k])
+            keep = every[whole_clip]
+        first = min(int(round(start * fps)), rec.frames - 1)
+        count = max(min(int(round(w * fps)), rec.frames - first), 1)
+        return first, count, keep
+
+    def load_clip(self, record: VideoRecord, rng: Optional[np.random.Generator] = None,
+                  first: int = 0, count: Optional[int] = None) -> np.ndarray:
+        """T frames of a record's frames `first .. first + count - 1` (default: all), jittered
+        when augmentation asks for it.
 
         Returns:
             (T, H, W, 3) uint8 RGB.
         """
+        count = record.frames - first if count is None else count
         jitter = self.augment.temporal_jitter if self.augment is not None else 0.0
         if jitter > 0 and rng is not None:
-            pool_n = min(record.frames, self.pool_factor * self.frames)
-            pool = self._decode(record, video_io.sample_indices(record.frames, pool_n))
+            pool_n = min(count, self.pool_factor * self.frames)
+            pool = self._decode(record, first + video_io.sample_indices(count, pool_n))
             return pool[video_io.sample_indices(pool_n, self.frames, jitter, rng)]
-        return self._decode(record, video_io.sample_indices(record.frames, self.frames))
+        return self._decode(record, first + video_io.sample_indices(count, self.frames))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         """Returns:
             clip: (T, H, W, 3) uint8 RGB tensor.
             target: {"labels": int64 (K,), "boxes": float32 (K, 4) cxcywh normalised by the
-            video's own width/height, "stem": str, "size": (W, H) of the video}.
+            video's own width/height (zeros for an action without a box), "has_box": bool (K,),
+            "stem": str, "size": (W, H) of the video, "source": str, "kind": the sample kind}.
         """
-        record = self.records[index]
+        sample = self.samples[index]
+        record = self.records[sample.record]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        clip = self.load_clip(record, rng)
-        ann = record.annotations
+        first, count, keep = self.span(sample, rng)
+        clip = self.load_clip(record, rng, first, count)
+        ann = record.annotations[keep]
+        has_box = ~np.isnan(ann[:, 1:5]).any(axis=1)
         scale = np.array([record.width, record.height, record.width, record.height], np.float32)
-        boxes = np.clip(ann[:, 1:5] / scale, 0.0, 1.0).astype(np.float32).reshape(-1, 4)
+        # Augmentation moves real boxes; an action without one rides along as the full frame
+        # and is zeroed again afterwards.
+        boxes = np.where(has_box[:, None], ann[:, 1:5] / scale, [0.0, 0.0, 1.0, 1.0])
+        boxes = np.clip(boxes, 0.0, 1.0).astype(np.float32).reshape(-1, 4)
         if self.augment is not None:
             clip, boxes = augment_clip(clip, boxes, self.augment, rng)
+        cxcywh = box_convert(torch.from_numpy(boxes), "xyxy", "cxcywh").to(torch.float32)
+        cxcywh[~torch.from_numpy(has_box)] = 0.0
         target = {
             "labels": torch.as_tensor(ann[:, 0], dtype=torch.int64),
-            "boxes": box_convert(torch.from_numpy(boxes), "xyxy", "cxcywh").to(torch.float32),
+            "boxes": cxcywh,
+            "has_box": torch.from_numpy(has_box),
             "stem": record.stem,
             "size": (record.width, record.height),
+            "source": record.source,
+            "kind": sample.kind,
         }
         return torch.from_numpy(np.ascontiguousarray(clip)), target
 

@@ -84,6 +84,16 @@ def _check_finite(total: torch.Tensor, terms: dict[str, torch.Tensor], epoch: in
             f"(terms {values}); lower optim.lr, keep optim.grad_clip on, or set train.amp=off")
 
 
+def _count_targets(counts: dict[str, int], targets: Sequence[dict[str, Any]]) -> None:
+    """Add a batch's boxed and box-less targets and its clips without an action to `counts`."""
+    for t in targets:
+        n = int(t["labels"].numel())
+        boxed = int(t["has_box"].sum()) if "has_box" in t else n
+        counts["targets_boxed"] += boxed
+        counts["targets_boxless"] += n - boxed
+        counts["clips_negative"] += int(n == 0)
+
+
 def train_one_epoch(model: nn.Module, criterion: Any, loader: Iterable,
                     optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device,
                     epoch: int, grad_clip: float, amp: torch.dtype | None,
@@ -107,12 +117,14 @@ def train_one_epoch(model: nn.Module, criterion: Any, loader: Iterable,
         log_every: with the bar off, log the running means every this many steps.
     Returns:
         {term: mean over the epoch} for every loss term, plus `loss` (the weighted total),
-        `steps` and `seconds`.
+        the epoch's totals `targets_boxed`, `targets_boxless` (actions trained with and without
+        a box) and `clips_negative` (clips without an action), `steps` and `seconds`.
     """
     from tqdm import tqdm
 
     model.train()
     sums: dict[str, float] = defaultdict(float)
+    counts = {"targets_boxed": 0, "targets_boxless": 0, "clips_negative": 0}
     steps = 0
     start = time.monotonic()
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False,
@@ -146,6 +158,7 @@ def train_one_epoch(model: nn.Module, criterion: Any, loader: Iterable,
             scheduler.step()
 
         steps += 1
+        _count_targets(counts, targets)
         for k, v in terms.items():
             sums[k] += float(v.detach())
         sums["loss"] += float(total.detach())
@@ -157,6 +170,7 @@ def train_one_epoch(model: nn.Module, criterion: Any, loader: Iterable,
                      " ".join(f"{k}={v:.4f}" for k, v in running.items()))
     bar.close()
     out = {k: v / max(steps, 1) for k, v in sums.items()}
+    out.update({k: float(v) for k, v in counts.items()})
     out["steps"] = float(steps)
     out["seconds"] = time.monotonic() - start
     return out

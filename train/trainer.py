@@ -36,7 +36,7 @@ from . import engine
 from . import metrics as M
 from .cache import ClipCache
 from .config import TrainConfig
-from .dataset import ClipDataset, VideoRecord, collate, scan_dataset, split_records
+from .dataset import ClipDataset, VideoRecord, collate, scan_dataset_lenient, split_records
 from .sampler import BalancedBatchSampler
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,10 @@ def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     """The training loader (balanced batches, augmentation) and the validation loader."""
     cache_dir = cfg.data.resolved_cache_dir()
     cache = ClipCache(cache_dir) if cache_dir is not None else None
+    window = cfg.data.window_seconds
     train_ds = EpochSharedDataset(ClipDataset(train_records, input_cfg, augment=cfg.augment,
-                                              cache=cache, seed=cfg.train.seed))
+                                              cache=cache, seed=cfg.train.seed, window_s=window,
+                                              train=True, margin_s=cfg.data.segment_margin_s))
     sampler = BalancedBatchSampler(train_ds.dataset.is_positive, cfg.data.batch_size,
                                    seed=cfg.train.seed)
     workers = cfg.data.num_workers
@@ -135,11 +137,25 @@ def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     val_loader = None
     if val_records:
         val_ds = ClipDataset(val_records, input_cfg, augment=None, cache=cache,
-                             seed=cfg.train.seed)
+                             seed=cfg.train.seed, window_s=window, train=False)
         val_loader = DataLoader(val_ds, batch_size=cfg.data.batch_size, shuffle=False,
                                 generator=torch.Generator().manual_seed(cfg.train.seed + 1),
                                 **common)
     return train_loader, val_loader, train_ds, sampler
+
+
+def load_records(cfg: TrainConfig, data_root: str | Path,
+                 require_positives: bool = True) -> list[VideoRecord]:
+    """The dataset's usable records under the config's class names and layout options.
+
+    A video that cannot be decoded or a bad label row is logged and left out (see
+    `scan_dataset_lenient`); the rest of the set still trains.
+    """
+    records, _ = scan_dataset_lenient(
+        data_root, num_classes=len(cfg.model.class_names), require_positives=require_positives,
+        class_names=cfg.model.class_names, class_folders=cfg.data.class_folders,
+        label_id_base=cfg.data.label_id_base)
+    return records
 
 
 def median_clip_seconds(records: Sequence[VideoRecord]) -> float | None:
@@ -185,7 +201,7 @@ def fit(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: bo
     Returns:
         See `fit_records`.
     """
-    records = scan_dataset(data_root, num_classes=len(cfg.model.class_names))
+    records = load_records(cfg, data_root)
     train_records = split_records(records, data_root, "train", cfg.data.val_fraction,
                                   cfg.data.split_seed)
     val_records = split_records(records, data_root, "val", cfg.data.val_fraction,
@@ -215,6 +231,10 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     amp = engine.resolve_amp(cfg.train.amp, device)
 
     model_cfg = cfg.model
+    if model_cfg.input.clip_seconds is None and cfg.data.window_seconds:
+        # Windows of a fixed length are what training shows the model: the daemon's must match.
+        model_cfg = dataclasses.replace(model_cfg, input=dataclasses.replace(
+            model_cfg.input, clip_seconds=float(cfg.data.window_seconds)))
     if model_cfg.input.clip_seconds is None:
         seconds = median_clip_seconds(train_records)
         model_cfg = dataclasses.replace(
@@ -234,9 +254,13 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     criterion = build_criterion(cfg.loss, model_cfg.num_classes, aux_layers).to(device)
     train_loader, val_loader, train_ds, sampler = make_loaders(
         cfg, train_records, val_records, device, model_cfg.input)
-    log.info("data: %d training videos (%d with an action), %d validation videos; %d steps "
-             "per epoch", len(train_records), sum(r.is_positive for r in train_records),
-             len(val_records), len(sampler))
+    log.info("data: %d training videos (%d with an action: %d with boxes, %d class-only; %d "
+             "with time segments), %d training samples, %d validation videos; %d steps per "
+             "epoch", len(train_records), sum(r.is_positive for r in train_records),
+             sum(r.has_boxes for r in train_records),
+             sum(r.is_positive and not r.has_boxes for r in train_records),
+             sum(r.has_segments for r in train_records), len(train_ds), len(val_records),
+             len(sampler))
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
@@ -295,8 +319,10 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                         scaler=scaler.state_dict() if scaler is not None else None,
                         rng=rng_state(), best_key=list(best_key), best_epoch=best_epoch)
-        log.info("epoch %d/%d: lr %.2e, train loss %.4f, val det-acc %s, video acc %s, mIoU %s, "
-                 "%.1fs%s", epoch, cfg.optim.epochs, lr, train_stats["loss"],
+        log.info("epoch %d/%d: lr %.2e, train loss %.4f (targets: %d boxed, %d class-only; %d "
+                 "negative clips), val det-acc %s, video acc %s, mIoU %s, %.1fs%s", epoch,
+                 cfg.optim.epochs, lr, train_stats["loss"], train_stats["targets_boxed"],
+                 train_stats["targets_boxless"], train_stats["clips_negative"],
                  _fmt(val_metrics.get("det_acc")), _fmt(val_metrics.get("video_acc")),
                  _fmt(val_metrics.get("miou")), record["seconds"], " (best)" if improved else "")
 

@@ -1,0 +1,415 @@
+"""The dataset layouts Vigil reads as they are, without a conversion step.
+
+`find_entries(root)` tells them apart and lists every video with where its labels come from:
+
+* **Vigil's own**: `DATA/videos/<stem>.mp4`, `DATA/labels/<stem>.txt` (`train.labels` forms),
+  optional `DATA/splits/{train,val}.txt`.
+* **The reference implementation's**: `DATA/action_challenge.csv` (`video_file,label_file`) with
+  the videos and label files beside it. Its ids may be 0- or 1-based: the base is read from
+  the ids when they can only mean one thing (0 used: 0-based; K used: 1-based), else from
+  `label_id_base`; an ambiguous set without that option is refused, never guessed.
+* **A CSV manifest**: `DATA/labels.csv` (or `--data some.csv`) with a row per action:
+  `file,label[,start_s,end_s][,x1,y1,x2,y2][,group][,dataset][,split]`, labels by name or id;
+  a video with no action has one row with label `none`.
+* **Class folders**: `DATA/<class>/*.mp4`, optionally `DATA/{train,val}/<class>/*.mp4`, the
+  folder names mapped to classes by `FOLDER_CLASSES` (case, `_`, `-` and spaces ignored) and
+  any overrides (`data.class_folders`).
+
+Groups (clips cut from one source recording, kept on one side of every split) come from a CSV
+`group` column or, in any layout, a `groups.csv` (`file,group`) at the dataset's root; a video
+without a group is its own group. Every file is read with `utf-8-sig` and `newline=""`, so the
+byte-order mark and CRLF line ends spreadsheets write are accepted.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping, Optional, Sequence
+
+from detector.errors import DataError
+
+from . import video_io
+from .labels import read_class_ids
+
+log = logging.getLogger(__name__)
+
+REFERENCE_CSV = "action_challenge.csv"
+MANIFEST_CSV = "labels.csv"
+GROUPS_CSV = "groups.csv"
+SPLIT_FOLDERS = ("train", "val")
+
+Layout = Literal["folders", "reference", "csv", "class-folders"]
+
+# The folder names public fight and fall datasets use (RWF-2000, Hockey Fights, the Surveillance
+# Camera Fight Dataset, Real Life Violence Situations, UR Fall, UP-Fall, Le2i, GMDCSA24), after
+# `_normalise_folder`. Values are class names or "none".
+FOLDER_CLASSES: dict[str, str] = {
+    "fight": "fight", "fights": "fight", "fighting": "fight", "violence": "fight",
+    "violent": "fight", "fi": "fight",
+    "nofight": "none", "nonfight": "none", "nofights": "none", "nonfights": "none",
+    "nonviolence": "none", "noviolence": "none", "nonviolent": "none", "normal": "none",
+    "none": "none", "nothing": "none", "negative": "none", "nofi": "none",
+    "fall": "collapse", "falls": "collapse", "falling": "collapse", "collapse": "collapse",
+    "fallen": "collapse",
+    "adl": "none", "adls": "none", "nofall": "none", "nonfall": "none", "daily": "none",
+    "dailyactivities": "none", "activitiesofdailyliving": "none",
+}
+
+
+def _normalise_folder(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "", name).lower()
+
+
+class Problems:
+    """Raise on the first problem (scan) or collect them all (check)."""
+
+    def __init__(self, collect: bool) -> None:
+        self.collect = collect
+        self.items: list[str] = []
+
+    def add(self, message: str) -> None:
+        if not self.collect:
+            raise DataError(message)
+        self.items.append(message)
+
+
+@dataclass
+class RawAction:
+    """One action as written in a CSV row or implied by a class folder, not yet validated."""
+    where: str
+    label: str
+    box: Optional[list[str]] = None
+    segment: Optional[list[str]] = None
+
+
+@dataclass
+class Entry:
+    """One video found in a layout, with where its labels come from.
+
+    Exactly one of `label_file` (a `train.labels` file, or None for none) and `actions` (rows of
+    a manifest or a class folder) describes its actions.
+    """
+    stem: str
+    video: Path
+    label_file: Optional[Path] = None
+    actions: Optional[list[RawAction]] = None
+    class_offset: int = 0
+    group: Optional[str] = None
+    source: Optional[str] = None
+    split: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class LayoutOptions:
+    """What a layout cannot tell by itself.
+
+    Args:
+        class_names: the K foreground classes, for labels written by name.
+        class_folders: folder name -> class name or "none", on top of `FOLDER_CLASSES`.
+        label_id_base: 0 or 1 for the reference layout's ids; None = only where unambiguous.
+    """
+    class_names: tuple[str, ...] = ("fight", "collapse")
+    class_folders: Mapping[str, str] = field(default_factory=dict)
+    label_id_base: Optional[int] = None
+
+
+def detect_layout(root: str | Path) -> Layout:
+    """Which layout `root` (a folder, or a CSV manifest file) is in."""
+    root = Path(root)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return "csv"
+    if (root / REFERENCE_CSV).is_file():
+        return "reference"
+    if (root / MANIFEST_CSV).is_file():
+        return "csv"
+    if (root / "videos").is_dir():
+        return "folders"
+    if root.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+        return "class-folders"
+    return "folders"
+
+
+def dataset_root(path: str | Path) -> Path:
+    """The folder paths in a dataset are relative to (a manifest's folder, or the folder)."""
+    path = Path(path)
+    return path.parent if path.is_file() else path
+
+
+def find_entries(root: str | Path, opts: LayoutOptions, problems: Problems) -> list[Entry]:
+    """Every video of a dataset in any layout, with its label source, group and split.
+
+    Problems (missing files, unknown classes or folders, bad rows) are reported through
+    `problems`, each naming the file and line; the rest of the dataset is still listed.
+    """
+    path = Path(root)
+    layout = detect_layout(path)
+    if layout == "reference":
+        entries = _reference_entries(path, opts, problems)
+    elif layout == "csv":
+        manifest = path if path.is_file() else path / MANIFEST_CSV
+        entries = _manifest_entries(manifest, problems)
+    elif layout == "class-folders":
+        entries = _class_folder_entries(path, opts, problems)
+    else:
+        entries = _folder_entries(path, problems)
+    _apply_groups_file(dataset_root(path), entries, problems)
+    return entries
+
+
+# --------------------------------------------------------------------------- Vigil's layout
+def _folder_entries(root: Path, problems: Problems) -> list[Entry]:
+    videos_dir, labels_dir = root / "videos", root / "labels"
+    if not videos_dir.is_dir():
+        problems.add(f"{root}: no videos/ folder, no {MANIFEST_CSV}, no {REFERENCE_CSV} and no "
+                     f"class folders: expected videos/<stem>.mp4 with labels/<stem>.txt, a CSV "
+                     f"manifest, the reference layout, or <class>/*.mp4 folders")
+        return []
+    by_stem: dict[str, Path] = {}
+    for video in sorted(videos_dir.iterdir()):
+        if not video.is_file() or video.suffix.lower() not in video_io.VIDEO_SUFFIXES:
+            continue
+        if video.stem in by_stem:
+            problems.add(f"{video}: another video has the same stem {video.stem!r} "
+                         f"({by_stem[video.stem].name}); stems must be unique")
+            continue
+        by_stem[video.stem] = video
+    if labels_dir.is_dir():
+        for label in sorted(labels_dir.glob("*.txt")):
+            if label.stem not in by_stem:
+                problems.add(f"{label}: label file without a video "
+                             f"(no videos/{label.stem}.{{mp4,avi,mkv,mov}})")
+    out = []
+    for stem, video in by_stem.items():
+        label = labels_dir / f"{stem}.txt"
+        out.append(Entry(stem, video, label_file=label if label.is_file() else None))
+    return out
+
+
+# --------------------------------------------------------------------------- reference layout
+def _read_csv(path: Path, problems: Problems) -> Optional[list[list[str]]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        problems.add(f"{path}: cannot read: {exc}")
+        return None
+
+
+def _reference_entries(root: Path, opts: LayoutOptions, problems: Problems) -> list[Entry]:
+    csv_path = root / REFERENCE_CSV
+    rows = _read_csv(csv_path, problems)
+    if rows is None:
+        return []
+    if not rows:
+        problems.add(f"{csv_path}:1: empty file; expected the header 'video_file,label_file'")
+        return []
+    header = [h.strip() for h in rows[0]]
+    if "video_file" not in header or "label_file" not in header:
+        problems.add(f"{csv_path}:1: header must name video_file and label_file, got "
+                     f"{','.join(header)!r}")
+        return []
+    vcol, lcol = header.index("video_file"), header.index("label_file")
+    found: list[Entry] = []
+    seen: dict[str, int] = {}
+    for line_no, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        where = f"{csv_path}:{line_no}"
+        video_name = row[vcol].strip() if vcol < len(row) else ""
+        label_name = row[lcol].strip() if lcol < len(row) else ""
+        if not video_name:
+            problems.add(f"{where}: empty video_file")
+            continue
+        video = root / video_name
+        label = root / label_name if label_name else None
+        if not video.is_file():
+            what = f" (its label file is {label_name})" if label_name else ""
+            problems.add(f"{where}: video {video_name!r} not found{what}")
+            continue
+        if label is not None and not label.is_file():
+            problems.add(f"{where}: label file {label_name!r} not found")
+            continue
+        if video.stem in seen:
+            problems.add(f"{where}: stem {video.stem!r} already listed on line {seen[video.stem]}")
+            continue
+        seen[video.stem] = line_no
+        found.append(Entry(video.stem, video, label_file=label))
+    base = _reference_id_base(csv_path, found, len(opts.class_names), opts.label_id_base,
+                              problems)
+    if base is None:
+        return []
+    for e in found:
+        e.class_offset = base
+    return found
+
+
+def _reference_id_base(csv_path: Path, entries: Sequence[Entry], num_classes: int,
+                       option: Optional[int], problems: Problems) -> Optional[int]:
+    """0 or 1: the option when given, else what the ids can only mean; None when ambiguous."""
+    if option is not None:
+        return option
+    ids = {i for e in entries if e.label_file is not None for i in read_class_ids(e.label_file)}
+    if not ids or 0 in ids:
+        return 0
+    if num_classes in ids:
+        log.info("%s: label ids are 1..%d; shifting them down by one to 0..%d", csv_path,
+                 num_classes, num_classes - 1)
+        return 1
+    problems.add(
+        f"{csv_path}: the label files use only the id(s) {sorted(ids)}, which mean different "
+        f"classes when ids start at 0 and at 1; say which: --set data.label_id_base=1 (ids "
+        f"1..{num_classes}, as the reference code writes them) or --set data.label_id_base=0 "
+        f"(vigil data check: --label-id-base)")
+    return None
+
+
+# --------------------------------------------------------------------------- CSV manifest
+_FILE_COLUMNS = ("file", "video", "video_file", "path")
+_LABEL_COLUMNS = ("label", "class", "action")
+
+
+def _unique_stem(rel: Path, taken: dict[str, Path]) -> str:
+    """The file's stem, or its relative path joined with `__` when another file has it."""
+    stem = rel.with_suffix("").name
+    if stem in taken and taken[stem] != rel:
+        stem = "__".join(rel.with_suffix("").parts)
+    return stem
+
+
+def _manifest_entries(manifest: Path, problems: Problems) -> list[Entry]:
+    rows = _read_csv(manifest, problems)
+    if rows is None:
+        return []
+    root = manifest.parent
+    if not rows:
+        problems.add(f"{manifest}:1: empty file; expected a header such as 'file,label'")
+        return []
+    header = [h.strip().lower() for h in rows[0]]
+    col = {name: i for i, name in enumerate(header)}
+    fcol = next((col[c] for c in _FILE_COLUMNS if c in col), None)
+    lcol = next((col[c] for c in _LABEL_COLUMNS if c in col), None)
+    if fcol is None or lcol is None:
+        problems.add(f"{manifest}:1: header must name a file column ({'/'.join(_FILE_COLUMNS)}) "
+                     f"and a label column ({'/'.join(_LABEL_COLUMNS)}), got {','.join(header)!r}")
+        return []
+    box_cols = [col.get(c) for c in ("x1", "y1", "x2", "y2")]
+    seg_cols = [col.get("start_s", col.get("start")), col.get("end_s", col.get("end"))]
+
+    def cell(row: list[str], i: Optional[int]) -> str:
+        return row[i].strip() if i is not None and i < len(row) else ""
+
+    by_file: dict[Path, Entry] = {}
+    stems: dict[str, Path] = {}
+    bad_files: set[Path] = set()
+    for line_no, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        where = f"{manifest}:{line_no}"
+        name, label = cell(row, fcol), cell(row, lcol)
+        if not name:
+            problems.add(f"{where}: empty file name")
+            continue
+        rel = Path(name)
+        if rel in bad_files:
+            continue
+        video = root / rel
+        if not video.is_file():
+            problems.add(f"{where}: video {name!r} not found (relative to {root})")
+            bad_files.add(rel)
+            continue
+        if not label:
+            problems.add(f"{where}: empty label (write 'none' for a video without an action)")
+            bad_files.add(rel)
+            by_file.pop(rel, None)
+            continue
+        box = [cell(row, i) for i in box_cols]
+        seg = [cell(row, i) for i in seg_cols]
+        if any(box) and not all(box):
+            problems.add(f"{where}: box needs all of x1, y1, x2, y2 (or none of them)")
+            continue
+        if any(seg) and not all(seg):
+            problems.add(f"{where}: segment needs both start_s and end_s (or neither)")
+            continue
+        action = RawAction(where, label, box if all(box) else None, seg if all(seg) else None)
+        entry = by_file.get(rel)
+        if entry is None:
+            stem = _unique_stem(rel, stems)
+            stems[stem] = rel
+            source = cell(row, col.get("dataset")) or (rel.parts[0] if len(rel.parts) > 1
+                                                       else root.name)
+            split = cell(row, col.get("split")).lower() or None
+            if split is not None and split not in SPLIT_FOLDERS:
+                problems.add(f"{where}: split {split!r} must be train or val")
+                split = None
+            entry = Entry(stem, video, actions=[], group=cell(row, col.get("group")) or None,
+                          source=source, split=split)
+            by_file[rel] = entry
+        entry.actions.append(action)
+    return list(by_file.values())
+
+
+# --------------------------------------------------------------------------- class folders
+def folder_class(name: str, opts: LayoutOptions) -> Optional[str]:
+    """The class name (or "none") a folder name stands for; None when it maps to nothing."""
+    overrides = {_normalise_folder(k): v for k, v in opts.class_folders.items()}
+    key = _normalise_folder(name)
+    return overrides.get(key, FOLDER_CLASSES.get(key))
+
+
+def _class_folder_entries(root: Path, opts: LayoutOptions, problems: Problems) -> list[Entry]:
+    top = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    split_dirs = [p for p in top if p.name.lower() in SPLIT_FOLDERS]
+    plan = ([(p.name.lower(), p) for p in split_dirs] if split_dirs else [(None, root)])
+    known = set(opts.class_names) | {"none"}
+    out: list[Entry] = []
+    stems: dict[str, Path] = {}
+    for split, base in plan:
+        for folder in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if split is None and folder.name.lower() in SPLIT_FOLDERS:
+                continue
+            cls = folder_class(folder.name, opts)
+            if cls is None or cls not in known:
+                problems.add(f"{folder}: folder name {folder.name!r} maps to no class; rename it "
+                             f"or map it with data.class_folders (e.g. --set "
+                             f"'data.class_folders={{{folder.name}: fight}}'); its videos are "
+                             f"left out")
+                continue
+            for video in sorted(folder.rglob("*")):
+                if not video.is_file() or video.suffix.lower() not in video_io.VIDEO_SUFFIXES:
+                    continue
+                rel = video.relative_to(root)
+                stem = _unique_stem(rel, stems)
+                stems[stem] = rel
+                out.append(Entry(stem, video, actions=[RawAction(str(folder), cls)],
+                                 source=root.name, split=split))
+    return out
+
+
+# --------------------------------------------------------------------------- groups
+def _apply_groups_file(root: Path, entries: list[Entry], problems: Problems) -> None:
+    """Set `group` from `root/groups.csv` (`file,group`; file relative to root, or a stem)."""
+    path = root / GROUPS_CSV
+    if not path.is_file():
+        return
+    rows = _read_csv(path, problems)
+    if not rows:
+        return
+    by_rel = {e.video.relative_to(root).as_posix() if e.video.is_relative_to(root) else "": e
+              for e in entries}
+    by_stem = {e.stem: e for e in entries}
+    start = 2 if [c.strip().lower() for c in rows[0]][:2] == ["file", "group"] else 1
+    for line_no, row in enumerate(rows[start - 1:], start=start):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            problems.add(f"{path}:{line_no}: expected 'file,group'")
+            continue
+        name, group = row[0].strip(), row[1].strip()
+        entry = by_rel.get(Path(name).as_posix()) or by_stem.get(Path(name).stem)
+        if entry is None:
+            problems.add(f"{path}:{line_no}: {name!r} is not a video of the dataset")
+            continue
+        entry.group = group

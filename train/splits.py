@@ -1,0 +1,199 @@
+"""Train/validation splits and cross-validation folds that never separate a group.
+
+Clips cut from one source recording look alike (same scene, same people, same camera), so a clip
+in training and its sibling in validation would flatter every number. The unit of every split
+here is therefore the *group* (`VideoRecord.group`, the stem when no group is given), and groups
+are stratified by class: a group's stratum is the most common action class of its videos, or
+"none" (`group_units`). With every video its own group this is the plain stratified split.
+
+Explicit splits win over random ones: `splits/{train,val}.txt` in the dataset folder, or the
+`split` a layout gives each video (`DATA/{train,val}/<class>/` folders, a manifest's `split`
+column).
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
+
+import numpy as np
+
+from detector.errors import DataError
+
+from . import video_io
+from .layouts import Problems
+
+if TYPE_CHECKING:
+    from .dataset import VideoRecord
+
+
+@dataclass
+class GroupUnit:
+    """The videos of one group: record indices and the group's stratum."""
+    name: str
+    members: list[int]
+    stratum: str
+
+
+def group_units(records: Sequence["VideoRecord"]) -> list[GroupUnit]:
+    """One unit per group, in order of first appearance.
+
+    The stratum is the most common class among the group's videos' first actions (ties: the
+    lower class id), or "none" when none of them holds an action.
+    """
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, rec in enumerate(records):
+        members[rec.group].append(i)
+    units = []
+    for name, idx in members.items():
+        classes = Counter(str(records[i].stratum) for i in idx if records[i].is_positive)
+        stratum = (sorted(classes.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+                   if classes else "none")
+        units.append(GroupUnit(name, idx, stratum))
+    return units
+
+
+def _by_stratum(units: Sequence[GroupUnit]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = defaultdict(list)
+    for u, unit in enumerate(units):
+        out[unit.stratum].append(u)
+    return dict(sorted(out.items()))
+
+
+def read_split_files(root: Path, stems: set[str], problems: Problems) -> dict[str, list[str]]:
+    """Stems listed in `root/splits/{train,val}.txt`, checked against the dataset's stems."""
+    out: dict[str, list[str]] = {}
+    where_seen: dict[str, str] = {}
+    for split in ("train", "val"):
+        path = root / "splits" / f"{split}.txt"
+        if not path.is_file():
+            continue
+        names: list[str] = []
+        text = path.read_text(encoding="utf-8-sig")
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            name = line.strip()
+            if not name or name.startswith("#"):
+                continue
+            if Path(name).suffix.lower() in video_io.VIDEO_SUFFIXES:
+                name = Path(name).stem
+            where = f"{path}:{line_no}"
+            if name not in stems:
+                problems.add(f"{where}: unknown stem {name!r} (no such video in the dataset)")
+                continue
+            if name in where_seen:
+                problems.add(f"{where}: stem {name!r} is already listed at {where_seen[name]}")
+                continue
+            where_seen[name] = where
+            names.append(name)
+        out[split] = names
+    return out
+
+
+def check_groups_within_split(records: Sequence["VideoRecord"], problems: Problems) -> None:
+    """Report a group whose videos an explicit split puts on both sides."""
+    sides: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        if r.split is not None:
+            sides[r.group].add(r.split)
+    for group, where in sorted(sides.items()):
+        if len(where) > 1:
+            problems.add(f"group {group!r} has videos in both train and val: its clips would "
+                         f"leak between the splits")
+
+
+def split_records(records: Sequence["VideoRecord"], root: Optional[str | Path],
+                  split: Literal["train", "val", "all"], val_fraction: float = 0.2,
+                  seed: int = 0) -> list["VideoRecord"]:
+    """The records of one split.
+
+    `root/splits/{train,val}.txt` decide when present (with only one of them, the other split
+    is every record it does not list); else the split each record's layout gave it, when every
+    record has one. Otherwise the groups of each stratum are shuffled with `seed` and
+    `round(n_groups * val_fraction)` of them go to val, at least one and never all of a stratum
+    with two or more groups; a lone group stays in train.
+
+    Args:
+        records: from `scan_dataset`.
+        root: dataset folder, for its `splits/`; None ignores split files.
+        split: "train", "val" or "all".
+        val_fraction: share of each stratum's groups in val when no split is given.
+        seed: shuffling seed; the same seed gives the same split.
+    Returns:
+        The split's records, in the order of `records`.
+    Raises:
+        DataError: a split file names a stem that is not among `records`.
+        ValueError: an unknown split name or a fraction outside [0, 1).
+    """
+    if split not in ("train", "val", "all"):
+        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+    records = list(records)
+    if split == "all":
+        return records
+    stems = {r.stem for r in records}
+    root_dir = Path(root) if root is not None else None
+    if root_dir is not None and root_dir.is_file():
+        root_dir = root_dir.parent
+    lists = (read_split_files(root_dir, stems, Problems(collect=False))
+             if root_dir is not None else {})
+    if lists:
+        if split in lists:
+            chosen = set(lists[split])
+        else:
+            chosen = stems - set(next(iter(lists.values())))
+        return [r for r in records if r.stem in chosen]
+    if records and all(r.split is not None for r in records):
+        return [r for r in records if r.split == split]
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    units = group_units(records)
+    rng = np.random.default_rng(seed)
+    val_units: set[int] = set()
+    for idx in _by_stratum(units).values():
+        perm = rng.permutation(len(idx))
+        n_val = int(round(len(idx) * val_fraction))
+        if len(idx) >= 2 and val_fraction > 0:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        elif len(idx) < 2:
+            n_val = 0
+        val_units.update(idx[j] for j in perm[:n_val])
+    in_val = {i for u in val_units for i in units[u].members}
+    want_val = split == "val"
+    return [r for i, r in enumerate(records) if (i in in_val) == want_val]
+
+
+def stratified_folds(records: Sequence["VideoRecord"], k: int, seed: int = 0
+                     ) -> list[tuple[list[int], list[int]]]:
+    """k cross-validation folds, each group in one fold, each stratum spread evenly.
+
+    Groups are dealt stratum by stratum in a seeded random order, each to the fold holding the
+    fewest videos of that stratum (ties: fewest videos in all, then the fold after the last one
+    dealt), so with one video per group fold sizes differ by at most one.
+
+    Args:
+        records: from `scan_dataset`.
+        k: number of folds, 2 <= k <= number of groups.
+        seed: shuffling seed.
+    Returns:
+        k pairs (train indices, val indices) into `records`, sorted; the val sets partition
+        all indices.
+    Raises:
+        DataError: k out of range.
+    """
+    units = group_units(records)
+    if not 2 <= k <= len(units):
+        raise DataError(f"cross-validation needs 2 <= folds <= {len(units)} groups of videos, "
+                        f"got {k}")
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    dealt = 0
+    for idx in _by_stratum(units).values():
+        in_stratum = [0] * k
+        for j in rng.permutation(len(idx)):
+            unit = units[idx[j]]
+            f = min(range(k), key=lambda f: (in_stratum[f], len(folds[f]), (f - dealt) % k))
+            folds[f].extend(unit.members)
+            in_stratum[f] += len(unit.members)
+            dealt = f + 1
+    everything = set(range(len(records)))
+    return [(sorted(everything - set(f)), sorted(f)) for f in folds]
