@@ -88,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--window-seconds", type=float, default=None,
                    help="window length (default: the checkpoint's clip_seconds)")
     p.add_argument("--labels", type=Path, default=None, metavar="DATA",
-                   help="known labels (a dataset folder or its labels.csv): every row gets "
+                   help="known labels (a dataset folder or a CSV manifest): every row gets "
                         "'true' and 'correct', and a per-video table of true/false positive "
                         "windows and detection latency goes to stderr. A window is the class "
                         "of the segment holding its centre, none when it overlaps no segment, "
@@ -196,7 +196,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from . import engine
     from .config import DataConfig, RunConfig
-    from .dataset import ClipDataset, collate, scan_dataset, split_records
+    from .dataset import ClipDataset, collate, scan_dataset_lenient, split_records
     from .metrics import format_table, to_jsonable
     from .report import format_source_table, report_from_predictions
 
@@ -208,7 +208,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_cfg = from_dict(RunConfig, train_cfg.get("train"), "train_config.train")
     threshold = run_cfg.score_threshold if args.threshold is None else args.threshold
 
-    records = scan_dataset(args.data, num_classes=mcfg.num_classes, require_positives=False)
+    # The training run's layout options, so labels map to the same classes; a video that
+    # cannot be read is logged and left out (as in training).
+    records, skipped = scan_dataset_lenient(
+        args.data, num_classes=mcfg.num_classes, require_positives=False,
+        class_names=mcfg.class_names, class_folders=data_cfg.class_folders,
+        label_id_base=data_cfg.label_id_base)
     records = split_records(records, args.data, args.split, data_cfg.val_fraction,
                             data_cfg.split_seed)
     if not records:
@@ -226,7 +231,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     losses = {k: metrics[k] for k in ("loss", "loss_ce", "loss_bbox", "loss_giou")
               if k in metrics}
     print(format_table(metrics, losses, title=f"{args.checkpoint} on {args.data} "
-                                              f"({args.split} split, {len(records)} videos)"))
+                                              f"({args.split} split, {len(records)} videos"
+                                              + (f", {len(skipped)} skipped, see the log"
+                                                 if skipped else "") + ")"))
     metrics["per_source"] = report_from_predictions(preds, mcfg.class_names)
     print("\n" + format_source_table(metrics["per_source"], mcfg.class_names, threshold))
     if args.out is not None:
@@ -311,8 +318,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     import csv
 
-    from .detect import (checkpoint_class_names, detect, find_videos, label_row, match_truths,
-                         read_truths, render_video)
+    from .detect import (checkpoint_label_options, detect, find_videos, label_row,
+                         match_truths, read_truths, render_video)
 
     if args.summary is not None and args.labels is None:
         print("--summary needs --labels", file=sys.stderr)
@@ -320,7 +327,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     truths = {}
     if args.labels is not None:
         truths = match_truths(find_videos(args.paths),
-                              read_truths(args.labels, checkpoint_class_names(args.checkpoint)))
+                              read_truths(args.labels, **checkpoint_label_options(args.checkpoint)))
     rows_by_video: dict[str, list[dict[str, Any]]] = {}
     failed = 0
     json_out = open(args.out, "w", encoding="utf-8") if args.out else None

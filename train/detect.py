@@ -23,7 +23,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -370,22 +370,25 @@ def truth_from_record(record: Any, class_names: Sequence[str]) -> VideoTruth:
     return VideoTruth(Path(record.video), out[0].label if out else NONE, tuple(out))
 
 
-def read_truths(labels: str | Path, class_names: Sequence[str]) -> list[VideoTruth]:
-    """The known labels of a dataset folder (any layout `scan_dataset` reads) or its labels.csv.
+def read_truths(labels: str | Path, class_names: Sequence[str],
+                class_folders: Mapping[str, str] | None = None,
+                label_id_base: int | None = None) -> list[VideoTruth]:
+    """The known labels of a dataset (a folder in any layout, or a CSV manifest such as
+    labels.csv), read with `train.dataset.scan_dataset_lenient` (unreadable videos are logged
+    and left out).
 
+    Args:
+        labels: the folder or CSV file.
+        class_names: the checkpoint's classes (label names map to these ids).
+        class_folders, label_id_base: the training run's layout options, as `scan_dataset`.
     Raises:
-        VigilError: `labels` is a file other than a `labels.csv`.
-        DataError: from `scan_dataset` (a missing video, a bad label).
+        DataError: no usable video, or a label outside the classes.
     """
-    from .dataset import scan_dataset
+    from .dataset import scan_dataset_lenient
 
-    path = Path(labels)
-    if path.is_file():
-        if path.name != "labels.csv":
-            raise VigilError(f"--labels {path}: give a dataset folder or its labels.csv")
-        path = path.parent
-    records = scan_dataset(path, num_classes=len(class_names), require_positives=False,
-                           class_names=tuple(class_names))
+    records, _ = scan_dataset_lenient(labels, num_classes=len(class_names),
+                                      require_positives=False, class_names=tuple(class_names),
+                                      class_folders=class_folders, label_id_base=label_id_base)
     return [truth_from_record(r, class_names) for r in records]
 
 
@@ -544,9 +547,18 @@ def format_summary(summaries: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def checkpoint_class_names(checkpoint: str | Path) -> tuple[str, ...]:
-    """The class names a checkpoint predicts (loads it on the CPU once more; `detect` loads its
-    own copy on the chosen device)."""
+def checkpoint_label_options(checkpoint: str | Path) -> dict[str, Any]:
+    """How a checkpoint's training run read labels: {"class_names", "class_folders",
+    "label_id_base"} for `read_truths` (loads the checkpoint on the CPU once more; `detect`
+    loads its own copy on the chosen device).
+
+    Raises:
+        CheckpointError: from `detector.checkpoint.load_checkpoint`.
+    """
     from detector.checkpoint import load_checkpoint
 
-    return tuple(load_checkpoint(checkpoint, device="cpu")[1].class_names)
+    _, cfg, meta = load_checkpoint(checkpoint, device="cpu")
+    data = (meta.get("train_config") or {}).get("data") or {}
+    return {"class_names": tuple(cfg.class_names),
+            "class_folders": dict(data.get("class_folders") or {}),
+            "label_id_base": data.get("label_id_base")}
