@@ -92,4 +92,6 @@ def test_the_table_shows_every_source_with_counts():
     assert "0.500 (2/4)" in line_a and "0.500 (1/2)" in line_a
     fight_all = next(ln for ln in text.splitlines() if ln.split()[:2] == ["overall", "fight"])
     assert "0.500 (1/2)" in fight_all and "0.333 (1/3)" in fight_all and "0.700" in fight_all
-    assert "n/a (0/0)" in text                       # A's collapse recall: nothing to count
+    b_fight = next(ln for ln in text.splitlines() if ln.split()[:2] == ["B", "fight"])
+    assert "n/a (0/0)" in b_fight and "0.000 (0/1)" in b_fight   # no fight in B, one predicted
+    assert not any(ln.split()[:2] == ["A", "collapse"] for ln in text.splitlines())  # all n/a

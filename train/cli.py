@@ -274,8 +274,9 @@ def _eval_plots(metrics: dict[str, Any], preds: list[dict[str, Any]], records: l
             log.warning("contact sheet: %s: %s", rec.video, exc)
             continue
         items.append(_sheet_item(p, frames))
+    legend = "green: true" if metrics.get("box_videos") else "no true boxes in this set"
     plot_contact_sheet(items, out / "worst.png",
-                       title="Worst predictions (red: predicted, green: true)")
+                       title=f"Worst predictions (red: predicted, {legend})")
 
 
 def _worst_first(p: dict[str, Any]) -> tuple:

@@ -170,6 +170,8 @@ def format_source_table(report: dict[str, dict[str, Any]], class_names: Sequence
 
     First one line per source (videos, video accuracy, false alarms on none videos), then one
     line per (source, foreground class): support, recall, precision (with counts) and ROC AUC.
+    A class a source neither has nor was predicted on is left out of the second table (its row
+    would be all n/a); `report` keeps it.
 
     Returns:
         Multi-line text without a trailing newline.
@@ -184,6 +186,8 @@ def format_source_table(report: dict[str, dict[str, Any]], class_names: Sequence
     for src, r in report.items():
         for name in class_names:
             c = r["per_class"][name]
+            if c["support"] == 0 and c["predicted"] == 0:
+                continue
             rows.append((src, name, str(c["support"]),
                          _with_count(c["recall"], c["tp"], c["support"]),
                          _with_count(c["precision"], c["tp"], c["predicted"]),
