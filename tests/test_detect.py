@@ -154,12 +154,21 @@ def test_the_video_summary_counts_windows_and_the_latency_from_the_fall_start():
     # The first collapse window ends at 2.5 s, the fall starts at 1.2 s.
     assert s["latency_s"] == 1.3
     never = D.summarise_video([dict(r, **{"class": "none"}) for r in rows], FALL)
-    assert never["latency_s"] is None and never["fn"] == 3
+    assert never["latency_s"] is None and not never["detected"] and never["fn"] == 3
     total = D.total_summary([s, never])
     assert (total["detected_videos"], total["action_videos"], total["median_latency_s"]) == (
         1, 2, 1.3)
     text = D.format_summary([s, never])
     assert "1.30" in text and "action videos detected: 1/2" in text
+
+
+def test_a_whole_clip_action_counts_as_detected_but_has_no_latency():
+    whole = D.VideoTruth(Path("f.mp4"), "fight", (D.Segment("fight"),))
+    rows = [D.label_row({"video": "f.mp4", "class": c, "start_s": a, "end_s": a + 1.0}, whole)
+            for c, a in (("none", 0.0), ("fight", 1.0))]
+    s = D.summarise_video(rows, whole)
+    # "2.0 s after the start" would only restate where the window ends.
+    assert s["detected"] and s["latency_s"] is None and (s["tp"], s["fn"]) == (1, 1)
 
 
 def test_videos_are_matched_to_labels_by_file_then_by_unique_stem(tmp_path):
@@ -186,7 +195,7 @@ def test_truth_from_a_record_names_classes_and_reads_segments():
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
     """A labels.csv folder of three 4.5 s videos (a fall from 1.2 s to 2.6 s, a whole-clip fight,
-    a walk) and a checkpoint that calls every clip a fight (class bias +8)."""
+    a walk) and a checkpoint that calls every clip a collapse (class bias +8)."""
     import dataclasses
 
     import torch
@@ -209,8 +218,8 @@ def labelled(tmp_path_factory):
     with torch.no_grad():
         head = model.class_head[-1]
         head.weight.zero_()
-        head.bias.copy_(torch.tensor([8.0, -8.0, 0.0]))
-    return root, save_checkpoint(root / "fight.pt", model, cfg)
+        head.bias.copy_(torch.tensor([-8.0, 8.0, 0.0]))
+    return root, save_checkpoint(root / "collapse.pt", model, cfg)
 
 
 def test_detect_with_labels_marks_windows_and_summarises_each_video(labelled, tmp_path, capsys):
@@ -225,16 +234,17 @@ def test_detect_with_labels_marks_windows_and_summarises_each_video(labelled, tm
     # 1 s windows every 0.5 s: centres 0.5, 1.0, ..., 4.0 against the fall at 1.2-2.6 s.
     assert [r["true"] for r in fall] == ["none", "ambiguous", "collapse", "collapse", "collapse",
                                          "ambiguous", "none", "none"]
-    assert [r["correct"] for r in fall] == [False, None, False, False, False, None, False, False]
+    assert [r["correct"] for r in fall] == [False, None, True, True, True, None, False, False]
     got = {Path(v["video"]).stem: v for v in json.loads(summary.read_text())["videos"]}
-    counts = {stem: (v["windows"], v["tp"], v["fp"], v["fn"], v["latency_s"])
+    counts = {stem: (v["windows"], v["tp"], v["fp"], v["fn"], v["detected"], v["latency_s"])
               for stem, v in got.items()}
-    assert counts == {"fall": (8, 0, 6, 3, None),     # every scored window called a fight
-                      "brawl": (8, 8, 0, 0, 1.0),     # found by the first window, ending at 1 s
-                      "walk": (8, 0, 8, 0, None)}
+    # The fall: first collapse window ending after 1.2 s is 0.5-1.5 s -> 0.3 s latency.
+    assert counts == {"fall": (8, 3, 3, 0, True, 0.3),
+                      "brawl": (8, 0, 8, 8, False, None),  # every window the wrong class
+                      "walk": (8, 0, 8, 0, None, None)}
     total = json.loads(summary.read_text())["total"]
     assert (total["tp"], total["fp"], total["fn"], total["detected_videos"],
-            total["none_videos_with_alarm"]) == (8, 14, 3, 1, 1)
+            total["none_videos_with_alarm"]) == (3, 19, 8, 1, 1)
     err = capsys.readouterr().err
     assert "latency s" in err and "action videos detected: 1/2" in err
 

@@ -13,9 +13,10 @@ Known labels (`--labels`, read with `train.dataset.scan_dataset`): each row gets
 `window_truth`: the class of a segment that holds the window's centre; "none" when the window
 lies entirely outside every segment; otherwise "ambiguous" (partly inside, centre outside),
 excluded from every count. A segment with unknown times (NaN) covers the whole clip.
-`summarise_video` counts true-positive, false-positive and false-negative windows per video and
-the latency: seconds from the segment's start to the end of the first window predicted as its
-class that ends after that start.
+`summarise_video` counts true-positive, false-positive and false-negative windows per video,
+whether the action was detected, and the latency: seconds from the segment's start to the end of
+the first window predicted as its class that ends after that start (only for a segment with a
+known start: for a whole-clip label it would be the window length).
 """
 from __future__ import annotations
 
@@ -458,21 +459,36 @@ def first_segment(truth: VideoTruth) -> Segment | None:
     return min(truth.segments, key=lambda s: s.span[0], default=None)
 
 
-def detection_latency(rows: Sequence[dict[str, Any]], segment: Segment) -> float | None:
-    """Seconds from the segment's start to the end of the first window predicted as its class
-    that ends after that start (a window that ends before the action starts is a false alarm,
-    not an early detection).
+def first_detection(rows: Sequence[dict[str, Any]], segment: Segment) -> dict[str, Any] | None:
+    """The first row predicted as the segment's class that ends after the segment starts (a
+    window that ends before the action starts is a false alarm, not an early detection; a clip
+    row, without times, covers the whole video).
 
     Args:
-        rows: one video's window rows (with start_s, end_s, class).
+        rows: one video's rows from `detect`, in time order.
         segment: the action.
     Returns:
-        Seconds >= 0 (rounded to ms), or None when no such window exists.
+        The row, or None when the action was never detected.
     """
     start = segment.span[0]
-    hits = [r["end_s"] for r in rows if "end_s" in r and r.get("class") == segment.label
-            and r["end_s"] > start]
-    return round(min(hits) - start, 3) if hits else None
+    for r in rows:
+        if r.get("class") == segment.label and r.get("end_s", math.inf) > start:
+            return r
+    return None
+
+
+def detection_latency(rows: Sequence[dict[str, Any]], segment: Segment) -> float | None:
+    """Seconds from the segment's start to the end of its `first_detection` window.
+
+    Returns:
+        Seconds >= 0 (rounded to ms); None when the action was never detected, its start is
+        unknown (a whole-clip label: the number would only be the window length), or the rows
+        have no times (clip mode).
+    """
+    hit = first_detection(rows, segment)
+    if hit is None or "end_s" not in hit or math.isnan(segment.start_s):
+        return None
+    return round(hit["end_s"] - segment.start_s, 3)
 
 
 def summarise_video(rows: Sequence[dict[str, Any]], truth: VideoTruth) -> dict[str, Any]:
@@ -485,8 +501,9 @@ def summarise_video(rows: Sequence[dict[str, Any]], truth: VideoTruth) -> dict[s
         {"video", "true" (video-level class), "windows", "positive" (windows whose true class is
          an action), "ambiguous", "tp" (windows predicted as their true action), "fp" (windows
          predicted as an action they do not show: on none windows, or the wrong class), "fn"
-         (action windows not predicted as their class), "latency_s" (of the earliest action,
-         `detection_latency`; None for a none video or when never detected)}.
+         (action windows not predicted as their class), "detected" (the earliest action has a
+         `first_detection`; None for a none video), "latency_s" (`detection_latency` of the
+         earliest action)}.
     """
     rows = [r for r in rows if "error" not in r]
     scored = [r for r in rows if r["true"] != AMBIGUOUS]
@@ -500,13 +517,14 @@ def summarise_video(rows: Sequence[dict[str, Any]], truth: VideoTruth) -> dict[s
         "tp": sum(r["true"] != NONE and r["class"] == r["true"] for r in scored),
         "fp": sum(r["class"] != NONE and r["class"] != r["true"] for r in scored),
         "fn": sum(r["true"] != NONE and r["class"] != r["true"] for r in scored),
-        "latency_s": detection_latency(rows, seg) if seg is not None else None,
+        "detected": None if seg is None else first_detection(rows, seg) is not None,
+        "latency_s": None if seg is None else detection_latency(rows, seg),
     }
 
 
 def total_summary(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The sums over videos, how many action videos were detected, their median latency, and
-    how many none videos had any false-positive window."""
+    """The sums over videos, how many action videos were detected, the median latency over
+    those with a known start, and how many none videos had any false-positive window."""
     positives = [s for s in summaries if s["true"] != NONE]
     latencies = [s["latency_s"] for s in positives if s["latency_s"] is not None]
     nones = [s for s in summaries if s["true"] == NONE]
@@ -515,7 +533,8 @@ def total_summary(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
         **{k: sum(s[k] for s in summaries) for k in ("windows", "positive", "ambiguous", "tp",
                                                       "fp", "fn")},
         "action_videos": len(positives),
-        "detected_videos": len(latencies),
+        "detected_videos": sum(bool(s["detected"]) for s in positives),
+        "latency_videos": len(latencies),
         "median_latency_s": round(float(np.median(latencies)), 3) if latencies else None,
         "none_videos": len(nones),
         "none_videos_with_alarm": sum(s["fp"] > 0 for s in nones),
@@ -528,22 +547,24 @@ def format_summary(summaries: Sequence[dict[str, Any]]) -> str:
     Returns:
         Multi-line text without a trailing newline.
     """
-    head = ("video", "true", "windows", "ambiguous", "TP", "FP", "FN", "latency s")
+    head = ("video", "true", "windows", "ambiguous", "TP", "FP", "FN", "detected", "latency s")
     rows = [head]
     for s in summaries:
         lat = "n/a" if s["latency_s"] is None else f"{s['latency_s']:.2f}"
+        found = "" if s["detected"] is None else ("yes" if s["detected"] else "no")
         rows.append((Path(s["video"]).name, s["true"], str(s["windows"]), str(s["ambiguous"]),
-                     str(s["tp"]), str(s["fp"]), str(s["fn"]), lat))
+                     str(s["tp"]), str(s["fp"]), str(s["fn"]), found, lat))
     t = total_summary(summaries)
     med = "n/a" if t["median_latency_s"] is None else f"{t['median_latency_s']:.2f} (median)"
     rows.append(("total", "", str(t["windows"]), str(t["ambiguous"]), str(t["tp"]),
-                 str(t["fp"]), str(t["fn"]), med))
+                 str(t["fp"]), str(t["fn"]), f"{t['detected_videos']}/{t['action_videos']}",
+                 med))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
                               for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.append(f"  action videos detected: {t['detected_videos']}/{t['action_videos']}; "
-                 f"none videos with a false alarm: {t['none_videos_with_alarm']}/"
-                 f"{t['none_videos']}")
+    lines.append(f"  action videos detected: {t['detected_videos']}/{t['action_videos']} "
+                 f"(latency known for {t['latency_videos']}: a time segment's start); none "
+                 f"videos with a false alarm: {t['none_videos_with_alarm']}/{t['none_videos']}")
     return "\n".join(lines)
 
 
