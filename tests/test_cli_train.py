@@ -118,10 +118,10 @@ def test_the_worst_sheet_shows_a_video_without_a_true_box_by_its_class(tmp_path)
     from train.plots import plot_contact_sheet
 
     boxless = {"stem": "fall_3", "true": "collapse", "pred": "collapse", "score": 0.8,
-               "iou": float("nan"), "correct": True, "has_box": False,
+               "iou": float("nan"), "correct": True, "in_box_metrics": False,
                "box": [0.5, 0.5, 0.2, 0.4], "gt_boxes": np.zeros((1, 4))}
     missed = dict(boxless, stem="fall_4", pred="none", score=0.6, correct=False, box=None)
-    placed = dict(boxless, stem="fight_1", true="fight", pred="fight", iou=0.4, has_box=True,
+    placed = dict(boxless, stem="fight_1", true="fight", pred="fight", iou=0.4, in_box_metrics=True,
                   gt_boxes=np.array([[0.5, 0.5, 0.2, 0.2]]))
     # Wrong first, then right ones by IoU, then right ones with nothing to place.
     assert [p["stem"] for p in sorted([boxless, placed, missed], key=_worst_first)] == [

@@ -104,7 +104,7 @@ def test_evaluate_without_boxes_gives_video_metrics_and_nan_box_metrics_per_sour
     assert metrics["num_videos"] == 6 and not math.isnan(metrics["video_acc"])
     assert math.isnan(metrics["det_acc"]) and math.isnan(metrics["map50"])
     assert metrics["box_metrics"] == "no boxes in this set" and metrics["box_videos"] == 0
-    assert {p["source"] for p in preds} == {"real"} and not any(p["has_box"] for p in preds)
+    assert {p["source"] for p in preds} == {"real"} and not any(p["in_box_metrics"] for p in preds)
 
 
 def test_resolve_amp_uses_bf16_on_cpu_only_when_asked():

@@ -181,7 +181,7 @@ def test_box_metrics_leave_out_positives_without_boxes_and_say_so():
     assert math.isnan(m["ap50"]["collapse"])            # its only video has no box
     assert m["box_metrics"] == "over 2 of 3 videos (1 positives without boxes left out)"
     collapse = m["per_video"][1]
-    assert collapse["correct"] and not collapse["has_box"] and math.isnan(collapse["iou"])
+    assert collapse["correct"] and not collapse["in_box_metrics"] and math.isnan(collapse["iou"])
     assert "over 2 of 3 videos" in M.format_table(m)
 
 

@@ -46,8 +46,9 @@ def test_per_source_numbers_equal_a_hand_count():
 
     # B: v5 and v7 right; v6 (collapse) predicted fight.
     assert (b["videos"], b["correct"]) == (3, 2)
-    assert b["per_class"]["fight"]["precision"] == 0.0 and math.isnan(b["per_class"]["fight"]["recall"])
-    assert b["per_class"]["collapse"]["precision"] == 1.0 and b["per_class"]["collapse"]["recall"] == 0.5
+    fight, collapse = b["per_class"]["fight"], b["per_class"]["collapse"]
+    assert fight["precision"] == 0.0 and math.isnan(fight["recall"])
+    assert collapse["precision"] == 1.0 and collapse["recall"] == 0.5
     assert b["auc"]["collapse"] == 1.0                             # 0.8, 0.4 > 0.1
     assert (b["none_videos"], b["false_alarms"], b["false_alarm_rate"]) == (1, 0, 0.0)
 

@@ -247,7 +247,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             for p in preds:
                 f.write(json.dumps(to_jsonable({k: p[k] for k in (
                     "stem", "source", "true", "pred", "score", "iou", "correct", "box",
-                    "has_box")})) + "\n")
+                    "in_box_metrics")})) + "\n")
         _eval_plots(metrics, preds, records, args, out)
         print(f"\nwrote {out / 'metrics.json'}, {out / 'predictions.jsonl'} and PNGs in {out}")
     return 0
@@ -284,7 +284,7 @@ def _worst_first(p: dict[str, Any]) -> tuple:
     with boxes by ascending IoU, then right ones without boxes (nothing to look at there)."""
     if not p["correct"]:
         return (0, -(p["score"] or 0.0))
-    return (1, p["iou"]) if p.get("has_box", True) else (2, 0.0)
+    return (1, p["iou"]) if p.get("in_box_metrics", True) else (2, 0.0)
 
 
 def _sheet_item(p: dict[str, Any], frames: Any) -> dict[str, Any]:
@@ -294,7 +294,7 @@ def _sheet_item(p: dict[str, Any], frames: Any) -> dict[str, Any]:
 
     from .metrics import cxcywh_to_xyxy
 
-    boxed = p.get("has_box", True) and len(p["gt_boxes"])
+    boxed = p.get("in_box_metrics", True) and len(p["gt_boxes"])
     true_box = cxcywh_to_xyxy(p["gt_boxes"][0]).tolist() if boxed else None
     pred_box = cxcywh_to_xyxy(np.asarray(p["box"])).tolist() if p["box"] is not None else None
     title = f"{p['stem']}: true {p['true']}, pred {p['pred']} ({p['score']:.2f})"

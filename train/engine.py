@@ -199,8 +199,9 @@ def evaluate(model: nn.Module, criterion: Any, loader: Iterable, device: torch.d
         (metrics, predictions): `train.metrics.compute_metrics`'s dict plus the mean loss terms
         (`loss_ce`, ..., `loss`) and `seconds`; and per video {"stem", "source", "probs"
         (N, K+1), "boxes" (N, 4) cxcywh, "gt_labels" (G,), "gt_boxes" (G, 4), "gt_has_box" (G,)}
-        merged with its `per_video` entry (pred, score, true, iou, correct, box, has_box). Box
-        metrics cover only the videos with boxes (see `train.metrics.compute_metrics`).
+        merged with its `per_video` entry (pred, score, true, iou, correct, box,
+        in_box_metrics). Box metrics cover only the videos with boxes (see
+        `train.metrics.compute_metrics`).
     """
     from tqdm import tqdm
 

@@ -358,10 +358,10 @@ def compute_metrics(probs: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
          "confusion_matrix" (list of lists, rows true), "labels" (class names + "none"),
          "ap50" {class: AP}, "ap" {class: AP@[.5:.95]}, "map50", "map", "box_videos" (how many
          videos the box metrics cover), "per_video" (list of {pred, score, true, iou, correct,
-         box, has_box})}, plus "box_metrics" (a note, see `box_coverage_note`) when the box
-         metrics do not cover every video. NaN where a value is undefined. A per-video
-         `correct` is det-acc's where the video has boxes, else whether the class is right;
-         its `iou` is NaN without boxes.
+         box, in_box_metrics}), plus "box_metrics" (a note, see `box_coverage_note`) when the
+         box metrics do not cover every video. NaN where a value is undefined. A per-video
+         `in_box_metrics` says whether the video counts for the box metrics; its `correct` is
+         det-acc's when it does, else whether the class is right, and its `iou` is NaN then.
     Raises:
         ValueError: gt_has_box's length differs from the number of videos.
     """
@@ -386,7 +386,7 @@ def compute_metrics(probs: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
         per_video.append({"pred": names[label], "score": score, "true": names[want],
                           "iou": iou, "correct": bool(ok),
                           "box": None if box is None else [float(x) for x in box],
-                          "has_box": bool(boxed)})
+                          "in_box_metrics": bool(boxed)})
     n = len(true_ids)
     cm = confusion_matrix(true_ids, pred_ids, k + 1)
     all_matched = np.concatenate(matched) if matched else np.zeros(0)
