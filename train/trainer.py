@@ -337,9 +337,15 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
 
 
 def _selection_key(val: dict[str, Any], train_stats: dict[str, float]) -> tuple[float, float]:
-    """Higher is better: det-acc first, then lower validation loss (train loss without val)."""
+    """Higher is better: det-acc first (video accuracy where the validation videos have no
+    boxes, so det-acc is undefined), then lower validation loss (train loss without val)."""
+    def defined(v: Any) -> bool:
+        return v is not None and not (isinstance(v, float) and math.isnan(v))
+
     det = val.get("det_acc")
-    det = -1.0 if det is None or (isinstance(det, float) and math.isnan(det)) else float(det)
+    if not defined(det):
+        det = val.get("video_acc")
+    det = float(det) if defined(det) else -1.0
     loss = val.get("loss", train_stats.get("loss", math.inf))
     loss = math.inf if loss is None or math.isnan(loss) else float(loss)
     return (det, -loss)
