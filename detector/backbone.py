@@ -22,6 +22,7 @@ from torchvision.models import video as tv_video
 
 from .config import BackboneConfig
 from .errors import CheckpointError, ConfigError
+from .motion import MotionInput, motion_channels
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,10 @@ class VideoBackbone(nn.Module):
     """
 
     def __init__(self, stages: list[nn.Module], out_channels: int,
-                 pool: list[int] | None = None, frozen_stages: int = 0) -> None:
+                 pool: list[int] | None = None, frozen_stages: int = 0,
+                 motion: str = "none") -> None:
         super().__init__()
+        self.motion = MotionInput(motion)
         self.body = nn.Sequential(*stages)
         self.pool: nn.Module = nn.AdaptiveAvgPool3d(tuple(pool)) if pool else nn.Identity()
         self.out_channels = out_channels
@@ -76,7 +79,7 @@ class VideoBackbone(nn.Module):
         Returns:
             (B, out_channels, T', H', W') features.
         """
-        return self.pool(self.body(x))
+        return self.pool(self.body(self.motion(x)))
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: tuple[int, int, int],
@@ -85,7 +88,7 @@ def _conv_bn_relu(cin: int, cout: int, kernel: tuple[int, int, int],
                          nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
 
 
-def small3d_stages(channels: list[int]) -> list[nn.Module]:
+def small3d_stages(channels: list[int], in_channels: int = 3) -> list[nn.Module]:
     """The four stages of `small3d`: total stride (8, 16, 16), so 16x112x112 gives 2x7x7.
 
     Built for a CPU budget (a training step on 8 clips of 16x112x112 in well under a second on
@@ -95,7 +98,7 @@ def small3d_stages(channels: list[int]) -> list[nn.Module]:
     """
     c0, c1, c2, c3 = channels
     stages = [
-        _conv_bn_relu(3, c0, (1, 3, 3), (1, 2, 2), (0, 1, 1)),
+        _conv_bn_relu(in_channels, c0, (1, 3, 3), (1, 2, 2), (0, 1, 1)),
         _conv_bn_relu(c0, c1, (2, 2, 2), (2, 2, 2), (0, 0, 0)),
         _conv_bn_relu(c1, c2, (3, 3, 3), (2, 2, 2), (1, 1, 1)),
         _conv_bn_relu(c2, c3, (3, 3, 3), (2, 2, 2), (1, 1, 1)),
@@ -164,7 +167,7 @@ def build_backbone(cfg: BackboneConfig) -> VideoBackbone:
         if cfg.pretrained:
             raise ConfigError(f"backbone.pretrained: small3d has no {cfg.pretrained} weights; "
                               "set it to null or pick a torchvision backbone")
-        stages = small3d_stages(list(cfg.channels))
+        stages = small3d_stages(list(cfg.channels), motion_channels(cfg.motion))
         out_channels = cfg.channels[-1]
     elif cfg.name in _RESNETS:
         ctor = _RESNETS[cfg.name][0]
@@ -183,7 +186,7 @@ def build_backbone(cfg: BackboneConfig) -> VideoBackbone:
     else:
         raise ConfigError(f"backbone.name: unknown backbone {cfg.name!r}")
     frozen = _frozen_stage_count(cfg.freeze, len(stages))
-    return VideoBackbone(stages, out_channels, cfg.pool, frozen)
+    return VideoBackbone(stages, out_channels, cfg.pool, frozen, cfg.motion)
 
 
 def feature_shape(cfg: BackboneConfig, frames: int, size: tuple[int, int] | list[int]
@@ -194,7 +197,8 @@ def feature_shape(cfg: BackboneConfig, frames: int, size: tuple[int, int] | list
     """
     probe_cfg = BackboneConfig(name=cfg.name, pretrained=None, freeze="none",
                                channels=list(cfg.channels),
-                               pool=None if cfg.pool is None else list(cfg.pool))
+                               pool=None if cfg.pool is None else list(cfg.pool),
+                               motion=cfg.motion)
     with torch.device("meta"):
         net = build_backbone(probe_cfg).eval()
         out = net(torch.empty(1, 3, frames, int(size[0]), int(size[1])))

@@ -137,3 +137,45 @@ def test_invalid_weights_are_config_errors_naming_the_key():
         loss_config("loss.l1=-1")
     with pytest.raises(ConfigError, match="loss"):
         loss_config("loss.ce=0", "loss.l1=0", "loss.giou=0")
+
+
+# ----- class-only footage: targets without a box --------------------------------------------
+def test_box_less_positive_gives_zero_box_loss_and_a_class_loss_that_trains():
+    outputs, _ = make_batch(0, counts=(1,))
+    outputs = {k: v.clone().requires_grad_(True) for k, v in outputs.items()}
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.zeros(1, 4),
+                "has_box": torch.tensor([False])}]
+    criterion = build_criterion(LossConfig(), K)
+    terms = criterion(outputs, targets)
+    assert terms["loss_bbox"].item() == 0.0 and terms["loss_giou"].item() == 0.0
+    assert terms["loss_ce"].item() > 0.0
+    criterion.total(terms).backward()
+    assert outputs["pred_logits"].grad.abs().sum() > 0
+    assert outputs["pred_boxes"].grad is None or outputs["pred_boxes"].grad.abs().sum() == 0
+
+
+def test_box_less_target_is_matched_by_class_alone():
+    # Query 0 sits on the (dummy) box but says "fight"; query 1 is far away but says "collapse":
+    # a class-only collapse must go to query 1, however the boxes lie.
+    logits = torch.tensor([[[5.0, -5.0, -5.0], [-5.0, 5.0, -5.0]]])
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.05, 0.05]]])
+    target = {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]),
+              "has_box": torch.tensor([False])}
+    criterion = build_criterion(LossConfig(), K)
+    (src, tgt), = criterion.matcher({"pred_logits": logits, "pred_boxes": boxes}, [target])
+    assert src.tolist() == [1] and tgt.tolist() == [0]
+    boxed = dict(target, has_box=torch.tensor([True]), labels=torch.tensor([0]))
+    (src, _), = criterion.matcher({"pred_logits": logits, "pred_boxes": boxes}, [boxed])
+    assert src.tolist() == [0]
+
+
+def test_mixed_batch_normalises_box_terms_by_boxed_targets_only():
+    outputs, targets = make_batch(3, counts=(1, 1))
+    criterion = build_criterion(LossConfig(), K)
+    boxed_only = criterion(outputs, [targets[0], {"labels": torch.zeros(0, dtype=torch.int64),
+                                                  "boxes": torch.zeros(0, 4)}])
+    mixed = criterion(outputs, [dict(targets[0], has_box=torch.tensor([True])),
+                                dict(targets[1], has_box=torch.tensor([False]))])
+    torch.testing.assert_close(mixed["loss_bbox"], boxed_only["loss_bbox"])
+    torch.testing.assert_close(mixed["loss_giou"], boxed_only["loss_giou"])
+    assert mixed["loss_ce"] != boxed_only["loss_ce"]     # the class-only target still counts

@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None,
                    help="training YAML (e.g. configs/train/cpu-small.yaml); default: the "
                         "report's recipe (configs/train/seed.yaml)")
-    p.add_argument("--data", type=Path, required=True, help="dataset folder")
+    p.add_argument("--data", type=Path, nargs="+", required=True, metavar="DATA",
+                   help="dataset folder(s) or CSV manifest(s); several train together, each "
+                        "split on its own")
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints and logs")
     _add_overrides(p)
     p.add_argument("--no-resume", action="store_true",
@@ -67,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None, help="training YAML")
     p.add_argument("--data", type=Path, required=True, help="dataset folder")
     p.add_argument("--out", type=Path, required=True, help="folder for the fold runs and cv.json")
+    p.add_argument("--also-train", type=Path, nargs="+", default=[], metavar="DATA",
+                   help="datasets added whole to every fold's training (never validated on)")
     p.add_argument("--folds", type=int, default=5, help="number of folds")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
     _add_overrides(p)
@@ -309,7 +313,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     result = cross_validate(cfg, args.data, args.out, folds=args.folds, seed=args.seed,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, also_train=args.also_train)
     print(format_cv_table(result))
     print(f"\nwrote {Path(args.out) / 'cv.json'}")
     return 0

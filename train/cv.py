@@ -13,20 +13,21 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from . import metrics as M
 from .config import TrainConfig
 from .splits import stratified_folds
-from .trainer import fit_records, load_records
+from .trainer import fit_records, load_records, load_split
 
 log = logging.getLogger(__name__)
 
 
 def cross_validate(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, folds: int = 5,
-                   seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                   seed: int = 0, progress: bool = True,
+                   also_train: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Train and evaluate one model per fold.
 
     Args:
@@ -37,17 +38,21 @@ def cross_validate(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path,
         folds: k.
         seed: seed of the fold assignment.
         progress: progress bars.
+        also_train: datasets added whole to every fold's training set (e.g. the synthetic set
+            a real-footage model is trained with); they are never validated on.
     Returns:
         {"folds": k, "per_fold": [scalar metrics of each fold's last epoch], "mean": {metric:
          mean}, "std": {metric: population std}, "n": {metric: folds where it is defined}}.
     """
     out_dir = Path(out_dir)
     records = load_records(cfg, data_root)
+    extra = load_split(cfg, also_train, "all", require_positives=False) if also_train else []
     per_fold: list[dict[str, float]] = []
     for k, (train_idx, val_idx) in enumerate(stratified_folds(records, folds, seed), start=1):
         log.info("fold %d/%d: %d training videos, %d validation videos", k, folds,
                  len(train_idx), len(val_idx))
-        result = fit_records(cfg, [records[i] for i in train_idx], [records[i] for i in val_idx],
+        result = fit_records(cfg, [records[i] for i in train_idx] + extra,
+                             [records[i] for i in val_idx],
                              out_dir / f"fold{k}", progress=progress, data_root=data_root)
         per_fold.append(M.scalar_metrics(result["last"]))
     summary = summarize(per_fold)

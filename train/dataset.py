@@ -426,6 +426,36 @@ class ClipDataset(Dataset):
             return pool[video_io.sample_indices(pool_n, self.frames, jitter, rng)]
         return self._decode(record, first + video_io.sample_indices(count, self.frames))
 
+    def window_pool_indices(self, record: VideoRecord) -> np.ndarray:
+        """Frame indices decoded once for all windows of a record: the whole video at
+        `pool_factor * T` frames per window length (at most every frame).
+
+        A window is then cut from this pool, so a 45-second video is decoded once per run (and
+        cached), not once per window: decoding up to a late window costs reading every frame
+        before it.
+        """
+        fps = record.fps if record.fps > 0 else 25.0
+        rate = min(fps, self.pool_factor * self.frames / float(self.window_s))
+        n = max(int(math.ceil(record.duration_s * rate)), 1)
+        return video_io.sample_indices(record.frames, min(n, record.frames))
+
+    def load_window(self, record: VideoRecord, first: int, count: int,
+                    rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        """T frames of the record's frames `first .. first + count - 1`, taken from its pool.
+
+        Returns:
+            (T, H, W, 3) uint8 RGB.
+        """
+        pool_idx = self.window_pool_indices(record)
+        pool = self._decode(record, pool_idx)
+        inside = np.flatnonzero((pool_idx >= first) & (pool_idx < first + count))
+        if inside.size == 0:   # a window narrower than the pool's spacing: nearest frame
+            inside = np.array([int(np.argmin(np.abs(pool_idx - first)))])
+        jitter = self.augment.temporal_jitter if self.augment is not None else 0.0
+        pick = video_io.sample_indices(inside.size, self.frames, jitter if rng is not None else 0,
+                                       rng)
+        return pool[inside[pick]]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         """Returns:
             clip: (T, H, W, 3) uint8 RGB tensor.
@@ -437,7 +467,10 @@ class ClipDataset(Dataset):
         record = self.records[sample.record]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         first, count, keep = self.span(sample, rng)
-        clip = self.load_clip(record, rng, first, count)
+        if sample.kind == "whole":
+            clip = self.load_clip(record, rng, first, count)
+        else:
+            clip = self.load_window(record, first, count, rng)
         ann = record.annotations[keep]
         has_box = ~np.isnan(ann[:, 1:5]).any(axis=1)
         scale = np.array([record.width, record.height, record.width, record.height], np.float32)

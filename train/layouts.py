@@ -338,8 +338,10 @@ def _manifest_entries(manifest: Path, problems: Problems) -> list[Entry]:
         if entry is None:
             stem = _unique_stem(rel, stems)
             stems[stem] = rel
-            source = cell(row, col.get("dataset")) or (rel.parts[0] if len(rel.parts) > 1
-                                                       else root.name)
+            # Per-source reports: the dataset column, else the first folder of the path.
+            source = cell(row, col.get("dataset")) or (
+                video.parent.name if rel.is_absolute()
+                else rel.parts[0] if len(rel.parts) > 1 else root.name)
             split = cell(row, col.get("split")).lower() or None
             if split is not None and split not in SPLIT_FOLDERS:
                 problems.add(f"{where}: split {split!r} must be train or val")

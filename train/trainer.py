@@ -158,6 +158,37 @@ def load_records(cfg: TrainConfig, data_root: str | Path,
     return records
 
 
+def as_roots(data_root: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One dataset path or several, as a list of paths."""
+    if isinstance(data_root, (str, Path)):
+        return [Path(data_root)]
+    return [Path(r) for r in data_root]
+
+
+def load_split(cfg: TrainConfig, data_roots: Sequence[str | Path], split: str,
+               require_positives: bool = True) -> list[VideoRecord]:
+    """The records of one split of one or several datasets.
+
+    Each dataset is split on its own (its `splits/` files, layout splits or grouped stratified
+    split), so mixing a synthetic set with real footage keeps each one's validation videos.
+    Stems that two datasets share get their dataset's folder name in front (`name:stem`).
+    """
+    out: list[VideoRecord] = []
+    seen: set[str] = set()
+    for root in as_roots(data_roots):
+        records = load_records(cfg, root, require_positives=False)
+        part = split_records(records, root, split, cfg.data.val_fraction, cfg.data.split_seed)
+        for r in part:
+            if r.stem in seen:
+                r = dataclasses.replace(r, stem=f"{root.name}:{r.stem}")
+            seen.add(r.stem)
+            out.append(r)
+    if require_positives and split == "train" and out and not any(r.is_positive for r in out):
+        raise DataError(f"{', '.join(map(str, as_roots(data_roots)))}: no training video has "
+                        f"an action label (no positives): a detector cannot learn from this")
+    return out
+
+
 def median_clip_seconds(records: Sequence[VideoRecord]) -> float | None:
     """Median duration (frames / fps) of the videos with a known frame rate, else None."""
     durations = [r.frames / r.fps for r in records if r.fps and r.fps > 0]
@@ -188,26 +219,25 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
 
 
 # --------------------------------------------------------------------------- the run
-def fit(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: bool = True,
-        progress: bool = True) -> dict[str, Any]:
-    """Train on a dataset folder with its own (or a stratified 80/20) train/val split.
+def fit(cfg: TrainConfig, data_root: str | Path | Sequence[str | Path], out_dir: str | Path,
+        resume: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Train on one or several datasets, each with its own (or a grouped, stratified) split.
 
     Args:
         cfg: the training config.
-        data_root: dataset folder (`videos/ labels/ [splits/]` or the reference layout).
+        data_root: dataset folder(s) or CSV manifest(s), any layout `train.layouts` reads;
+            several are trained on together (e.g. a synthetic boxed set and real class-only
+            footage).
         out_dir: run folder (created); an existing `last.pt` there is resumed when `resume`.
         resume: continue from `out_dir/last.pt` when it exists.
         progress: show progress bars.
     Returns:
         See `fit_records`.
     """
-    records = load_records(cfg, data_root)
-    train_records = split_records(records, data_root, "train", cfg.data.val_fraction,
-                                  cfg.data.split_seed)
-    val_records = split_records(records, data_root, "val", cfg.data.val_fraction,
-                                cfg.data.split_seed)
+    train_records = load_split(cfg, data_root, "train")
+    val_records = load_split(cfg, data_root, "val", require_positives=False)
     return fit_records(cfg, train_records, val_records, out_dir, resume=resume,
-                       progress=progress, data_root=data_root)
+                       progress=progress, data_root=", ".join(map(str, as_roots(data_root))))
 
 
 def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
@@ -337,9 +367,15 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
 
 
 def _selection_key(val: dict[str, Any], train_stats: dict[str, float]) -> tuple[float, float]:
-    """Higher is better: det-acc first, then lower validation loss (train loss without val)."""
+    """Higher is better: det-acc first (video accuracy where the validation videos have no
+    boxes, so det-acc is undefined), then lower validation loss (train loss without val)."""
+    def defined(v: Any) -> bool:
+        return v is not None and not (isinstance(v, float) and math.isnan(v))
+
     det = val.get("det_acc")
-    det = -1.0 if det is None or (isinstance(det, float) and math.isnan(det)) else float(det)
+    if not defined(det):
+        det = val.get("video_acc")
+    det = float(det) if defined(det) else -1.0
     loss = val.get("loss", train_stats.get("loss", math.inf))
     loss = math.inf if loss is None or math.isnan(loss) else float(loss)
     return (det, -loss)

@@ -1,0 +1,57 @@
+"""Motion input: what changes between frames, put in front of the backbone.
+
+A small network trained on a few hundred real clips learns whatever separates them most cheaply,
+and in fall datasets that is the room: one room holds all the falls. Frame differences carry the
+motion and little of the static scene (a wall, a bed, a chair that never moves is zero), so a
+backbone fed with them has far less room to learn the room instead of the fall. This is the
+two-stream idea (Simonyan and Zisserman, 2014) in its cheapest form: RGB differences in place of
+optical flow, as in TSN's "RGB diff" modality (Wang et al., 2016).
+
+Modes (`model.backbone.motion`):
+- `none`: the normalised RGB clip, unchanged (3 channels);
+- `diff`: x[t] - x[t-1] per channel, the first frame's difference repeated from the second
+  (3 channels, so a 3-channel stem works unchanged);
+- `rgb+diff`: both, concatenated (6 channels; `small3d` only, since a pretrained ResNet stem
+  takes 3).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+MotionMode = Literal["none", "diff", "rgb+diff"]
+MOTION_MODES = ("none", "diff", "rgb+diff")
+
+
+def motion_channels(mode: str) -> int:
+    """Channels the backbone's first layer receives in `mode`."""
+    return 6 if mode == "rgb+diff" else 3
+
+
+class MotionInput(nn.Module):
+    """(B, 3, T, H, W) normalised clip -> (B, C, T, H, W) with C = `motion_channels(mode)`.
+
+    No parameters: checkpoints of a `none` model and of a motion model differ only in the first
+    convolution's input width. Exportable to ONNX (slices and a concatenation).
+    """
+
+    def __init__(self, mode: str = "none") -> None:
+        super().__init__()
+        if mode not in MOTION_MODES:
+            raise ValueError(f"backbone.motion must be one of {', '.join(MOTION_MODES)}, "
+                             f"got {mode!r}")
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none" or x.shape[2] < 2:
+            if self.mode == "rgb+diff":
+                return torch.cat([x, torch.zeros_like(x)], dim=1)
+            return x if self.mode == "none" else torch.zeros_like(x)
+        diff = x[:, :, 1:] - x[:, :, :-1]                       # (B, 3, T-1, H, W)
+        diff = torch.cat([diff[:, :, :1], diff], dim=2)         # first frame: repeat the second
+        return diff if self.mode == "diff" else torch.cat([x, diff], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}"

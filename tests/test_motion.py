@@ -1,0 +1,46 @@
+"""Motion input: frame differences in front of the backbone, so a static scene is zero."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detector.config import BackboneConfig, InputConfig, ModelConfig
+from detector.model import build_model
+from detector.motion import MotionInput
+
+
+def test_static_scene_gives_zero_difference_and_motion_does_not():
+    still = torch.randn(1, 3, 1, 8, 8).expand(2, 3, 5, 8, 8).contiguous()
+    assert MotionInput("diff")(still).abs().max() == 0
+    moving = still.clone()
+    moving[:, :, 3] += 1.0
+    diff = MotionInput("diff")(moving)
+    assert diff.shape == moving.shape
+    torch.testing.assert_close(diff[:, :, 3], torch.ones_like(diff[:, :, 3]))
+    torch.testing.assert_close(diff[:, :, 4], -torch.ones_like(diff[:, :, 4]))
+    # The first frame has no predecessor: it repeats the second frame's difference.
+    torch.testing.assert_close(diff[:, :, 0], diff[:, :, 1])
+
+
+def test_rgb_plus_diff_keeps_the_clip_and_adds_its_differences():
+    x = torch.randn(2, 3, 4, 8, 8)
+    out = MotionInput("rgb+diff")(x)
+    assert out.shape == (2, 6, 4, 8, 8)
+    torch.testing.assert_close(out[:, :3], x)
+    torch.testing.assert_close(out[:, 3:], MotionInput("diff")(x))
+    assert MotionInput("none")(x) is x
+
+
+@pytest.mark.parametrize("motion", ["none", "diff", "rgb+diff"])
+def test_small3d_model_runs_with_each_motion_mode(motion):
+    cfg = ModelConfig(backbone=BackboneConfig(name="small3d", channels=[4, 8, 8, 16],
+                                              pool=[1, 2, 2], motion=motion),
+                      input=InputConfig(frames=4, size=[32, 32]), d_model=16, num_queries=2,
+                      decoder_layers=1, nheads=2, dim_feedforward=16)
+    out = build_model(cfg).eval()(torch.randn(1, 3, 4, 32, 32))
+    assert out["pred_logits"].shape == (1, 2, 3)
+
+
+def test_rgb_plus_diff_is_refused_for_a_three_channel_resnet_stem():
+    with pytest.raises(ValueError, match="rgb\\+diff needs 6 input channels"):
+        BackboneConfig(name="r2plus1d_18", motion="rgb+diff")
