@@ -125,6 +125,8 @@ class RunConfig:
         score_threshold: clip-level decision threshold in evaluation (reference: 0.3).
         iou_threshold: det-acc IoU threshold (report: 0.5).
         log_every: log a line every this many steps when the progress bar is off.
+        init: starting weights (`detector.init_weights`): `scratch`, `vigil` (Vigil's shipped
+            weights for this architecture) or a checkpoint path. A resumed run ignores it.
     """
     seed: int = 0
     device: str = "auto"
@@ -132,8 +134,11 @@ class RunConfig:
     score_threshold: float = 0.3
     iou_threshold: float = 0.5
     log_every: int = 20
+    init: str = "scratch"
 
     def __post_init__(self) -> None:
+        if not self.init:
+            raise ValueError("train.init must be scratch, vigil or a checkpoint path")
         if not 0.0 <= self.score_threshold <= 1.0 or not 0.0 < self.iou_threshold <= 1.0:
             raise ValueError("train: score_threshold must be in [0, 1], iou_threshold in (0, 1]")
         if self.log_every < 1:

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from detector.checkpoint import save_checkpoint
 from detector.errors import CheckpointError, DataError
+from detector.init_weights import initialise
 from detector.losses import build_criterion
 from detector.model import build_model, count_parameters
 from detector.schema import to_dict
@@ -42,6 +43,7 @@ from .sampler import BalancedBatchSampler
 log = logging.getLogger(__name__)
 
 LAST, BEST, HISTORY = "last.pt", "best.pt", "metrics.jsonl"
+PREDICTIONS = "val_predictions.jsonl"
 
 
 # --------------------------------------------------------------------------- seeding
@@ -274,7 +276,9 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     cfg = dataclasses.replace(cfg, model=model_cfg)
     _write_config(cfg, out_dir / "config.yaml")
 
-    model = build_model(model_cfg).to(device)
+    model = build_model(model_cfg)
+    init_from = initialise(model, model_cfg, cfg.train.init)
+    model = model.to(device)
     n_params = count_parameters(model)
     log.info("model: %s backbone, %s parameters (%s trainable); device %s, amp %s",
              model_cfg.backbone.name, f"{n_params:,}",
@@ -311,7 +315,8 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     elif (out_dir / HISTORY).exists():
         (out_dir / HISTORY).unlink()
 
-    meta_common = {"train_config": to_dict(cfg), "clip_seconds": model_cfg.input.clip_seconds}
+    meta_common = {"train_config": to_dict(cfg), "clip_seconds": model_cfg.input.clip_seconds,
+                   "init_from": init_from}
     best_metrics = last_metrics = None
     for epoch in range(start_epoch + 1, cfg.optim.epochs + 1):
         t0 = time.monotonic()
@@ -326,10 +331,14 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
             scheduler.step()
         val_metrics: dict[str, Any] = {}
         if val_loader is not None:
-            val_metrics, _ = engine.evaluate(model, criterion, val_loader, device,
-                                             model_cfg.class_names, cfg.train.score_threshold,
-                                             amp, cfg.train.iou_threshold)
+            val_metrics, val_preds = engine.evaluate(model, criterion, val_loader, device,
+                                                     model_cfg.class_names,
+                                                     cfg.train.score_threshold, amp,
+                                                     cfg.train.iou_threshold)
             val_metrics.pop("per_video", None)
+            if epoch == cfg.optim.epochs:
+                _write_predictions(out_dir / PREDICTIONS, val_preds, val_records,
+                                   model_cfg.class_names)
         record = {"epoch": epoch, "lr": lr, "train": train_stats,
                   "val": M.to_jsonable(val_metrics), "seconds": time.monotonic() - t0}
         history.append(record)
@@ -453,6 +462,23 @@ def _trim_history(path: Path, upto: int) -> list[dict[str, Any]]:
     kept = [h for h in kept if h.get("epoch", 0) <= upto]
     path.write_text("".join(json.dumps(h) + "\n" for h in kept), encoding="utf-8")
     return kept
+
+
+def _write_predictions(path: Path, preds: Sequence[dict[str, Any]],
+                       records: Sequence[VideoRecord], class_names: Sequence[str]) -> None:
+    """The last epoch's validation predictions, one JSON line per video: stem, source, group,
+    true and predicted class, the decision score, and each class's video-level score (the
+    highest probability any query gives it), for pooled cross-validation reports."""
+    by_stem = {r.stem: r for r in records}
+    with open(path, "w", encoding="utf-8") as f:
+        for p in preds:
+            rec = by_stem.get(p["stem"])
+            probs = np.asarray(p["probs"])
+            scores = {name: float(probs[:, c].max()) for c, name in enumerate(class_names)}
+            row = {"stem": p["stem"], "source": rec.source if rec else None,
+                   "group": rec.group if rec else None, "true": p.get("true"),
+                   "pred": p.get("pred"), "score": p.get("score"), "class_scores": scores}
+            f.write(json.dumps(M.to_jsonable(row)) + "\n")
 
 
 def _write_config(cfg: TrainConfig, path: Path) -> None:

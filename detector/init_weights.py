@@ -1,0 +1,111 @@
+"""Starting a training run from weights that already exist: Vigil's own pretrained detector,
+or any checkpoint.
+
+Kinetics weights cannot be downloaded on many of the machines Vigil runs on, and a few dozen of a
+user's videos teach a detector from scratch little. So Vigil ships weights of its own, trained
+on real footage and synthetic scenes (`detector/weights/<name>.pt`, each with a model card in
+`docs/models/<name>.md`), and a training recipe can start from them (`train.init`):
+
+- `scratch`: random initialisation (and the backbone's `pretrained` weights, if any);
+- `vigil`: the shipped weights whose architecture matches the recipe's model;
+- a path: any Vigil checkpoint (or a reference `best_model.pth`).
+
+Weights are copied by name where the shapes agree; everything else keeps its fresh
+initialisation and is listed in the log (a model with other classes keeps the backbone and
+decoder but not the class head, for example). Architecture must otherwise match: a checkpoint
+that fits no tensor at all is refused.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from torch import nn
+
+from .checkpoint import load_checkpoint
+from .config import ModelConfig
+from .errors import CheckpointError
+from .schema import to_dict
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# Below this share of the model's values copied, a checkpoint is refused as another architecture.
+MIN_FIT = 0.1
+
+
+def shipped_weights() -> list[Path]:
+    """The weight files shipped with Vigil, sorted by name."""
+    return sorted(WEIGHTS_DIR.glob("*.pt"))
+
+
+def _architecture(cfg: ModelConfig) -> dict:
+    """The parts of a model config that decide the tensors' shapes and meaning."""
+    d = to_dict(cfg)
+    d.pop("class_names", None)
+    d["backbone"] = {k: v for k, v in d["backbone"].items() if k not in ("pretrained", "freeze")}
+    d["input"] = {k: v for k, v in d["input"].items() if k in ("frames", "size")}
+    d.pop("dropout", None)
+    return d
+
+
+def find_shipped(cfg: ModelConfig) -> Path:
+    """The shipped weights whose architecture is `cfg`'s.
+
+    Raises:
+        CheckpointError: none fits; the message lists what is shipped.
+    """
+    want = _architecture(cfg)
+    for path in shipped_weights():
+        try:
+            _, other, _ = load_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("shipped weights %s cannot be read: %s", path, exc)
+            continue
+        if _architecture(other) == want:
+            return path
+    names = ", ".join(p.stem for p in shipped_weights()) or "none"
+    raise CheckpointError(f"train.init=vigil: no shipped weights fit this model's architecture "
+                          f"(shipped: {names}; see docs/models/); use a recipe built on one of "
+                          f"them, train.init=scratch, or a checkpoint path")
+
+
+def initialise(model: nn.Module, cfg: ModelConfig, init: str) -> str | None:
+    """Copy starting weights into `model` as `init` says.
+
+    Args:
+        model: a freshly built detector of config `cfg`.
+        cfg: its config.
+        init: `scratch`, `vigil`, or a checkpoint path.
+    Returns:
+        The path the weights came from, or None for `scratch`.
+    Raises:
+        CheckpointError: no such file, an unreadable one, or one that fits no tensor.
+    """
+    if init == "scratch":
+        return None
+    path = find_shipped(cfg) if init == "vigil" else Path(init).expanduser()
+    source, _, _ = load_checkpoint(path)
+    theirs = source.state_dict()
+    ours = model.state_dict()
+    copied, skipped = [], []
+    for key, value in ours.items():
+        other = theirs.get(key)
+        if other is not None and other.shape == value.shape:
+            ours[key] = other.to(value.dtype)
+            copied.append(key)
+        else:
+            skipped.append(key)
+    n = sum(ours[k].numel() for k in copied)
+    total = sum(v.numel() for v in ours.values())
+    if n < MIN_FIT * total:
+        # A few small tensors (biases of the heads, BatchNorm counters) fit almost any model;
+        # starting from those alone is a fresh model under another name.
+        raise CheckpointError(f"{path}: almost no tensor of it fits this model ({n:,} of "
+                              f"{total:,} values); train.init needs a checkpoint of the same "
+                              f"architecture")
+    model.load_state_dict(ours)
+    log.info("train.init: %d of %d tensors (%s values) from %s%s", len(copied), len(ours),
+             f"{n:,}", path, f"; kept fresh: {', '.join(skipped)}" if skipped else "")
+    return str(path)
+
