@@ -11,7 +11,7 @@
 #   5. compile   vigil bench model: torch.compile on the fixed shape (batch 32, low precision)
 #   6. offline   vigil bench offline: vigil detect against the reference-style loop, same GPU
 #   7. pipeline  vigil bench pipeline: file cameras at 25 fps, stride 8, 640x360; the largest
-#                number of cameras in real time by bisection over 8..64
+#                number of cameras in real time by bisection over 16..128 (9 points of ~11 s)
 #   8. train     vigil bench train: two timed epochs of the seed recipe on synthetic videos
 #
 # Every step runs under `timeout`, logs to $OUT/<step>.log and writes its table to
@@ -26,6 +26,7 @@
 #              one short epoch; no torch.compile), seconds each: what CI runs (tests/test_gpu_check.py)
 #   --pack     at the end, move the logs and tables into $OUT/gpu-check.tar.gz and keep only that
 #              and summary.md in $OUT (the device tool brings back at most 8 files)
+#   --commands print the steps' commands (the vigil ones as `vigil ...`) and exit, running nothing
 #
 # Environment: OUT (default: a new temporary folder, printed), PYTHON (default .venv/bin/python
 # when it exists, else python3), WHEELS (default ./wheels), GPU_CHECK_BUDGET_S.
@@ -33,12 +34,14 @@ set -uo pipefail
 
 DRY=0
 PACK=0
+COMMANDS=0
 for arg in "$@"; do
     case $arg in
         --dry-run) DRY=1 ;;
         --pack) PACK=1 ;;
+        --commands) COMMANDS=1 ;;
         -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
-        *) echo "gpu-check: unknown argument $arg (--dry-run, --pack)" >&2; exit 2 ;;
+        *) echo "gpu-check: unknown argument $arg (--dry-run, --pack, --commands)" >&2; exit 2 ;;
     esac
 done
 
@@ -173,12 +176,9 @@ EOF
 
 if (( DRY )); then
     # Tiny sizes: the CPU model (or a smaller one), one batch, one camera, one short epoch.
-    "$PYTHON" -c "import sys; from pathlib import Path; from streamer.harness import \
-tiny_checkpoint; tiny_checkpoint(Path(sys.argv[1]))" "$WORK/tiny.pt" \
-        || { echo "gpu-check: cannot build the dry run's checkpoint" >&2; exit 2; }
     TESTS=(env -u VIGIL_REQUIRE_CUDA "$PYTHON" -m pytest tests/test_cuda.py -m cuda -q -rA -p no:cacheprovider)
     MODEL=(bench model --device cpu --models cpu --batches 1 --repeats 1 --warmup 0 --matmul-n 128
-           --no-onnx --no-compile --ablations channels_last)
+           --no-onnx --no-compile --ablations channels_last,no-cudnn-benchmark)
     COMPILE=(bench model --device cpu --models cpu --batches 1 --repeats 1 --warmup 0
              --matmul-n 128 --no-onnx --no-compile --ablations compile)
     OFFLINE=(bench offline --device cpu --videos 2 --repeats 1 --batch 2 --workers 0
@@ -195,30 +195,37 @@ else
            --warmup 2 --no-compile --ablations channels_last,no-cudnn-benchmark)
     COMPILE=(bench model --device cuda --models seed --batches 32 --repeats 5 --warmup 2
              --ablations compile)
-    OFFLINE=(bench offline --device cuda --videos 32 --repeats 2 --batch 16)
+    OFFLINE=(bench offline --device cuda --videos 24 --repeats 2 --batch 16)
     PIPELINE=(bench pipeline --device cuda --resolutions 640x360 --fps 25 --stride 8
-              --min-cameras 8 --max-cameras 64 --duration 5 --warmup 2)
-    TRAIN=(bench train --device cuda --videos 64 --epochs 2)
-    LIMITS=(install 30 env 15 tests 100 model 60 compile 60 offline 45 pipeline 120 train 40)
+              --min-cameras 16 --max-cameras 128 --duration 4 --warmup 2)
+    TRAIN=(bench train --device cuda --videos 48 --epochs 2)
+    LIMITS=(install 20 env 15 tests 110 model 60 compile 65 offline 35 pipeline 125 train 40)
 fi
 # `timeout` runs programs, not shell functions: the two functions go through bash -c.
 export -f install environment
 export PYTHON WHEELS SITE DEVICE
 declare -A LIMIT
 for (( i = 0; i < ${#LIMITS[@]}; i += 2 )); do LIMIT[${LIMITS[i]}]=${LIMITS[i+1]}; done
+if (( COMMANDS )); then
+    echo "tests: ${TESTS[*]}"
+    for name in model compile offline pipeline train; do
+        declare -n cmd=${name^^}
+        echo "$name: vigil ${cmd[*]}"
+    done
+    exit 0
+fi
+if (( DRY )); then
+    "$PYTHON" -c "import sys; from pathlib import Path; from streamer.harness import \
+tiny_checkpoint; tiny_checkpoint(Path(sys.argv[1]))" "$WORK/tiny.pt" \
+        || { echo "gpu-check: cannot build the dry run's checkpoint" >&2; exit 2; }
+fi
 
 echo "gpu-check: $([[ $DRY == 1 ]] && echo dry run on the CPU || echo GPU run), OUT=$OUT, budget ${BUDGET} s"
 step install "${LIMIT[install]}" bash -c install
 step env "${LIMIT[env]}" bash -c environment
 step tests "${LIMIT[tests]}" "${TESTS[@]}"
 for name in model compile offline pipeline train; do
-    case $name in
-        model) args=("${MODEL[@]}") ;;
-        compile) args=("${COMPILE[@]}") ;;
-        offline) args=("${OFFLINE[@]}") ;;
-        pipeline) args=("${PIPELINE[@]}") ;;
-        train) args=("${TRAIN[@]}") ;;
-    esac
+    declare -n args=${name^^}
     step "$name" "${LIMIT[$name]}" "${VIGIL[@]}" "${args[@]}" --out "$OUT/$name.md"
     [[ -s $OUT/$name.md ]] && TABLES+=("$name.md")
 done
@@ -227,7 +234,12 @@ TOTAL=$(( $(date +%s) - T0 ))
 {
     echo "# gpu-check $([[ $DRY == 1 ]] && echo "(dry run on the CPU, tiny sizes)" || echo "(GPU run)")"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (modified)'), ${TOTAL} s of a ${BUDGET} s budget; logs: <step>.log"
+    commit=unknown
+    if rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null); then
+        commit=$rev
+        git -C "$REPO" diff --quiet HEAD 2>/dev/null || commit="$rev (modified)"
+    fi
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n), commit $commit, ${TOTAL} s of a ${BUDGET} s budget; logs: <step>.log"
     echo
     echo "| step | status | seconds | limit s |"
     echo "|---|---|---|---|"

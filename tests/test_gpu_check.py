@@ -77,3 +77,32 @@ def test_a_spent_budget_fails_the_run_and_pack_keeps_two_files(tmp_path):
 def test_an_unknown_argument_is_refused():
     proc = subprocess.run(["bash", str(SCRIPT), "--bogus"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--bogus" in proc.stderr
+
+
+def test_the_gpu_runs_commands_parse_and_ask_for_what_the_issue_lists(tmp_path):
+    """The GPU run's own arguments never run here: at least they must parse, on CUDA."""
+    import shlex
+
+    from streamer.bench_cli import _names
+    from streamer.cli import build_parser
+
+    proc = subprocess.run(["bash", str(SCRIPT), "--commands"], capture_output=True, text=True,
+                          env={**os.environ, "OUT": str(tmp_path / "out")})
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines())
+    assert "VIGIL_REQUIRE_CUDA=1" in lines["tests"] and "tests/test_cuda.py" in lines["tests"]
+    parser = build_parser()
+    parsed = {}
+    for name in ("model", "compile", "offline", "pipeline", "train"):
+        argv = shlex.split(lines[name])
+        assert argv[0] == "vigil", lines[name]
+        args = parsed[name] = parser.parse_args(argv[1:])
+        assert args.device == "cuda" and args.verb == "bench", name
+    model, comp = parsed["model"], parsed["compile"]
+    assert model.models == "seed" and model.batches == [1, 2, 4, 8, 16, 32, 64]
+    assert set(_names(model.ablations)) == {"channels_last", "no-cudnn-benchmark"}
+    assert _names(comp.ablations) == ["compile"] and not comp.no_compile
+    pipe = parsed["pipeline"]
+    assert (pipe.fps, pipe.stride) == (25, 8) and 1 <= pipe.min_cameras < pipe.max_cameras
+    assert not pipe.no_bisect
+    assert parsed["train"].config is None          # the seed recipe
