@@ -135,9 +135,13 @@ print("carried wheels:", len(carried), "distributions;", "already installed:",
       ", ".join(sorted(n for n in carried if n in installed)) or "none")
 if want:
     print("installing:", ", ".join(want))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
-                    "--no-index", "--no-deps", "--no-compile", "--find-links", wheels,
-                    "--target", site, *want], check=True)
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
+                           "--no-index", "--no-deps", "--no-compile", "--find-links", wheels,
+                           "--target", site, *want])
+    if done.returncode:
+        v = "%d.%d" % sys.version_info[:2]
+        sys.exit(f"pip could not install from {wheels}: were the wheels fetched for this "
+                 f"Python? bash scripts/fetch-gpu-wheels.sh {v}")
 else:
     print("nothing to install")
 sys.path.insert(0, site)
