@@ -656,6 +656,8 @@ class ModelBenchOptions:
         matmul_n: roofline matmul size (default 8192 on CUDA, 2048 on the CPU).
         onnx: include onnxruntime rows (fp32, CPU, each batch of the sweep, against torch fp32
             of the same batch; None = yes on the CPU when the optional packages are installed).
+        ablations: which option comparisons to time, from `ABLATIONS` (None = all that apply:
+            `compile` rows need `compile`, `no-cudnn-benchmark` needs CUDA).
     """
     device: str = "auto"
     quick: bool = False
@@ -669,7 +671,14 @@ class ModelBenchOptions:
     seed_size: Optional[Sequence[int]] = None
     matmul_n: Optional[int] = None
     onnx: Optional[bool] = None
+    ablations: Optional[Sequence[str]] = None
     command: Optional[str] = None
+
+
+# The option comparisons of `vigil bench model`, each timed against the plain low-precision row.
+ABLATIONS = {"channels_last": dict(cl=True), "compile": dict(comp=True),
+             "channels_last+compile": dict(cl=True, comp=True),
+             "no-cudnn-benchmark": dict(bench=False)}
 
 
 def default_cpu_config() -> Path:
@@ -722,6 +731,9 @@ def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
         repeats = min(repeats, 2)
     do_compile = opts.compile if opts.compile is not None else (cuda or not opts.quick)
     ablation_batch = opts.ablation_batch or (max(batches) if cuda else min(max(batches), 8))
+    unknown = [a for a in (opts.ablations or ()) if a not in ABLATIONS]
+    if unknown:
+        raise ConfigError(f"--ablations: unknown {', '.join(unknown)} ({', '.join(ABLATIONS)})")
     precisions = _precisions(device)
     low = "bf16" if "bf16" in precisions else precisions[-1]
     notes: list[str] = []
@@ -818,17 +830,16 @@ def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
         # Ablations at one batch in the low precision, each against the plain row.
         base = by_key[(low, ablation_batch)] if (low, ablation_batch) in by_key \
             else measure(ablation_batch, low)
-        variants: list[dict[str, bool]] = [dict(cl=True)]
-        if do_compile:
-            variants += [dict(comp=True), dict(cl=True, comp=True)]
-        if cuda:
-            variants += [dict(bench=False)]
+        names = list(ABLATIONS) if opts.ablations is None else list(opts.ablations)
+        variants = [ABLATIONS[a] for a in names
+                    if ("comp" not in ABLATIONS[a] or do_compile)
+                    and ("bench" not in ABLATIONS[a] or cuda)]
         ablation.append(base)
         for v in variants:
             row = measure(ablation_batch, low, **v)
             baselines[row.key()] = base
             ablation.append(row)
-        if not do_compile:
+        if not do_compile and any("compile" in a for a in names):
             # Stated in the table itself, not only in a note: the row exists, unmeasured.
             ablation.append(ModelRow(name, shape, str(device), low, ablation_batch,
                                      compiled=True, cudnn_benchmark=bench_default,

@@ -623,6 +623,7 @@ class PipelineBenchOptions:
         cameras: numbers of cameras to measure in any case.
         bisect: search the largest N that holds real time.
         max_cameras: the bisection's upper bound (default: 4 --quick, 16 on CPU, 128 on CUDA).
+        min_cameras: the bisection's lower bound (a limit below it is reported as min - 1).
         resolutions: (width, height) of the camera files.
         fps, stride: camera frame rate and the daemon's stride.
         duration_s, warmup_s: measured and unmeasured seconds per point.
@@ -637,6 +638,7 @@ class PipelineBenchOptions:
     cameras: Sequence[int] = ()
     bisect: bool = True
     max_cameras: Optional[int] = None
+    min_cameras: int = 1
     resolutions: Sequence[tuple[int, int]] = RESOLUTIONS
     fps: int = 25
     stride: int = 8
@@ -662,6 +664,9 @@ def run_pipeline_bench(opts: PipelineBenchOptions) -> BenchReport:
     duration = opts.duration_s or (6.0 if opts.quick else 30.0)
     warmup = opts.warmup_s if opts.warmup_s is not None else (3.0 if opts.quick else 5.0)
     hi = opts.max_cameras or (4 if opts.quick else (128 if cuda else 16))
+    lo = max(1, int(opts.min_cameras))
+    if opts.bisect and lo > hi:
+        raise ConfigError(f"--min-cameras {lo} is above --max-cameras {hi}")
     model = opts.model or ("seed" if cuda else "cpu")
     max_batch = opts.max_batch or (32 if cuda else 8)
     own_dir = opts.workdir is None
@@ -700,14 +705,16 @@ def run_pipeline_bench(opts: PipelineBenchOptions) -> BenchReport:
             for n in opts.cameras:
                 point(int(n))
             if opts.bisect:
-                best = find_max_cameras(lambda n: holds_real_time(point(n))[0], 1, hi)
+                best = find_max_cameras(lambda n: holds_real_time(point(n))[0], lo, hi)
                 limits.append({"resolution": f"{width}x{height}", "codec": encoder.label,
                                "fps": opts.fps, "stride": opts.stride,
                                "max cameras in real time": best,
-                               "searched": f"1..{hi}",
+                               "searched": f"{lo}..{hi}",
                                "points measured": ", ".join(map(str, sorted(measured))),
                                "note": (f"upper bound {hi} held: raise --max-cameras"
-                                        if best == hi else "")})
+                                        if best == hi else
+                                        f"lower bound {lo} did not hold: lower --min-cameras"
+                                        if best < lo else "")})
             rows += [point_row(measured[n]) for n in sorted(measured)]
         report.sections.append(Section(
             "Pipeline: the real daemon on file cameras paced in real time", POINT_COLUMNS, rows,

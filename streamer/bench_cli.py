@@ -3,6 +3,7 @@
     vigil bench model    [--quick] [--device D] [--out FILE.md|FILE.json] ...
     vigil bench pipeline [--quick] [--device D] [--out FILE] [--cameras N ...] ...
     vigil bench offline  [--quick] [--device D] [--out FILE] [--data DIR] ...
+    vigil bench train    [--quick] [--device D] [--out FILE] [--config YAML] ...
     vigil export --checkpoint CKPT --format onnx --out model.onnx
 
 Each benchmark prints its Markdown tables on stdout (the environment line above them states the
@@ -27,6 +28,14 @@ def _ints(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def _names(text: str | None) -> list[str] | None:
+    """A comma-separated option value as a list; None when not given, [] for 'none'."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    return [] if names == ["none"] else names
 
 
 def _resolution(text: str) -> tuple[int, int]:
@@ -85,6 +94,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="training config whose model: section is the CPU model")
     m.add_argument("--matmul-n", type=int, default=None,
                    help="roofline matmul size (default 8192 CUDA, 2048 CPU)")
+    m.add_argument("--ablations", default=None, metavar="A[,A...]",
+                   help="option comparisons at the ablation batch, from channels_last, compile, "
+                        "channels_last+compile, no-cudnn-benchmark (default: all that apply; "
+                        "'none' for none)")
     m.set_defaults(func=cmd_bench_model)
 
     q = sub.add_parser(
@@ -99,6 +112,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--no-bisect", action="store_true", help="measure only --cameras")
     q.add_argument("--max-cameras", type=int, default=None,
                    help="bisection upper bound (default 4 --quick, 16 CPU, 128 CUDA)")
+    q.add_argument("--min-cameras", type=int, default=1,
+                   help="bisection lower bound (skips probing the smallest counts)")
     q.add_argument("--resolutions", type=lambda s: [_resolution(r) for r in s.split(",")],
                    default=None, help="camera sizes (default 640x360,1280x720)")
     q.add_argument("--fps", type=int, default=25, help="camera frame rate")
@@ -140,6 +155,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="vigil detect --precision (default: its own, auto)")
     o.add_argument("--repeats", type=int, default=None, help="timed passes (default 3; --quick 2)")
     o.set_defaults(func=cmd_bench_offline)
+
+    t = sub.add_parser(
+        "train", formatter_class=fmt, help="timed training epochs of a recipe",
+        description="`vigil train` (train.trainer.fit) on synthetic videos it writes, backbone "
+                    "pretrained weights off: per epoch, the training pass (seconds, s/step, "
+                    "clips/s), validation and checkpoints, and peak device memory on CUDA.")
+    _common(t)
+    t.add_argument("--config", default=None, metavar="YAML",
+                   help="training config (default: the report's recipe, configs/train/seed.yaml)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
+    t.add_argument("--videos", type=int, default=None,
+                   help="synthetic videos (default 64; --quick 12)")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="epochs to time (default 2: the first fills the clip cache; --quick 1)")
+    t.add_argument("--size", type=_resolution, default=(160, 120), metavar="WxH",
+                   help="synthetic video size")
+    t.add_argument("--frames", type=int, default=48, help="frames per synthetic video")
+    t.add_argument("--workdir", default=None,
+                   help="keep data and run here (default: a temporary folder)")
+    t.set_defaults(func=cmd_bench_train)
 
     e = subparsers.add_parser(
         "export", formatter_class=fmt, help="export a checkpoint to ONNX and check it",
@@ -188,7 +224,8 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
         batches=args.batches, repeats=args.repeats, warmup=args.warmup,
         compile=False if args.no_compile else None, ablation_batch=args.ablation_batch,
         cpu_config=args.cpu_config, seed_size=args.seed_size, matmul_n=args.matmul_n,
-        onnx=False if args.no_onnx else None, command=command_line())
+        onnx=False if args.no_onnx else None, ablations=_names(args.ablations),
+        command=command_line())
     _emit(run_model_bench(opts), args.out)
     return 0
 
@@ -202,7 +239,7 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
 
     opts = PipelineBenchOptions(
         device=args.device, quick=args.quick, cameras=args.cameras, bisect=not args.no_bisect,
-        max_cameras=args.max_cameras, resolutions=args.resolutions or RESOLUTIONS,
+        max_cameras=args.max_cameras, min_cameras=args.min_cameras, resolutions=args.resolutions or RESOLUTIONS,
         fps=args.fps, stride=args.stride, duration_s=args.duration, warmup_s=args.warmup,
         model=args.model, checkpoint=args.checkpoint, precision=args.precision,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads,
@@ -222,6 +259,20 @@ def cmd_bench_offline(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, batch=args.batch, workers=args.workers,
         precision=args.precision, repeats=args.repeats, command=command_line())
     _emit(run_offline_bench(opts), args.out)
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    """`vigil bench train`."""
+    _check_out(args.out)
+    from detector.bench import command_line
+    from train.bench_train import TrainBenchOptions, run_train_bench
+
+    opts = TrainBenchOptions(
+        device=args.device, quick=args.quick, config=args.config, overrides=args.overrides,
+        videos=args.videos, epochs=args.epochs, width=args.size[0], height=args.size[1],
+        frames=args.frames, workdir=args.workdir, command=command_line())
+    _emit(run_train_bench(opts), args.out)
     return 0
 
 

@@ -385,3 +385,62 @@ def test_pipeline_point_measures_the_real_daemon_on_a_file_camera(tmp_path):
     # One latency per window handled by the event loop (the interval's edges may shift one).
     assert abs(len(p.window_latencies) - p.windows) <= 2
     assert p.capture_cpu_s and p.cpu_s > 0
+
+
+# ----------------------------------------------------------------------------- options for the GPU run
+def test_model_bench_times_only_the_ablations_asked_for(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_MODEL_YAML)
+    torch.set_num_threads(1)
+    report = run_model_bench(ModelBenchOptions(device="cpu", quick=True, models=["cpu"],
+                                               batches=[2], cpu_config=str(cfg), matmul_n=64,
+                                               onnx=False, ablations=["channels_last"]))
+    options = next(s for s in report.sections if s.title.startswith("Options"))
+    assert [(r["channels_last_3d"], r["compile"]) for r in options.rows] == [(False, False),
+                                                                              (True, False)]
+    assert options.rows[1]["vs"] == "channels_last_3d off"
+    with pytest.raises(ConfigError, match="--ablations: unknown cudagraphs"):
+        run_model_bench(ModelBenchOptions(device="cpu", ablations=["cudagraphs"]))
+
+
+def test_bench_options_of_the_gpu_check_parse():
+    from streamer import bench_cli
+
+    parser = _parser()
+    args = parser.parse_args(["bench", "model", "--ablations", "channels_last,compile"])
+    assert bench_cli._names(args.ablations) == ["channels_last", "compile"]
+    assert bench_cli._names("none") == [] and bench_cli._names(None) is None
+    args = parser.parse_args(["bench", "pipeline", "--min-cameras", "8", "--max-cameras", "64"])
+    assert (args.min_cameras, args.max_cameras) == (8, 64)
+    args = parser.parse_args(["bench", "train", "--quick", "--device", "cpu", "--config", "c.yaml",
+                              "--set", "data.batch_size=2", "--size", "64x48", "--out", "t.md"])
+    assert args.func is bench_cli.cmd_bench_train
+    assert (args.config, args.overrides, args.size) == ("c.yaml", ["data.batch_size=2"], (64, 48))
+
+
+def test_pipeline_bench_refuses_a_lower_bound_above_the_upper_before_measuring():
+    from streamer.bench import PipelineBenchOptions, run_pipeline_bench
+
+    with pytest.raises(ConfigError, match="--min-cameras 9 is above --max-cameras 4"):
+        run_pipeline_bench(PipelineBenchOptions(device="cpu", min_cameras=9, max_cameras=4))
+
+
+def test_train_bench_times_each_epoch_of_the_real_trainer(tmp_path):
+    from train.bench_train import TrainBenchOptions, run_train_bench
+
+    sets = ["model.backbone.name=small3d", "model.backbone.channels=[4,8,8,8]",
+            "model.backbone.pool=[1,2,2]", "model.input.frames=8", "model.input.size=[32,32]",
+            "model.d_model=16", "model.nheads=2", "model.dim_feedforward=32",
+            "model.decoder_layers=1", "model.num_queries=3", "data.num_workers=0",
+            "data.batch_size=4"]
+    report = run_train_bench(TrainBenchOptions(device="cpu", overrides=sets, videos=10, epochs=2,
+                                               width=64, height=48, frames=16,
+                                               workdir=str(tmp_path)))
+    rows = report.sections[0].rows
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["input"] == "8x32x32" and r["device"] == "cpu" and r["amp"] == "off"
+        assert r["steps"] == math.ceil(r["train videos"] / 4)
+        assert r["s/step"] == pytest.approx(r["train s"] / r["steps"])
+        assert r["epoch s"] >= r["train s"] > 0 and math.isfinite(r["loss"])
+    assert (tmp_path / "run" / "last.pt").is_file()

@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# The whole GPU check in one run, for a fresh GPU machine without internet:
+#
+#   1. install   what the machine lacks, from the wheels carried in wheels/
+#                (scripts/fetch-gpu-wheels.sh), with pip --no-index --no-deps into a folder on
+#                PYTHONPATH; Vigil itself runs from this tree through PYTHONPATH
+#   2. env       the GPU, driver, torch/CUDA/cuDNN versions
+#   3. tests     tests/test_cuda.py with VIGIL_REQUIRE_CUDA=1 (no device = failures, not skips)
+#   4. model     vigil bench model: seed model 16x224x224, batches 1..64, fp32/fp16/bf16, the
+#                8192^3 matmul roofline of each precision, channels_last_3d and cudnn.benchmark
+#   5. compile   vigil bench model: torch.compile on the fixed shape (batch 32, low precision)
+#   6. offline   vigil bench offline: vigil detect against the reference-style loop, same GPU
+#   7. pipeline  vigil bench pipeline: file cameras at 25 fps, stride 8, 640x360; the largest
+#                number of cameras in real time by bisection over 16..128 (9 points of ~11 s)
+#   8. train     vigil bench train: two timed epochs of the seed recipe on synthetic videos
+#
+# Every step runs under `timeout`, logs to $OUT/<step>.log and writes its table to
+# $OUT/<step>.md; a step that fails or times out does not stop the others. $OUT/summary.md has
+# each step's status and time, then every table. Exit status 1 when any step failed.
+# The step limits add up to 470 s, and GPU_CHECK_BUDGET_S (default 470) caps the whole run:
+# one run and a re-run fit in 15 minutes of device time with the machine's start-up.
+#
+#   bash scripts/gpu-check.sh [--dry-run] [--pack]
+#
+#   --dry-run  the same steps on the CPU with tiny sizes (a small model, one batch, one camera,
+#              one short epoch; no torch.compile), seconds each: what CI runs (tests/test_gpu_check.py)
+#   --pack     at the end, move the logs and tables into $OUT/gpu-check.tar.gz and keep only that
+#              and summary.md in $OUT (the device tool brings back at most 8 files)
+#   --commands print the steps' commands (the vigil ones as `vigil ...`) and exit, running nothing
+#
+# Environment: OUT (default: a new temporary folder, printed), PYTHON (default .venv/bin/python
+# when it exists, else python3), WHEELS (default ./wheels), GPU_CHECK_BUDGET_S.
+set -uo pipefail
+
+DRY=0
+PACK=0
+COMMANDS=0
+for arg in "$@"; do
+    case $arg in
+        --dry-run) DRY=1 ;;
+        --pack) PACK=1 ;;
+        --commands) COMMANDS=1 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        *) echo "gpu-check: unknown argument $arg (--dry-run, --pack, --commands)" >&2; exit 2 ;;
+    esac
+done
+
+cd "$(dirname "$0")/.." || exit 2
+REPO=$(pwd)
+if [[ -z ${OUT:-} ]]; then
+    OUT=$(mktemp -d "${TMPDIR:-/tmp}/vigil-gpu-check.XXXXXX")
+fi
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+if [[ -z ${PYTHON:-} ]]; then
+    if [[ -x .venv/bin/python ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
+fi
+WHEELS=${WHEELS:-$REPO/wheels}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/vigil-gpu-work.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+SITE=$WORK/site
+mkdir -p "$SITE"
+export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 VIGIL_OFFLINE=1 MPLBACKEND=Agg
+VIGIL=("$PYTHON" -m streamer.cli)
+
+if (( DRY )); then
+    BUDGET=${GPU_CHECK_BUDGET_S:-300}
+    DEVICE=cpu
+else
+    BUDGET=${GPU_CHECK_BUDGET_S:-470}
+    DEVICE=cuda
+fi
+T0=$(date +%s)
+FAILED=0
+ROWS=()
+TABLES=()
+
+# step NAME LIMIT_S COMMAND...: run under timeout, log to $OUT/NAME.log, record the outcome.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$(( BUDGET - ($(date +%s) - T0) ))
+    (( limit > left )) && limit=$left
+    local log=$OUT/$name.log
+    if (( limit < 5 )); then
+        echo "not run: the run's budget of ${BUDGET} s is spent" > "$log"
+        ROWS+=("| $name | NOT RUN (budget spent) | 0 | 0 |")
+        FAILED=1
+        echo "gpu-check: $name not run (budget spent)"
+        return
+    fi
+    echo "gpu-check: $name (limit ${limit} s) ..."
+    local start rc status
+    start=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@" > "$log" 2>&1
+    rc=$?
+    local took=$(( $(date +%s) - start ))
+    if (( rc == 0 )); then
+        status=ok
+    elif (( rc == 124 || rc == 137 )); then
+        status="TIMEOUT after ${limit} s"
+        FAILED=1
+    else
+        status="FAILED (exit $rc)"
+        FAILED=1
+    fi
+    ROWS+=("| $name | $status | $took | $limit |")
+    echo "gpu-check: $name: $status in ${took} s"
+}
+
+# Vigil's requirements that a GPU machine may lack, installed from the carried wheels; the ones
+# the machine must already have are only checked.
+install() {
+    "$PYTHON" - "$WHEELS" "$SITE" <<'EOF'
+import importlib.metadata as md, os, re, subprocess, sys
+wheels, site = sys.argv[1], sys.argv[2]
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+installed = {norm(d.metadata["Name"]) for d in md.distributions() if d.metadata["Name"]}
+must_have = ["torch", "torchvision", "opencv-python-headless", "numpy", "pillow", "scipy",
+             "prometheus-client", "pyyaml", "tqdm"]
+absent = [n for n in must_have if norm(n) not in installed]
+if "opencv-python-headless" in absent and ("opencv-python" in installed):
+    absent.remove("opencv-python-headless")
+print("python", sys.version.split()[0], "at", sys.executable)
+if absent:
+    print("MISSING and not carried as wheels (the machine must have them):", ", ".join(absent))
+carried = {}
+if os.path.isdir(wheels):
+    for f in sorted(os.listdir(wheels)):
+        if f.endswith(".whl"):
+            carried.setdefault(norm(f.split("-")[0]), f)
+want = sorted(n for n in carried if n not in installed)
+print("carried wheels:", len(carried), "distributions;", "already installed:",
+      ", ".join(sorted(n for n in carried if n in installed)) or "none")
+if want:
+    print("installing:", ", ".join(want))
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
+                           "--no-index", "--no-deps", "--no-compile", "--find-links", wheels,
+                           "--target", site, *want])
+    if done.returncode:
+        v = "%d.%d" % sys.version_info[:2]
+        sys.exit(f"pip could not install from {wheels}: were the wheels fetched for this "
+                 f"Python? bash scripts/fetch-gpu-wheels.sh {v}")
+else:
+    print("nothing to install")
+sys.path.insert(0, site)
+import importlib.util
+# The machine's own packages are only looked up (importing torch takes seconds); what came from
+# the wheels is imported, so that a wheel built for another Python fails here, not in a step.
+bad = [m for m in ("torch", "torchvision", "cv2", "numpy", "scipy")
+       if importlib.util.find_spec(m) is None]
+for module in ("prometheus_client", "yaml", "tqdm", "zmq", "matplotlib", "pytest", "hypothesis"):
+    try:
+        __import__(module)
+    except Exception as exc:
+        bad.append(f"{module} ({exc})")
+if bad:
+    sys.exit("cannot import: " + "; ".join(bad))
+print("every requirement imports")
+EOF
+}
+
+environment() {
+    command -v nvidia-smi >/dev/null && nvidia-smi
+    nproc
+    "$PYTHON" - "$DEVICE" <<'EOF'
+import sys, torch
+print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN",
+      torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None)
+print("CUDA available:", torch.cuda.is_available())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"device 0: {p.name}, {p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs, "
+          f"bf16 {torch.cuda.is_bf16_supported()}")
+elif sys.argv[1] == "cuda":
+    sys.exit("no CUDA device visible to torch")
+EOF
+}
+
+if (( DRY )); then
+    # Tiny sizes: the CPU model (or a smaller one), one batch, one camera, one short epoch.
+    TESTS=(env -u VIGIL_REQUIRE_CUDA "$PYTHON" -m pytest tests/test_cuda.py -m cuda -q -rA -p no:cacheprovider)
+    MODEL=(bench model --device cpu --models cpu --batches 1 --repeats 1 --warmup 0 --matmul-n 128
+           --no-onnx --no-compile --ablations channels_last,no-cudnn-benchmark)
+    COMPILE=(bench model --device cpu --models cpu --batches 1 --repeats 1 --warmup 0
+             --matmul-n 128 --no-onnx --no-compile --ablations compile)
+    OFFLINE=(bench offline --device cpu --videos 2 --repeats 1 --batch 2 --workers 0
+             --checkpoint "$WORK/tiny.pt")
+    PIPELINE=(bench pipeline --device cpu --checkpoint "$WORK/tiny.pt" --resolutions 96x64
+              --min-cameras 1 --max-cameras 1 --duration 2 --warmup 1 --max-batch 2 --threads 1)
+    TRAIN=(bench train --device cpu --config configs/train/cpu-small.yaml
+           --set 'model.input.size=[32,32]' --set data.batch_size=4 --videos 8 --epochs 1
+           --size 64x48 --frames 16)
+    LIMITS=(install 60 env 30 tests 60 model 60 compile 60 offline 90 pipeline 90 train 60)
+else
+    TESTS=(env VIGIL_REQUIRE_CUDA=1 "$PYTHON" -m pytest tests/test_cuda.py -m cuda -q -rA -s -p no:cacheprovider)
+    MODEL=(bench model --device cuda --models seed --batches 1,2,4,8,16,32,64 --repeats 5
+           --warmup 2 --no-compile --ablations channels_last,no-cudnn-benchmark)
+    COMPILE=(bench model --device cuda --models seed --batches 32 --repeats 5 --warmup 2
+             --ablations compile)
+    OFFLINE=(bench offline --device cuda --videos 24 --repeats 2 --batch 16)
+    PIPELINE=(bench pipeline --device cuda --resolutions 640x360 --fps 25 --stride 8
+              --min-cameras 16 --max-cameras 128 --duration 4 --warmup 2)
+    TRAIN=(bench train --device cuda --videos 48 --epochs 2)
+    LIMITS=(install 20 env 15 tests 110 model 60 compile 65 offline 35 pipeline 125 train 40)
+fi
+# `timeout` runs programs, not shell functions: the two functions go through bash -c.
+export -f install environment
+export PYTHON WHEELS SITE DEVICE
+declare -A LIMIT
+for (( i = 0; i < ${#LIMITS[@]}; i += 2 )); do LIMIT[${LIMITS[i]}]=${LIMITS[i+1]}; done
+if (( COMMANDS )); then
+    echo "tests: ${TESTS[*]}"
+    for name in model compile offline pipeline train; do
+        declare -n cmd=${name^^}
+        echo "$name: vigil ${cmd[*]}"
+    done
+    exit 0
+fi
+if (( DRY )); then
+    "$PYTHON" -c "import sys; from pathlib import Path; from streamer.harness import \
+tiny_checkpoint; tiny_checkpoint(Path(sys.argv[1]))" "$WORK/tiny.pt" \
+        || { echo "gpu-check: cannot build the dry run's checkpoint" >&2; exit 2; }
+fi
+
+echo "gpu-check: $([[ $DRY == 1 ]] && echo dry run on the CPU || echo GPU run), OUT=$OUT, budget ${BUDGET} s"
+step install "${LIMIT[install]}" bash -c install
+step env "${LIMIT[env]}" bash -c environment
+step tests "${LIMIT[tests]}" "${TESTS[@]}"
+for name in model compile offline pipeline train; do
+    declare -n args=${name^^}
+    step "$name" "${LIMIT[$name]}" "${VIGIL[@]}" "${args[@]}" --out "$OUT/$name.md"
+    [[ -s $OUT/$name.md ]] && TABLES+=("$name.md")
+done
+
+TOTAL=$(( $(date +%s) - T0 ))
+{
+    echo "# gpu-check $([[ $DRY == 1 ]] && echo "(dry run on the CPU, tiny sizes)" || echo "(GPU run)")"
+    echo
+    commit=unknown
+    if rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null); then
+        commit=$rev
+        git -C "$REPO" diff --quiet HEAD 2>/dev/null || commit="$rev (modified)"
+    fi
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n), commit $commit, ${TOTAL} s of a ${BUDGET} s budget; logs: <step>.log"
+    echo
+    echo "| step | status | seconds | limit s |"
+    echo "|---|---|---|---|"
+    printf '%s\n' "${ROWS[@]}"
+    for t in "${TABLES[@]}"; do
+        echo
+        cat "$OUT/$t"
+    done
+} > "$OUT/summary.md"
+
+if (( PACK )); then
+    ( cd "$OUT" && files=$(ls -1 | grep -v -x -e summary.md -e gpu-check.tar.gz) \
+        && tar czf gpu-check.tar.gz $files && rm -f $files )
+fi
+echo "gpu-check: $( (( FAILED )) && echo FAILED || echo passed ) in ${TOTAL} s; summary: $OUT/summary.md"
+exit "$FAILED"
