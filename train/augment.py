@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from statistics import NormalDist
 
 import cv2
 import numpy as np
@@ -230,13 +231,18 @@ def jpeg_compress(clip: np.ndarray, quality: int) -> np.ndarray:
     return cv2.cvtColor(out.reshape(T * H, W, 3), cv2.COLOR_BGR2RGB).reshape(T, H, W, 3)
 
 
+# The 256 quantiles of a standard normal: indexing them with uniform random bytes draws Gaussian
+# noise (truncated at +-2.9 sigma) at a fraction of the cost of `Generator.standard_normal`.
+_NORMAL_QUANTILES = np.array([NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256)])
+
+
 def low_light(clip: np.ndarray, scale: float, gamma: float, noise_sigma: float,
               rng: np.random.Generator) -> np.ndarray:
     """Darken a clip and add sensor noise, as a camera does at dusk or in a dim room.
 
-    Intensities v in [0, 1] become scale * v ** gamma; then zero-mean Gaussian noise, new for
-    every pixel and frame and shared by the three channels (luminance grain: cameras remove most
-    of the chroma noise), is added and the result is rounded and clipped to [0, 255].
+    Intensities v in [0, 1] become scale * v ** gamma; then zero-mean Gaussian noise, rounded to
+    whole grey levels, new for every pixel and frame and shared by the three channels (luminance
+    grain: cameras remove most of the chroma noise), is added and the result clipped to [0, 255].
 
     Args:
         clip: (T, H, W, 3) uint8.
@@ -250,9 +256,8 @@ def low_light(clip: np.ndarray, scale: float, gamma: float, noise_sigma: float,
     T, H, W, _ = clip.shape
     lut = np.rint(255.0 * scale * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
     dark = cv2.LUT(clip.reshape(T * H, W, 3), lut).reshape(T, H, W, 3)
-    noise = rng.standard_normal((T, H, W, 1), dtype=np.float32)
-    noise *= noise_sigma
-    noise += 0.5  # round rather than truncate below
+    levels = np.rint(_NORMAL_QUANTILES * noise_sigma).astype(np.int16)
+    noise = levels[rng.integers(0, 256, (T, H, W, 1), dtype=np.uint8)]
     x = dark + noise
     return np.clip(x, 0, 255, out=x).astype(np.uint8)
 
