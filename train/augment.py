@@ -375,11 +375,11 @@ def burn_timestamp(clip: np.ndarray, texts: tuple[str, str], tick: int, corner: 
         A new (T, H, W, 3) uint8 clip, changed only inside the text's box in that corner.
     """
     T, H, W, _ = clip.shape
-    (tw, _), _ = cv2.getTextSize(texts[0], _TIMESTAMP_FONT, 1.0, 1)
-    scale = width * W / tw
+    scale = width * W / cv2.getTextSize(texts[0], _TIMESTAMP_FONT, 1.0, 1)[0][0]
     sizes = [cv2.getTextSize(t, _TIMESTAMP_FONT, scale, 1) for t in texts]
-    h = min(H, max(th + base for (_, th), base in sizes) + 3)
-    w = min(W, max(tw for (tw, _), _ in sizes) + 3)
+    # The canvas holds either reading, its baseline and the 1-px outline all round.
+    h = min(H, max(size[1] + baseline for size, baseline in sizes) + 3)
+    w = min(W, max(size[0] for size, _ in sizes) + 3)
     margin = max(1, round(0.02 * min(H, W)))
     x0 = min(margin, W - w) if corner in (0, 2) else max(0, W - margin - w)
     y0 = min(margin, H - h) if corner in (0, 1) else max(0, H - margin - h)
