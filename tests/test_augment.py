@@ -6,7 +6,8 @@ import pytest
 
 from detector.errors import ConfigError
 from detector.schema import from_dict
-from train.augment import AugmentConfig, augment_clip, crop_window, hflip
+from train.augment import (AugmentConfig, augment_clip, burn_timestamp, crop_window, hflip,
+                           random_timestamps, shake_offsets)
 
 T, H, W = 4, 48, 64
 
@@ -110,3 +111,221 @@ def test_config_from_yaml_mapping_validates_values() -> None:
         from_dict(AugmentConfig, {"crop_scale": [0.9, 0.5]})
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict(AugmentConfig, {"mixup": 0.2})
+
+
+# --- Real-camera transforms -------------------------------------------------------------------
+
+CAMERA = ("blur", "jpeg", "low_light", "greyscale", "shake", "frame_drop", "timestamp")
+N = 16  # frames of the real-camera test clips (64 x 64, the small training size)
+
+
+def camera_clip(seed: int = 0, frames: int = N, size: int = 64) -> np.ndarray:
+    """A colourful textured scene panning one pixel a frame: every frame differs from the last."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size + frames]
+    scene = np.stack([xx * 3, yy * 3, 255 - (xx + yy) * 2], -1)
+    scene = np.clip(scene + rng.integers(-25, 26, scene.shape), 0, 255).astype(np.uint8)
+    return np.stack([scene[:, t:t + size] for t in range(frames)])
+
+
+def only(name: str, p: float = 1.0) -> AugmentConfig:
+    """An enabled config with a single real-camera transform at probability p."""
+    return AugmentConfig(enabled=True, **{name: p})
+
+
+def test_real_camera_fields_default_to_off_and_are_validated() -> None:
+    cfg = AugmentConfig()
+    assert all(getattr(cfg, name) == 0.0 for name in CAMERA)
+    for name in CAMERA:
+        assert getattr(from_dict(AugmentConfig, {name: 0.3}), name) == 0.3
+        with pytest.raises(ConfigError, match=name):
+            from_dict(AugmentConfig, {name: 1.5})
+        with pytest.raises(ConfigError, match=name):
+            from_dict(AugmentConfig, {name: -0.1})
+
+
+@pytest.mark.parametrize("name", CAMERA)
+def test_each_is_a_no_op_at_probability_zero_and_draws_nothing(name: str) -> None:
+    clip = camera_clip()
+    box = np.array([[0.2, 0.3, 0.6, 0.9]], np.float32)
+    rng = np.random.default_rng(3)
+    state = rng.bit_generator.state
+    out, boxes = augment_clip(clip, box, only(name, 0.0), rng)
+    np.testing.assert_array_equal(out, clip)
+    np.testing.assert_array_equal(boxes, box)
+    # Untouched rng: recipes without the new fields see the same random stream as before.
+    assert rng.bit_generator.state == state
+
+
+@pytest.mark.parametrize("name", CAMERA)
+def test_each_at_probability_one_changes_pixels_but_not_shape_dtype_boxes_or_input(name: str
+                                                                                   ) -> None:
+    clip = camera_clip()
+    before = clip.copy()
+    box = np.array([[0.2, 0.3, 0.6, 0.9]], np.float32)
+    out, boxes = augment_clip(clip, box, only(name), np.random.default_rng(4))
+    assert out.shape == clip.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, clip)
+    np.testing.assert_array_equal(boxes, box)
+    np.testing.assert_array_equal(clip, before)  # clips may be cached: never edited in place
+
+
+def test_blur_removes_fine_detail_and_keeps_the_mean() -> None:
+    clip = camera_clip()
+    out, _ = augment_clip(clip, np.zeros((0, 4)), only("blur"), np.random.default_rng(0))
+
+    def detail(x: np.ndarray) -> float:
+        return float(np.abs(np.diff(x.astype(np.float32), axis=2)).mean())
+
+    assert detail(out) < 0.7 * detail(clip)
+    assert abs(out.mean() - clip.mean()) < 1.0
+
+
+def test_jpeg_changes_pixels_but_keeps_the_mean() -> None:
+    clip = camera_clip()
+    out, _ = augment_clip(clip, np.zeros((0, 4)), only("jpeg"), np.random.default_rng(0))
+    assert np.abs(out.astype(int) - clip.astype(int)).mean() > 2.0
+    assert abs(out.mean() - clip.mean()) < 2.0
+    for channel in range(3):
+        assert abs(out[..., channel].mean() - clip[..., channel].mean()) < 3.0
+
+
+def test_low_light_darkens_and_adds_noise_that_changes_every_frame() -> None:
+    still = np.repeat(camera_clip(frames=1), N, axis=0)
+    for seed in range(5):
+        out, _ = augment_clip(still, np.zeros((0, 4)), only("low_light"),
+                              np.random.default_rng(seed))
+        assert out.mean() < 0.75 * still.mean()
+        # Sensor noise is new in each frame of a still scene.
+        assert all(not np.array_equal(out[0], f) for f in out[1:])
+
+
+def test_greyscale_makes_the_three_channels_equal() -> None:
+    clip = camera_clip()
+    out, _ = augment_clip(clip, np.zeros((0, 4)), only("greyscale"), np.random.default_rng(0))
+    np.testing.assert_array_equal(out[..., 0], out[..., 1])
+    np.testing.assert_array_equal(out[..., 1], out[..., 2])
+    luma = clip.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    assert np.abs(out[..., 0] - luma).max() <= 1.0
+
+
+def test_shake_offsets_are_a_zero_mean_walk_within_the_amplitude() -> None:
+    rng = np.random.default_rng(0)
+    for frames in (2, 16, 64):
+        off = shake_offsets(frames, 0.03, rng)
+        assert off.shape == (frames, 2)
+        np.testing.assert_allclose(off.mean(axis=0), 0.0, atol=1e-12)
+        np.testing.assert_allclose(np.abs(off).max(axis=0), 0.03)
+    np.testing.assert_array_equal(shake_offsets(1, 0.03, rng), [[0.0, 0.0]])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_shake_moves_each_frame_a_little_and_leaves_the_box_on_the_mean_position(seed: int
+                                                                                 ) -> None:
+    box = np.array([[0.25, 0.25, 0.5, 0.625]], np.float32)
+    clip = np.repeat(clip_with_rectangle(box[0])[:1], N, axis=0)  # a still camera, then shaken
+    out, boxes = augment_clip(clip, box, only("shake"), np.random.default_rng(seed))
+    assert out.shape == clip.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(boxes, box)
+
+    def centre(frame: np.ndarray) -> np.ndarray:
+        """Brightness-weighted centre of the rectangle (pixel i spans [i, i + 1))."""
+        weights = frame[..., 0].astype(np.float64) - 20
+        ys, xs = np.mgrid[0:H, 0:W] + 0.5
+        return np.array([np.average(xs, weights=weights) / W, np.average(ys, weights=weights) / H])
+
+    centres = np.array([centre(f) for f in out])
+    true_centre = np.array([(box[0, 0] + box[0, 2]) / 2, (box[0, 1] + box[0, 3]) / 2])
+    # Frames move by up to 4 % of the frame, and the box stays on their mean position.
+    assert np.abs(centres - centres[0]).max() > 0.2 / W
+    assert np.abs(centres - true_centre).max() <= 0.04 + 0.5 / W
+    np.testing.assert_allclose(centres.mean(axis=0), true_centre, atol=0.25 / W)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_frame_drop_repeats_predecessors_and_keeps_the_frame_count(seed: int) -> None:
+    clip = camera_clip()
+    out, _ = augment_clip(clip, np.zeros((0, 4)), only("frame_drop"), np.random.default_rng(seed))
+    assert out.shape == clip.shape
+    # Each output frame is some input frame, in order, never from the future.
+    source = [next(i for i in range(N) if np.array_equal(f, clip[i])) for f in out]
+    assert source[0] == 0 and all(s <= t for t, s in enumerate(source))
+    assert source == sorted(source)
+    repeated = sum(np.array_equal(out[t], out[t - 1]) for t in range(1, N))
+    assert 1 <= repeated <= N // 4
+
+
+def test_frame_drop_leaves_a_single_frame_alone() -> None:
+    clip = camera_clip(frames=1)
+    out, _ = augment_clip(clip, np.zeros((0, 4)), only("frame_drop"), np.random.default_rng(0))
+    np.testing.assert_array_equal(out, clip)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_timestamp_changes_only_one_corner_of_every_frame(seed: int) -> None:
+    clip = camera_clip()
+    out, _ = augment_clip(clip, np.zeros((0, 4)), only("timestamp"), np.random.default_rng(seed))
+    changed = (out != clip).any(axis=-1)  # (T, H, W)
+    assert changed.reshape(N, -1).any(axis=1).all()
+    ys, xs = np.nonzero(changed.any(axis=0))
+    top, left = ys.max() < 64 // 3, xs.max() < 0.7 * 64
+    bottom, right = ys.min() >= 64 - 64 // 3, xs.min() >= 0.3 * 64
+    assert (top or bottom) and (left or right)
+
+
+def test_timestamp_ticks_a_second_at_the_given_frame() -> None:
+    still = np.repeat(camera_clip(frames=1), N, axis=0)
+    out = burn_timestamp(still, ("2024-05-06 07:08:09", "2024-05-06 07:08:10"), tick=5,
+                         corner=0, width=0.6, colour=(255, 255, 0))
+    assert all(np.array_equal(out[0], f) for f in out[1:5])
+    assert all(np.array_equal(out[5], f) for f in out[6:])
+    assert not np.array_equal(out[4], out[5])
+    # Yellow text: some pixels turn to (255, 255, low blue).
+    text = (out[0, ..., 0] > 200) & (out[0, ..., 1] > 200) & (out[0, ..., 2] < 120)
+    assert text.any()
+
+
+def test_random_timestamps_are_one_second_apart() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        first, second = random_timestamps(rng)
+        assert len(first) >= 19 and first != second
+        assert first[:-2] == second[:-2] or first[-2:] == "59"
+
+
+ALL = dict(enabled=True, hflip=0.5, color_jitter=0.3, resized_crop=0.7, crop_scale=[0.4, 1.0],
+           blur=0.5, jpeg=0.5, low_light=0.5, greyscale=0.5, shake=0.7, frame_drop=0.5,
+           timestamp=0.5)
+
+
+def test_the_whole_chain_is_deterministic_for_a_seeded_rng() -> None:
+    clip = camera_clip()
+    box = np.array([[0.2, 0.3, 0.6, 0.9], [0.5, 0.1, 0.7, 0.4]], np.float32)
+    cfg = AugmentConfig(**ALL)
+    for seed in range(10):
+        a = augment_clip(clip, box, cfg, np.random.default_rng([7, 1, seed]))
+        b = augment_clip(clip, box, cfg, np.random.default_rng([7, 1, seed]))
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    other_epoch = augment_clip(clip, box, cfg, np.random.default_rng([7, 2, 0]))[0]
+    assert not np.array_equal(other_epoch, augment_clip(clip, box, cfg,
+                                                        np.random.default_rng([7, 1, 0]))[0])
+
+
+@pytest.mark.parametrize("size", [(16, 64, 64), (8, 112, 112), (3, 48, 80)])
+def test_the_whole_chain_keeps_boxes_valid_and_clips_whole(size: tuple[int, int, int]) -> None:
+    frames, h, w = size
+    rng = np.random.default_rng(size)
+    clip = rng.integers(0, 256, (frames, h, w, 3), dtype=np.uint8)
+    before = clip.copy()
+    cfg = AugmentConfig(**{**ALL, **{name: 1.0 for name in CAMERA}})
+    for seed in range(20):
+        xy = rng.uniform(0.0, 0.7, (3, 2))
+        box = np.concatenate([xy, xy + rng.uniform(0.05, 0.3, (3, 2))], axis=1).clip(0, 1)
+        box = np.concatenate([box, [[0.0, 0.0, 1.0, 1.0]]]).astype(np.float32)  # box-less action
+        out, boxes = augment_clip(clip, box, cfg, np.random.default_rng(seed))
+        assert out.shape == clip.shape and out.dtype == np.uint8
+        assert boxes.shape == box.shape and boxes.dtype == np.float32
+        assert np.all((boxes >= 0) & (boxes <= 1))
+        assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+    np.testing.assert_array_equal(clip, before)
