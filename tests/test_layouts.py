@@ -304,3 +304,40 @@ def test_real_clips_read_with_their_labels_segments_and_groups(real_slice: Path)
         if row["start_s"]:
             assert math.isclose(r.segments[0, 0], float(row["start_s"]), abs_tol=1e-4)
         assert r.frames > 0 and r.fps > 0
+
+
+def run_vigil(args: list[str], cwd: Path, timeout: float = 600):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "streamer.cli", *map(str, args)], cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(root), "VIGIL_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_data_check_reads_the_real_folder_as_it_is(tmp_path: Path) -> None:
+    if not (REAL / "labels.csv").is_file():
+        pytest.skip(f"{REAL} is absent: vigil data check has no real folder to read")
+    out = run_vigil(["data", "check", REAL], tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "OK (csv layout)" in out.stdout and "class-only" in out.stdout
+    assert "fight_surv (210)" in out.stdout
+
+
+def test_train_and_eval_on_real_clips_print_the_per_source_table(real_slice: Path,
+                                                                 tmp_path: Path) -> None:
+    from .test_readme import TINY
+
+    sets = [x for s in TINY for x in ("--set", s)]
+    train = run_vigil(["train", "--data", real_slice, "--out", tmp_path / "run", "--epochs", "1",
+                       "--no-progress", "--set", "data.cache=false", *sets], tmp_path)
+    assert train.returncode == 0, train.stdout + train.stderr
+    assert "class-only" in train.stderr        # the epoch log counts box-less targets
+    ev = run_vigil(["eval", "--checkpoint", tmp_path / "run" / "best.pt", "--data", real_slice,
+                    "--split", "all", "--workers", "0"], tmp_path)
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    assert "no boxes in this set" in ev.stdout
+    for source in ("fight_surv", "collapse_upfall", "collapse_gmdcsa24", "overall"):
+        assert source in ev.stdout, ev.stdout
