@@ -8,14 +8,17 @@ import numpy as np
 import pytest
 
 from train.dataset import scan_dataset
-from train.synth import KINDS, Scene, write_dataset
+from train.synth import KINDS, Scene, make_scene, write_dataset
 
 SMALL = dict(width=96, height=72, fps=10, frames=16)
+# The generator's modes, as `make_scene` keyword arguments.
+MODES = {"stick": {}, "variety": dict(variety=True)}
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_same_seed_same_pixels_other_seed_other_pixels(kind: str) -> None:
-    a, b = Scene(kind, 7, **SMALL), Scene(kind, 7, **SMALL)
+def test_same_seed_same_pixels_other_seed_other_pixels(kind: str, mode: str) -> None:
+    a, b = make_scene(kind, 7, **SMALL, **MODES[mode]), make_scene(kind, 7, **SMALL, **MODES[mode])
     # Frames asked in a different order must not matter.
     frames_a = [a.render(i) for i in range(a.frames)]
     frames_b = [b.render(i) for i in reversed(range(b.frames))][::-1]
@@ -23,13 +26,14 @@ def test_same_seed_same_pixels_other_seed_other_pixels(kind: str) -> None:
         assert fa.dtype == np.uint8 and fa.shape == (72, 96, 3)
         np.testing.assert_array_equal(fa, fb)
     assert a.action_box() == b.action_box()
-    assert not np.array_equal(Scene(kind, 8, **SMALL).render(3), frames_a[3])
+    assert not np.array_equal(make_scene(kind, 8, **SMALL, **MODES[mode]).render(3), frames_a[3])
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", ["fight", "collapse"])
 @pytest.mark.parametrize("seed", range(4))
-def test_label_box_contains_every_actor_pixel(kind: str, seed: int) -> None:
-    scene = Scene(kind, seed, **SMALL)
+def test_label_box_contains_every_actor_pixel(kind: str, seed: int, mode: str) -> None:
+    scene = make_scene(kind, seed, **SMALL, **MODES[mode])
     x1, y1, x2, y2 = scene.action_box()
     assert 0 <= x1 < x2 <= scene.width and 0 <= y1 < y2 <= scene.height
     inside = np.zeros((scene.height, scene.width), bool)
@@ -50,10 +54,11 @@ def test_action_box_is_a_sizeable_part_of_the_frame(kind: str) -> None:
     assert 0.2 <= min(widths) and max(widths) <= 0.75
 
 
-def test_none_scenes_have_no_label_and_include_hard_negatives() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_none_scenes_have_no_label_and_include_hard_negatives(mode: str) -> None:
     variants = Counter()
     for seed in range(30):
-        scene = Scene("none", seed, **SMALL)
+        scene = make_scene("none", seed, **SMALL, **MODES[mode])
         assert scene.action_box() is None and scene.label_line() == ""
         variants[scene.variant] += 1
     assert variants["lying"] > 0 and variants["talking"] > 0
@@ -161,3 +166,54 @@ def test_default_dataset_is_unchanged(tmp_path: Path) -> None:
     labels = [(tmp_path / "d" / "labels" / f"{s}.txt").read_text() for s in stems]
     assert labels == ["0 58 33 114 92\n", "", "1 62 39 89 90\n", "0 38 17 84 77\n",
                       "1 34 22 55 68\n", ""]
+
+
+def _layout_is_balanced_and_readable(root: Path, stems: list[str], frames: int) -> list:
+    assert sorted(p.stem for p in (root / "videos").glob("*.mp4")) == sorted(stems)
+    records = scan_dataset(root)
+    assert [r.stem for r in records] == sorted(stems) and all(r.frames == frames for r in records)
+    classes = Counter(int(r.annotations[0, 0]) if r.is_positive else "none" for r in records)
+    assert classes == {0: len(stems) // 3, 1: len(stems) // 3, "none": len(stems) // 3}
+    for r in records:
+        assert r.is_positive == (r.stem.split("_")[0] != "none")
+        if r.is_positive:
+            x1, y1, x2, y2 = r.annotations[0, 1:]
+            assert 0 <= x1 < x2 <= r.width and 0 <= y1 < y2 <= r.height
+            assert int(r.annotations[0, 0]) == ("fight", "collapse").index(r.stem.split("_")[0])
+    return records
+
+
+def test_variety_dataset_is_balanced_readable_and_deterministic(tmp_path: Path) -> None:
+    kw = dict(width=96, height=72, fps=10, frames=6, variety=True)
+    stems = write_dataset(tmp_path / "a", 6, seed=3, **kw)
+    _layout_is_balanced_and_readable(tmp_path / "a", stems, 6)
+    assert write_dataset(tmp_path / "b", 6, seed=3, **kw) == stems
+    for stem in stems:
+        for sub, ext in (("labels", "txt"), ("videos", "mp4")):
+            assert ((tmp_path / "a" / sub / f"{stem}.{ext}").read_bytes()
+                    == (tmp_path / "b" / sub / f"{stem}.{ext}").read_bytes())
+    # The same seed without variety: the same kinds in the same order, other pictures.
+    plain = write_dataset(tmp_path / "c", 6, seed=3, width=96, height=72, fps=10, frames=6)
+    assert plain == stems
+    assert ((tmp_path / "a" / "videos" / f"{stems[0]}.mp4").read_bytes()
+            != (tmp_path / "c" / "videos" / f"{stems[0]}.mp4").read_bytes())
+
+
+def test_variety_draws_many_looks() -> None:
+    looks = Counter()
+    heights = []
+    for seed in range(40):
+        scene = Scene("fight" if seed % 2 else "collapse", seed, **SMALL, variety=True)
+        looks["high"] += scene._high
+        looks["grey"] += scene._grey
+        looks["lighting"] += float(np.ptp(scene._gain)) > 0.02
+        looks[f"bystanders{sum(not a.is_subject for a in scene._actors)}"] += 1
+        assert all(a.style.parts is not None for a in scene._actors), "clothed figures"
+        if scene._high:
+            heights += [a.poses[0].h / scene.height for a in scene._actors if a.is_action]
+        if scene._grey:
+            frame = scene.render(0)
+            assert (frame[..., 0] == frame[..., 1]).all() and (frame[..., 1] == frame[..., 2]).all()
+    assert 8 <= looks["high"] <= 24 and 3 <= looks["grey"] <= 16 and looks["lighting"] >= 10
+    assert looks["bystanders0"] > 0 and looks["bystanders4"] > 0
+    assert 0.15 <= min(heights) and max(heights) <= 0.48 and np.median(heights) < 0.4
