@@ -12,7 +12,7 @@ from train.synth import KINDS, Scene, make_scene, write_dataset
 
 SMALL = dict(width=96, height=72, fps=10, frames=16)
 # The generator's modes, as `make_scene` keyword arguments.
-MODES = {"stick": {}, "variety": dict(variety=True)}
+MODES = {"stick": {}, "variety": dict(variety=True), "other": dict(style="other")}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -71,11 +71,12 @@ def _motion_in(scene: Scene, box) -> float:
     return float(np.abs(np.diff(frames, axis=0)).mean())
 
 
-def test_fights_move_more_than_a_person_lying_still_or_people_talking() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_fights_move_more_than_a_person_lying_still_or_people_talking(mode: str) -> None:
     def mean_motion(kind: str, variant: str) -> float:
         values, seed = [], 0
         while len(values) < 4:
-            scene = Scene(kind, seed, width=96, height=72, fps=25, frames=32)
+            scene = make_scene(kind, seed, width=96, height=72, fps=25, frames=32, **MODES[mode])
             seed += 1
             if scene.variant == variant:
                 values.append(_motion_in(scene, scene.subject_box()))
@@ -217,3 +218,73 @@ def test_variety_draws_many_looks() -> None:
     assert 8 <= looks["high"] <= 24 and 3 <= looks["grey"] <= 16 and looks["lighting"] >= 10
     assert looks["bystanders0"] > 0 and looks["bystanders4"] > 0
     assert 0.15 <= min(heights) and max(heights) <= 0.48 and np.median(heights) < 0.4
+
+
+def test_other_style_dataset_is_balanced_readable_and_deterministic(tmp_path: Path) -> None:
+    kw = dict(width=96, height=72, fps=10, frames=6, style="other")
+    stems = write_dataset(tmp_path / "a", 9, seed=5, **kw)
+    _layout_is_balanced_and_readable(tmp_path / "a", stems, 6)
+    assert write_dataset(tmp_path / "b", 9, seed=5, **kw) == stems
+    for stem in stems:
+        for sub, ext in (("labels", "txt"), ("videos", "mp4")):
+            assert ((tmp_path / "a" / sub / f"{stem}.{ext}").read_bytes()
+                    == (tmp_path / "b" / sub / f"{stem}.{ext}").read_bytes())
+    with pytest.raises(ValueError, match="stick style only"):
+        write_dataset(tmp_path / "c", 3, seed=5, variety=True, style="other")
+    with pytest.raises(ValueError, match="style must be"):
+        write_dataset(tmp_path / "c", 3, seed=5, style="cartoon")
+
+
+@pytest.mark.parametrize("kind", ["fight", "collapse"])
+def test_other_style_motions_and_sizes(kind: str) -> None:
+    motions, heights = Counter(), []
+    for seed in range(12):
+        scene = make_scene(kind, seed, width=96, height=72, fps=25, frames=64, style="other")
+        motions[scene.motion] += 1
+        heights += [a.poses[0].h / scene.height for a in scene._actors if a.is_action]
+        if kind == "collapse":                  # down (lying along the ground) by the end
+            x1, y1, x2, y2 = scene.box(scene.frames - 1)
+            assert (x2 - x1) > (y2 - y1)
+    assert set(motions) == ({"shove"} if kind == "fight" else {"faint", "slump"})
+    # A camera at chest height: main figures larger than the stick style's (42-72%).
+    assert np.median(heights) > 0.5
+
+
+def _style_features(scene) -> np.ndarray:
+    """Colour, saturation and brightness histograms, texture per band of rows, and how much
+    of the frame is dark outline next to saturated colour, of one frame."""
+    import cv2
+
+    f = scene.render(scene.frames // 2)
+    g = cv2.cvtColor(f, cv2.COLOR_BGR2GRAY)
+    hsv = cv2.cvtColor(f, cv2.COLOR_BGR2HSV)
+    v = [cv2.calcHist([hsv], [0], None, [12], [0, 180]).ravel(),
+         cv2.calcHist([hsv], [1], None, [8], [0, 256]).ravel(),
+         cv2.calcHist([g], [0], None, [8], [0, 256]).ravel()]
+    v = [x / g.size for x in v]
+    rows = f.astype(np.float32).std(axis=1).mean(axis=1, keepdims=True) / 64
+    v.append(cv2.resize(rows, (1, 6), interpolation=cv2.INTER_AREA).ravel())
+    saturated = ((hsv[..., 1] > 140) & (hsv[..., 2] > 90)).astype(np.uint8)
+    near = cv2.dilate(saturated, np.ones((3, 3), np.uint8)) > 0
+    v.append(np.array([20 * ((g < 50) & near).mean()]))
+    return np.concatenate(v)
+
+
+@pytest.mark.parametrize("against", ["stick", "variety"])
+def test_other_style_frames_differ_statistically(against: str) -> None:
+    """A linear classifier (regularised LDA) fitted on frame statistics of 24 clips of each
+    style tells 24 unseen clips of each apart."""
+    def clips(mode: str, seeds: range) -> np.ndarray:
+        return np.array([_style_features(make_scene(KINDS[s % 3], s, **SMALL, **MODES[mode]))
+                         for s in seeds])
+
+    a, b = clips(against, range(24)), clips("other", range(24))
+    x = np.concatenate([a, b])
+    mu, sd = x.mean(0), x.std(0) + 1e-3
+    za, zb = (a - mu) / sd, (b - mu) / sd
+    scatter = np.cov(za.T) + np.cov(zb.T) + np.eye(x.shape[1])
+    w = np.linalg.solve(scatter, zb.mean(0) - za.mean(0))
+    cut = w @ (za.mean(0) + zb.mean(0)) / 2
+    ta, tb = clips(against, range(100, 124)), clips("other", range(100, 124))
+    correct = int((((ta - mu) / sd) @ w < cut).sum() + (((tb - mu) / sd) @ w > cut).sum())
+    assert correct / 48 >= 0.9
