@@ -235,6 +235,18 @@ def test_other_style_dataset_is_balanced_readable_and_deterministic(tmp_path: Pa
         write_dataset(tmp_path / "c", 3, seed=5, style="cartoon")
 
 
+def test_vigil_synth_style_other_and_variety(tmp_path: Path, capsys) -> None:
+    from streamer.cli import main as vigil
+
+    common = ["--videos", "3", "--seed", "5", "--width", "64", "--height", "48", "--frames", "4"]
+    assert vigil(["synth", "--out", str(tmp_path / "o"), "--style", "other"] + common) == 0
+    assert vigil(["synth", "--out", str(tmp_path / "v"), "--variety"] + common) == 0
+    assert "wrote 3 videos" in capsys.readouterr().out
+    assert len(scan_dataset(tmp_path / "o")) == 3 and len(scan_dataset(tmp_path / "v")) == 3
+    assert vigil(["synth", "--out", str(tmp_path / "x"), "--style", "other", "--variety"]
+                 + common) == 2
+
+
 @pytest.mark.parametrize("kind", ["fight", "collapse"])
 def test_other_style_motions_and_sizes(kind: str) -> None:
     motions, heights = Counter(), []
