@@ -196,7 +196,7 @@ def _draw_clothed(img: np.ndarray, p: Pose, style: Style, colour: Optional[tuple
 
     arm_w, leg_w = style.limb, max(style.limb + 1, int(round(style.limb * 1.35)))
     for k, far in ((1, True), (0, False)):
-        if far is False:
+        if not far:
             # Body between the limbs: hips, then an ellipse from hip to shoulders.
             dot(0, 0.55 * leg_w + 0.02 * h, c(trousers))
             mid = (pts[0] + pts[1]) / 2
@@ -462,7 +462,8 @@ class Scene:
         fl = floor * (rng.uniform(0.65, 0.9) + rng.uniform(0.1, 0.35) * depth
                       - 0.15 * side)[..., None]
         img = np.where((yy >= fy)[..., None], fl, img)
-        for cell, amp in ((max(4, H // 5), rng.uniform(4, 16)), (max(2, H // 24), rng.uniform(2, 7))):
+        for cell, amp in ((max(4, H // 5), rng.uniform(4, 16)),
+                          (max(2, H // 24), rng.uniform(2, 7))):
             low = rng.normal(0, 1, (H // cell + 2, W // cell + 2)).astype(np.float32)
             img += amp * cv2.resize(low, (W, H), interpolation=cv2.INTER_CUBIC)[..., None]
         img = np.clip(img, 0, 255).astype(np.uint8)
@@ -502,21 +503,23 @@ class Scene:
             cv2.rectangle(img, (x0, y0), (x0 + rw, y1), col, -1)
             cv2.rectangle(img, (x0, y0), (x0 + rw, y1), _shade(col, 0.55), max(1, W // 160))
             if 0.3 <= what < 0.65:                       # window bars
-                cv2.line(img, (x0 + rw // 2, y0), (x0 + rw // 2, y1), _shade(col, 0.5), max(1, W // 200))
+                cv2.line(img, (x0 + rw // 2, y0), (x0 + rw // 2, y1), _shade(col, 0.5),
+                         max(1, W // 200))
                 cv2.line(img, (x0, (y0 + y1) // 2), (x0 + rw, (y0 + y1) // 2), _shade(col, 0.5),
                          max(1, W // 200))
         # Furniture on the floor: a box with its top seen from above, and a soft shadow.
         for _ in range(int(rng.integers(0, 5))):
             yb = int(rng.uniform(fy + 0.02 * H, fy + (0.6 if self._high else 0.2) * (H - fy)))
             scale = (0.5 + 0.5 * (yb - fy) / max(H - fy, 1)) * (0.6 if self._high else 1.0)
-            rw, rh = int(rng.uniform(0.1, 0.35) * W * scale), int(rng.uniform(0.1, 0.35) * H * scale)
+            rw = int(rng.uniform(0.1, 0.35) * W * scale)
+            rh = int(rng.uniform(0.1, 0.35) * H * scale)
             x0 = int(rng.uniform(-0.05 * W, W - 0.5 * rw))
             if rw < 2 or rh < 2:
                 continue
             col = _pick(rng, _FURNITURE) * rng.uniform(0.6, 1.25) + rng.normal(0, 10, 3)
             col = tuple(float(np.clip(v, 0, 255)) for v in col)
-            cv2.ellipse(img, (x0 + rw // 2, yb), (int(rw * 0.65), max(1, int(rh * 0.12))), 0, 0, 360,
-                        _shade(floor_mean, 0.55), -1, cv2.LINE_AA)
+            cv2.ellipse(img, (x0 + rw // 2, yb), (int(rw * 0.65), max(1, int(rh * 0.12))),
+                        0, 0, 360, _shade(floor_mean, 0.55), -1, cv2.LINE_AA)
             dy = int(rh * rng.uniform(0.3, 0.8) if self._high else rh * rng.uniform(0.05, 0.3))
             dx = int((vx - (x0 + rw / 2)) * 0.15)
             top = np.array([[x0, yb - rh], [x0 + rw, yb - rh], [x0 + rw + dx, yb - rh - dy],
@@ -545,8 +548,8 @@ class Scene:
             for pal in (_SHIRTS, _TROUSERS, _SKINS, _HAIRS, _SHOES))
         luma = np.array([0.114, 0.587, 0.299])
         if abs(shirt @ luma - self._bg_luma) < 35 and abs(trousers @ luma - self._bg_luma) < 35:
-            shirt = shirt * (0.35 if self._bg_luma > 110 else 1.0) + (0 if self._bg_luma > 110 else 110)
-            shirt = np.clip(shirt, 0, 255)
+            light_bg = self._bg_luma > 110
+            shirt = np.clip(shirt * 0.35 if light_bg else shirt + 110, 0, 255)
         parts = tuple(tuple(int(v) for v in c) for c in (shirt, trousers, skin, hair, shoes))
         return Style(colour=parts[0], far_colour=_shade(parts[0], 0.72),
                      limb=max(2, int(round(0.075 * h))), torso=max(3, int(round(0.2 * h))),

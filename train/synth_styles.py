@@ -109,9 +109,9 @@ def _draw_capsules(img: np.ndarray, p: BlobPose, style: Style, colour=None) -> N
     def oval(centre: np.ndarray, a: float, b: float, angle: float, col: tuple) -> None:
         q = np.rint(centre * _ONE).astype(np.int64)
         for extra, cc in ((ow, outline), (0, col)):
-            cv2.ellipse(img, (int(q[0]), int(q[1])),
-                        (max(1, int(round((a + extra) * _ONE))), max(1, int(round((b + extra) * _ONE)))),
-                        angle, 0, 360, colour or cc, -1, cv2.LINE_AA, _SHIFT)
+            axes = (max(1, int(round((a + extra) * _ONE))), max(1, int(round((b + extra) * _ONE))))
+            cv2.ellipse(img, (int(q[0]), int(q[1])), axes, angle, 0, 360, colour or cc, -1,
+                        cv2.LINE_AA, _SHIFT)
 
     far = _shade(limbs, 0.7)
     limb(0, 10, 11, leg_w, far)
@@ -140,7 +140,8 @@ class OtherScene(Scene):
         if width < 16 or height < 16 or frames < 1 or fps <= 0:
             raise ValueError(f"bad scene geometry {width}x{height}, {frames} frames at {fps} fps")
         self.kind, self.seed = kind, int(seed)
-        self.width, self.height, self.fps, self.frames = int(width), int(height), float(fps), int(frames)
+        self.width, self.height = int(width), int(height)
+        self.fps, self.frames = float(fps), int(frames)
         self.class_id = CLASS_IDS.get(kind)
         rng = np.random.default_rng([self.seed, KINDS.index(kind), 0x07E4])
         self._t = np.arange(self.frames) / self.fps
@@ -169,8 +170,8 @@ class OtherScene(Scene):
                 actors.append(self._stroller(rng, h, fy))
         front = max(a.poses[0].y for a in actors)
         for _ in range(int(rng.integers(0, 3))):
-            # Passers-by, mostly behind the action (feet nearer the horizon: smaller).
-            far = rng.random() < 0.75
+            # Passers-by: mostly behind the action (feet nearer the horizon: smaller).
+            far = rng.random() < 0.85
             lo = self.horizon + 0.06 * H
             fy = rng.uniform(lo, max(lo + 1, front - 0.03 * H)) if far \
                 else rng.uniform(min(front, 0.96 * H), 0.97 * H)
@@ -209,15 +210,17 @@ class OtherScene(Scene):
             col = tuple(int(v) for v in rng.uniform(225, 255, 3))
             for _ in range(3):
                 cv2.ellipse(img, (c[0] + int(rng.uniform(-0.06, 0.06) * W), c[1]),
-                            (int(rng.uniform(0.05, 0.12) * W), max(1, int(rng.uniform(0.02, 0.05) * H))),
-                            0, 0, 360, col, -1, cv2.LINE_AA)
+                            (int(rng.uniform(0.05, 0.12) * W),
+                             max(1, int(rng.uniform(0.02, 0.05) * H))), 0, 0, 360, col, -1,
+                            cv2.LINE_AA)
         if rng.random() < 0.6:                            # a path towards the horizon
             vx = rng.uniform(0.2, 0.8) * W
             half_far, half_near = rng.uniform(0.01, 0.04) * W, rng.uniform(0.2, 0.45) * W
             xn = vx + rng.uniform(-0.3, 0.3) * W
             poly = np.array([[vx - half_far, hz], [vx + half_far, hz], [xn + half_near, H],
                              [xn - half_near, H]], np.int32)
-            cv2.fillConvexPoly(img, poly, tuple(int(v) for v in rng.uniform(110, 200, 3)), cv2.LINE_AA)
+            cv2.fillConvexPoly(img, poly, tuple(int(v) for v in rng.uniform(110, 200, 3)),
+                               cv2.LINE_AA)
         if rng.random() < 0.4:                            # far buildings on the horizon
             x = 0
             while x < W:
@@ -241,9 +244,9 @@ class OtherScene(Scene):
                            -1, cv2.LINE_AA)
         for _ in range(int(rng.integers(0, 4))):          # bushes along the horizon
             cv2.ellipse(img, (int(rng.uniform(0, W)), hz + int(rng.uniform(0, 0.05) * H)),
-                        (int(rng.uniform(0.04, 0.12) * W), max(1, int(rng.uniform(0.02, 0.06) * H))),
-                        0, 180, 360, tuple(int(v) for v in _pick(rng, _LEAVES) * 0.9), -1,
-                        cv2.LINE_AA)
+                        (int(rng.uniform(0.04, 0.12) * W),
+                         max(1, int(rng.uniform(0.02, 0.06) * H))), 0, 180, 360,
+                        tuple(int(v) for v in _pick(rng, _LEAVES) * 0.9), -1, cv2.LINE_AA)
         if rng.random() < 0.3:                            # a lamp post
             x, yb = int(rng.uniform(0, W)), int(rng.uniform(hz + 0.05 * H, H))
             ph = int((yb - hz) / self.cam * 1.6)
@@ -289,7 +292,8 @@ class OtherScene(Scene):
             if standing:
                 w = math.sin(2 * math.pi * 0.3 * t + phase0)
                 poses.append(BlobPose(x, fy, h, direction, 0.03 * w, 0.02, 0.05,
-                                      ((0.15, 0.3), (0.1, 0.3)), ((0.1 * w, 0.05), (-0.1 * w, 0.05))))
+                                      ((0.15, 0.3), (0.1, 0.3)),
+                                      ((0.1 * w, 0.05), (-0.1 * w, 0.05))))
                 continue
             ph = 2 * math.pi * v * t / (0.8 * h) + phase0
             a = 0.45 * math.sin(ph)
@@ -338,7 +342,8 @@ class OtherScene(Scene):
                     arms = [(1.15, 0.9), (1.25, 0.8)]
                 elif ev == f:                             # shoving with both arms
                     push = math.sin(math.pi * min(p / 0.35, 1.0))
-                    arms = [(1.2 + 0.35 * push, 0.5 * (1 - push)), (1.3 + 0.25 * push, 0.4 * (1 - push))]
+                    arms = [(1.2 + 0.35 * push, 0.5 * (1 - push)),
+                            (1.3 + 0.25 * push, 0.4 * (1 - push))]
                     lean += 0.25 * push
                     x += facing * 0.06 * h * push
                     legs = [(0.35 + 0.3 * push, 0.2), (-0.3 - 0.2 * push, 0.1)]
@@ -364,7 +369,8 @@ class OtherScene(Scene):
         for f in (0, 1):
             facing = 1.0 if f == 0 else -1.0
             hf = h * rng.uniform(0.92, 1.06)
-            period, ph, amp = rng.uniform(1.6, 3.2), rng.uniform(0, 2 * math.pi), rng.uniform(0.2, 0.6)
+            period, ph = rng.uniform(1.6, 3.2), rng.uniform(0, 2 * math.pi)
+            amp = rng.uniform(0.2, 0.6)
             poses = []
             for t in self._t:
                 g = 0.5 - 0.5 * math.cos(2 * math.pi * t / period + ph)
