@@ -114,7 +114,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "synth", formatter_class=fmt, help="write a synthetic labelled dataset",
         description="Stick figures fighting, collapsing or neither (walking, standing, lying "
                     "still, talking close together), with distractors, in the dataset layout "
-                    "`vigil train` reads.")
+                    "`vigil train` reads. --variety draws the same actions in many looks "
+                    "(clothed silhouettes, furnished rooms, a high camera, bystanders, lighting "
+                    "changes, IR greyscale) for pretraining that transfers to real CCTV; "
+                    "--style other is a second, different generator (capsule figures outdoors, "
+                    "shoving and slumping) for few-shot fine-tuning tests.")
     p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
     p.add_argument("--videos", type=int, default=240, help="number of videos")
     p.add_argument("--seed", type=int, default=0, help="the dataset is a function of the seed")
@@ -124,6 +128,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=64, help="frames per video")
     p.add_argument("--no-vary", action="store_true",
                    help="every video at the base size and rate (default: three of each)")
+    p.add_argument("--variety", action="store_true",
+                   help="many looks per scene (stick style only); off: the plain default, "
+                        "unchanged for a given seed")
+    p.add_argument("--style", choices=("stick", "other"), default="stick",
+                   help="stick: the default generator; other: capsule figures outdoors, "
+                        "pushing/grappling fights, fainting/slumping collapses")
     p.set_defaults(func=cmd_synth)
 
     p = subparsers.add_parser("data", help="dataset tools (check)",
@@ -408,9 +418,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.videos < 1:
         print("--videos must be >= 1", file=sys.stderr)
         return 2
+    if args.variety and args.style != "stick":
+        print("--variety applies to --style stick only", file=sys.stderr)
+        return 2
     stems = write_dataset(args.out, args.videos, args.seed, width=args.width,
                           height=args.height, fps=args.fps, frames=args.frames,
-                          vary=not args.no_vary, progress=sys.stderr.isatty())
+                          vary=not args.no_vary, progress=sys.stderr.isatty(),
+                          variety=args.variety, style=args.style)
     kinds: dict[str, int] = {}
     for s in stems:
         kinds[s.split("_")[0]] = kinds.get(s.split("_")[0], 0) + 1

@@ -18,6 +18,15 @@ The label box is the union over all frames of the drawn extents of the figures d
 (both fighters; the falling figure), clipped to the frame. Action figures are 42-72% of the
 frame height, so the box is typically 35-60% of the frame's width.
 
+`variety=True` (`vigil synth --variety`) keeps the kinds, motions and labels but draws each
+scene in one of many looks, for pretraining that transfers better to real CCTV: clothed, filled
+silhouettes (elliptic body, thick limbs, skin, hair, shoes) instead of sticks; furnished rooms
+with textured walls, floors in perspective, windows, doors, furniture, a light pool and lens
+vignetting; in 40% of scenes a camera high up looking down (figures 20-45% of the frame height,
+smaller the farther away); 0-4 bystanders; lighting that drifts, flickers or switches mid-clip,
+gamma and haze; greyscale IR (20%), optical blur, a burnt-in clock. `train.synth_styles` holds
+a second, different style ("other") for few-shot tests; `make_scene` picks either.
+
 Frames are BGR (what `cv2.VideoWriter` expects); `write_dataset` writes Vigil's folder layout.
 """
 from __future__ import annotations
@@ -26,7 +35,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -75,11 +84,16 @@ class Pose:
 
 @dataclass(frozen=True)
 class Style:
-    """Colours (BGR) and line widths of a figure."""
+    """Colours (BGR) and line widths of a figure.
+
+    `parts` (clothed figures of `variety` scenes only): BGR colours of shirt, trousers, skin,
+    hair and shoes, and whether the sleeves are long (1) or short (0).
+    """
     colour: tuple[int, int, int]
     far_colour: tuple[int, int, int]
     limb: int
     torso: int
+    parts: Optional[tuple] = None
 
 
 @dataclass
@@ -88,6 +102,7 @@ class _Actor:
     style: Style
     is_action: bool
     is_subject: bool = True   # False for distractor walkers
+    paint: Optional[Callable[..., None]] = None   # how to draw a pose; None: `_draw`
 
 
 def _joints(p: Pose) -> np.ndarray:
@@ -132,6 +147,83 @@ def _draw(img: np.ndarray, p: Pose, style: Style, colour: Optional[tuple] = None
         seg(a, b, near, style.limb)
 
 
+# Everyday colours (BGR) for `variety` scenes: walls, floors, furniture, clothes, skin, hair.
+_WALLS = ((200, 205, 210), (170, 190, 205), (150, 160, 165), (215, 225, 230), (120, 140, 160),
+          (180, 175, 160), (95, 105, 110), (160, 200, 200))
+_FLOORS = ((90, 100, 110), (60, 80, 110), (140, 150, 150), (40, 45, 50), (100, 130, 160),
+           (120, 120, 125), (70, 110, 150))
+_FURNITURE = ((40, 60, 90), (70, 100, 140), (200, 200, 200), (50, 50, 55), (110, 90, 60),
+              (150, 170, 190), (60, 60, 120))
+_SHIRTS = ((30, 30, 30), (225, 225, 225), (128, 128, 128), (90, 40, 20), (40, 40, 190),
+           (50, 90, 40), (150, 190, 210), (220, 180, 130), (40, 30, 110), (60, 200, 230),
+           (40, 70, 110), (30, 120, 230))
+_TROUSERS = ((120, 80, 50), (80, 50, 30), (35, 35, 35), (110, 110, 110), (120, 160, 180),
+             (30, 50, 70))
+_SKINS = ((60, 90, 140), (90, 130, 190), (140, 170, 225), (120, 150, 205), (80, 110, 165))
+_HAIRS = ((25, 25, 30), (30, 50, 80), (100, 170, 210), (150, 150, 150), (40, 40, 45))
+_SHOES = ((30, 30, 30), (220, 220, 220), (30, 50, 80), (60, 60, 60))
+
+
+def _pick(rng: np.random.Generator, palette: Sequence) -> np.ndarray:
+    return np.asarray(palette[int(rng.integers(len(palette)))], dtype=np.float64)
+
+
+def _shade(col: tuple, k: float) -> tuple:
+    return tuple(int(min(255, v * k)) for v in col)
+
+
+def _draw_clothed(img: np.ndarray, p: Pose, style: Style, colour: Optional[tuple] = None) -> None:
+    """Paint a filled, clothed silhouette (in place): an elliptic body, thick round-ended limbs,
+    head with hair, hands and shoes. Same joints as `_draw`; `colour` overrides every part."""
+    pts = _joints(p)
+    P = np.rint(pts * _ONE).astype(np.int64)
+    shirt, trousers, skin, hair, shoes, long_sleeves = style.parts
+    h = p.h
+
+    def pt(k: int) -> tuple[int, int]:
+        return int(P[k, 0]), int(P[k, 1])
+
+    def c(col: tuple, far: bool = False) -> tuple:
+        return colour or (_shade(col, 0.72) if far else col)
+
+    def seg(a: int, b: int, col: tuple, width: int) -> None:
+        cv2.line(img, pt(a), pt(b), col, width, cv2.LINE_AA, _SHIFT)
+
+    def dot(k: int, r: float, col: tuple, at: Optional[np.ndarray] = None) -> None:
+        q = np.rint((pts[k] if at is None else at) * _ONE).astype(np.int64)
+        cv2.circle(img, (int(q[0]), int(q[1])), max(1, int(round(r * _ONE))), col, -1,
+                   cv2.LINE_AA, _SHIFT)
+
+    arm_w, leg_w = style.limb, max(style.limb + 1, int(round(style.limb * 1.35)))
+    for k, far in ((1, True), (0, False)):
+        if not far:
+            # Body between the limbs: hips, then an ellipse from hip to shoulders.
+            dot(0, 0.55 * leg_w + 0.02 * h, c(trousers))
+            mid = (pts[0] + pts[1]) / 2
+            d = pts[1] - pts[0]
+            half = float(np.hypot(*d)) / 2 + 0.03 * h
+            ang = math.degrees(math.atan2(d[1], d[0]))
+            q = np.rint(mid * _ONE).astype(np.int64)
+            cv2.ellipse(img, (int(q[0]), int(q[1])),
+                        (int(round(half * _ONE)), int(round(style.torso / 2 * _ONE))), ang, 0, 360,
+                        c(shirt), -1, cv2.LINE_AA, _SHIFT)
+            up = (pts[2] - pts[1]) / max(float(np.hypot(*(pts[2] - pts[1]))), 1e-6)
+            seg(1, 2, c(skin), max(1, int(round(0.06 * h))))          # neck
+            dot(2, _HEAD_R * h * 1.05, c(hair), pts[2] + 0.15 * _HEAD_R * h * up)
+            fwd = p.facing * np.array([-up[1], up[0]])
+            dot(2, _HEAD_R * h * 0.88, c(skin), pts[2] - 0.12 * _HEAD_R * h * up
+                + 0.18 * _HEAD_R * h * fwd)
+        # Leg k: thigh and shin in trousers, a shoe; arm k: sleeve(s), hand.
+        hip, foot = (8, 9) if k == 0 else (10, 11)
+        seg(0, hip, c(trousers, far), leg_w)
+        seg(hip, foot, c(trousers, far), leg_w)
+        dot(foot, 0.6 * leg_w, c(shoes, far))
+        elbow, hand = (4, 5) if k == 0 else (6, 7)
+        seg(3, elbow, c(shirt, far), arm_w)
+        seg(elbow, hand, c(shirt if long_sleeves else skin, far), max(1, arm_w - 1))
+        dot(hand, 0.55 * arm_w, c(skin, far))
+
+
 def _lying_limbs(rng: np.random.Generator, up: float
                  ) -> tuple[tuple[tuple[float, float], ...], tuple[tuple[float, float], ...]]:
     """Arm and leg angles of a body lying on its side, limbs spread towards the camera's "up"
@@ -152,10 +244,24 @@ class Scene:
         width, height: frame size in pixels.
         fps: frame rate; motion is defined in seconds, so it looks the same at any rate.
         frames: number of frames.
+        variety: draw the scene in one of many looks instead of the plain default (see
+            `_setup_look`): clothed silhouettes, furnished rooms with perspective floors, a
+            camera high up, 0-4 bystanders, lighting changes, greyscale (IR), blur, a clock
+            overlay. Same kinds, motions and label semantics. Off: pixels exactly as before
+            this option existed.
     """
+    style = "stick"
+    variety = False
+    # Looks of `variety` scenes; the class values are the plain default.
+    _high = False
+    _fig_scale = 1.0
+    _gain: Optional[np.ndarray] = None
+    _grey = False
+    _blur = 0.0
+    _clock: Optional[tuple] = None
 
     def __init__(self, kind: str, seed: int, width: int = 320, height: int = 240,
-                 fps: float = 25, frames: int = 64) -> None:
+                 fps: float = 25, frames: int = 64, variety: bool = False) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if width < 16 or height < 16 or frames < 1 or fps <= 0:
@@ -165,7 +271,12 @@ class Scene:
         self.class_id = CLASS_IDS.get(kind)
         rng = np.random.default_rng([self.seed, KINDS.index(kind)])
         self._t = np.arange(self.frames) / self.fps
-        self._background = self._make_background(rng)
+        self.variety = bool(variety)
+        if self.variety:
+            self._setup_look(rng)
+            self._background = self._make_room(rng)
+        else:
+            self._background = self._make_background(rng)
         self._bg_luma = float(cv2.cvtColor(self._background, cv2.COLOR_BGR2GRAY).mean())
         actors: list[_Actor] = []
         # What the scene's main figures do: the kind itself, or for "none" which negative.
@@ -185,7 +296,11 @@ class Scene:
             else:
                 self.variant = "walking"
                 actors.append(self._walker(rng, big=True))
-        distractors = [self._walker(rng, big=False) for _ in range(1 + int(rng.random() < 0.3))]
+        if self.variety:
+            distractors = [self._walker(rng, big=False) for _ in range(int(rng.integers(0, 5)))]
+        else:
+            distractors = [self._walker(rng, big=False)
+                           for _ in range(1 + int(rng.random() < 0.3))]
         for d in distractors:
             d.is_subject = False
             # Behind or in front of the action, at random.
@@ -193,8 +308,14 @@ class Scene:
                 actors.insert(0, d)
             else:
                 actors.append(d)
+        if self.variety:
+            for a in actors:
+                a.paint = _draw_clothed
+            # Farther from the camera (feet higher in the frame) first: nearer people occlude.
+            actors.sort(key=lambda a: a.poses[0].y)
         self._actors = actors
-        noise_sigma = rng.uniform(1.5, 4.0)
+        noise_sigma = rng.uniform(1.5, 6.0 if self._grey else 4.5) if self.variety \
+            else rng.uniform(1.5, 4.0)
         field = rng.normal(0.0, noise_sigma, (self.height + 8, self.width + 8, 3))
         self._noise_pos = np.clip(field, 0, 255).astype(np.uint8)
         self._noise_neg = np.clip(-field, 0, 255).astype(np.uint8)
@@ -208,13 +329,21 @@ class Scene:
             raise IndexError(f"frame {i} outside 0..{self.frames - 1}")
         img = self._background.copy()
         for actor in self._actors:
-            _draw(img, actor.poses[i], actor.style)
+            (actor.paint or _draw)(img, actor.poses[i], actor.style)
+        if self._gain is not None:
+            img = cv2.LUT(img, self._lut(i))
+        if self._blur > 0:
+            img = cv2.GaussianBlur(img, (0, 0), self._blur)
         oy, ox = self._noise_offsets[i]
         h, w = self.height, self.width
         # Sensor noise: a fixed noise field shifted per frame is as good as fresh noise here and
         # costs a saturating add instead of a random draw per pixel.
         cv2.add(img, self._noise_pos[oy:oy + h, ox:ox + w], dst=img)
         cv2.subtract(img, self._noise_neg[oy:oy + h, ox:ox + w], dst=img)
+        if self._grey:
+            img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        if self._clock is not None:
+            self._draw_clock(img, i)
         return img
 
     def box(self, i: int, subjects: bool = False) -> Optional[tuple[float, float, float, float]]:
@@ -255,7 +384,7 @@ class Scene:
         canvas = np.zeros((self.height, self.width), np.uint8)
         for actor in self._actors:
             if actor.is_subject if subjects else actor.is_action:
-                _draw(canvas, actor.poses[i], actor.style, colour=(255,))
+                (actor.paint or _draw)(canvas, actor.poses[i], actor.style, colour=(255,))
         return canvas > 0
 
     def label_line(self) -> str:
@@ -267,6 +396,164 @@ class Scene:
         x2 = min(math.ceil(box[2]), self.width)
         y2 = min(math.ceil(box[3]), self.height)
         return f"{self.class_id} {x1} {y1} {x2} {y2}\n"
+
+    # ----- variety ------------------------------------------------------------------------
+    def _setup_look(self, rng: np.random.Generator) -> None:
+        """Draw how a `variety` scene looks: camera height, lighting, sensor, overlays."""
+        n, t = self.frames, self._t
+        # A camera high up looking down: figures 20-45% of the frame, most of the frame floor.
+        self._high = bool(rng.random() < 0.4)
+        self._fig_scale = float(rng.uniform(0.5, 0.65)) if self._high else 1.0
+        self._grey = bool(rng.random() < 0.2)            # night / IR camera
+        self._blur = float(rng.uniform(0.4, 1.1)) if rng.random() < 0.35 else 0.0
+        # Lighting over time: steady, slow drift, flicker, or a light switched mid-clip.
+        base = rng.uniform(0.65, 1.25)
+        mode = int(rng.choice(4, p=[0.4, 0.25, 0.15, 0.2]))
+        if mode == 1:
+            gain = base * (1 + rng.uniform(0.05, 0.2)
+                           * np.sin(2 * math.pi * rng.uniform(0.1, 0.5) * t + rng.uniform(0, 6.3)))
+        elif mode == 2:
+            gain = base * (1 + rng.normal(0, rng.uniform(0.02, 0.06), n))
+        elif mode == 3:
+            t_switch = rng.uniform(0.2, 0.8) * max(float(t[-1]), 1e-6)
+            ramp = np.clip((t - t_switch) / 0.12, 0, 1)
+            gain = base * (1 - ramp) + base * rng.uniform(0.55, 1.45) * ramp
+        else:
+            gain = np.full(n, base)
+        self._gain = np.asarray(gain, dtype=np.float64)
+        self._gamma = float(rng.uniform(0.8, 1.25))
+        self._lift = float(rng.uniform(0, 20))           # haze / raised black level
+        if rng.random() < 0.35:                          # a burnt-in camera clock
+            self._clock = (int(rng.integers(0, 4)), int(rng.integers(0, 86400 - 3600)),
+                           int(rng.integers(1, 17)))
+
+    def _lut(self, i: int) -> np.ndarray:
+        x = np.arange(256, dtype=np.float64) / 255.0
+        return np.clip(255.0 * x ** self._gamma * self._gain[i] + self._lift, 0, 255
+                       ).astype(np.uint8)
+
+    def _draw_clock(self, img: np.ndarray, i: int) -> None:
+        corner, start, cam = self._clock
+        s = start + int(self._t[i])
+        text = f"CAM{cam:02d} {s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+        scale = self.height / 420
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        x = 3 if corner % 2 == 0 else self.width - tw - 3
+        y = th + 3 if corner < 2 else self.height - 4
+        cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2, cv2.LINE_AA)
+        cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (235, 235, 235), 1,
+                    cv2.LINE_AA)
+
+    def _make_room(self, rng: np.random.Generator) -> np.ndarray:
+        """A furnished room: lit, textured walls, a floor in perspective (tiles or boards),
+        windows, doors and pictures, furniture boxes with tops and shadows, a light pool and
+        lens vignetting."""
+        H, W = self.height, self.width
+        yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+        self.floor_y = fy = int(rng.uniform(0.12, 0.35) * H) if self._high \
+            else int(rng.uniform(0.35, 0.62) * H)
+        wall = _pick(rng, _WALLS) * rng.uniform(0.75, 1.15) + rng.normal(0, 10, 3)
+        floor = _pick(rng, _FLOORS) * rng.uniform(0.75, 1.2) + rng.normal(0, 8, 3)
+        lx = rng.uniform(-0.3, 1.3) * W                  # where the light comes from
+        side = np.clip(np.abs(xx - lx) / W, 0, 1)
+        img = wall * (1.0 - rng.uniform(0.1, 0.35) * side
+                      - rng.uniform(0.0, 0.15) * yy / max(fy, 1))[..., None]
+        depth = np.clip((yy - fy) / max(H - fy, 1), 0, 1)
+        fl = floor * (rng.uniform(0.65, 0.9) + rng.uniform(0.1, 0.35) * depth
+                      - 0.15 * side)[..., None]
+        img = np.where((yy >= fy)[..., None], fl, img)
+        for cell, amp in ((max(4, H // 5), rng.uniform(4, 16)),
+                          (max(2, H // 24), rng.uniform(2, 7))):
+            low = rng.normal(0, 1, (H // cell + 2, W // cell + 2)).astype(np.float32)
+            img += amp * cv2.resize(low, (W, H), interpolation=cv2.INTER_CUBIC)[..., None]
+        img = np.clip(img, 0, 255).astype(np.uint8)
+        floor_mean = tuple(float(v) for v in img[fy:].reshape(-1, 3).mean(axis=0))
+        line = _shade(floor_mean, rng.uniform(0.6, 0.85))
+        vx, vy = rng.uniform(0.1, 0.9) * W, fy - rng.uniform(0.2, 1.2) * H
+        pattern = rng.random()
+        if pattern < 0.7:                                # boards or tiles towards a vanishing point
+            n = int(rng.integers(4, 12))
+            t_top = (fy - vy) / (H - vy)
+            for k in range(-n, 2 * n + 1):
+                bx = k * W / n
+                cv2.line(img, (int(vx + t_top * (bx - vx)), fy), (int(bx), H), line, 1, cv2.LINE_AA)
+            if pattern < 0.4:                            # tiles: cross lines closer far away
+                m = int(rng.integers(3, 9))
+                for j in range(1, m):
+                    y = int(fy + (H - fy) * (j / m) ** 1.7)
+                    cv2.line(img, (0, y), (W, y), line, 1, cv2.LINE_AA)
+        cv2.line(img, (0, fy), (W, fy), _shade(floor_mean, 0.5), max(1, H // 100))
+        # Things on the wall: windows (bright), doors (tall, from the floor), pictures.
+        for _ in range(int(rng.integers(0, 4))):
+            what = rng.random()
+            rw = int(rng.uniform(0.08, 0.25) * W)
+            x0 = int(rng.uniform(0, max(1, W - rw)))
+            if what < 0.3 and fy > 0.2 * H:
+                rh = int(rng.uniform(0.5, 0.85) * fy)
+                y0, y1 = fy - rh, fy
+                col = tuple(float(v) for v in _pick(rng, _FURNITURE) * rng.uniform(0.7, 1.2))
+            else:
+                rh = int(rng.uniform(0.25, 0.6) * fy)
+                y0 = int(rng.uniform(0.05 * fy, max(0.06 * fy, fy - rh - 0.05 * fy)))
+                y1 = min(fy - 1, y0 + rh)
+                col = tuple(float(v) for v in (rng.uniform(200, 255, 3) if what < 0.65
+                                               else rng.uniform(30, 230, 3)))
+            if y1 - y0 < 2:
+                continue
+            cv2.rectangle(img, (x0, y0), (x0 + rw, y1), col, -1)
+            cv2.rectangle(img, (x0, y0), (x0 + rw, y1), _shade(col, 0.55), max(1, W // 160))
+            if 0.3 <= what < 0.65:                       # window bars
+                cv2.line(img, (x0 + rw // 2, y0), (x0 + rw // 2, y1), _shade(col, 0.5),
+                         max(1, W // 200))
+                cv2.line(img, (x0, (y0 + y1) // 2), (x0 + rw, (y0 + y1) // 2), _shade(col, 0.5),
+                         max(1, W // 200))
+        # Furniture on the floor: a box with its top seen from above, and a soft shadow.
+        for _ in range(int(rng.integers(0, 5))):
+            yb = int(rng.uniform(fy + 0.02 * H, fy + (0.6 if self._high else 0.2) * (H - fy)))
+            scale = (0.5 + 0.5 * (yb - fy) / max(H - fy, 1)) * (0.6 if self._high else 1.0)
+            rw = int(rng.uniform(0.1, 0.35) * W * scale)
+            rh = int(rng.uniform(0.1, 0.35) * H * scale)
+            x0 = int(rng.uniform(-0.05 * W, W - 0.5 * rw))
+            if rw < 2 or rh < 2:
+                continue
+            col = _pick(rng, _FURNITURE) * rng.uniform(0.6, 1.25) + rng.normal(0, 10, 3)
+            col = tuple(float(np.clip(v, 0, 255)) for v in col)
+            cv2.ellipse(img, (x0 + rw // 2, yb), (int(rw * 0.65), max(1, int(rh * 0.12))),
+                        0, 0, 360, _shade(floor_mean, 0.55), -1, cv2.LINE_AA)
+            dy = int(rh * rng.uniform(0.3, 0.8) if self._high else rh * rng.uniform(0.05, 0.3))
+            dx = int((vx - (x0 + rw / 2)) * 0.15)
+            top = np.array([[x0, yb - rh], [x0 + rw, yb - rh], [x0 + rw + dx, yb - rh - dy],
+                            [x0 + dx, yb - rh - dy]], np.int32)
+            cv2.rectangle(img, (x0, yb - rh), (x0 + rw, yb), _shade(col, 0.8), -1)
+            cv2.fillConvexPoly(img, top, _shade(col, 1.15), cv2.LINE_AA)
+            cv2.rectangle(img, (x0, yb - rh), (x0 + rw, yb), _shade(col, 0.5), 1)
+        # A pool of light and lens vignetting; the optics soften everything a little.
+        f = np.ones((H, W), np.float32)
+        if rng.random() < 0.6:
+            cx, cy, r = rng.uniform(0, W), rng.uniform(0, H), rng.uniform(0.2, 0.6) * W
+            f += rng.uniform(0.1, 0.45) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (r * r))
+        rr = ((xx - W / 2) ** 2 + (yy - H / 2) ** 2) / ((W / 2) ** 2 + (H / 2) ** 2)
+        f *= 1.0 - rng.uniform(0.0, 0.45) * rr
+        img = img.astype(np.float32) * f[..., None]
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 0.9))
+        grain = rng.normal(0, rng.uniform(1, 4), img.shape)
+        return np.clip(img + grain, 0, 255).astype(np.uint8)
+
+    def _clothed_style(self, rng: np.random.Generator, h: float) -> Style:
+        """Clothes, skin, hair and shoes from everyday palettes; limbs about 7% of the height
+        thick, the body 20% wide. A figure whose shirt and trousers both nearly match the
+        background gets a darker or lighter shirt."""
+        shirt, trousers, skin, hair, shoes = (
+            np.clip(_pick(rng, pal) + rng.normal(0, 12, 3), 0, 255)
+            for pal in (_SHIRTS, _TROUSERS, _SKINS, _HAIRS, _SHOES))
+        luma = np.array([0.114, 0.587, 0.299])
+        if abs(shirt @ luma - self._bg_luma) < 35 and abs(trousers @ luma - self._bg_luma) < 35:
+            light_bg = self._bg_luma > 110
+            shirt = np.clip(shirt * 0.35 if light_bg else shirt + 110, 0, 255)
+        parts = tuple(tuple(int(v) for v in c) for c in (shirt, trousers, skin, hair, shoes))
+        return Style(colour=parts[0], far_colour=_shade(parts[0], 0.72),
+                     limb=max(2, int(round(0.075 * h))), torso=max(3, int(round(0.2 * h))),
+                     parts=parts + (int(rng.random() < 0.6),))
 
     # ----- construction -------------------------------------------------------------------
     def _make_background(self, rng: np.random.Generator) -> np.ndarray:
@@ -304,6 +591,8 @@ class Scene:
 
     def _style(self, rng: np.random.Generator, h: float) -> Style:
         """A colour that stands out from the background, line widths scaled to the figure."""
+        if self.variety:
+            return self._clothed_style(rng, h)
         base = rng.uniform(30, 255, 3)
         luma = float(base @ np.array([0.114, 0.587, 0.299]))  # BGR
         if self._bg_luma > 128:
@@ -323,6 +612,8 @@ class Scene:
         its head inside the frame."""
         H = self.height
         h = rng.uniform(lo, hi) * H
+        if self.variety:
+            h *= self._fig_scale
         if max_h is not None:
             h = min(h, max_h)
         bottom = 0.97 * H
@@ -330,7 +621,11 @@ class Scene:
         if top > bottom:
             h = (bottom - 0.03 * H) / 0.99
             top = bottom
-        return h, rng.uniform(top, bottom)
+        if not self._high:
+            return h, rng.uniform(top, bottom)
+        fy = rng.uniform(top, bottom)
+        # Seen from high up, the farther from the camera (the higher the feet), the smaller.
+        return h * (0.8 + 0.2 * (fy - self.floor_y) / max(H - self.floor_y, 1)), fy
 
     def _walker(self, rng: np.random.Generator, big: bool) -> _Actor:
         """Someone walking back and forth, or standing with a slight sway."""
@@ -504,6 +799,27 @@ class Scene:
         return _Actor(poses, self._style(rng, h), is_action=True)
 
 
+STYLES = ("stick", "other")
+
+
+def make_scene(kind: str, seed: int, width: int = 320, height: int = 240, fps: float = 25,
+               frames: int = 64, style: str = "stick", variety: bool = False) -> Scene:
+    """A scene of the given style: "stick" (`Scene`, optionally with `variety`) or "other"
+    (`train.synth_styles.OtherScene`: capsule figures outdoors, shoving and slumping).
+
+    Raises:
+        ValueError: unknown style, or `variety` with a style other than "stick".
+    """
+    if style == "stick":
+        return Scene(kind, seed, width, height, fps, frames, variety=variety)
+    if style == "other":
+        if variety:
+            raise ValueError("variety applies to the stick style only")
+        from .synth_styles import OtherScene
+        return OtherScene(kind, seed, width, height, fps, frames)
+    raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+
+
 def _allocate(videos: int, mix: Sequence[float]) -> list[str]:
     """Kinds for `videos` clips in proportion to `mix` (largest remainder)."""
     weights = np.asarray(mix, dtype=float)
@@ -539,7 +855,8 @@ def write_video(path: str | Path, scene: Scene) -> None:
 
 def write_dataset(out: str | Path, videos: int, seed: int, width: int = 320, height: int = 240,
                   fps: float = 25, frames: int = 64, mix: Sequence[float] = (1, 1, 1),
-                  vary: bool = True, progress: bool = False) -> list[str]:
+                  vary: bool = True, progress: bool = False, *, variety: bool = False,
+                  style: str = "stick") -> list[str]:
     """Write a synthetic dataset in Vigil's layout (`videos/*.mp4`, `labels/*.txt`, no splits).
 
     Args:
@@ -551,11 +868,17 @@ def write_dataset(out: str | Path, videos: int, seed: int, width: int = 320, hei
         vary: give each clip one of three sizes (base, 1.25x wider, square) and one of three
             frame rates (base, 0.8x, 0.6x), so per-video normalisation is exercised.
         progress: show a tqdm progress bar.
+        variety: stick scenes in many looks (see `Scene`); off: exactly the plain default.
+        style: "stick" or "other" (see `make_scene`).
     Returns:
         The stems written, in order.
     """
     from tqdm import tqdm
 
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+    if variety and style != "stick":
+        raise ValueError("variety applies to the stick style only")
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
@@ -572,7 +895,7 @@ def write_dataset(out: str | Path, videos: int, seed: int, width: int = 320, hei
         w, h = sizes[int(rng.integers(len(sizes)))]
         rate = rates[int(rng.integers(len(rates)))]
         scene_seed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
-        scene = Scene(kind, scene_seed, w, h, rate, frames)
+        scene = make_scene(kind, scene_seed, w, h, rate, frames, style=style, variety=variety)
         stem = f"{kind}_{i:04d}"
         write_video(out / "videos" / f"{stem}.mp4", scene)
         (out / "labels" / f"{stem}.txt").write_text(scene.label_line(), encoding="utf-8")
