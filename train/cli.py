@@ -325,6 +325,12 @@ def cmd_cv(args: argparse.Namespace) -> int:
     result = cross_validate(cfg, args.data, args.out, folds=args.folds, seed=args.seed,
                             progress=not args.no_progress, also_train=args.also_train)
     print(format_cv_table(result))
+    if result.get("per_source"):
+        from .report import format_source_table
+
+        cfg_names = list(cfg.model.class_names)
+        print("\nout-of-fold predictions, pooled over the folds:")
+        print(format_source_table(result["per_source"], cfg_names, cfg.train.score_threshold))
     print(f"\nwrote {Path(args.out) / 'cv.json'}")
     return 0
 

@@ -20,7 +20,9 @@ import numpy as np
 from . import metrics as M
 from .config import TrainConfig
 from .splits import stratified_folds
-from .trainer import fit_records, load_records, load_split
+from .metrics import NONE_NAME
+from .report import source_report
+from .trainer import PREDICTIONS, fit_records, load_records, load_split
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,8 @@ def cross_validate(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path,
             a real-footage model is trained with); they are never validated on.
     Returns:
         {"folds": k, "per_fold": [scalar metrics of each fold's last epoch], "mean": {metric:
-         mean}, "std": {metric: population std}, "n": {metric: folds where it is defined}}.
+         mean}, "std": {metric: population std}, "n": {metric: folds where it is defined},
+         "per_source": `pooled_source_report` of the out-of-fold predictions}.
     """
     out_dir = Path(out_dir)
     records = load_records(cfg, data_root)
@@ -56,10 +59,38 @@ def cross_validate(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path,
                              out_dir / f"fold{k}", progress=progress, data_root=data_root)
         per_fold.append(M.scalar_metrics(result["last"]))
     summary = summarize(per_fold)
+    pooled = pooled_rows(out_dir, folds)
+    if pooled:
+        summary["per_source"] = pooled_source_report(pooled, cfg.model.class_names)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "cv.json").write_text(json.dumps(M.to_jsonable(summary), indent=2) + "\n",
                                      encoding="utf-8")
     return summary
+
+
+def pooled_rows(out_dir: Path, folds: int) -> list[dict[str, Any]]:
+    """Every fold's last-epoch validation predictions (`val_predictions.jsonl`), pooled: each
+    video of the dataset appears once, predicted by the model that did not train on it."""
+    rows: list[dict[str, Any]] = []
+    for k in range(1, folds + 1):
+        path = out_dir / f"fold{k}" / PREDICTIONS
+        if path.is_file():
+            rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+                     if line.strip()]
+    return rows
+
+
+def pooled_source_report(rows: Sequence[dict[str, Any]], class_names: Sequence[str]
+                         ) -> dict[str, dict[str, Any]]:
+    """`train.report.source_report` over pooled out-of-fold predictions: per source (for a fall
+    dataset, its room) and overall, accuracy, per-class precision/recall, ROC AUC and the
+    false-alarm rate on `none` videos at the operating threshold."""
+    names = list(class_names) + [NONE_NAME]
+    scores = np.array([[r["class_scores"][c] for c in class_names] for r in rows], dtype=float)
+    return source_report(scores.reshape(len(rows), len(class_names)),
+                         [names.index(r["true"]) for r in rows],
+                         [names.index(r["pred"]) for r in rows],
+                         [r.get("source") or "all" for r in rows], class_names)
 
 
 def summarize(per_fold: list[dict[str, float]]) -> dict[str, Any]:
