@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -277,12 +278,15 @@ def test_label_files_parse_or_name_file_and_line(workdir, text, width, height, n
 
     path = workdir / "clip.txt"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
-    rows = refuses_cleanly(lambda: parse_label_file(path, width, height, num_classes=num_classes,
-                                                    class_offset=offset))
-    if rows is not None:
-        assert rows.ndim == 2 and rows.shape[1] == 5
+    actions = refuses_cleanly(lambda: parse_label_file(path, width, height,
+                                                       num_classes=num_classes,
+                                                       class_offset=offset))
+    if actions is not None:
+        rows = actions.annotations
+        assert rows.ndim == 2 and rows.shape[1] == 5 and actions.segments.shape == (len(rows), 2)
         assert ((rows[:, 0] >= 0) & (rows[:, 0] < num_classes)).all()
-        assert ((rows[:, 3] > rows[:, 1]) & (rows[:, 4] > rows[:, 2])).all()
+        boxed = rows[~np.isnan(rows[:, 1:]).any(axis=1)]     # class-only lines have no box
+        assert ((boxed[:, 3] > boxed[:, 1]) & (boxed[:, 4] > boxed[:, 2])).all()
 
 
 @FAST
@@ -388,3 +392,38 @@ def test_damaged_alerts_raise_alert_format_error(msg, topic):
     parsed = refuses_cleanly(lambda: parse_alert([topic, body]))
     if parsed is not None:
         assert isinstance(format_alert(parsed), str)    # what `vigil alerts` prints next
+
+
+# ----------------------------------------------------------------------------- labels.csv manifest
+@pytest.fixture(scope="module")
+def manifest_folder(workdir) -> Path:
+    """A CSV-manifest folder with one real tiny video."""
+    from train.synth import Scene, write_video
+
+    root = workdir / "manifest"
+    root.mkdir()
+    write_video(root / "clip.avi", Scene("fight", 1, width=48, height=32, fps=10, frames=8))
+    return root
+
+
+MANIFEST_CELLS = st.one_of(st.sampled_from(["clip.avi", "missing.mp4", "fight", "collapse", "none",
+                                            "0", "1", "7", "-1", "", " ", "0.5", "1e400", "nan",
+                                            "3", "2.5", "\ufeff", '"', "a\r\nb"]),
+                           st.text(max_size=8))
+MANIFEST_TEXT = st.lists(st.lists(MANIFEST_CELLS, min_size=2, max_size=9).map(",".join),
+                         max_size=5).map(
+    lambda rows: "\r\n".join(["file,label,start_s,end_s,x1,y1,x2,y2,group", *rows]))
+
+
+@FEW
+@given(text=MANIFEST_TEXT, bom=st.booleans())
+def test_labels_csv_scans_or_names_the_file_and_line(manifest_folder, text, bom):
+    from train.dataset import inspect_dataset, scan_dataset
+
+    (manifest_folder / "labels.csv").write_text(("\ufeff" if bom else "") + text,
+                                                encoding="utf-8", errors="surrogatepass")
+    records = refuses_cleanly(lambda: scan_dataset(manifest_folder, require_positives=False))
+    if records is not None:
+        assert all(r.video.is_file() for r in records)
+    records, problems = inspect_dataset(manifest_folder)     # collects instead of raising
+    assert all(isinstance(p, str) and p for p in problems)
