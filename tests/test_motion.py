@@ -44,3 +44,17 @@ def test_small3d_model_runs_with_each_motion_mode(motion):
 def test_rgb_plus_diff_is_refused_for_a_three_channel_resnet_stem():
     with pytest.raises(ValueError, match="rgb\\+diff needs 6 input channels"):
         BackboneConfig(name="r2plus1d_18", motion="rgb+diff")
+
+
+def test_a_motion_model_exports_to_onnx_with_the_same_outputs(tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (extra 'onnx')")
+    from detector.export import OnnxModel, check_against_torch, export_onnx
+
+    cfg = ModelConfig(backbone=BackboneConfig(name="small3d", channels=[4, 8, 8, 16],
+                                              pool=[1, 2, 2], motion="rgb+diff"),
+                      input=InputConfig(frames=4, size=[32, 32]), d_model=16, num_queries=2,
+                      decoder_layers=1, nheads=2, dim_feedforward=16)
+    model = build_model(cfg).eval()
+    path = export_onnx(model, cfg, tmp_path / "motion.onnx")
+    diff = check_against_torch(model, OnnxModel(path), torch.randn(2, 3, 4, 32, 32))
+    assert max(diff.values()) < 1e-4
