@@ -273,6 +273,14 @@ class AlertPublisher:
         msg.update(payload or {})
         return self._send(b"heartbeat", msg)
 
+    def follow_journal(self, journal_id: str, last_seq: int) -> None:
+        """Number heartbeats in `journal_id` up to `last_seq` (the daemon's journal writer may
+        start a new journal, or hold alerts, before the next alert is published)."""
+        if journal_id != self.journal_id:
+            self.journal_id, self._last_seq = journal_id, int(last_seq)
+        else:
+            self._last_seq = max(self._last_seq, int(last_seq))
+
     @property
     def last_seq(self) -> int:
         """The highest seq handed to `publish` (or in the journal at start-up)."""
