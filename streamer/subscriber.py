@@ -455,6 +455,10 @@ class AlertSubscriber:
         log.warning("the daemon's journal changed (%s -> %s: lost or replaced): seq restarts; "
                     "delivering the new journal's alerts from its first one",
                     _clean(self.journal_id, 64), _clean(journal_id, 64))
+        # The old journal's alerts already received in order are still news: deliver them first.
+        while self.last_seq is not None and self.last_seq + 1 in self._pending:
+            self.last_seq += 1
+            self._ready.append(self._pending.pop(self.last_seq))
         self._old_journals.add(self.journal_id)
         self.journal_id = journal_id
         self.resets += 1
