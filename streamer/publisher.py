@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -505,6 +506,8 @@ def _request_id(body: bytes, req: Any = None) -> Any:
         except (ValueError, RecursionError):
             return None
     value = req.get("id") if isinstance(req, dict) else None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None                   # NaN/Infinity would make the reply invalid JSON
     return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
 
 

@@ -5,7 +5,10 @@ Every fault of the reliability issue is injected with real parts: GStreamer's RT
 HTTP MJPEG stream whose resolution changes, truncated and corrupt video files, a missing webcam,
 ZeroMQ subscribers that are absent or stop reading, SIGKILL of the daemon, a full evidence
 filesystem (a 256 KiB tmpfs), a hung or out-of-memory model call (patched into the daemon process
-by a prelude: no test hook in the product), and bad configs on SIGHUP.
+by a prelude: no test hook in the product), and bad configs on SIGHUP. Issue 12's replay and
+journal faults follow at the end: hostile and oversized replay requests, a failing or dead
+replay thread, the journal's own disk full (a tmpfs on `data_dir`), the journal deleted while
+running, emptied while stopped, or damaged inside its pages.
 
 The model is a tiny random-weight checkpoint and the smoothing thresholds are so low that every
 camera opens an event at its first window and keeps it open: that makes "an open event on the
