@@ -179,14 +179,22 @@ def default_replay_endpoint(endpoint: str) -> str:
 
 
 def format_heartbeat(hb: dict | None) -> str:
-    """One readable line for a heartbeat: last seq, uptime, camera states."""
+    """One readable line for a heartbeat: last seq, journal id, uptime, camera states, and the
+    journal's trouble when it cannot be written (alerts held in memory)."""
+    from .subscriber import _clean
+
     if not hb:
         return "heartbeat"
     cams = hb.get("cameras") or {}
     states = ",".join(f"{name}:{'up' if (st or {}).get('up') else 'down'}"
                       for name, st in sorted(cams.items()) if isinstance(st, dict))
-    return (f"heartbeat seq={hb.get('seq')} uptime={hb.get('uptime_s')}s"
-            + (f" cameras={states}" if states else ""))
+    journal = hb.get("journal") if isinstance(hb.get("journal"), dict) else {}
+    trouble = (f" JOURNAL-NOT-WRITABLE held={_clean(journal.get('held'), 12)}"
+               if journal.get("writable") is False else "")
+    return (f"heartbeat seq={hb.get('seq')}"
+            + (f" journal={_clean(hb['journal_id'], 64)}" if hb.get("journal_id") else "")
+            + f" uptime={hb.get('uptime_s')}s" + (f" cameras={states}" if states else "")
+            + trouble)
 
 
 def _client_curve(keys_dir: Path, client: str | None, ClientCurve):

@@ -48,7 +48,7 @@ from detector.errors import CheckpointError, ConfigError, VigilError
 from .config import CameraConfig, ServeConfig, is_onnx_model, load_config, mask_url
 from .events import EventTracker, end_message
 from .evidence import EvidenceWriter
-from .journal import Journal
+from .journal_writer import JournalWriter
 from .metrics import VigilMetrics
 from .notify import Notifier
 from .publisher import AlertPublisher
@@ -206,7 +206,7 @@ class Daemon:
         self._evidence_open: dict[str, _OpenEvidence] = {}
         self._metrics_server = None
         self._publisher: Optional[AlertPublisher] = None
-        self._journal: Optional[Journal] = None
+        self._journal: Optional[JournalWriter] = None
         self._evidence: Optional[EvidenceWriter] = None
         self._evidence_reported = (0, 0)    # write errors, drops already counted in metrics
         self._tracker: Optional[EventTracker] = None
@@ -237,7 +237,12 @@ class Daemon:
             except BaseException:
                 self._shutdown(close_events=False)
                 raise
-            code = self._loop()
+            try:
+                code = self._loop()
+            except Exception:   # a bug in the loop: still end the open events and stop cleanly
+                log.exception("event loop failed: stopping (open events end with reason "
+                              "shutdown) so systemd restarts the service")
+                code = 1
             self._shutdown(close_events=True)
             return code
         finally:
@@ -298,8 +303,10 @@ class Daemon:
                         "sets window_seconds", mcfg.input.frames)
 
         # Journal first: seq continues from it, and events an unclean stop left open are ended.
+        # A full disk does not stop the start (the writer reads the journal and holds new
+        # alerts in memory); a damaged journal does, with a clear JournalCorruptError.
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self._journal = Journal(cfg.journal_path)
+        self._journal = JournalWriter(cfg.journal_path, metrics=self.metrics).open()
         self._journal.prune(cfg.alerts.journal_retention_days)
         orphans = [self._journal.append(end_message(last, "restart"))
                    for last in self._journal.open_events()]
@@ -318,7 +325,8 @@ class Daemon:
                                   ) from None
         self._publisher = AlertPublisher(
             cfg.alerts.endpoint, cfg.alerts.replay_endpoint, cfg.journal_path,
-            metrics=self.metrics, sndhwm=cfg.alerts.sndhwm, curve=cfg.alerts.curve)
+            metrics=self.metrics, sndhwm=cfg.alerts.sndhwm, curve=cfg.alerts.curve,
+            last_seq=self._journal.last_seq, journal_id=self._journal.journal_id)
         for msg in orphans:
             self._publisher.publish(msg)
         if cfg.evidence.enabled and (cfg.evidence.snapshot or cfg.evidence.clip):
@@ -327,7 +335,7 @@ class Daemon:
         # Event ids end in a per-daemon counter; starting above every seq ever assigned keeps
         # them unique across restarts (each run assigns at least one seq per event).
         self._tracker = EventTracker(cfg.smoothing, self.class_names, metrics=self.metrics,
-                                     counter_start=self._journal.last_seq() + 1)
+                                     counter_start=self._journal.last_seq + 1)
         self._scheduler = Scheduler({}, cfg.model.max_batch, cfg.model.max_wait_ms)
 
         self._wd_interval = self.notifier.watchdog_interval()
@@ -441,8 +449,13 @@ class Daemon:
 
     def _health_problem(self, now: float) -> Optional[str]:
         """Why the service must not tell systemd it is healthy, or None. Logs each reason once."""
-        problem = None
+        problem = self._publisher.replay_problem() if self._publisher is not None else None
+        if problem is not None:
+            problem += ("; the replay server cannot be restarted from inside, so the watchdog "
+                        "pings stop and systemd restarts the service")
         for name, cam in self._cams.items():
+            if problem is not None:
+                break
             if cam.thread.stuck(now):
                 problem = (f"camera {name}: capture thread stuck in native code (no return from "
                            f"open/read for over {3 * cam.thread.read_timeout_s + cam.thread.open_timeout_s:.0f} s); "
@@ -502,12 +515,13 @@ class Daemon:
             if now >= next_refresh:
                 next_refresh = now + REFRESH_S
                 self._refresh_cameras()
+            assert self._journal is not None
+            self._journal.tick()          # lost/replaced file; held alerts once space returns
             if now >= next_heartbeat:
                 next_heartbeat = now + self.cfg.alerts.heartbeat_s
                 self._heartbeat()
             if now >= next_prune:
                 next_prune = now + PRUNE_EVERY_S
-                assert self._journal is not None
                 self._journal.prune(self.cfg.alerts.journal_retention_days)
             if self._worker is not None and not self._worker.is_alive():
                 log.error("inference worker died (%s): stopping so systemd restarts the service",
@@ -611,8 +625,12 @@ class Daemon:
             m.evidence_write_errors.inc(max(errors - self._evidence_reported[0], 0))
             m.evidence_dropped.inc(max(dropped - self._evidence_reported[1], 0))
             self._evidence_reported = (errors, dropped)
+        journal = self._journal
         status = (f"{up}/{len(self._cams)} cameras up, {len(self._tracker.open_events())} "
-                  "event(s) open" + (f"; UNHEALTHY: {self._wd_withheld}" if self._wd_withheld else ""))
+                  "event(s) open"
+                  + (f"; JOURNAL NOT WRITABLE: {journal.held} alert(s) held in memory"
+                     if journal is not None and not journal.writable else "")
+                  + (f"; UNHEALTHY: {self._wd_withheld}" if self._wd_withheld else ""))
         if status != self._last_status:
             self._last_status = status
             self.notifier.status(status)
@@ -629,8 +647,10 @@ class Daemon:
         return out
 
     def _heartbeat(self) -> None:
-        assert self._publisher is not None
-        self._publisher.heartbeat({"cameras": self.camera_states()})
+        assert self._publisher is not None and self._journal is not None
+        self._publisher.follow_journal(self._journal.journal_id, self._journal.last_seq)
+        self._publisher.heartbeat({"cameras": self.camera_states(),
+                                   "journal": self._journal.state()})
 
     # ================================================================== reload
     def reload(self) -> bool:
@@ -721,7 +741,7 @@ class Daemon:
         if self._publisher is not None:
             self._publisher.close()
         if self._journal is not None:
-            self._journal.close()    # every append was already committed (synchronous=FULL)
+            self._journal.close()    # committed at each append; held ones are tried once more
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         self.notifier.close()

@@ -34,6 +34,8 @@ METRIC_NAMES = (
     "vigil_batch_size", "vigil_alert_latency_seconds", "vigil_alerts_total",
     "vigil_events_active", "vigil_publish_dropped_total", "vigil_build_info",
     "vigil_evidence_write_errors_total", "vigil_evidence_dropped_total",
+    "vigil_journal_writable", "vigil_journal_held_alerts", "vigil_journal_write_errors_total",
+    "vigil_journal_lost_total", "vigil_replay_restarts_total", "vigil_replay_up",
 )
 
 
@@ -101,6 +103,28 @@ class VigilMetrics:
         self.evidence_dropped = Counter(
             "vigil_evidence_dropped_total",
             "Snapshots/clips dropped because the evidence writer's queue was full.", registry=r)
+        # The journal's own health: a full disk degrades (alerts held in memory), never blinds.
+        self.journal_writable = Gauge(
+            "vigil_journal_writable",
+            "1 while alerts are committed to the journal before publishing; 0 while they are "
+            "held in memory (disk full, write errors).", registry=r)
+        self.journal_writable.set(1)
+        self.journal_held_alerts = Gauge(
+            "vigil_journal_held_alerts",
+            "Alerts published but not yet in the journal (written when it accepts writes).",
+            registry=r)
+        self.journal_write_errors = Counter(
+            "vigil_journal_write_errors_total",
+            "Failed journal commits (each attempt, including retries while degraded).", registry=r)
+        self.journal_lost = Counter(
+            "vigil_journal_lost_total",
+            "Journal files found deleted, replaced or emptied (a new journal id was started).",
+            registry=r)
+        self.replay_restarts = Counter(
+            "vigil_replay_restarts_total",
+            "Times the replay server was restarted after an unexpected error.", registry=r)
+        self.replay_up = Gauge("vigil_replay_up",
+                               "1 while the replay server's thread runs.", registry=r)
         self.build_info = Gauge("vigil_build_info", "Constant 1, labelled with the build.",
                                 ["version", "model", "device"], registry=r)
 

@@ -1,6 +1,6 @@
 """Alerts on the wire: a ZeroMQ publisher, a replay server over the journal, heartbeats, CURVE.
 
-Publishing. Multipart `[b"alert.<camera>.<label>", <vigil.alert/1 JSON, UTF-8>]` on an XPUB
+Publishing. Multipart `[b"alert.<camera>.<label>", <vigil.alert/2 JSON, UTF-8>]` on an XPUB
 socket (a PUB that also reports subscriptions). Every message must already be in the journal
 (`Journal.append`, or `emit` which does both), so nothing a subscriber could miss is lost. Sends
 never block the daemon: `zmq.NOBLOCK`, and `XPUB_NODROP` so that a full high-water mark surfaces
@@ -10,18 +10,34 @@ subscriber recovers it from the replay socket (seq gaps and heartbeats reveal it
 point of the journal. ZMTP heartbeats (`HEARTBEAT_IVL`/`HEARTBEAT_TIMEOUT`) drop dead peers so
 their queues do not hold messages forever.
 
-Heartbeats. Topic `heartbeat`, JSON `{"schema": "vigil.heartbeat/1", "seq": <last alert seq>,
-"uptime_s": ..., "sent_at": ..., **payload}` (the daemon adds `"cameras": {name: state}`); `seq`
-includes alerts the socket refused, so a subscriber that sees it ahead of what it holds replays.
+Heartbeats. Topic `heartbeat`, JSON `{"schema": "vigil.heartbeat/2", "seq": <last alert seq>,
+"journal_id": <id of the journal seq counts in>, "uptime_s": ..., "sent_at": ..., **payload}` (the
+daemon adds `"cameras": {name: state}` and `"journal": {"id", "writable", "held", "error"}`);
+`seq` includes alerts the socket refused, so a subscriber that sees it ahead of what it holds
+replays. A `journal_id` different from the one a client holds means the journal was replaced
+and seq started again: the client must not compare seqs across journal ids.
 
 Replay protocol (ROUTER socket at `replay_endpoint`; clients use DEALER or REQ). One request, one
 reply, each a single JSON frame (a REQ client's empty delimiter frame is echoed back):
 
     request: {"since": N, "limit": L (optional, <= page size), "id": any (optional, echoed)}
+             N and L are integers in [0, 2**63 - 1]
     reply:   {"schema": "vigil.replay/1", "id": ..., "alerts": [every message with seq > N,
               oldest first, at most L or the page size], "last_seq": <highest seq assigned>,
-              "more": true when messages after the last one returned exist}
+              "more": true when messages after the last one returned exist,
+              "journal_id": <the journal answering; added in Vigil's alert schema 2>}
     error:   {"schema": "vigil.replay/1", "id": ..., "error": "<what was wrong>"}
+
+Every request gets a reply or an error, whatever its bytes: a request body over
+`MAX_REQUEST_BYTES` (4 KiB; a real one is under 100 bytes), bad UTF-8, bad or too deeply nested
+JSON, out-of-range numbers and an unreadable journal are all error replies. Beyond that, the
+socket's `ZMQ_MAXMSGSIZE` (`MAX_MESSAGE_BYTES`, 64 KiB) makes libzmq drop the connection of a peer
+that announces a larger frame before reading it, so no request can make the daemon allocate
+more (that peer gets no reply: its connection is gone); `RCVHWM` bounds the frames queued. The
+replay server cannot die of a request (each is answered inside its own error boundary); if its
+loop fails for any other reason it is restarted (`vigil_replay_restarts_total`, one log line
+each), and if its thread ends anyway `replay_problem()` says so: the daemon then reports itself
+unhealthy (log line, `vigil_replay_up` 0, no more watchdog pings: systemd restarts it).
 
 A client pages by asking again with `since` = the last seq received while `more` is true; pages
 keep the server stateless and flow-controlled (a ROUTER would silently drop a long stream sent
@@ -39,10 +55,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -55,13 +71,23 @@ from zmq.auth.thread import ThreadAuthenticator
 from detector.errors import ConfigError, VigilError
 
 from .events import iso_utc
-from .journal import Journal
+from .journal import Journal, JournalError
 
 log = logging.getLogger(__name__)
 
 REPLAY_SCHEMA = "vigil.replay/1"
-HEARTBEAT_SCHEMA = "vigil.heartbeat/1"
+# 2: `journal_id` added (seq counts within one journal id).
+HEARTBEAT_SCHEMA = "vigil.heartbeat/2"
 PAGE_SIZE = 500
+# Replay requests: bodies answered, frames libzmq accepts at all, frames queued.
+MAX_REQUEST_BYTES = 4096
+MAX_MESSAGE_BYTES = 64 * 1024
+REPLAY_RCVHWM = 100
+MAX_REQUEST_FRAMES = 4            # identity, REQ's empty delimiter, body (+1 spare)
+SQLITE_MAX_INT = 2 ** 63 - 1
+# Replay loop restarts back off from this to REPLAY_BACKOFF_MAX_S (seconds).
+REPLAY_BACKOFF_S = 0.1
+REPLAY_BACKOFF_MAX_S = 5.0
 _KEY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -103,6 +129,8 @@ class AlertPublisher:
         context: a zmq.Context to use; None = a private one, terminated by `close()`.
         heartbeat_ivl_s: ZMTP heartbeat interval; a peer silent for 3 intervals is dropped.
         page_size: most alerts per replay reply.
+        last_seq, journal_id: where numbering stands (the daemon's `JournalWriter` knows, even on
+            a full disk); None = read them from the journal now.
     Raises:
         PublishError: an endpoint cannot be bound. ConfigError: unreadable CURVE keys.
         JournalError: the journal cannot be opened.
@@ -111,7 +139,8 @@ class AlertPublisher:
     def __init__(self, endpoint: str, replay_endpoint: str, journal_path: str | Path,
                  metrics: Any = None, sndhwm: int = 1000, curve: Any = None,
                  context: Optional[zmq.Context] = None, heartbeat_ivl_s: float = 2.0,
-                 page_size: int = PAGE_SIZE) -> None:
+                 page_size: int = PAGE_SIZE, last_seq: Optional[int] = None,
+                 journal_id: Optional[str] = None) -> None:
         self.journal_path = Path(journal_path)
         self.metrics = metrics
         self.page_size = max(int(page_size), 1)
@@ -129,10 +158,14 @@ class AlertPublisher:
         # Messages refused in a row by a full high-water mark: one log line per episode, not one
         # per message (a stuck subscriber means hundreds a minute; the metric counts them all).
         self._refused = 0
+        self._replay_restarts = 0
+        self._replay_errors = 0
         try:
-            # Fail here, in the caller's thread, if the journal is unusable.
-            with Journal(self.journal_path) as journal:
-                self._last_seq = journal.last_seq()
+            if last_seq is None or journal_id is None:
+                # Fail here, in the caller's thread, if the journal is unusable.
+                with Journal(self.journal_path) as journal:
+                    last_seq, journal_id = journal.last_seq(), journal.journal_id
+            self._last_seq, self.journal_id = int(last_seq), str(journal_id)
             keys = self._setup_curve(curve) if curve is not None else None
             self._pub = self._socket(zmq.XPUB, keys, heartbeat_ivl_s)
             self._pub.setsockopt(zmq.SNDHWM, int(sndhwm))
@@ -140,6 +173,9 @@ class AlertPublisher:
             self._pub.setsockopt(zmq.XPUB_NODROP, 1)
             self.endpoint = self._bind(self._pub, endpoint, "alerts.endpoint")
             self._router = self._socket(zmq.ROUTER, keys, heartbeat_ivl_s)
+            # A request is tiny: a larger frame closes the peer's connection before it is read.
+            self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            self._router.setsockopt(zmq.RCVHWM, REPLAY_RCVHWM)
             self.replay_endpoint = self._bind(self._router, replay_endpoint,
                                               "alerts.replay_endpoint")
         except BaseException:
@@ -197,6 +233,9 @@ class AlertPublisher:
         """
         if "seq" not in msg:
             raise ValueError("publish() takes a journalled message: call Journal.append first")
+        if msg.get("journal_id") and msg["journal_id"] != self.journal_id:
+            self._last_seq = int(msg["seq"])        # a new journal: its own numbering
+            self.journal_id = str(msg["journal_id"])
         self._last_seq = max(self._last_seq, int(msg["seq"]))
         topic = f"alert.{msg['camera']}.{msg['label']}".encode()
         if not self._send(topic, msg):
@@ -229,11 +268,19 @@ class AlertPublisher:
         Returns:
             True if sent, False if refused by the high-water mark.
         """
-        msg = {"schema": HEARTBEAT_SCHEMA, "seq": self._last_seq,
+        msg = {"schema": HEARTBEAT_SCHEMA, "seq": self._last_seq, "journal_id": self.journal_id,
                "uptime_s": round(time.monotonic() - self._started, 1),
                "sent_at": iso_utc(time.time())}
         msg.update(payload or {})
         return self._send(b"heartbeat", msg)
+
+    def follow_journal(self, journal_id: str, last_seq: int) -> None:
+        """Number heartbeats in `journal_id` up to `last_seq` (the daemon's journal writer may
+        start a new journal, or hold alerts, before the next alert is published)."""
+        if journal_id != self.journal_id:
+            self.journal_id, self._last_seq = journal_id, int(last_seq)
+        else:
+            self._last_seq = max(self._last_seq, int(last_seq))
 
     @property
     def last_seq(self) -> int:
@@ -275,53 +322,147 @@ class AlertPublisher:
 
     # ---- replay (own thread) -------------------------------------------------------------------
     def _replay_loop(self) -> None:
+        """The replay thread: serve until closed, restarting the serving loop after a failure."""
         router = self._router
         assert router is not None
-        journal: Optional[Journal] = None
+        state: dict[str, Optional[Journal]] = {"journal": None}
+        backoff = REPLAY_BACKOFF_S
+        self._set_replay_up(1)
         try:
-            journal = Journal(self.journal_path)
-            poller = zmq.Poller()
-            poller.register(router, zmq.POLLIN)
             while not self._stop.is_set():
-                if not poller.poll(100):
-                    continue
-                frames = router.recv_multipart(zmq.NOBLOCK)
-                reply = self._answer(journal, frames[-1])
                 try:
-                    router.send_multipart([*frames[:-1], reply], flags=zmq.NOBLOCK)
-                except zmq.ZMQError as exc:  # peer gone, or its queue is full
-                    log.debug("replay reply not sent: %s", exc)
-        except zmq.ContextTerminated:
-            pass
-        except Exception:  # the daemon must learn that replay is down, not just lose it
-            log.exception("replay server stopped")
+                    self._serve(router, state)
+                except zmq.ContextTerminated:
+                    return
+                except Exception:     # not a request's fault (each has its own boundary)
+                    if self._stop.is_set():
+                        return
+                    self._replay_restarts += 1
+                    if self.metrics is not None:
+                        self.metrics.replay_restarts.inc()
+                    log.exception("replay server failed; restarting it in %.1f s (restart %d)",
+                                  backoff, self._replay_restarts)
+                    self._close_replay_journal(state)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, REPLAY_BACKOFF_MAX_S)
+        except BaseException as exc:  # SystemExit & co: the thread ends; health says so
+            log.critical("replay server thread ended (%s): no replay request will be answered",
+                         type(exc).__name__)
+            raise
         finally:
+            self._set_replay_up(0)
             router.close(linger=0)
-            if journal is not None:
+            self._close_replay_journal(state)
+
+    def _set_replay_up(self, value: int) -> None:
+        if self.metrics is not None:
+            self.metrics.replay_up.set(value)
+
+    @staticmethod
+    def _close_replay_journal(state: dict[str, Optional[Journal]]) -> None:
+        journal, state["journal"] = state["journal"], None
+        if journal is not None:
+            try:
                 journal.close()
+            except Exception as exc:  # closing a broken connection must not stop the loop
+                log.debug("replay: closing the journal: %s", exc)
+
+    def _serve(self, router: zmq.Socket, state: dict[str, Optional[Journal]]) -> None:
+        """Answer requests until stopped. Raises only what is not a request's fault."""
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(100):
+                continue
+            frames = self._receive_request(router)
+            if frames is None:
+                continue
+            reply = self._answer_safely(state, frames[-1])
+            try:
+                router.send_multipart([*frames[:-1], reply], flags=zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # peer gone, or its queue is full
+                log.debug("replay reply not sent: %s", exc)
+
+    @staticmethod
+    def _receive_request(router: zmq.Socket) -> Optional[list[bytes]]:
+        """One request's frames (at most MAX_REQUEST_FRAMES kept; extra frames are read and
+        dropped), or None if nothing was waiting or it has no body."""
+        frames: list[bytes] = []
+        try:
+            while True:
+                frame = router.recv(zmq.NOBLOCK)
+                if len(frames) < MAX_REQUEST_FRAMES:
+                    frames.append(frame)
+                if not router.getsockopt(zmq.RCVMORE):
+                    break
+        except zmq.Again:
+            return None
+        return frames if len(frames) >= 2 else None
+
+    def _answer_safely(self, state: dict[str, Optional[Journal]], body: bytes) -> bytes:
+        """`_answer`, with an error reply (never an exception) for whatever goes wrong."""
+        try:
+            return self._answer(self._replay_journal(state), body)
+        except JournalError as exc:
+            self._close_replay_journal(state)
+            log.warning("replay: %s", exc)
+            return self._error_reply(body, f"journal unavailable: {exc}")
+        except Exception as exc:      # a bug must cost one request, not the replay server
+            self._replay_errors += 1
+            log.warning("replay: request failed (%s: %s)", type(exc).__name__, exc,
+                        exc_info=self._replay_errors == 1)
+            return self._error_reply(body, f"internal error ({type(exc).__name__})")
+
+    def _replay_journal(self, state: dict[str, Optional[Journal]]) -> Journal:
+        """The replay thread's journal connection, reopened when the file was deleted or
+        replaced under it (so replay never answers from a journal that is gone)."""
+        journal = state["journal"]
+        if journal is not None:
+            problem = journal.file_problem()
+            if problem is None:
+                return journal
+            log.warning("replay: the journal file was %s: reopening it", problem)
+            self._close_replay_journal(state)
+        state["journal"] = journal = Journal(self.journal_path)
+        return journal
+
+    def _error_reply(self, body: bytes, error: str) -> bytes:
+        reply = {"schema": REPLAY_SCHEMA, "id": _request_id(body), "error": error}
+        return json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     def _answer(self, journal: Journal, body: bytes) -> bytes:
         reply: dict[str, Any] = {"schema": REPLAY_SCHEMA, "id": None}
         try:
-            req = json.loads(body.decode("utf-8"))
+            if len(body) > MAX_REQUEST_BYTES:
+                raise ValueError(f"request of {len(body)} bytes (at most {MAX_REQUEST_BYTES})")
+            try:
+                req = json.loads(body.decode("utf-8"))
+            except RecursionError:
+                raise ValueError("JSON nested too deeply") from None
             if not isinstance(req, dict):
                 raise ValueError("request must be a JSON object")
-            reply["id"] = req.get("id") if isinstance(req.get("id"), (str, int, float)) else None
+            reply["id"] = _request_id(body, req)
             since, limit = req.get("since"), req.get("limit", self.page_size)
             for name, value in (("since", since), ("limit", limit)):
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise ValueError(f"{name} must be an integer >= 0")
+                if not isinstance(value, int) or isinstance(value, bool) \
+                        or not 0 <= value <= SQLITE_MAX_INT:
+                    raise ValueError(f"{name} must be an integer in [0, 2**63-1]")
             limit = min(limit, self.page_size)
             rows = journal.since(since, limit + 1)
             reply["alerts"] = rows[:limit]
             reply["more"] = len(rows) > limit
             reply["last_seq"] = journal.last_seq()
+            reply["journal_id"] = journal.journal_id
         except (UnicodeDecodeError, ValueError) as exc:
-            reply["error"] = f"bad replay request: {exc}"
-        except sqlite3.Error as exc:       # e.g. locked too long: say so, keep serving
-            log.warning("replay: journal error: %s", exc)
-            reply["error"] = f"journal unavailable: {exc}"
+            reply["error"] = f"bad replay request: {str(exc)[:200]}"
         return json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    def replay_problem(self) -> Optional[str]:
+        """Why replay requests are not being answered (its thread ended), or None. Any thread."""
+        thread = self._thread
+        if self._closed or thread is None or thread.is_alive():
+            return None
+        return "replay server thread ended: replay requests are no longer answered"
 
     # ---- shutdown ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -353,6 +494,21 @@ class AlertPublisher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _request_id(body: bytes, req: Any = None) -> Any:
+    """The request's `id` to echo (a string or number), or None; never raises."""
+    if req is None:
+        if len(body) > MAX_REQUEST_BYTES:
+            return None
+        try:
+            req = json.loads(body.decode("utf-8"))
+        except (ValueError, RecursionError):
+            return None
+    value = req.get("id") if isinstance(req, dict) else None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None                   # NaN/Infinity would make the reply invalid JSON
+    return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
 
 
 def generate_keys(directory: str | Path, clients: Iterable[str] = ("client",),

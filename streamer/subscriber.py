@@ -7,6 +7,14 @@ seq and hands alerts out strictly in seq order. A jump in seq (or a heartbeat wh
 of what it holds, or heartbeats falling silent) makes it ask the replay socket again; what the
 journal cannot supply either is reported in `gaps` and logged, and delivery goes on.
 
+Journal resets. Seqs count within one journal (`journal_id`, on every `vigil.alert/2` alert,
+heartbeat and replay reply). When the daemon's journal is lost or replaced its seq may start
+again at 1 under a new id: on the first message with a new id the subscriber says so (warning,
+`resets`), forgets the old numbering and delivers the new journal's alerts from its first one
+(replayed), so no new alert is mistaken for a duplicate of an old one. Servers without journal
+ids (`vigil.alert/1`) are still handled by the old rule: a heartbeat or replay `last_seq` behind
+what the subscriber holds means a reset.
+
 `vigil alerts` is a thin wrapper: `for msg in AlertSubscriber(...): print(format_alert(msg))`.
 
 Not thread-safe (ZeroMQ sockets): use a subscriber from one thread.
@@ -28,7 +36,8 @@ import zmq.auth
 
 from detector.errors import ConfigError, VigilError
 
-from .events import END_REASONS, SCHEMA, TYPES
+from .events import END_REASONS, TYPES
+from .journal import ALERT_SCHEMA, ALERT_SCHEMAS
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +46,7 @@ _MAX_REPLAY_PAGES = 10_000
 
 
 class AlertFormatError(VigilError):
-    """A message on the alert socket is not a valid `vigil.alert/1` (or heartbeat) message."""
+    """A message on the alert socket is not a valid `vigil.alert/2` (or /1, or heartbeat)."""
 
 
 @dataclass
@@ -77,7 +86,8 @@ def _int(value: Any) -> bool:
 
 
 def validate_alert(msg: Any) -> dict:
-    """Check a decoded alert against `vigil.alert/1` (extra keys allowed for forward compat).
+    """Check a decoded alert against `vigil.alert/2` or `/1` (extra keys allowed for forward
+    compat; `/2` requires `journal_id`, a non-empty string).
 
     Returns:
         `msg` itself.
@@ -91,7 +101,9 @@ def validate_alert(msg: Any) -> dict:
 
     if not isinstance(msg, dict):
         raise AlertFormatError(f"alert: expected a JSON object, got {type(msg).__name__}")
-    need(msg.get("schema") == SCHEMA, "schema", f"expected {SCHEMA!r}")
+    need(msg.get("schema") in ALERT_SCHEMAS, "schema", f"expected {ALERT_SCHEMA!r}")
+    if msg["schema"] == ALERT_SCHEMA:
+        need(_journal_id(msg.get("journal_id")), "journal_id", "expected a non-empty string")
     need(_int(msg.get("seq")) and msg["seq"] >= 1, "seq", "expected an integer >= 1")
     need(msg.get("type") in TYPES, "type", f"expected one of {', '.join(TYPES)}")
     for field in ("event_id", "camera", "label", "published_at"):
@@ -125,13 +137,21 @@ def validate_alert(msg: Any) -> dict:
     return msg
 
 
+def _journal_id(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64
+
+
 def validate_heartbeat(msg: Any) -> dict:
-    """Check a decoded heartbeat: a JSON object with an integer `seq` >= 0."""
+    """Check a decoded heartbeat: a JSON object with an integer `seq` >= 0 and, when present,
+    a `journal_id` string."""
     if not isinstance(msg, dict):
         raise AlertFormatError(f"heartbeat: expected a JSON object, got {type(msg).__name__}")
     if not (_int(msg.get("seq")) and msg["seq"] >= 0):
         raise AlertFormatError(f"heartbeat.seq: expected an integer >= 0, got "
                                f"{repr(msg.get('seq'))[:40]}")
+    if "journal_id" in msg and not _journal_id(msg["journal_id"]):
+        raise AlertFormatError(f"heartbeat.journal_id: expected a non-empty string, got "
+                               f"{repr(msg.get('journal_id'))[:40]}")
     return msg
 
 
@@ -220,6 +240,8 @@ class AlertSubscriber:
         gaps: (first, last) seq ranges neither the wire nor the journal could supply.
         last_heartbeat: the last heartbeat dict; `last_heartbeat_at` its monotonic arrival time.
         malformed: count of messages refused by `parse_alert`.
+        journal_id: the daemon journal's id the seqs count in (None before one is known).
+        resets: how many times the journal id changed (journal lost or replaced).
     """
 
     def __init__(self, endpoint: str, replay_endpoint: str, since: Optional[int] = None,
@@ -234,6 +256,9 @@ class AlertSubscriber:
         self.last_heartbeat: Optional[dict] = None
         self.last_heartbeat_at: Optional[float] = None
         self.malformed = 0
+        self.journal_id: Optional[str] = None
+        self.resets = 0
+        self._old_journals: set[str] = set()
         self._pending: dict[int, dict] = {}
         self._ready: deque[dict] = deque()
         self._server_seq = 0          # highest seq the server said exists (heartbeat / replay)
@@ -341,6 +366,8 @@ class AlertSubscriber:
                     self._on_heartbeat(parse_heartbeat(frames))
                 else:
                     msg = parse_alert(frames)
+                    if self._journal_of(msg.get("journal_id")) == "old":
+                        continue                  # a straggler from a replaced journal
                     self._server_seq = max(self._server_seq, msg["seq"])
                     if self.last_seq is None:
                         self.last_seq = msg["seq"] - 1
@@ -352,9 +379,11 @@ class AlertSubscriber:
 
     def _on_heartbeat(self, hb: dict) -> None:
         self.last_heartbeat, self.last_heartbeat_at = hb, time.monotonic()
+        if self._journal_of(hb.get("journal_id")) == "old":
+            return
         if self.last_seq is None:
             self.last_seq = hb["seq"]             # no baseline from replay: start from now
-        if self.last_seq is not None and hb["seq"] < self.last_seq:
+        if self.journal_id is None and self.last_seq is not None and hb["seq"] < self.last_seq:
             # The daemon's journal is behind what we hold: it was replaced. Start over from it.
             log.warning("server seq %d is behind ours (%d): journal replaced? resetting",
                         hb["seq"], self.last_seq)
@@ -401,8 +430,48 @@ class AlertSubscriber:
         """`since=None`: learn the current last seq, deliver only what comes after it."""
         reply = self._request({"since": 0, "limit": 0})
         if reply is not None:
+            self._journal_of(reply.get("journal_id"))
             self.last_seq = reply["last_seq"]
             self._server_seq = max(self._server_seq, reply["last_seq"])
+
+    # ---- journal resets ------------------------------------------------------------------------
+    def _journal_of(self, journal_id: Optional[str]) -> str:
+        """Note the journal id a message carries: `same` (or none given, or the first one seen),
+        `new` (the reset to it is done here: seqs now count in it) or `old` (a journal already
+        replaced: ignore the message)."""
+        if journal_id is None or journal_id == self.journal_id:
+            return "same"
+        if self.journal_id is None:
+            self.journal_id = journal_id          # first sighting
+            return "same"
+        if journal_id in self._old_journals:
+            return "old"
+        self._reset(journal_id)
+        return "new"
+
+    def _reset(self, journal_id: str) -> None:
+        """The daemon's journal changed: forget the old numbering, start at the new journal's
+        first alert (asked of the replay socket; else the first one seen live)."""
+        log.warning("the daemon's journal changed (%s -> %s: lost or replaced): seq restarts; "
+                    "delivering the new journal's alerts from its first one",
+                    _clean(self.journal_id, 64), _clean(journal_id, 64))
+        # The old journal's alerts already received in order are still news: deliver them first.
+        while self.last_seq is not None and self.last_seq + 1 in self._pending:
+            self.last_seq += 1
+            self._ready.append(self._pending.pop(self.last_seq))
+        self._old_journals.add(self.journal_id)
+        self.journal_id = journal_id
+        self.resets += 1
+        self._pending = {s: m for s, m in self._pending.items()
+                         if m.get("journal_id") == journal_id}
+        self._server_seq = 0
+        reply = self._request({"since": 0, "limit": 1})
+        if reply is not None and reply.get("journal_id", journal_id) == journal_id:
+            first = reply["alerts"][0]["seq"] if reply["alerts"] else reply["last_seq"] + 1
+            self.last_seq = max(first - 1, 0)
+            self._server_seq = reply["last_seq"]
+        else:
+            self.last_seq = (min(self._pending) - 1) if self._pending else None
 
     def _replay(self, since: int) -> bool:
         """Fetch every alert after `since` into the pending set. False if the server is silent."""
@@ -410,7 +479,11 @@ class AlertSubscriber:
             reply = self._request({"since": since})
             if reply is None:
                 return False
-            if self.last_seq is not None and reply["last_seq"] < self.last_seq:
+            if self._journal_of(reply.get("journal_id")) != "same":
+                since = self.last_seq or 0        # _reset() set the new journal's baseline
+                continue
+            if self.journal_id is None and self.last_seq is not None \
+                    and reply["last_seq"] < self.last_seq:
                 log.warning("server seq %d is behind ours (%d): journal replaced? resetting",
                             reply["last_seq"], self.last_seq)
                 self.last_seq = since = reply["last_seq"]

@@ -135,6 +135,7 @@ def test_a_camera_going_down_ends_its_open_events_with_reason_camera_lost(tmp_pa
     from streamer.daemon import _Camera
     from streamer.events import EventTracker
     from streamer.journal import Journal
+    from streamer.journal_writer import JournalWriter
     from streamer.publisher import AlertPublisher
     from streamer.types import ClassScore, WindowResult
 
@@ -142,7 +143,12 @@ def test_a_camera_going_down_ends_its_open_events_with_reason_camera_lost(tmp_pa
     d.class_names = ["fight", "collapse"]
     d.cfg.smoothing.on_threshold, d.cfg.smoothing.min_windows = 0.5, 1
     d._tracker = EventTracker(d.cfg.smoothing, d.class_names, metrics=d.metrics)
-    d._journal = Journal(tmp_path / "j.sqlite3")
+    d._journal = JournalWriter(tmp_path / "j.sqlite3").open()
+
+    def since0() -> list[dict]:
+        with Journal(tmp_path / "j.sqlite3") as reader:
+            return reader.since(0)
+
     d._publisher = AlertPublisher(f"tcp://127.0.0.1:{free_port()}",
                                   f"tcp://127.0.0.1:{free_port()}", tmp_path / "j.sqlite3")
     fake = FakeCapture(up=True)
@@ -152,12 +158,12 @@ def test_a_camera_going_down_ends_its_open_events_with_reason_camera_lost(tmp_pa
         d._handle([WindowResult("cam", {"fight": ClassScore("fight", 0.9, (0.1, 0.1, 0.4, 0.4)),
                                         "collapse": ClassScore("collapse", 0.0, (0, 0, 1, 1))},
                                 (96, 72), now - 1, now, time.monotonic(), 20)])
-        assert [m["type"] for m in d._journal.since(0)] == ["start"]
+        assert [m["type"] for m in since0()] == ["start"]
         d._refresh_cameras()                      # still up: nothing happens
-        assert len(d._journal.since(0)) == 1
+        assert len(since0()) == 1
         fake.up = False
         d._refresh_cameras()
-        msgs = d._journal.since(0)
+        msgs = since0()
         assert [(m["type"], m["reason"]) for m in msgs] == [("start", None),
                                                             ("end", "camera_lost")]
         assert msgs[0]["event_id"] == msgs[1]["event_id"]

@@ -5,7 +5,10 @@ Every fault of the reliability issue is injected with real parts: GStreamer's RT
 HTTP MJPEG stream whose resolution changes, truncated and corrupt video files, a missing webcam,
 ZeroMQ subscribers that are absent or stop reading, SIGKILL of the daemon, a full evidence
 filesystem (a 256 KiB tmpfs), a hung or out-of-memory model call (patched into the daemon process
-by a prelude: no test hook in the product), and bad configs on SIGHUP.
+by a prelude: no test hook in the product), and bad configs on SIGHUP. Issue 12's replay and
+journal faults follow at the end: hostile and oversized replay requests, a failing or dead
+replay thread, the journal's own disk full (a tmpfs on `data_dir`), the journal deleted while
+running, emptied while stopped, or damaged inside its pages.
 
 The model is a tiny random-weight checkpoint and the smoothing thresholds are so low that every
 camera opens an event at its first window and keeps it open: that makes "an open event on the
@@ -782,5 +785,337 @@ def test_oom_splits_batches_and_a_hung_worker_stops_the_watchdog_pings(tiny_chec
         code = d.stop(timeout=20)
         report("worker-hang-sigterm", exit_code=code, seconds=round(time.monotonic() - t_term, 2))
         assert code is not None and time.monotonic() - t_term < 15
+    finally:
+        d.close()
+
+
+# ============================================================================ replay and journal
+# Issue 12 ("Faults from the field"): hostile replay requests, the journal's own disk full, the
+# journal lost, emptied or damaged. Each injected into the real `vigil serve`.
+def replay(endpoint: str, body, timeout: float = 3.0) -> Optional[dict]:
+    """One replay request on a fresh DEALER; the reply, or None if none came in `timeout`."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        data = body if isinstance(body, (bytes, bytearray)) else json.dumps(body).encode()
+        sock.send(data, copy=False)
+        if not sock.poll(int(timeout * 1000)):
+            return None
+        return json.loads(sock.recv_multipart()[-1])
+    finally:
+        sock.close(linger=0)
+
+
+def _journal_files(data_dir: Path) -> list[Path]:
+    return [data_dir / f"journal.sqlite3{s}" for s in ("", "-wal", "-shm")]
+
+
+def test_hostile_replay_requests_are_answered_and_a_huge_one_is_refused_unread(tiny_checkpoint,
+                                                                               tmp_path):
+    from streamer.harness import sample_process
+
+    cfg = base_config(tmp_path / "data", tiny_checkpoint, {"a": SYNTH.format(kind="fight",
+                                                                                seed=1)})
+    cfg["evidence"]["enabled"] = False
+    d = DaemonProcess(tmp_path, cfg).start()
+    ep = cfg["alerts"]["replay_endpoint"]
+    try:
+        d.wait_ready(90)
+        assert wait_until(lambda: (replay(ep, {"since": 0}) or {}).get("alerts"), timeout=20)
+        hostile = {"since 2**63": {"since": 2 ** 63}, "since 2**64+1": {"since": 2 ** 64 + 1},
+                   "limit 2**63": {"since": 0, "limit": 2 ** 63},
+                   "nested 2000 deep": b"[" * 2000 + b"]" * 2000,
+                   "nested in an object": b'{"since": 0, "x": ' + b"[" * 1900 + b"]" * 1900 + b"}"}
+        answers = {}
+        for name, body in hostile.items():
+            reply = replay(ep, body)
+            answers[name] = reply.get("error") if reply else None
+            after = replay(ep, {"since": 0, "limit": 1})        # still serving
+            assert after is not None and after["alerts"], (name, d.log()[-2000:])
+        rss0 = sample_process(d.pid).rss_bytes
+        big = bytearray(150 * 1024 * 1024)                       # 150 MB, one frame
+        big[0:1] = b"{"
+        peak = [rss0]
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], sample_process(d.pid).rss_bytes)
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        t0 = time.monotonic()
+        big_reply = replay(ep, big, timeout=4.0)
+        stop.set()
+        watcher.join(2)
+        del big
+        growth_mib = (peak[0] - rss0) / 2 ** 20
+        normal = replay(ep, {"since": 0, "limit": 1})
+        report("replay-hostile", **{k.replace(" ", "_"): bool(v) for k, v in answers.items()},
+               huge_request_reply=big_reply, huge_request_rss_growth_mib=round(growth_mib, 1),
+               huge_request_s=round(time.monotonic() - t0, 2),
+               answers_after=normal is not None, alive=d.alive())
+        assert all(v and "bad replay request" in v for v in answers.values()), answers
+        assert big_reply is None              # connection dropped by ZMQ_MAXMSGSIZE, unread
+        assert growth_mib < 32, growth_mib    # before: +300 MiB (read whole, then parsed)
+        assert normal is not None and normal["alerts"] and d.alive()
+        assert "Traceback" not in d.log()
+    finally:
+        d.close()
+
+
+INJECT_REPLAY = r'''
+import streamer.publisher as _p
+
+_real = _p.AlertPublisher._receive_request
+
+def _receive(router):
+    frames = _real(router)
+    if frames and frames[-1] == b"INJECT-RAISE":
+        raise RuntimeError("INJECTED: replay loop failure")
+    if frames and frames[-1] == b"INJECT-EXIT":
+        raise SystemExit("INJECTED: replay thread killed")
+    return frames
+
+_p.AlertPublisher._receive_request = staticmethod(_receive)
+'''
+
+
+def test_a_replay_server_failure_is_restarted_and_a_dead_one_withholds_the_watchdog(
+        tiny_checkpoint, tmp_path):
+    cfg = base_config(tmp_path / "data", tiny_checkpoint, {"a": SYNTH.format(kind="fight",
+                                                                                seed=1)})
+    cfg["evidence"]["enabled"] = False
+    d = DaemonProcess(tmp_path, cfg, watchdog_usec=1_000_000, prelude=INJECT_REPLAY).start()
+    ep = cfg["alerts"]["replay_endpoint"]
+    try:
+        d.wait_ready(90)
+        assert replay(ep, {"since": 0}) is not None
+        assert replay(ep, b"INJECT-RAISE", timeout=0.5) is None
+        t0 = time.monotonic()
+        assert wait_until(lambda: replay(ep, {"since": 0}, timeout=0.5) is not None, timeout=10)
+        restarted_s = time.monotonic() - t0
+        restarts = d.total(d.metrics(), "vigil_replay_restarts_total")
+        assert "replay server failed; restarting" in d.log()
+        time.sleep(2.5)                       # healthy: the watchdog pings go on meanwhile
+
+        t_kill = time.monotonic()
+        assert replay(ep, b"INJECT-EXIT", timeout=0.5) is None
+        assert wait_until(lambda: "replay server thread ended" in d.log(), timeout=5)
+        time.sleep(3.0)
+        pings = d.notify.times(b"WATCHDOG=1")
+        after = [t for t in pings if t > t_kill + 1.0]
+        scrape = d.metrics()
+        unhealthy = [ln for ln in d.log().splitlines() if "watchdog pings stop" in ln
+                     and "replay" in ln]
+        report("replay-dies", restarted_after_s=round(restarted_s, 2), restarts_metric=restarts,
+               pings_before=len(pings) - len(after), pings_in_3s_after_death=len(after),
+               replay_up=d.value(scrape, "vigil_replay_up"), unhealthy_log_lines=len(unhealthy),
+               windows_still_counted=d.total(scrape, "vigil_windows_total") > 0)
+        assert restarts == 1
+        assert after == [] and len(pings) - len(after) >= 4
+        assert d.value(scrape, "vigil_replay_up") == 0 and len(unhealthy) == 1
+        assert d.alive()
+    finally:
+        d.close()
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+        try:
+            f.close()
+        except OSError:
+            pass
+    return filler
+
+
+def test_journal_disk_full_degrades_never_blinds_and_start_up_on_it_reaches_ready(
+        tiny_checkpoint, tmp_path):
+    from streamer.subscriber import AlertSubscriber
+
+    data = tmp_path / "data"
+    why = _mount_tmpfs(data, "4m")
+    if why:
+        pytest.skip(f"journal disk-full test: {why}")
+    cfg = base_config(data, tiny_checkpoint, {"a": SYNTH.format(kind="fight", seed=1),
+                                              "b": SYNTH.format(kind="fight", seed=2)},
+                      updates=True)
+    cfg["smoothing"]["update_interval_s"] = 0.5
+    cfg["evidence"]["enabled"] = False
+    d = DaemonProcess(tmp_path / "work", cfg).start()
+    sub = None
+    got: list[dict] = []
+
+    def pump(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if (m := sub.poll(0.1)) is not None:
+                got.append(m)
+
+    def journal_errors() -> list[str]:
+        return [ln for ln in d.log().splitlines() if " ERROR " in ln and "journal:" in ln]
+
+    try:
+        d.wait_ready(90)
+        sub = AlertSubscriber(cfg["alerts"]["endpoint"], cfg["alerts"]["replay_endpoint"],
+                              since=0, heartbeat_timeout_s=3.0)
+        pump(3)
+        filler = _fill(data)
+        t_full = time.monotonic()
+        assert wait_until(lambda: journal_errors(), timeout=15), d.log()[-3000:]
+        seq_at_full = journal_rows(data)[-1]["seq"]
+        pump(4)
+        scrape = d.metrics()
+        held = d.value(scrape, "vigil_journal_held_alerts")
+        writable = d.value(scrape, "vigil_journal_writable")
+        hb = sub.last_heartbeat or {}
+        live_while_full = [m["seq"] for m in got if m["seq"] > seq_at_full]
+        t_free = time.monotonic()
+        filler.unlink()
+        assert wait_until(lambda: d.value(d.metrics(), "vigil_journal_held_alerts") == 0,
+                          timeout=15), d.log()[-3000:]
+        caught_up_s = time.monotonic() - t_free
+        pump(2)
+        rows = journal_rows(data)
+        seqs = [m["seq"] for m in rows]
+        report("journal-disk-full", error_lines=len(journal_errors()), journal_writable=writable,
+               held_alerts=held, heartbeat_journal=hb.get("journal"),
+               published_live_while_full=len(live_while_full), caught_up_s=round(caught_up_s, 2),
+               journal_rows=len(rows), subscriber_received=len(got), subscriber_gaps=sub.gaps,
+               full_for_s=round(t_free - t_full, 1))
+        assert d.alive() and len(journal_errors()) == 1
+        assert writable == 0 and held and held > 0 and len(live_while_full) >= 2
+        assert hb.get("journal", {}).get("writable") is False or hb.get("journal") is None
+        assert seqs == list(range(1, len(seqs) + 1)) and seqs[-1] >= live_while_full[-1]
+        assert "journal: writing again" in d.log()
+        got_seqs = [m["seq"] for m in got]
+        assert got_seqs == list(range(1, got_seqs[-1] + 1)) and sub.gaps == []
+
+        # Start-up on a full disk: before, every restart crashed before READY.
+        code = d.stop(timeout=20)
+        last_before = journal_rows(data)[-1]["seq"]
+        filler = _fill(data)
+        t_start = time.monotonic()
+        d.start()
+        ready_s = d.wait_ready(90, after=t_start)
+        pump(4)
+        new = [m for m in got if m["seq"] > last_before]
+        filler.unlink()
+        assert wait_until(lambda: d.value(d.metrics(), "vigil_journal_held_alerts") == 0,
+                          timeout=15)
+        report("journal-disk-full-at-start", stop_exit_code=code, ready_s=round(ready_s, 2),
+               alerts_after_restart=len(new),
+               restart_ends=sum(m.get("reason") == "restart" for m in new))
+        assert code == 0 and len(new) >= 2 and new[0]["seq"] == last_before + 1
+        seqs = [m["seq"] for m in journal_rows(data)]
+        assert seqs == list(range(1, len(seqs) + 1))
+    finally:
+        if sub is not None:
+            sub.close()
+        d.close()
+        subprocess.run(["umount", "-l", str(data)], capture_output=True)
+
+
+def test_a_lost_or_emptied_journal_is_said_loudly_and_subscribers_follow_the_reset(
+        tiny_checkpoint, tmp_path):
+    from streamer.subscriber import AlertSubscriber
+
+    data = tmp_path / "data"
+    cfg = base_config(data, tiny_checkpoint, {"a": SYNTH.format(kind="fight", seed=1)},
+                      updates=True)
+    cfg["smoothing"]["update_interval_s"] = 0.5
+    cfg["evidence"]["enabled"] = False
+    d = DaemonProcess(tmp_path / "work", cfg).start()
+    sub = None
+    got: list[dict] = []
+
+    def pump_until(pred, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if (m := sub.poll(0.1)) is not None:
+                got.append(m)
+                if pred():
+                    return True
+        return False
+
+    try:
+        d.wait_ready(90)
+        sub = AlertSubscriber(cfg["alerts"]["endpoint"], cfg["alerts"]["replay_endpoint"],
+                              since=0, heartbeat_timeout_s=3.0)
+        assert pump_until(lambda: len(got) >= 4, 20)
+        first_id = got[0]["journal_id"]
+        # Deleted while running.
+        for p in _journal_files(data):
+            p.unlink(missing_ok=True)
+        t_del = time.monotonic()
+        assert wait_until(lambda: "was deleted while running" in d.log(), timeout=10)
+        detected_s = time.monotonic() - t_del
+        assert pump_until(lambda: sum(m["journal_id"] != first_id for m in got) >= 3, 20)
+        # Alerts committed to the deleted file before the check noticed are still delivered.
+        last_old = max(m["seq"] for m in got if m["journal_id"] == first_id)
+        second = [m for m in got if m["journal_id"] != first_id]
+        second_id = second[0]["journal_id"]
+        reply = replay(cfg["alerts"]["replay_endpoint"], {"since": 0})
+        report("journal-deleted-while-running", detected_s=round(detected_s, 2),
+               new_journal_id=second_id != first_id, seq_continued_at=second[0]["seq"],
+               last_old_seq=last_old, subscriber_resets=sub.resets,
+               replay_journal_id_is_new=reply["journal_id"] == second_id)
+        assert second[0]["seq"] == last_old + 1 and sub.resets == 1 and sub.gaps == []
+        assert reply["journal_id"] == second_id
+        assert (sub.last_heartbeat or {}).get("journal_id") == second_id
+
+        # Emptied (truncated to 0 bytes) while stopped: the subscriber stays connected.
+        assert d.stop(timeout=20) == 0
+        last_second = max(m["seq"] for m in got)
+        for p in _journal_files(data)[1:]:
+            p.unlink(missing_ok=True)
+        _journal_files(data)[0].write_bytes(b"")
+        t_start = time.monotonic()
+        d.start()
+        d.wait_ready(90, after=t_start)
+        assert pump_until(lambda: sum(m["journal_id"] not in (first_id, second_id)
+                                      for m in got) >= 3, 30), d.log()[-2000:]
+        third = [m for m in got if m["journal_id"] not in (first_id, second_id)]
+        empty_lines = [ln for ln in d.log().splitlines() if "was EMPTY" in ln]
+        report("journal-emptied-while-stopped", error_lines=len(empty_lines),
+               new_seq_starts_at=third[0]["seq"], last_seq_held_before=last_second,
+               delivered_after_reset=len(third), subscriber_resets=sub.resets,
+               gaps=sub.gaps)
+        assert len(empty_lines) == 1 and " ERROR " in empty_lines[0]
+        assert [m["seq"] for m in third[:3]] == [1, 2, 3]   # before: dropped as duplicates
+        assert sub.resets == 2 and sub.gaps == []
+    finally:
+        if sub is not None:
+            sub.close()
+        d.close()
+
+
+def test_damage_inside_the_journal_pages_is_a_clear_error_not_a_traceback(tiny_checkpoint,
+                                                                         tmp_path):
+    from tests.test_journal import _damage_pages
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _damage_pages(data / "journal.sqlite3")
+    cfg = base_config(data, tiny_checkpoint, {"a": SYNTH.format(kind="none", seed=1)})
+    d = DaemonProcess(tmp_path / "work", cfg).start()
+    try:
+        assert d.proc is not None
+        code = d.proc.wait(90)
+        log_text = d.log()
+        report("journal-page-damage", exit_code=code,
+               clear_error="not a usable alert journal" in log_text,
+               traceback="Traceback" in log_text)
+        assert code == 2 and "not a usable alert journal" in log_text
+        assert "Traceback" not in log_text
     finally:
         d.close()

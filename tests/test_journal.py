@@ -153,3 +153,98 @@ def test_append_rejects_a_message_without_identity(tmp_path):
         with pytest.raises(ValueError):
             j.append({"type": "start"})
         assert j.last_seq() == 0
+
+
+# ---- journal id, damage, disk full (issue 12: faults from the field) ---------------------------
+def test_every_journal_has_its_own_id_kept_across_reopens_and_stamped_on_alerts(tmp_path):
+    with Journal(tmp_path / "a.db") as a:
+        first = a.append(alert())
+        a_id = a.journal_id
+        assert a.created and not a.was_empty
+    with Journal(tmp_path / "a.db") as again, Journal(tmp_path / "b.db") as b:
+        assert again.journal_id == a_id and not again.created
+        assert b.journal_id != a_id and len(b.journal_id) == 16
+    assert (first["schema"], first["journal_id"]) == ("vigil.alert/2", a_id)
+    assert list(first)[:3] == ["schema", "seq", "journal_id"]
+
+
+def test_a_schema_1_journal_gets_an_id_and_keeps_its_seq(tmp_path):
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript("""
+        CREATE TABLE alerts (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, type TEXT NOT NULL,
+            camera TEXT NOT NULL, published_at REAL NOT NULL, body TEXT NOT NULL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO meta VALUES ('last_seq', 7);
+        PRAGMA application_id=1447512396; PRAGMA user_version=1;""")
+    db.close()
+    with Journal(path) as j:
+        assert j.last_seq() == 7 and len(j.journal_id) == 16 and not j.created
+        assert j.append(alert())["seq"] == 8
+        jid = j.journal_id
+    with Journal(path) as j:
+        assert j.journal_id == jid
+
+
+def test_a_file_truncated_to_zero_bytes_is_flagged_as_a_new_journal(tmp_path):
+    path = tmp_path / "j.db"
+    with Journal(path) as j:
+        j.append(alert())
+        old = j.journal_id
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.write_bytes(b"")
+    with Journal(path) as j:
+        assert j.was_empty and j.created and j.journal_id != old and j.last_seq() == 0
+
+
+def test_file_problem_tells_deleted_and_replaced(tmp_path):
+    path = tmp_path / "j.db"
+    with Journal(path) as j:
+        assert j.file_problem() is None
+        path.unlink()
+        assert j.file_problem() == "deleted"
+        Journal(path).close()
+        assert j.file_problem() == "replaced by another file"
+
+
+def test_a_new_journal_can_continue_the_seq(tmp_path):
+    with Journal(tmp_path / "j.db", journal_id="00000000000000aa", start_seq=41) as j:
+        assert (j.journal_id, j.append(alert())["seq"]) == ("00000000000000aa", 42)
+
+
+def _damage_pages(path: Path, rows: int = 300) -> None:
+    """A journal of `rows` alerts whose middle pages are overwritten (header intact)."""
+    with Journal(path) as j:
+        for _ in range(rows):
+            j.append(alert(snapshot="x" * 500))
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 2 - (size // 2) % 4096)
+        f.write(b"\xa5" * 3 * 4096)
+
+
+def test_damage_inside_the_pages_is_the_same_clear_error_as_header_damage(tmp_path):
+    from streamer.journal import JournalCorruptError
+    from streamer.journal_writer import JournalWriter
+
+    path = tmp_path / "j.db"
+    _damage_pages(path)
+    with pytest.raises(JournalCorruptError, match="not a usable alert journal"):
+        JournalWriter(path).open()
+    with Journal(path) as j, pytest.raises(JournalCorruptError, match="not a usable"):
+        j.check()
+
+
+def test_peek_reads_without_writing(tmp_path):
+    from streamer.journal import peek
+
+    path = tmp_path / "j.db"
+    assert peek(path) is None
+    with Journal(path) as j:
+        j.append(alert())
+        jid = j.journal_id
+    info = peek(path)
+    assert (info["journal_id"], info["last_seq"]) == (jid, 1)
+    assert [m["seq"] for m in info["open_events"]] == [1]

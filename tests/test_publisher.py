@@ -147,7 +147,7 @@ def test_heartbeat_carries_the_last_seq_uptime_and_payload(ctx, journal_path):
     assert topic == b"heartbeat"
     assert hb["seq"] == 3                    # resumed from the journal
     assert hb["cameras"] == {"lobby": "up"} and hb["uptime_s"] >= 0
-    assert hb["schema"] == "vigil.heartbeat/1"
+    assert hb["schema"] == "vigil.heartbeat/2" and len(hb["journal_id"]) == 16
 
 
 def test_replay_pages_through_everything_after_since(ctx, journal_path):
@@ -174,6 +174,93 @@ def test_a_bad_replay_request_gets_an_error_reply(ctx, publisher, body):
     assert reply is not None and "bad replay request" in reply["error"]
     # The server is still alive afterwards.
     assert request(ctx, publisher.replay_endpoint, {"since": 0})["alerts"] == []
+
+
+@pytest.mark.parametrize("body", [
+    {"since": 2 ** 63}, {"since": 2 ** 64 + 5}, {"since": 0, "limit": 2 ** 63},
+    b"[" * 3000 + b"]" * 3000,                          # deep nesting: RecursionError in json
+    b'{"since": 0, "x": ' + b"[" * 1500 + b"]" * 1500 + b"}",
+    json.dumps({"since": 0, "pad": "x" * 8000}).encode(),   # over MAX_REQUEST_BYTES
+])
+def test_a_hostile_replay_request_gets_an_error_and_the_server_keeps_answering(ctx, publisher,
+                                                                               body):
+    """Field fault: `since` >= 2**63 overflowed in SQLite and deep nesting recursed; either
+    killed the replay thread for good."""
+    reply = request(ctx, publisher.replay_endpoint, body)
+    assert reply is not None and "bad replay request" in reply["error"], reply
+    for _ in range(3):
+        assert request(ctx, publisher.replay_endpoint, {"since": 0})["alerts"] == []
+    assert publisher.replay_problem() is None
+
+
+def test_the_replay_socket_refuses_oversized_messages_before_reading_them(ctx, publisher):
+    """ZMQ_MAXMSGSIZE: a frame over 64 KiB closes that peer's connection unread."""
+    from streamer.publisher import MAX_MESSAGE_BYTES
+    big = request(ctx, publisher.replay_endpoint, b"{" + b" " * (4 * MAX_MESSAGE_BYTES) + b"}",
+                  timeout=1.0)
+    assert big is None                             # connection dropped, nothing read
+    assert request(ctx, publisher.replay_endpoint, {"since": 0})["alerts"] == []
+
+
+def test_the_replay_loop_restarts_after_an_unexpected_error(ctx, journal_path, metrics,
+                                                            monkeypatch):
+    calls = {"n": 0}
+    real = AlertPublisher._receive_request
+
+    def flaky(router):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected failure outside any request")
+        return real(router)
+
+    monkeypatch.setattr(AlertPublisher, "_receive_request", staticmethod(flaky))
+    with AlertPublisher(ANY, ANY, journal_path, metrics=metrics) as pub:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(pub.replay_endpoint)
+        sock.send(b'{"since": 0, "id": 1}')           # eaten by the failure...
+        time.sleep(0.5)
+        sock.send(b'{"since": 0, "id": 2}')           # ...the restarted loop answers this
+        assert sock.poll(3000)
+        assert json.loads(sock.recv_multipart()[-1])["id"] in (1, 2)
+        sock.close()
+        assert metrics.registry.get_sample_value("vigil_replay_restarts_total") == 1
+        assert pub.replay_problem() is None
+        assert metrics.registry.get_sample_value("vigil_replay_up") == 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_replay_thread_is_reported(journal_path, metrics, monkeypatch):
+    def die(router):
+        raise SystemExit("injected: the thread ends")
+
+    monkeypatch.setattr(AlertPublisher, "_receive_request", staticmethod(die))
+    with AlertPublisher(ANY, ANY, journal_path, metrics=metrics) as pub:
+        ctx2 = zmq.Context.instance()
+        sock = ctx2.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(pub.replay_endpoint)
+        sock.send(b'{"since": 0}')
+        pub._thread.join(3)
+        sock.close()
+        assert "replay server thread ended" in (pub.replay_problem() or "")
+        assert metrics.registry.get_sample_value("vigil_replay_up") == 0
+
+
+def test_replay_answers_from_the_new_file_when_the_journal_is_replaced(ctx, journal_path):
+    with Journal(journal_path) as journal:
+        journal.append(alert())
+        old_id = journal.journal_id
+    with AlertPublisher(ANY, ANY, journal_path) as pub:
+        first = request(ctx, pub.replay_endpoint, {"since": 0})
+        assert (first["last_seq"], first["journal_id"]) == (1, old_id)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
+        with Journal(journal_path) as journal:
+            new_id = journal.journal_id
+        again = request(ctx, pub.replay_endpoint, {"since": 0})
+        assert (again["alerts"], again["last_seq"], again["journal_id"]) == ([], 0, new_id)
+        assert new_id != old_id
 
 
 def test_drops_are_counted_when_a_subscriber_never_reads(ctx, journal_path, metrics):

@@ -138,6 +138,44 @@ def test_a_gap_nobody_can_fill_is_reported_and_delivery_goes_on(publisher, journ
         assert sub.gaps == [(first["seq"] + 1, first["seq"] + 3)]
 
 
+@pytest.mark.parametrize("start_seq", [0, 3], ids=["seq-restarts-at-1", "seq-continues"])
+def test_a_replaced_journal_is_a_reset_and_no_new_alert_is_dropped(publisher, journal, tmp_path,
+                                                                    start_seq):
+    """Field fault: the journal was deleted and a new one started at seq 1; a subscriber still
+    connected dropped the new alerts whose seq was at or below the last one it held."""
+    with connect(publisher) as sub:
+        old = [publisher.emit(alert(kind=k)) for k in ("start", "update", "update")]
+        assert collect(sub, 3) == old and sub.journal_id == journal.journal_id
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"journal.sqlite3{suffix}").unlink(missing_ok=True)
+        with Journal(publisher.journal_path, start_seq=start_seq) as new_journal:
+            new = [new_journal.append(alert(kind=k)) for k in ("start", "update", "end")]
+            new_id = new_journal.journal_id
+        for msg in new:
+            publisher.publish(msg)
+        got = collect(sub, 3)
+        assert [m["seq"] for m in got] == [start_seq + 1, start_seq + 2, start_seq + 3]
+        assert got == new and new_id != old[0]["journal_id"]
+        assert (sub.journal_id, sub.resets, sub.gaps) == (new_id, 1, [])
+        # A straggler from the old journal is not delivered, nor does it flip back.
+        publisher.publish(dict(old[-1], seq=99))
+        publisher.heartbeat({})
+        assert sub.poll(0.3) is None and sub.journal_id == new_id
+
+
+def test_a_reset_seen_first_on_a_heartbeat_replays_the_new_journal(publisher, journal, tmp_path):
+    with connect(publisher) as sub:
+        publisher.emit(alert())
+        assert collect(sub, 1)[0]["seq"] == 1
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"journal.sqlite3{suffix}").unlink(missing_ok=True)
+        with Journal(publisher.journal_path) as new_journal:
+            new = [new_journal.append(alert(kind=k)) for k in ("start", "end")]
+        publisher.journal_id = new[0]["journal_id"]   # what publish() of a new id does
+        publisher.heartbeat({})                       # the alerts themselves were missed
+        assert collect(sub, 2) == new and sub.resets == 1 and sub.gaps == []
+
+
 def test_malformed_messages_are_counted_and_skipped(publisher):
     with connect(publisher) as sub:
         publisher._pub.send_multipart([b"alert.lobby.fight", b"{not json"])
@@ -170,7 +208,7 @@ def test_parse_alert_accepts_the_design_example():
 
 
 @pytest.mark.parametrize("mutate, field", [
-    (lambda m: m.update(schema="vigil.alert/2"), "schema"),
+    (lambda m: m.update(schema="vigil.alert/3"), "schema"),
     (lambda m: m.update(seq=0), "seq"),
     (lambda m: m.update(seq=True), "seq"),
     (lambda m: m.update(type="middle"), "type"),
