@@ -13,7 +13,7 @@ from torchvision.ops import box_convert, box_iou, generalized_box_iou, generaliz
 
 __all__ = [
     "cxcywh_to_xyxy", "xyxy_to_cxcywh", "box_iou", "generalized_box_iou",
-    "pairwise_giou_cxcywh", "giou_loss_cxcywh", "normalize_xyxy", "denormalize_xyxy",
+    "pairwise_giou_cxcywh", "to_xyxy_in_frame", "giou_loss_cxcywh", "normalize_xyxy", "denormalize_xyxy",
 ]
 
 
@@ -35,30 +35,43 @@ def xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
     return box_convert(boxes, in_fmt="xyxy", out_fmt="cxcywh")
 
 
-def pairwise_giou_cxcywh(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+def to_xyxy_in_frame(boxes: torch.Tensor, clamp: bool = False) -> torch.Tensor:
+    """cxcywh to xyxy, clamped to the frame ([0, 1] after normalisation) when `clamp`.
+
+    The reference implementation clamps both predicted and target boxes to the frame before
+    every IoU and GIoU (matcher, loss and det-acc); `loss.clamp_boxes` chooses it.
+    """
+    xyxy = cxcywh_to_xyxy(boxes)
+    return xyxy.clamp(0.0, 1.0) if clamp else xyxy
+
+
+def pairwise_giou_cxcywh(boxes1: torch.Tensor, boxes2: torch.Tensor,
+                         clamp: bool = False) -> torch.Tensor:
     """Generalised IoU of every box of `boxes1` with every box of `boxes2`.
 
     Args:
         boxes1: (N, 4) cxcywh.
         boxes2: (M, 4) cxcywh.
+        clamp: clamp both to [0, 1] in xyxy first (the reference implementation's GIoU).
     Returns:
         (N, M) GIoU in [-1, 1].
     """
-    return generalized_box_iou(cxcywh_to_xyxy(boxes1), cxcywh_to_xyxy(boxes2))
+    return generalized_box_iou(to_xyxy_in_frame(boxes1, clamp), to_xyxy_in_frame(boxes2, clamp))
 
 
 def giou_loss_cxcywh(boxes1: torch.Tensor, boxes2: torch.Tensor,
-                     reduction: str = "none") -> torch.Tensor:
+                     reduction: str = "none", clamp: bool = False) -> torch.Tensor:
     """`1 - GIoU` of corresponding boxes (element-wise, not pairwise).
 
     Args:
         boxes1, boxes2: (N, 4) cxcywh, row i of one paired with row i of the other.
         reduction: "none" -> (N,), "sum" or "mean" -> scalar.
+        clamp: clamp both to [0, 1] in xyxy first (the reference implementation's GIoU).
     Returns:
         The loss, in [0, 2] per pair.
     """
-    return generalized_box_iou_loss(cxcywh_to_xyxy(boxes1), cxcywh_to_xyxy(boxes2),
-                                    reduction=reduction)
+    return generalized_box_iou_loss(to_xyxy_in_frame(boxes1, clamp),
+                                    to_xyxy_in_frame(boxes2, clamp), reduction=reduction)
 
 
 def normalize_xyxy(boxes_px: torch.Tensor, size: Sequence[float]) -> torch.Tensor:

@@ -233,7 +233,8 @@ def evaluate(model: nn.Module, criterion: Any, loader: Iterable, device: torch.d
     metrics = M.compute_metrics([p["probs"] for p in preds], [p["boxes"] for p in preds],
                                 [p["gt_labels"] for p in preds], [p["gt_boxes"] for p in preds],
                                 class_names, score_threshold, iou_threshold, weights,
-                                gt_has_box=[p["gt_has_box"] for p in preds])
+                                gt_has_box=[p["gt_has_box"] for p in preds],
+                                clamp_boxes=bool(getattr(matcher, "clamp_boxes", False)))
     for p, v in zip(preds, metrics["per_video"]):
         p.update(v)
         v["stem"] = p["stem"]
