@@ -126,6 +126,13 @@ def torch_threads(requested: Optional[int], device: torch.device, cpus: Optional
     return max(1, cpus - 1)
 
 
+def unknown_clip_length_message(frames: int) -> str:
+    """What the daemon logs (and `vigil serve --check` prints) for a checkpoint without
+    `input.clip_seconds`, e.g. one imported from the reference implementation."""
+    return ("the checkpoint does not say how long its training clips were (input.clip_seconds): "
+            f"windows are {frames} consecutive frames unless a camera sets window_seconds")
+
+
 def load_model(path: Path, device: torch.device, threads: int
                ) -> tuple[Any, ModelConfig, dict[str, Any]]:
     """The model the worker runs: a PyTorch checkpoint, or an exported `.onnx` graph.
@@ -293,9 +300,7 @@ class Daemon:
                  mcfg.input.size[1], mcfg.input.size[0], ", ".join(self.class_names), self.device,
                  meta["runtime"], worker.autocast_dtype or "no", threads)
         if mcfg.input.clip_seconds is None:
-            log.warning("the checkpoint does not say how long its training clips were "
-                        "(input.clip_seconds): windows are %d consecutive frames unless a camera "
-                        "sets window_seconds", mcfg.input.frames)
+            log.warning("%s", unknown_clip_length_message(mcfg.input.frames))
 
         # Journal first: seq continues from it, and events an unclean stop left open are ended.
         cfg.data_dir.mkdir(parents=True, exist_ok=True)

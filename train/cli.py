@@ -164,6 +164,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "checkpoint of the same model (configs/train/reference.yaml's architecture).")
     p.add_argument("state_dict", type=Path, metavar="BEST_MODEL_PTH", help="reference state_dict")
     p.add_argument("--out", type=Path, required=True, help="Vigil checkpoint to write")
+    p.add_argument("--clip-seconds", type=float, default=None, metavar="S",
+                   help="seconds of video one clip of the model spans (the reference model "
+                        "does not record it; the daemon then takes 16 consecutive frames "
+                        "unless window_seconds is set): the length of the videos it was "
+                        "trained on")
     p.set_defaults(func=cmd_import_reference)
 
 
@@ -511,6 +516,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- import-reference
 def cmd_import_reference(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import torch
 
     from detector.checkpoint import save_checkpoint
@@ -529,9 +536,20 @@ def cmd_import_reference(args: argparse.Namespace) -> int:
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict) and "format" not in sd:
         sd = sd["state_dict"]   # a {"state_dict": ...} wrapper some training scripts save
     state, cfg = convert_reference_state_dict(sd, source=str(path))
+    clip_seconds = getattr(args, "clip_seconds", None)
+    if clip_seconds is not None:
+        if not clip_seconds > 0:
+            raise CheckpointError(f"--clip-seconds must be > 0, got {clip_seconds}")
+        cfg = dataclasses.replace(cfg, input=dataclasses.replace(cfg.input,
+                                                                  clip_seconds=float(clip_seconds)))
     model = build_model(cfg)
     model.load_state_dict(state, strict=True)
-    save_checkpoint(args.out, model, cfg, source=str(path), imported_from="reference")
+    # fp16: the reference's test.py autocasts inference in fp16 (`vigil detect --precision auto`).
+    save_checkpoint(args.out, model, cfg, source=str(path), imported_from="reference",
+                    clip_seconds=cfg.input.clip_seconds, inference_precision="fp16")
+    clip = ("clip length not recorded: the daemon takes 16 consecutive frames unless "
+            "window_seconds is set (give it with --clip-seconds)" if clip_seconds is None
+            else f"clip length {clip_seconds:g} s")
     print(f"wrote {args.out}: reference model, {count_parameters(model):,} parameters, classes "
-          f"{', '.join(cfg.class_names)}")
+          f"{', '.join(cfg.class_names)}; {clip}")
     return 0

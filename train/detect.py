@@ -213,7 +213,9 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
         workers: decoding processes (default: up to 2, one per file).
         threshold: minimum score of a detection.
         device: `auto`, `cpu`, `cuda`, ...
-        precision: `auto`, `fp32`, `bf16`, `fp16` (see `detector.precision`).
+        precision: `auto`, `fp32`, `bf16`, `fp16` (see `detector.precision`); `auto` takes
+            the checkpoint's `checkpoint_precision` first (fp16 for a reference recipe run or
+            an imported reference model, as the reference's test.py autocasts).
     Yields:
         {"video", "class" (name or "none"), "score", "box" ([x1, y1, x2, y2] pixels or None),
          "width", "height"} plus "start_s", "end_s" in window mode; a failed file yields
@@ -228,7 +230,9 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
 
     files = find_videos(paths)
     dev = resolve_device(device)
-    model, cfg, _ = load_checkpoint(checkpoint, device=dev)
+    model, cfg, meta = load_checkpoint(checkpoint, device=dev)
+    if precision == "auto":
+        precision = checkpoint_precision(meta)
     amp = autocast_dtype(dev, precision)
     if windows is not None:
         if windows <= 0:
@@ -264,6 +268,18 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
                                 "box": list(det.xyxy_px(size))})
                 row.update(width=size[0], height=size[1])
                 yield row
+
+
+def checkpoint_precision(meta: Mapping[str, Any]) -> str:
+    """The inference precision a checkpoint asks for: its `inference_precision` (written by
+    `vigil import-reference`), else its training run's `train.inference_precision`, fp16 for
+    a reference `best_model.pth` loaded as it is, else `auto`."""
+    value = meta.get("inference_precision")
+    if value is None:
+        value = ((meta.get("train_config") or {}).get("train") or {}).get("inference_precision")
+    if value is None and meta.get("format") == "reference":
+        value = "fp16"      # a raw best_model.pth: run it as the reference's test.py does
+    return value if value in ("auto", "fp32", "bf16", "fp16") else "auto"
 
 
 def render_video(src: str | Path, rows: Sequence[dict[str, Any]], out: str | Path) -> Path:
