@@ -504,6 +504,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
                                    f"{max(durations):.2f}"))
     root = args.data.parent if args.data.is_file() else args.data
     splits = [s for s in ("train", "val") if (root / "splits" / f"{s}.txt").is_file()]
+    if not splits and (root / "split.json").is_file():
+        splits = ["split.json (the reference implementation's)"]
     if not splits and records and all(r.split for r in records):
         splits = ["from the layout"]
     rows.append(("splits", ", ".join(splits) if splits else
