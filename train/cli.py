@@ -87,6 +87,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="a .pt checkpoint")
     p.add_argument("--out", type=Path, default=None, help="write JSON lines here, not stdout")
     p.add_argument("--csv", type=Path, default=None, help="write CSV here ('-' = stdout)")
+    p.add_argument("--csv-format", choices=("vigil", "reference"), default="vigil",
+                   help="vigil: one row per video/window with pixel box columns; reference: "
+                        "the reference implementation's test.py columns video_name,"
+                        "pred_class_1,x1_1,y1_1,x2_1,y2_1,pred_class_2,... (one group per query "
+                        "over --threshold, normalised xyxy, no_object when none; clip mode only)")
     p.add_argument("--windows", type=float, default=None, metavar="STRIDE",
                    help="sliding windows every STRIDE seconds instead of one clip per video")
     p.add_argument("--window-seconds", type=float, default=None,
@@ -350,6 +355,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.summary is not None and args.labels is None:
         print("--summary needs --labels", file=sys.stderr)
         return 2
+    reference_csv = getattr(args, "csv_format", "vigil") == "reference"
+    if reference_csv and (args.csv is None or args.windows is not None):
+        print("--csv-format reference needs --csv FILE and writes one row per video (no "
+              "--windows)", file=sys.stderr)
+        return 2
     truths = {}
     if args.labels is not None:
         truths = match_truths(find_videos(args.paths),
@@ -359,7 +369,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     json_out = open(args.out, "w", encoding="utf-8") if args.out else None
     csv_file = None
     writer = None
-    if args.csv is not None:
+    reference_rows: list[dict[str, Any]] = []
+    if args.csv is not None and not reference_csv:
         csv_file = sys.stdout if str(args.csv) == "-" else open(args.csv, "w", newline="",
                                                                  encoding="utf-8")
         fields = ["video"] + (["start_s", "end_s"] if args.windows else []) + \
@@ -371,7 +382,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
         for row in detect(args.paths, args.checkpoint, windows=args.windows,
                           window_seconds=args.window_seconds, batch=args.batch,
                           workers=args.workers, threshold=args.threshold, device=args.device,
-                          precision=args.precision):
+                          precision=args.precision, queries=reference_csv):
+            if reference_csv:
+                reference_rows.append(row)
+                row = {k: v for k, v in row.items() if k != "queries"}
             if "error" in row:
                 failed += 1
             elif row["video"] in truths:
@@ -384,7 +398,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
                     flat.update(zip(("x1", "y1", "x2", "y2"), box))
                 writer.writerow(flat)
                 csv_file.flush()
-            if json_out is not None or writer is None:
+            if json_out is not None or (writer is None and not reference_csv):
                 line = json.dumps(row)
                 if json_out is not None:
                     json_out.write(line + "\n")
@@ -395,6 +409,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
             json_out.close()
         if csv_file is not None and csv_file is not sys.stdout:
             csv_file.close()
+    if reference_csv:
+        # The header needs the largest number of groups, so the file is written at the end.
+        from .detect import write_reference_csv
+
+        if str(args.csv) == "-":
+            write_reference_csv(reference_rows, sys.stdout)
+        else:
+            with open(args.csv, "w", newline="", encoding="utf-8") as f:
+                write_reference_csv(reference_rows, f)
     if args.render is not None:
         for video, rows in rows_by_video.items():
             if any("error" in r for r in rows):
