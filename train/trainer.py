@@ -485,10 +485,13 @@ def _check_same_recipe(path: Path, cfg: TrainConfig) -> None:
         return out
 
     old, new = flat(stored), flat(M.to_jsonable(to_dict(cfg)))
+    defaults = flat(M.to_jsonable(to_dict(TrainConfig())))
     for key in sorted(set(old) | set(new)):
         if key in _RESUMABLE:
             continue
         a, b = old.get(key), new.get(key)
+        if key not in old and key in defaults:
+            a = defaults[key]   # a key added since that run was started: it ran the default
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and float(a) == float(b):
             continue
         if a != b:
