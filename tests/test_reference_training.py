@@ -257,3 +257,54 @@ def test_annotated_positives_are_algorithm_1s_samples_with_annotations():
         assert b == ds.records[s.record].is_positive           # the video has an annotation
         assert a == (b and s.kind != "outside")                 # the sample shows the action
     assert action != annotated
+
+
+# --------------------------------------------------------------------------- a whole run
+def test_a_run_with_the_reference_training_keys_validates_even_epochs_and_picks_by_their_rule(
+        tmp_path):
+    import json
+
+    from detector.checkpoint import load_checkpoint
+    from train.detect import checkpoint_precision
+    from train.trainer import fit
+
+    from ._training import tiny_config, tiny_dataset
+
+    ref = load_train_config(REFERENCE)
+    keys = {"data.batch_size": ref.data.batch_size, "data.window_seconds": 0,
+            "data.positive": ref.data.positive, "loss.l1_reduction": ref.loss.l1_reduction,
+            "loss.clamp_boxes": ref.loss.clamp_boxes, "train.seed": ref.train.seed,
+            "train.loss_autocast": ref.train.loss_autocast,
+            "train.inference_precision": ref.train.inference_precision,
+            "train.val_every": ref.train.val_every, "train.select_by": ref.train.select_by,
+            "train.deterministic": ref.train.deterministic, "augment.enabled": "false"}
+    cfg = tiny_config(epochs=3, **keys)
+    data = tiny_dataset(tmp_path / "data", videos=10)
+    result = fit(cfg, data, tmp_path / "run", progress=False)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [bool(h["val"]) for h in history] == [False, True, True]   # 2, and the last epoch
+    score = {h["epoch"]: h["val"]["video_acc"] + 0.2 * (h["val"]["det_acc"] or 0.0)
+             for h in history if h["val"]}
+    assert result["best_epoch"] == max(score, key=lambda e: (score[e], -e))
+    _, _, meta = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert meta["epoch"] == result["best_epoch"]
+    assert checkpoint_precision(meta) == "fp16"
+    assert meta["train_config"]["loss"]["l1_reduction"] == "mean"
+
+
+def test_a_run_started_before_the_new_keys_existed_still_resumes(tmp_path):
+    from detector.errors import CheckpointError
+    from detector.schema import to_dict
+    from train.config import TrainConfig
+    from train.trainer import _check_same_recipe
+
+    old = to_dict(TrainConfig())
+    for section, key in (("loss", "l1_reduction"), ("loss", "clamp_boxes"),
+                         ("train", "val_every"), ("train", "select_by"),
+                         ("data", "positive")):
+        del old[section][key]
+    torch.save({"train_config": old}, tmp_path / "last.pt")
+    _check_same_recipe(tmp_path / "last.pt", TrainConfig())          # the defaults: same run
+    with pytest.raises(CheckpointError, match="train.select_by"):
+        _check_same_recipe(tmp_path / "last.pt",
+                           load_train_config(None, ["train.select_by=reference"]))

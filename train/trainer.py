@@ -385,7 +385,8 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
         save_checkpoint(last_path, model, model_cfg, **meta,
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                         scaler=scaler.state_dict() if scaler is not None else None,
-                        rng=rng_state(), best_key=list(best_key), best_epoch=best_epoch)
+                        rng=rng_state(), best_key=None if best_key is None else list(best_key),
+                        best_epoch=best_epoch)
         log.info("epoch %d/%d: lr %.2e, train loss %.4f (targets: %d boxed, %d class-only; %d "
                  "negative clips), val det-acc %s, video acc %s, mIoU %s, %.1fs%s", epoch,
                  cfg.optim.epochs, lr, train_stats["loss"], train_stats["targets_boxed"],
