@@ -44,6 +44,7 @@ import torch
 from detector.checkpoint import load_checkpoint
 from detector.config import ModelConfig
 from detector.errors import CheckpointError, ConfigError, VigilError
+from detector.precision import checkpoint_precision
 
 from .config import CameraConfig, ServeConfig, is_onnx_model, load_config, mask_url
 from .events import EventTracker, end_message
@@ -292,8 +293,11 @@ class Daemon:
         model, mcfg, meta = load_model(cfg.model.checkpoint, self.device, threads)
         self.model_cfg = mcfg
         self.class_names = list(mcfg.class_names)
+        # `auto` follows the checkpoint where it asks for a precision (fp16 for a reference model).
+        precision = (checkpoint_precision(meta) if cfg.model.precision == "auto"
+                     else cfg.model.precision)
         worker = InferenceWorker(model, mcfg.input, self.class_names, device=self.device,
-                                 precision=cfg.model.precision, max_batch=cfg.model.max_batch,
+                                 precision=precision, max_batch=cfg.model.max_batch,
                                  max_wait_ms=cfg.model.max_wait_ms)
         log.info("model %s (%s, %d frames of %dx%d, classes %s) on %s via %s, %s autocast, "
                  "%d threads", cfg.model.checkpoint.name, mcfg.backbone.name, mcfg.input.frames,

@@ -32,6 +32,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from detector.errors import DataError, VigilError
 
+from detector.precision import checkpoint_precision  # noqa: F401  (re-exported)
+
 from . import video_io
 
 log = logging.getLogger(__name__)
@@ -369,18 +371,6 @@ def read_reference_csv(file: Any) -> list[tuple[str, list[tuple[str, list[float]
             i += 1
         out.append((rec["video_name"], dets))
     return out
-
-
-def checkpoint_precision(meta: Mapping[str, Any]) -> str:
-    """The inference precision a checkpoint asks for: its `inference_precision` (written by
-    `vigil import-reference`), else its training run's `train.inference_precision`, fp16 for
-    a reference `best_model.pth` loaded as it is, else `auto`."""
-    value = meta.get("inference_precision")
-    if value is None:
-        value = ((meta.get("train_config") or {}).get("train") or {}).get("inference_precision")
-    if value is None and meta.get("format") == "reference":
-        value = "fp16"      # a raw best_model.pth: run it as the reference's test.py does
-    return value if value in ("auto", "fp32", "bf16", "fp16") else "auto"
 
 
 def render_video(src: str | Path, rows: Sequence[dict[str, Any]], out: str | Path) -> Path:
