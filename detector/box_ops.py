@@ -14,7 +14,8 @@ from torchvision.ops import box_convert, box_iou, generalized_box_iou
 
 __all__ = [
     "cxcywh_to_xyxy", "xyxy_to_cxcywh", "box_iou", "generalized_box_iou",
-    "pairwise_giou_cxcywh", "to_xyxy_in_frame", "giou_loss_cxcywh", "normalize_xyxy", "denormalize_xyxy",
+    "pairwise_giou_cxcywh", "to_xyxy_in_frame", "giou_loss_cxcywh", "normalize_xyxy",
+    "denormalize_xyxy",
 ]
 
 

@@ -189,7 +189,8 @@ def test_vigil_default_l1_is_four_times_the_reference_term():
     cfg = load_train_config(REFERENCE)
     clips, targets = fixed_batch()
     x = ((clips.float() - 0.5 * 255) / (0.25 * 255)).permute(0, 4, 1, 2, 3)
-    out = Tiny(QUERY_BOXES)(x)
+    with torch.no_grad():
+        out = Tiny(QUERY_BOXES)(x)
     ref = build_criterion(cfg.loss, K)(out, targets)
     import dataclasses
     summed = build_criterion(dataclasses.replace(cfg.loss, l1_reduction="sum"), K)(out, targets)
