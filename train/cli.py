@@ -24,10 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", formatter_class=fmt,
         help="train the detector on a labelled dataset",
-        description="Train the detector on DATA (videos/ labels/ [splits/], or a folder with "
-                    "action_challenge.csv). Writes OUT/last.pt after every epoch, OUT/best.pt "
-                    "for the best validation det-acc@0.5, OUT/metrics.jsonl; resumes from "
-                    "OUT/last.pt when it exists.")
+        description="Train the detector on DATA (videos/ labels/ [splits/ or split.json], or a "
+                    "folder with action_challenge.csv). Writes OUT/last.pt after every epoch, "
+                    "OUT/best.pt for the best validation det-acc@0.5 (train.select_by; "
+                    "reference.yaml: video acc + 0.2 x det-acc), OUT/metrics.jsonl; resumes "
+                    "from OUT/last.pt when it exists.")
     p.add_argument("--config", type=Path, default=None,
                    help="training YAML (e.g. configs/train/cpu-small.yaml); default: the "
                         "report's recipe (configs/train/seed.yaml)")
