@@ -335,3 +335,19 @@ def test_reference_matching_equals_eq_10_with_clamped_boxes_on_random_batches():
         assert got == best_assignment(*args)
         differ += best_assignment(*args, clamp=False) != got
     assert 0 < differ < 200
+
+
+def test_det_acc_iou_is_taken_on_clamped_boxes_with_the_reference_setting():
+    from train.metrics import compute_metrics
+
+    # One fight video; the best query's box pokes out of the left edge. Clamped it covers the
+    # true box's 0.2 x 0.4 exactly in width 0.2 -> IoU 1; unclamped 0.08 / 0.12 -> 0.667.
+    probs = [np.array([[0.9, 0.05, 0.05], [0.1, 0.1, 0.8]])]
+    boxes = [np.array([[0.05, 0.5, 0.3, 0.4], [0.5, 0.5, 0.1, 0.1]])]
+    gt_labels, gt_boxes = [np.array([0])], [np.array([[0.1, 0.5, 0.2, 0.4]])]
+    kw = dict(class_names=["fight", "collapse"], iou_threshold=0.8)
+    clamped = compute_metrics(probs, boxes, gt_labels, gt_boxes, clamp_boxes=True, **kw)
+    plain = compute_metrics(probs, boxes, gt_labels, gt_boxes, **kw)
+    assert clamped["det_acc"] == 1.0 and clamped["per_video"][0]["iou"] == pytest.approx(1.0)
+    assert plain["det_acc"] == 0.0 and plain["per_video"][0]["iou"] == pytest.approx(2 / 3)
+    assert clamped["miou"] == pytest.approx(1.0) and plain["miou"] == pytest.approx(2 / 3)
