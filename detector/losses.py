@@ -4,8 +4,11 @@ After Hungarian matching:
 - `loss_ce`: cross-entropy over ALL queries: a matched query's target is its ground truth's
   class, an unmatched query's is no_object (the last logit), whose class weight is `eos_coef`
   (DETR's `empty_weight`); the mean is weighted, as `F.cross_entropy(weight=...)` does;
-- `loss_bbox`: L1 distance between matched cxcywh boxes, summed, divided by `num_boxes`;
-- `loss_giou`: `1 - GIoU` of matched boxes, summed, divided by `num_boxes`;
+- `loss_bbox`: L1 distance between matched cxcywh boxes, divided by `num_boxes`; per box the
+  four coordinates' absolute errors are summed (`l1_reduction: sum`, DETR's and Vigil's) or
+  averaged (`mean`, the reference implementation's `F.l1_loss` default: the term is a quarter);
+- `loss_giou`: `1 - GIoU` of matched boxes, summed, divided by `num_boxes`; with `clamp_boxes`
+  both boxes are first clamped to the frame ([0, 1] in xyxy), as the reference does;
 with `num_boxes` = max(ground-truth boxes in the batch, 1).
 
 Footage labelled by class only (targets with `has_box` False, e.g. a whole clip marked "fight")
@@ -25,6 +28,7 @@ returned, detached, so it can be logged and compared across ablations, but it ha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +46,13 @@ class LossConfig:
         ce, l1, giou: weights of the classification, L1 and GIoU terms in the total (0 = off).
         eos_coef: class weight of no_object in the cross-entropy.
         cost_class, cost_bbox, cost_giou: weights of the matcher's cost terms.
+        l1_reduction: how one box's four absolute coordinate errors make its L1 term: `sum`
+            (DETR, Vigil's default) or `mean` (the reference implementation: a quarter of `sum`,
+            so the same weight 5 pulls boxes a quarter as hard).
+        clamp_boxes: clamp predicted and target boxes to the frame ([0, 1] xyxy) before every
+            GIoU and IoU: the matcher's GIoU cost, the GIoU loss and the det-acc / mIoU IoU in
+            evaluation (the reference implementation does; Vigil's default does not, so a box
+            that pokes out of the frame is still pulled back by the GIoU gradient).
     """
     ce: float = 2.0
     l1: float = 5.0
@@ -50,8 +61,12 @@ class LossConfig:
     cost_class: float = 2.0
     cost_bbox: float = 5.0
     cost_giou: float = 2.0
+    l1_reduction: Literal["sum", "mean"] = "sum"
+    clamp_boxes: bool = False
 
     def __post_init__(self) -> None:
+        if self.l1_reduction not in ("sum", "mean"):
+            raise ValueError(f"loss.l1_reduction must be sum or mean, got {self.l1_reduction!r}")
         for name in ("ce", "l1", "giou", "cost_class", "cost_bbox", "cost_giou"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
@@ -78,6 +93,9 @@ class SetCriterion(nn.Module):
         self.num_classes = num_classes
         self.matcher = matcher
         self.cfg = cfg
+        # False: the terms are computed in the dtype the model's outputs come in (the reference
+        # implementation computes its loss inside fp16 autocast; `train.loss_autocast`).
+        self.cast_float = True
         base = {"loss_ce": cfg.ce, "loss_bbox": cfg.l1, "loss_giou": cfg.giou}
         self.weight_dict = dict(base)
         for i in range(aux_layers):
@@ -110,8 +128,10 @@ class SetCriterion(nn.Module):
                indices: list[tuple[torch.Tensor, torch.Tensor]] | None
                ) -> dict[str, torch.Tensor]:
         """The three terms of one set of predictions (B, N, ...), unweighted, with gradients."""
-        logits = outputs["pred_logits"].float()
-        boxes = outputs["pred_boxes"].float()
+        logits = outputs["pred_logits"]
+        boxes = outputs["pred_boxes"]
+        if self.cast_float:
+            logits, boxes = logits.float(), boxes.float()
         if indices is None:
             indices = self.matcher(outputs, targets)
         device = logits.device
@@ -121,7 +141,7 @@ class SetCriterion(nn.Module):
         batch_idx, src_idx = batch_idx.to(device), src_idx.to(device)
         matched_labels = torch.cat([t["labels"][tgt.to(t["labels"].device)].to(device)
                                     for t, (_, tgt) in zip(targets, indices)])
-        matched_boxes = torch.cat([t["boxes"][tgt.to(t["boxes"].device)].to(device, torch.float32)
+        matched_boxes = torch.cat([t["boxes"][tgt.to(t["boxes"].device)].to(device, boxes.dtype)
                                    for t, (_, tgt) in zip(targets, indices)])
         matched_has_box = torch.cat([box_mask(t)[tgt.to(t["labels"].device)].to(device)
                                      for t, (_, tgt) in zip(targets, indices)])
@@ -139,7 +159,10 @@ class SetCriterion(nn.Module):
         matched_boxes = matched_boxes[matched_has_box]
         if src_boxes.numel():
             loss_bbox = F.l1_loss(src_boxes, matched_boxes, reduction="sum") / num_boxes
-            loss_giou = giou_loss_cxcywh(src_boxes, matched_boxes, reduction="sum") / num_boxes
+            if self.cfg.l1_reduction == "mean":
+                loss_bbox = loss_bbox / src_boxes.shape[-1]
+            loss_giou = giou_loss_cxcywh(src_boxes, matched_boxes, reduction="sum",
+                                         clamp=self.cfg.clamp_boxes) / num_boxes
         else:   # zero, but still part of the graph so backward() sees every term
             loss_bbox = loss_giou = boxes.sum() * 0.0
 
@@ -159,5 +182,6 @@ def build_criterion(cfg: LossConfig, num_classes: int, aux_layers: int = 0) -> S
         aux_layers: intermediate decoder layers with auxiliary outputs to weight (a model built
             with `aux_loss: true` has `decoder_layers - 1`); 0 = none.
     """
-    matcher = HungarianMatcher(cfg.cost_class, cfg.cost_bbox, cfg.cost_giou)
+    matcher = HungarianMatcher(cfg.cost_class, cfg.cost_bbox, cfg.cost_giou,
+                               clamp_boxes=cfg.clamp_boxes)
     return SetCriterion(num_classes, matcher, cfg, aux_layers)

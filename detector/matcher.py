@@ -9,6 +9,10 @@ as `2 * (1 - GIoU)`; it differs from `-2 * GIoU` by a constant per assignment, s
 the same. A target without a box (footage labelled by class only, `has_box` False) has only the
 class term: it is matched by class alone. The one-to-one assignment minimising the total cost is
 found with `scipy.optimize.linear_sum_assignment` per clip (clips have different numbers of targets).
+
+`clamp_boxes` (`loss.clamp_boxes`): the GIoU term is computed on boxes clamped to the frame
+([0, 1] in xyxy), as the reference implementation does; the L1 term stays on the unclamped
+cxcywh boxes.
 """
 from __future__ import annotations
 
@@ -37,16 +41,18 @@ class HungarianMatcher:
         cost_class: weight of the (negative) probability of the target class.
         cost_bbox: weight of the L1 distance between cxcywh boxes.
         cost_giou: weight of the negative generalised IoU.
+        clamp_boxes: clamp predicted and target boxes to [0, 1] (xyxy) before the GIoU.
     """
 
     def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0,
-                 cost_giou: float = 2.0) -> None:
+                 cost_giou: float = 2.0, clamp_boxes: bool = False) -> None:
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ConfigError("loss.cost_class, loss.cost_bbox, loss.cost_giou: all three are 0, "
                               "so the matching would be arbitrary")
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
+        self.clamp_boxes = bool(clamp_boxes)
 
     def cost_matrix(self, logits: torch.Tensor, boxes: torch.Tensor,
                     target: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -66,7 +72,8 @@ class HungarianMatcher:
         pred_boxes = boxes.float()
         cost = -self.cost_class * prob[:, tgt_ids]
         box_cost = (self.cost_bbox * torch.cdist(pred_boxes, tgt_boxes, p=1)
-                    - self.cost_giou * pairwise_giou_cxcywh(pred_boxes, tgt_boxes))
+                    - self.cost_giou * pairwise_giou_cxcywh(pred_boxes, tgt_boxes,
+                                                           clamp=self.clamp_boxes))
         # A target labelled without a box (class-only footage) is matched by class alone.
         has_box = box_mask(target).to(box_cost.device)
         cost = cost + torch.where(has_box[None, :], box_cost, torch.zeros_like(box_cost))

@@ -8,7 +8,7 @@ the difference).
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Optional
+from typing import Any, ContextManager, Mapping, Optional
 
 import torch
 
@@ -33,6 +33,19 @@ def autocast_dtype(device: torch.device, precision: str) -> Optional[torch.dtype
             return torch.bfloat16
         return torch.float16
     return torch.bfloat16 if precision == "bf16" else None
+
+
+def checkpoint_precision(meta: Mapping[str, Any]) -> str:
+    """The inference precision a checkpoint asks for, for a caller whose choice is `auto`: its
+    `inference_precision` (written by `vigil import-reference`: fp16, as the reference's
+    test.py), else its training run's `train.inference_precision`, fp16 for a reference
+    `best_model.pth` loaded as it is, else `auto`."""
+    value = meta.get("inference_precision")
+    if value is None:
+        value = ((meta.get("train_config") or {}).get("train") or {}).get("inference_precision")
+    if value is None and meta.get("format") == "reference":
+        value = "fp16"
+    return value if value in PRECISIONS else "auto"
 
 
 def cpu_has_fast_bf16() -> bool:

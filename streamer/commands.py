@@ -88,7 +88,7 @@ def _check_config(cfg) -> int:
     """`vigil serve --check`: what the daemon would run, without running it."""
     import torch
 
-    from .daemon import load_model
+    from .daemon import load_model, unknown_clip_length_message
 
     _, model_cfg, meta = load_model(cfg.model.checkpoint, torch.device("cpu"), threads=1)
     inp = model_cfg.input
@@ -97,9 +97,15 @@ def _check_config(cfg) -> int:
     print(f"model: {cfg.model.checkpoint} ({model_cfg.backbone.name}, {meta['runtime']}, "
           f"{params}classes {', '.join(model_cfg.class_names)},"
           f" input {inp.frames}x{inp.size[0]}x{inp.size[1]}, clip {inp.clip_seconds} s)")
+    if inp.clip_seconds is None:
+        print(f"warning: {unknown_clip_length_message(inp.frames)}")
     for cam in cfg.cameras:
         state = "enabled" if cam.enabled else "disabled"
-        print(f"  {cam.name:<20} {state:<8} {cam.masked_url}  stride {cam.settings.stride}")
+        seconds = cam.settings.window_seconds or inp.clip_seconds
+        window = (f"window {seconds:g} s" if seconds else
+                  f"window {inp.frames} consecutive frames")
+        print(f"  {cam.name:<20} {state:<8} {cam.masked_url}  stride {cam.settings.stride}, "
+              f"{window}")
     print(f"alerts: {cfg.alerts.endpoint} (replay {cfg.alerts.replay_endpoint}); metrics: "
           f"{'http://%s:%d/metrics' % (cfg.metrics.host, cfg.metrics.port) if cfg.metrics.enabled else 'off'}")
     return 0

@@ -44,6 +44,7 @@ import torch
 from detector.checkpoint import load_checkpoint
 from detector.config import ModelConfig
 from detector.errors import CheckpointError, ConfigError, VigilError
+from detector.precision import checkpoint_precision
 
 from .config import CameraConfig, ServeConfig, is_onnx_model, load_config, mask_url
 from .events import EventTracker, end_message
@@ -124,6 +125,13 @@ def torch_threads(requested: Optional[int], device: torch.device, cpus: Optional
     if device.type == "cuda":
         return max(1, min(4, cpus // 2))
     return max(1, cpus - 1)
+
+
+def unknown_clip_length_message(frames: int) -> str:
+    """What the daemon logs (and `vigil serve --check` prints) for a checkpoint without
+    `input.clip_seconds`, e.g. one imported from the reference implementation."""
+    return ("the checkpoint does not say how long its training clips were (input.clip_seconds): "
+            f"windows are {frames} consecutive frames unless a camera sets window_seconds")
 
 
 def load_model(path: Path, device: torch.device, threads: int
@@ -290,17 +298,18 @@ class Daemon:
         model, mcfg, meta = load_model(cfg.model.checkpoint, self.device, threads)
         self.model_cfg = mcfg
         self.class_names = list(mcfg.class_names)
+        # `auto` follows the checkpoint where it asks for a precision (fp16 for a reference model).
+        precision = (checkpoint_precision(meta) if cfg.model.precision == "auto"
+                     else cfg.model.precision)
         worker = InferenceWorker(model, mcfg.input, self.class_names, device=self.device,
-                                 precision=cfg.model.precision, max_batch=cfg.model.max_batch,
+                                 precision=precision, max_batch=cfg.model.max_batch,
                                  max_wait_ms=cfg.model.max_wait_ms)
         log.info("model %s (%s, %d frames of %dx%d, classes %s) on %s via %s, %s autocast, "
                  "%d threads", cfg.model.checkpoint.name, mcfg.backbone.name, mcfg.input.frames,
                  mcfg.input.size[1], mcfg.input.size[0], ", ".join(self.class_names), self.device,
                  meta["runtime"], worker.autocast_dtype or "no", threads)
         if mcfg.input.clip_seconds is None:
-            log.warning("the checkpoint does not say how long its training clips were "
-                        "(input.clip_seconds): windows are %d consecutive frames unless a camera "
-                        "sets window_seconds", mcfg.input.frames)
+            log.warning("%s", unknown_clip_length_message(mcfg.input.frames))
 
         # Journal first: seq continues from it, and events an unclean stop left open are ended.
         # A full disk does not stop the start (the writer reads the journal and holds new

@@ -254,3 +254,67 @@ def test_detect_summary_without_labels_is_refused(labelled, capsys):
     assert vigil(["detect", str(root / "clips"), "--checkpoint", str(ckpt),
                   "--summary", "x.json"]) == 2
     assert "--summary needs --labels" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- reference CSV
+def test_reference_csv_round_trips_through_the_authors_column_layout():
+    """test.py's layout: video_name, then pred_class_i,x1_i,y1_i,x2_i,y2_i per query over the
+    threshold (normalised xyxy), no_object when none; read back with those column names."""
+    rows = [
+        {"video": "/data/videos/fight_01.mp4", "queries": [
+            {"query": 3, "class": "fight", "score": 0.91,
+             "box": [0.125, 0.2000000029802322, 0.625, 0.9]},
+            {"query": 7, "class": "collapse", "score": 0.31, "box": [0.0, 0.1, 1.0, 0.75]}]},
+        {"video": "clips/none_02.avi", "queries": []},
+        {"video": "bad.mp4", "error": "cannot open"},
+        {"video": "collapse_03.mp4", "queries": [
+            {"query": 0, "class": "collapse", "score": 0.5, "box": [0.1, 0.2, 0.3, 0.4]}]},
+    ]
+    import io
+
+    buf = io.StringIO()
+    assert D.write_reference_csv(rows, buf) == 3
+    text = buf.getvalue()
+    header = text.splitlines()[0].split(",")
+    # The authors' columns, group by group, as many groups as the video with the most.
+    assert header == ["video_name"] + [f"{c}_{i}" for i in (1, 2)
+                                       for c in ("pred_class", "x1", "y1", "x2", "y2")]
+    assert text.splitlines()[2] == "none_02.avi,no_object,,,,,,,,,"
+    parsed = D.read_reference_csv(io.StringIO(text))
+    assert parsed == [
+        ("fight_01.mp4", [("fight", [0.125, 0.2000000029802322, 0.625, 0.9]),
+                          ("collapse", [0.0, 0.1, 1.0, 0.75])]),
+        ("none_02.avi", [("no_object", [])]),
+        ("collapse_03.mp4", [("collapse", [0.1, 0.2, 0.3, 0.4])]),
+    ]
+
+
+def test_query_detections_keep_every_query_over_the_threshold_in_query_order():
+    import torch
+
+    # 3 queries, classes fight, collapse + no_object; boxes cxcywh, the second pokes out.
+    logits = torch.log(torch.tensor([[[0.2, 0.1, 0.7], [0.1, 0.6, 0.3], [0.5, 0.1, 0.4]]]))
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.9, 0.5, 0.4, 0.2], [0.3, 0.3, 0.2, 0.4]]])
+    dets = D.query_detections({"pred_logits": logits, "pred_boxes": boxes},
+                              ["fight", "collapse"], 0.3)[0]
+    assert [(d["query"], d["class"]) for d in dets] == [(1, "collapse"), (2, "fight")]
+    assert dets[0]["box"] == pytest.approx([0.7, 0.4, 1.0, 0.6])      # x2 clamped to the frame
+    assert dets[1]["box"] == pytest.approx([0.2, 0.1, 0.4, 0.5])
+    assert dets[1]["score"] == pytest.approx(0.5)
+
+
+def test_detect_csv_format_reference_writes_test_py_columns(setup, tmp_path):
+    root, ckpt = setup
+    out = tmp_path / "ref.csv"
+    assert vigil(["detect", str(root / "videos"), "--checkpoint", str(ckpt), "--csv", str(out),
+                  "--csv-format", "reference", "--threshold", "0.0", "--workers", "1"]) == 0
+    parsed = D.read_reference_csv(out.open())
+    assert sorted(name for name, _ in parsed) == ["a.mp4", "b.mp4"]
+    for _, dets in parsed:
+        # Threshold 0: every one of the tiny model's queries is a group.
+        assert len(dets) == 3 and all(c in ("fight", "collapse") for c, _ in dets)
+        assert all(0.0 <= v <= 1.0 for _, box in dets for v in box)
+    out2 = tmp_path / "none.csv"
+    assert vigil(["detect", str(root / "videos"), "--checkpoint", str(ckpt), "--csv", str(out2),
+                  "--csv-format", "reference", "--threshold", "1.01", "--workers", "1"]) == 0
+    assert out2.read_text().splitlines()[1:] == ["a.mp4,no_object,,,,", "b.mp4,no_object,,,,"]

@@ -24,10 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", formatter_class=fmt,
         help="train the detector on a labelled dataset",
-        description="Train the detector on DATA (videos/ labels/ [splits/], or a folder with "
-                    "action_challenge.csv). Writes OUT/last.pt after every epoch, OUT/best.pt "
-                    "for the best validation det-acc@0.5, OUT/metrics.jsonl; resumes from "
-                    "OUT/last.pt when it exists.")
+        description="Train the detector on DATA (videos/ labels/ [splits/ or split.json], or a "
+                    "folder with action_challenge.csv). Writes OUT/last.pt after every epoch, "
+                    "OUT/best.pt for the best validation det-acc@0.5 (train.select_by; "
+                    "reference.yaml: video acc + 0.2 x det-acc), OUT/metrics.jsonl; resumes "
+                    "from OUT/last.pt when it exists.")
     p.add_argument("--config", type=Path, default=None,
                    help="training YAML (e.g. configs/train/cpu-small.yaml); default: the "
                         "report's recipe (configs/train/seed.yaml)")
@@ -87,6 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="a .pt checkpoint")
     p.add_argument("--out", type=Path, default=None, help="write JSON lines here, not stdout")
     p.add_argument("--csv", type=Path, default=None, help="write CSV here ('-' = stdout)")
+    p.add_argument("--csv-format", choices=("vigil", "reference"), default="vigil",
+                   help="vigil: one row per video/window with pixel box columns; reference: "
+                        "the reference implementation's test.py columns video_name,"
+                        "pred_class_1,x1_1,y1_1,x2_1,y2_1,pred_class_2,... (one group per query "
+                        "over --threshold, normalised xyxy, no_object when none; clip mode only)")
     p.add_argument("--windows", type=float, default=None, metavar="STRIDE",
                    help="sliding windows every STRIDE seconds instead of one clip per video")
     p.add_argument("--window-seconds", type=float, default=None,
@@ -164,6 +170,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "checkpoint of the same model (configs/train/reference.yaml's architecture).")
     p.add_argument("state_dict", type=Path, metavar="BEST_MODEL_PTH", help="reference state_dict")
     p.add_argument("--out", type=Path, required=True, help="Vigil checkpoint to write")
+    p.add_argument("--clip-seconds", type=float, default=None, metavar="S",
+                   help="seconds of video one clip of the model spans (the reference model "
+                        "does not record it; the daemon then takes 16 consecutive frames "
+                        "unless window_seconds is set): the length of the videos it was "
+                        "trained on")
     p.set_defaults(func=cmd_import_reference)
 
 
@@ -345,6 +356,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.summary is not None and args.labels is None:
         print("--summary needs --labels", file=sys.stderr)
         return 2
+    reference_csv = getattr(args, "csv_format", "vigil") == "reference"
+    if reference_csv and (args.csv is None or args.windows is not None):
+        print("--csv-format reference needs --csv FILE and writes one row per video (no "
+              "--windows)", file=sys.stderr)
+        return 2
     truths = {}
     if args.labels is not None:
         truths = match_truths(find_videos(args.paths),
@@ -354,7 +370,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     json_out = open(args.out, "w", encoding="utf-8") if args.out else None
     csv_file = None
     writer = None
-    if args.csv is not None:
+    reference_rows: list[dict[str, Any]] = []
+    if args.csv is not None and not reference_csv:
         csv_file = sys.stdout if str(args.csv) == "-" else open(args.csv, "w", newline="",
                                                                  encoding="utf-8")
         fields = ["video"] + (["start_s", "end_s"] if args.windows else []) + \
@@ -366,7 +383,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
         for row in detect(args.paths, args.checkpoint, windows=args.windows,
                           window_seconds=args.window_seconds, batch=args.batch,
                           workers=args.workers, threshold=args.threshold, device=args.device,
-                          precision=args.precision):
+                          precision=args.precision, queries=reference_csv):
+            if reference_csv:
+                reference_rows.append(row)
+                row = {k: v for k, v in row.items() if k != "queries"}
             if "error" in row:
                 failed += 1
             elif row["video"] in truths:
@@ -379,7 +399,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
                     flat.update(zip(("x1", "y1", "x2", "y2"), box))
                 writer.writerow(flat)
                 csv_file.flush()
-            if json_out is not None or writer is None:
+            if json_out is not None or (writer is None and not reference_csv):
                 line = json.dumps(row)
                 if json_out is not None:
                     json_out.write(line + "\n")
@@ -390,6 +410,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
             json_out.close()
         if csv_file is not None and csv_file is not sys.stdout:
             csv_file.close()
+    if reference_csv:
+        # The header needs the largest number of groups, so the file is written at the end.
+        from .detect import write_reference_csv
+
+        if str(args.csv) == "-":
+            write_reference_csv(reference_rows, sys.stdout)
+        else:
+            with open(args.csv, "w", newline="", encoding="utf-8") as f:
+                write_reference_csv(reference_rows, f)
     if args.render is not None:
         for video, rows in rows_by_video.items():
             if any("error" in r for r in rows):
@@ -499,6 +528,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
                                    f"{max(durations):.2f}"))
     root = args.data.parent if args.data.is_file() else args.data
     splits = [s for s in ("train", "val") if (root / "splits" / f"{s}.txt").is_file()]
+    if not splits and (root / "split.json").is_file():
+        splits = ["split.json (the reference implementation's)"]
     if not splits and records and all(r.split for r in records):
         splits = ["from the layout"]
     rows.append(("splits", ", ".join(splits) if splits else
@@ -511,6 +542,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- import-reference
 def cmd_import_reference(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import torch
 
     from detector.checkpoint import save_checkpoint
@@ -529,9 +562,20 @@ def cmd_import_reference(args: argparse.Namespace) -> int:
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict) and "format" not in sd:
         sd = sd["state_dict"]   # a {"state_dict": ...} wrapper some training scripts save
     state, cfg = convert_reference_state_dict(sd, source=str(path))
+    clip_seconds = getattr(args, "clip_seconds", None)
+    if clip_seconds is not None:
+        if not clip_seconds > 0:
+            raise CheckpointError(f"--clip-seconds must be > 0, got {clip_seconds}")
+        cfg = dataclasses.replace(cfg, input=dataclasses.replace(cfg.input,
+                                                                  clip_seconds=float(clip_seconds)))
     model = build_model(cfg)
     model.load_state_dict(state, strict=True)
-    save_checkpoint(args.out, model, cfg, source=str(path), imported_from="reference")
+    # fp16: the reference's test.py autocasts inference in fp16 (`vigil detect --precision auto`).
+    save_checkpoint(args.out, model, cfg, source=str(path), imported_from="reference",
+                    clip_seconds=cfg.input.clip_seconds, inference_precision="fp16")
+    clip = ("clip length not recorded: the daemon takes 16 consecutive frames unless "
+            "window_seconds is set (give it with --clip-seconds)" if clip_seconds is None
+            else f"clip length {clip_seconds:g} s")
     print(f"wrote {args.out}: reference model, {count_parameters(model):,} parameters, classes "
-          f"{', '.join(cfg.class_names)}")
+          f"{', '.join(cfg.class_names)}; {clip}")
     return 0

@@ -80,6 +80,12 @@ class DataConfig:
             top of the built-in names (`fight`, `NonFight`, `Fall`, `ADL`, ...).
         label_id_base: 0 or 1: how the reference layout's label files number classes; null =
             decide from the ids where they can only mean one thing, refuse otherwise.
+        positive: what the balanced sampler (the report's Algorithm 1) counts as a positive
+            sample: `action` (Vigil) = the sample itself holds an action, so a window cut
+            outside a labelled segment is a negative; `annotated` (the reference, Algorithm 1
+            line 2 read literally: "indices of samples with annotations") = the sample's video
+            has any annotation, whatever part of it the sample shows. With whole-video samples
+            (`window_seconds: 0`) and no time segments the two are the same.
     """
     batch_size: int = 4
     num_workers: int = 2
@@ -91,8 +97,11 @@ class DataConfig:
     segment_margin_s: float = 1.0
     class_folders: dict[str, str] = field(default_factory=dict)
     label_id_base: Optional[int] = None
+    positive: Literal["action", "annotated"] = "action"
 
     def __post_init__(self) -> None:
+        if self.positive not in ("action", "annotated"):
+            raise ValueError(f"data.positive must be action or annotated, got {self.positive!r}")
         if self.batch_size < 1 or self.num_workers < 0:
             raise ValueError("data: need batch_size >= 1 and num_workers >= 0")
         if not 0.0 < self.val_fraction < 1.0:
@@ -127,6 +136,21 @@ class RunConfig:
         log_every: log a line every this many steps when the progress bar is off.
         init: starting weights (`detector.init_weights`): `scratch`, `vigil` (Vigil's shipped
             weights for this architecture) or a checkpoint path. A resumed run ignores it.
+        loss_autocast: compute the loss inside the autocast region, on the model's fp16
+            outputs (the reference implementation); false = in float32 (Vigil: fp16 logits
+            through softmax/log lose the small no_object terms). Only matters when `amp` is on.
+        inference_precision: the autocast precision `vigil detect --precision auto` uses for
+            the checkpoints of this run: `auto` (bf16 on GPUs that have it, else fp16; fp32 on
+            a CPU), `fp16` (the reference's test.py), `bf16` or `fp32`. Validation during
+            training uses `amp`.
+        val_every: validate (and consider the epoch for best.pt) after every this many epochs,
+            and always after the last one (the reference: 2, i.e. epochs 2, 4, ...).
+        select_by: how best.pt is chosen among validated epochs: `det_acc` (Vigil: det-acc,
+            video accuracy when no validation video has a box, ties to lower loss) or
+            `reference` (video accuracy + 0.2 x det-acc, the first epoch reaching the highest
+            value wins).
+        deterministic: cuDNN in deterministic mode with benchmarking off (the reference);
+            slower convolutions on a GPU, no effect on a CPU.
     """
     seed: int = 0
     device: str = "auto"
@@ -135,8 +159,20 @@ class RunConfig:
     iou_threshold: float = 0.5
     log_every: int = 20
     init: str = "scratch"
+    loss_autocast: bool = False
+    inference_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    val_every: int = 1
+    select_by: Literal["det_acc", "reference"] = "det_acc"
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
+        if self.val_every < 1:
+            raise ValueError(f"train.val_every must be >= 1, got {self.val_every}")
+        if self.select_by not in ("det_acc", "reference"):
+            raise ValueError(f"train.select_by must be det_acc or reference, got "
+                             f"{self.select_by!r}")
+        if self.inference_precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError("train.inference_precision must be auto, fp32, bf16 or fp16")
         if not self.init:
             raise ValueError("train.init must be scratch, vigil or a checkpoint path")
         if not 0.0 <= self.score_threshold <= 1.0 or not 0.0 < self.iou_threshold <= 1.0:

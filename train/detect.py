@@ -32,6 +32,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from detector.errors import DataError, VigilError
 
+from detector.precision import checkpoint_precision  # noqa: F401  (re-exported)
+
 from . import video_io
 
 log = logging.getLogger(__name__)
@@ -201,7 +203,7 @@ def _collate(batch: list[tuple[torch.Tensor | None, dict]]) -> tuple[torch.Tenso
 def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float | None = None,
            window_seconds: float | None = None, batch: int = 8, workers: int | None = None,
            threshold: float = 0.3, device: str = "auto",
-           precision: str = "auto") -> Iterator[dict[str, Any]]:
+           precision: str = "auto", queries: bool = False) -> Iterator[dict[str, Any]]:
     """Run the detector over videos, yielding one row per video (or per window).
 
     Args:
@@ -213,7 +215,11 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
         workers: decoding processes (default: up to 2, one per file).
         threshold: minimum score of a detection.
         device: `auto`, `cpu`, `cuda`, ...
-        precision: `auto`, `fp32`, `bf16`, `fp16` (see `detector.precision`).
+        queries: also give each row "queries": every query whose best foreground score
+            reaches the threshold (`query_detections`), for `--csv-format reference`.
+        precision: `auto`, `fp32`, `bf16`, `fp16` (see `detector.precision`); `auto` takes
+            the checkpoint's `checkpoint_precision` first (fp16 for a reference recipe run or
+            an imported reference model, as the reference's test.py autocasts).
     Yields:
         {"video", "class" (name or "none"), "score", "box" ([x1, y1, x2, y2] pixels or None),
          "width", "height"} plus "start_s", "end_s" in window mode; a failed file yields
@@ -228,7 +234,9 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
 
     files = find_videos(paths)
     dev = resolve_device(device)
-    model, cfg, _ = load_checkpoint(checkpoint, device=dev)
+    model, cfg, meta = load_checkpoint(checkpoint, device=dev)
+    if precision == "auto":
+        precision = checkpoint_precision(meta)
     amp = autocast_dtype(dev, precision)
     if windows is not None:
         if windows <= 0:
@@ -252,7 +260,9 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
                 outputs = model(x)
             outputs = {k: v.float() for k, v in outputs.items()}
             dets = clip_predictions(outputs, cfg.class_names, threshold)
-            for info, det in zip(infos, dets):
+            per_query = (query_detections(outputs, cfg.class_names, threshold) if queries
+                         else [None] * len(dets))
+            for info, det, qd in zip(infos, dets, per_query):
                 row: dict[str, Any] = {"video": info["video"]}
                 if windows is not None:
                     row.update(start_s=info["start_s"], end_s=info["end_s"])
@@ -263,7 +273,104 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
                     row.update({"class": det.label_name, "score": round(det.score, 4),
                                 "box": list(det.xyxy_px(size))})
                 row.update(width=size[0], height=size[1])
+                if qd is not None:
+                    row["queries"] = qd
                 yield row
+
+
+# --------------------------------------------------------------------------- reference CSV
+REFERENCE_NO_OBJECT = "no_object"
+REFERENCE_GROUP = ("pred_class", "x1", "y1", "x2", "y2")
+
+
+def query_detections(outputs: Mapping[str, torch.Tensor], class_names: Sequence[str],
+                     threshold: float = 0.3) -> list[list[dict[str, Any]]]:
+    """Every query whose best foreground class reaches the threshold, per clip: the reference
+    implementation's test.py output.
+
+    Args:
+        outputs: {"pred_logits": (B, N, K+1), "pred_boxes": (B, N, 4) cxcywh}.
+        class_names: the K foreground classes.
+        threshold: minimum softmax probability (test.py: 0.3).
+    Returns:
+        B lists, in query order, of {"query", "class", "score", "box"}: `box` normalised
+        [x1, y1, x2, y2] clamped to the frame.
+    """
+    from detector.postprocess import boxes_xyxy
+
+    probs = outputs["pred_logits"].detach().float().softmax(-1)[..., :-1].cpu()
+    boxes = boxes_xyxy(outputs["pred_boxes"].detach().float()).cpu()
+    scores, labels = probs.max(-1)                                   # (B, N)
+    out = []
+    for b in range(probs.shape[0]):
+        out.append([{"query": q, "class": class_names[int(labels[b, q])],
+                     "score": float(scores[b, q]),
+                     "box": [float(v) for v in boxes[b, q]]}
+                    for q in range(probs.shape[1]) if float(scores[b, q]) >= threshold])
+    return out
+
+
+def reference_csv_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[dict[str, str]]]:
+    """The reference test.py's CSV: header and rows.
+
+    One row per video: `video_name` (the file name), then for each query over the threshold, in
+    query order, a group `pred_class_i, x1_i, y1_i, x2_i, y2_i` (i from 1; normalised xyxy,
+    written as Python writes a float, so they read back exactly); a video with no such query
+    has `pred_class_1 = no_object` and nothing else. The header has as many groups as the
+    video with the most; shorter rows leave the rest empty (as pandas writes missing values).
+
+    Args:
+        rows: `detect(..., queries=True)` clip rows; error rows are left out.
+    """
+    table: list[dict[str, str]] = []
+    groups = 1
+    for row in rows:
+        if "error" in row:
+            continue
+        out = {"video_name": Path(row["video"]).name}
+        dets = row.get("queries") or []
+        if not dets:
+            out["pred_class_1"] = REFERENCE_NO_OBJECT
+        for i, det in enumerate(dets, start=1):
+            out[f"pred_class_{i}"] = det["class"]
+            for name, value in zip(REFERENCE_GROUP[1:], det["box"]):
+                out[f"{name}_{i}"] = repr(float(value))
+        groups = max(groups, len(dets))
+        table.append(out)
+    header = ["video_name"] + [f"{name}_{i}" for i in range(1, groups + 1)
+                               for name in REFERENCE_GROUP]
+    return header, table
+
+
+def write_reference_csv(rows: Sequence[dict[str, Any]], file: Any) -> int:
+    """Write `reference_csv_rows` to an open text file; returns the number of rows."""
+    import csv
+
+    header, table = reference_csv_rows(rows)
+    writer = csv.DictWriter(file, fieldnames=header, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    return len(table)
+
+
+def read_reference_csv(file: Any) -> list[tuple[str, list[tuple[str, list[float]]]]]:
+    """Parse a CSV in test.py's column layout: per row (video_name, [(class, [x1, y1, x2, y2])
+    for each group i = 1, 2, ... whose pred_class_i is set]); a `no_object` group is kept as
+    ("no_object", [])."""
+    import csv
+
+    out = []
+    for rec in csv.DictReader(file):
+        dets: list[tuple[str, list[float]]] = []
+        i = 1
+        while rec.get(f"pred_class_{i}"):
+            cls = rec[f"pred_class_{i}"]
+            box = ([] if cls == REFERENCE_NO_OBJECT else
+                   [float(rec[f"{n}_{i}"]) for n in REFERENCE_GROUP[1:]])
+            dets.append((cls, box))
+            i += 1
+        out.append((rec["video_name"], dets))
+    return out
 
 
 def render_video(src: str | Path, rows: Sequence[dict[str, Any]], out: str | Path) -> Path:

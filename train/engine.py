@@ -98,7 +98,7 @@ def train_one_epoch(model: nn.Module, criterion: Any, loader: Iterable,
                     optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device,
                     epoch: int, grad_clip: float, amp: torch.dtype | None,
                     scaler: "torch.amp.GradScaler | None", progress: bool = True,
-                    log_every: int = 20) -> dict[str, float]:
+                    log_every: int = 20, loss_autocast: bool = False) -> dict[str, float]:
     """Train for one pass over `loader`.
 
     Args:
@@ -115,6 +115,8 @@ def train_one_epoch(model: nn.Module, criterion: Any, loader: Iterable,
         scaler: GradScaler for fp16 on CUDA, else None.
         progress: show a tqdm bar with the running loss terms.
         log_every: with the bar off, log the running means every this many steps.
+        loss_autocast: compute the loss inside autocast as well (`train.loss_autocast`, the
+            reference implementation); the criterion should then have `cast_float` False.
     Returns:
         {term: mean over the epoch} for every loss term, plus `loss` (the weighted total),
         the epoch's totals `targets_boxed`, `targets_boxless` (actions trained with and without
@@ -132,13 +134,20 @@ def train_one_epoch(model: nn.Module, criterion: Any, loader: Iterable,
     for clips, targets in bar:
         x = _model_input(model, clips, device)
         tgts = targets_to(targets, device)
-        with _autocast(device, amp):
-            outputs = model(x)
-        # The loss in float32: fp16 logits through softmax/log would lose the small no_object terms.
-        # (Auxiliary outputs, a list, are cast by the criterion itself.)
-        outputs = {k: (v.float() if torch.is_tensor(v) else v) for k, v in outputs.items()}
-        terms = criterion(outputs, tgts)
-        total = criterion.total(terms)
+        if loss_autocast and amp is not None:
+            # The reference implementation: the loss too inside autocast, on fp16 outputs.
+            with _autocast(device, amp):
+                outputs = model(x)
+                terms = criterion(outputs, tgts)
+                total = criterion.total(terms)
+        else:
+            with _autocast(device, amp):
+                outputs = model(x)
+            # The loss in float32: fp16 logits through softmax/log would lose the small
+            # no_object terms. (Auxiliary outputs, a list, are cast by the criterion itself.)
+            outputs = {k: (v.float() if torch.is_tensor(v) else v) for k, v in outputs.items()}
+            terms = criterion(outputs, tgts)
+            total = criterion.total(terms)
         _check_finite(total, terms, epoch, steps)
 
         optimizer.zero_grad(set_to_none=True)
@@ -233,7 +242,8 @@ def evaluate(model: nn.Module, criterion: Any, loader: Iterable, device: torch.d
     metrics = M.compute_metrics([p["probs"] for p in preds], [p["boxes"] for p in preds],
                                 [p["gt_labels"] for p in preds], [p["gt_boxes"] for p in preds],
                                 class_names, score_threshold, iou_threshold, weights,
-                                gt_has_box=[p["gt_has_box"] for p in preds])
+                                gt_has_box=[p["gt_has_box"] for p in preds],
+                                clamp_boxes=bool(getattr(matcher, "clamp_boxes", False)))
     for p, v in zip(preds, metrics["per_video"]):
         p.update(v)
         v["stem"] = p["stem"]

@@ -16,7 +16,9 @@ definitions can be checked against hand-computed cases without a model:
   foreground class (as DETR evaluates), ranked over all videos, greedily matched to unmatched true
   boxes, precision interpolated at 101 recall points as pycocotools does.
 
-Boxes are normalised cxcywh throughout, as the model outputs them.
+Boxes are normalised cxcywh throughout, as the model outputs them. With `clamp_boxes` (the
+reference implementation's evaluation, `loss.clamp_boxes`) boxes are clamped to the frame
+([0, 1] in xyxy) before the det-acc IoU and the mIoU matching.
 
 Real footage often has only a video-level class. Box metrics (det-acc, mIoU, AP) are then taken
 over the videos where they are defined: negatives, and positives whose every action has a box
@@ -40,14 +42,16 @@ RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 
 # --------------------------------------------------------------------------- boxes
-def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+def cxcywh_to_xyxy(boxes: np.ndarray, clamp: bool = False) -> np.ndarray:
     """Args:
         boxes: (..., 4) cx, cy, w, h.
+        clamp: clamp the result to [0, 1] (the frame, for normalised boxes).
     Returns:
         (..., 4) x1, y1, x2, y2.
     """
-    return box_convert(torch.as_tensor(np.asarray(boxes, dtype=np.float64)),
-                       in_fmt="cxcywh", out_fmt="xyxy").numpy()
+    out = box_convert(torch.as_tensor(np.asarray(boxes, dtype=np.float64)),
+                      in_fmt="cxcywh", out_fmt="xyxy").numpy()
+    return np.clip(out, 0.0, 1.0) if clamp else out
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -110,13 +114,15 @@ def true_class(labels: np.ndarray, num_classes: int) -> int:
 
 
 def detection_correct(pred_label: int, pred_box: np.ndarray | None, gt_labels: np.ndarray,
-                      gt_boxes: np.ndarray, num_classes: int, iou_threshold: float) -> tuple[bool, float]:
+                      gt_boxes: np.ndarray, num_classes: int, iou_threshold: float,
+                      clamp_boxes: bool = False) -> tuple[bool, float]:
     """Whether one video's clip prediction counts for det-acc (report eq. 17).
 
     Args:
         pred_label: predicted class, K for none.
         pred_box: (4,) cxcywh or None.
         gt_labels: (G,) classes; gt_boxes: (G, 4) cxcywh.
+        clamp_boxes: clamp both boxes to the frame before the IoU.
     Returns:
         (correct, iou): iou with the best true box of the predicted class (0 when none applies).
     """
@@ -127,18 +133,21 @@ def detection_correct(pred_label: int, pred_box: np.ndarray | None, gt_labels: n
         return False, 0.0
     gt_labels = np.asarray(gt_labels).reshape(-1)
     same = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)[gt_labels == pred_label]
-    iou = float(iou_matrix(cxcywh_to_xyxy(pred_box)[None], cxcywh_to_xyxy(same)).max())
+    iou = float(iou_matrix(cxcywh_to_xyxy(pred_box, clamp_boxes)[None],
+                           cxcywh_to_xyxy(same, clamp_boxes)).max())
     return iou >= iou_threshold, iou
 
 
 def matched_ious(probs: np.ndarray, boxes: np.ndarray, gt_labels: np.ndarray,
-                 gt_boxes: np.ndarray, weights: Sequence[float] = (2.0, 5.0, 2.0)) -> np.ndarray:
+                 gt_boxes: np.ndarray, weights: Sequence[float] = (2.0, 5.0, 2.0),
+                 clamp_boxes: bool = False) -> np.ndarray:
     """IoU of each Hungarian-matched (query, true box) pair of one video.
 
     Args:
         probs: (N, K+1) softmax; boxes: (N, 4) cxcywh.
         gt_labels: (G,); gt_boxes: (G, 4) cxcywh.
         weights: (class, L1, GIoU) weights of the matching cost, as in training.
+        clamp_boxes: clamp boxes to the frame before GIoU and IoU, as training's matcher.
     Returns:
         (min(N, G),) IoUs; empty when the video has no true boxes.
     """
@@ -148,7 +157,8 @@ def matched_ious(probs: np.ndarray, boxes: np.ndarray, gt_labels: np.ndarray,
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
     w_cls, w_l1, w_giou = weights
-    pred_xyxy, gt_xyxy = cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(gt_boxes)
+    pred_xyxy = cxcywh_to_xyxy(boxes, clamp_boxes)
+    gt_xyxy = cxcywh_to_xyxy(gt_boxes, clamp_boxes)
     cost = (-w_cls * np.asarray(probs, dtype=np.float64)[:, gt_labels]
             + w_l1 * np.abs(boxes[:, None, :] - gt_boxes[None, :, :]).sum(-1)
             + w_giou * (1.0 - giou_matrix(pred_xyxy, gt_xyxy)))
@@ -338,7 +348,8 @@ def compute_metrics(probs: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
                     class_names: Sequence[str], score_threshold: float = 0.3,
                     iou_threshold: float = 0.5,
                     match_weights: Sequence[float] = (2.0, 5.0, 2.0),
-                    gt_has_box: Sequence[Any] | None = None) -> dict[str, Any]:
+                    gt_has_box: Sequence[Any] | None = None,
+                    clamp_boxes: bool = False) -> dict[str, Any]:
     """All the report's validation metrics over a set of videos.
 
     Args:
@@ -353,6 +364,8 @@ def compute_metrics(probs: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
         gt_has_box: per video (G,) bool (or one bool): which actions have a true box; None =
             all. Box metrics (det_acc, miou, ap50, ap, map50, map) are computed over the videos
             of `box_metric_videos` only, and are NaN when no positive among them has a box.
+        clamp_boxes: clamp boxes to the frame before the det-acc IoU and the mIoU matching
+            (`loss.clamp_boxes`, the reference implementation's evaluation).
     Returns:
         {"num_videos", "video_acc", "det_acc", "miou", "report" (per-class P/R/F1, averages),
          "confusion_matrix" (list of lists, rows true), "labels" (class names + "none"),
@@ -376,9 +389,9 @@ def compute_metrics(probs: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
         label, score, box = clip_decision(p, b, score_threshold)
         want = true_class(gl, k)
         if boxed:
-            ok, iou = detection_correct(label, box, gl, gb, k, iou_threshold)
+            ok, iou = detection_correct(label, box, gl, gb, k, iou_threshold, clamp_boxes)
             correct.append(ok)
-            matched.append(matched_ious(p, b, gl, gb, match_weights))
+            matched.append(matched_ious(p, b, gl, gb, match_weights, clamp_boxes))
         else:
             ok, iou = label == want, math.nan
         true_ids.append(want)

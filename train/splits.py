@@ -6,7 +6,8 @@ here is therefore the *group* (`VideoRecord.group`, the stem when no group is gi
 are stratified by class: a group's stratum is the most common action class of its videos, or
 "none" (`group_units`). With every video its own group this is the plain stratified split.
 
-Explicit splits win over random ones: `splits/{train,val}.txt` in the dataset folder, or the
+Explicit splits win over random ones: `splits/{train,val}.txt` in the dataset folder (else the
+reference implementation's `split.json` there, see `read_split_json`), or the
 `split` a layout gives each video (`DATA/{train,val}/<class>/` folders, a manifest's `split`
 column).
 """
@@ -61,8 +62,81 @@ def _by_stratum(units: Sequence[GroupUnit]) -> dict[str, list[int]]:
     return dict(sorted(out.items()))
 
 
+SPLIT_JSON = "split.json"
+# Keys of the reference implementation's split.json, and the split each one names.
+_JSON_SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val"}
+# Keys an entry given as an object may name its video by.
+_JSON_ENTRY_KEYS = ("video", "video_file", "video_path", "file", "path", "name", "stem")
+
+
+def _json_entry_name(entry: object) -> str | None:
+    """The video an entry of split.json names: a string, or an object's video/file/path key."""
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, dict):
+        for key in _JSON_ENTRY_KEYS:
+            if isinstance(entry.get(key), str):
+                return entry[key]
+    return None
+
+
+def read_split_json(root: Path, stems: set[str], problems: Problems) -> dict[str, list[str]]:
+    """Stems listed in the reference implementation's `root/split.json`.
+
+    The file is a JSON object whose `train` and `val` (also `valid`, `validation`) keys hold
+    lists of videos, each a file name, a path (only its stem counts) or a stem, or an object
+    with one of the keys `video`, `video_file`, `video_path`, `file`, `path`, `name`, `stem`.
+    Other keys (`test`, ...) are ignored. Names are checked against the dataset's stems as
+    `splits/*.txt` lines are.
+    """
+    import json
+
+    path = root / SPLIT_JSON
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as exc:
+        problems.add(f"{path}: not readable JSON ({exc})")
+        return {}
+    if not isinstance(data, dict) or not any(k in data for k in _JSON_SPLITS):
+        problems.add(f"{path}: expected an object with 'train' and 'val' lists of videos")
+        return {}
+    out: dict[str, list[str]] = {}
+    where_seen: dict[str, str] = {}
+    for key, split in _JSON_SPLITS.items():
+        entries = data.get(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            problems.add(f"{path}: '{key}' is not a list")
+            continue
+        names = out.setdefault(split, [])
+        for i, entry in enumerate(entries):
+            where = f"{path}: {key}[{i}]"
+            raw = _json_entry_name(entry)
+            if raw is None:
+                problems.add(f"{where}: {entry!r} names no video (a file name or an object "
+                             f"with one of {', '.join(_JSON_ENTRY_KEYS)})")
+                continue
+            name = Path(raw.replace("\\", "/")).name
+            if Path(name).suffix.lower() in video_io.VIDEO_SUFFIXES:
+                name = Path(name).stem
+            if name not in stems:
+                problems.add(f"{where}: unknown stem {name!r} (no such video in the dataset)")
+                continue
+            if name in where_seen:
+                problems.add(f"{where}: stem {name!r} is already listed at {where_seen[name]}")
+                continue
+            where_seen[name] = where
+            names.append(name)
+    return out
+
+
 def read_split_files(root: Path, stems: set[str], problems: Problems) -> dict[str, list[str]]:
-    """Stems listed in `root/splits/{train,val}.txt`, checked against the dataset's stems."""
+    """Stems listed in `root/splits/{train,val}.txt`, checked against the dataset's stems;
+    without those files, the reference implementation's `root/split.json`
+    (`read_split_json`)."""
     out: dict[str, list[str]] = {}
     where_seen: dict[str, str] = {}
     for split in ("train", "val"):
@@ -87,6 +161,8 @@ def read_split_files(root: Path, stems: set[str], problems: Problems) -> dict[st
             where_seen[name] = where
             names.append(name)
         out[split] = names
+    if not out:
+        out = read_split_json(root, stems, problems)
     return out
 
 
@@ -108,7 +184,7 @@ def split_records(records: Sequence["VideoRecord"], root: Optional[str | Path],
     """The records of one split.
 
     `root/splits/{train,val}.txt` decide when present (with only one of them, the other split
-    is every record it does not list); else the split each record's layout gave it, when every
+    is every record it does not list), else `root/split.json` (the reference implementation's); else the split each record's layout gave it, when every
     record has one. Otherwise the groups of each stratum are shuffled with `seed` and
     `round(n_groups * val_fraction)` of them go to val, at least one and never all of a stratum
     with two or more groups; a lone group stays in train.

@@ -4,7 +4,9 @@
   * `metrics.jsonl`: one JSON object per epoch: epoch, lr, train loss terms, val metrics, seconds;
   * `last.pt`: the model after the latest epoch, with optimiser, scheduler, scaler, epoch and RNG
     state, so an interrupted run continues where it stopped (`resume=True`, the default);
-  * `best.pt`: the model of the epoch with the best validation det-acc@0.5 (ties: lower loss);
+  * `best.pt`: the model of the epoch with the best validation det-acc@0.5 (ties: lower loss),
+    or with `train.select_by: reference` the highest video accuracy + 0.2 x det-acc; only
+    validated epochs (`train.val_every`) are candidates;
   * `config.yaml`: the full training config of the run.
 Every checkpoint is a plain-data file (`detector.checkpoint`), loadable with `weights_only=True`,
 that carries the model config, class names, input spec and parameter count, so `vigil eval` and
@@ -127,8 +129,8 @@ def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     train_ds = EpochSharedDataset(ClipDataset(train_records, input_cfg, augment=cfg.augment,
                                               cache=cache, seed=cfg.train.seed, window_s=window,
                                               train=True, margin_s=cfg.data.segment_margin_s))
-    sampler = BalancedBatchSampler(train_ds.dataset.is_positive, cfg.data.batch_size,
-                                   seed=cfg.train.seed)
+    sampler = BalancedBatchSampler(sampler_positives(train_ds.dataset, cfg.data.positive),
+                                   cfg.data.batch_size, seed=cfg.train.seed)
     workers = cfg.data.num_workers
     common = dict(num_workers=workers, collate_fn=collate, worker_init_fn=_worker_init,
                   persistent_workers=workers > 0, pin_memory=device.type == "cuda")
@@ -144,6 +146,19 @@ def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
                                 generator=torch.Generator().manual_seed(cfg.train.seed + 1),
                                 **common)
     return train_loader, val_loader, train_ds, sampler
+
+
+def sampler_positives(dataset: ClipDataset, positive: str = "action") -> list[bool]:
+    """Per sample, whether the balanced sampler counts it as a positive (`data.positive`).
+
+    `action`: the sample holds an action (`ClipDataset.is_positive`: a window outside every
+    labelled segment of a positive video is a negative). `annotated`: the report's Algorithm 1
+    line 2 read literally, "indices of samples with annotations": the sample's video has any
+    annotation.
+    """
+    if positive == "annotated":
+        return [bool(dataset.records[s.record].is_positive) for s in dataset.samples]
+    return list(dataset.is_positive)
 
 
 def load_records(cfg: TrainConfig, data_root: str | Path,
@@ -259,6 +274,10 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     if not train_records:
         raise DataError(f"{data_root or out_dir}: the training split is empty")
     seed_everything(cfg.train.seed)
+    if cfg.train.deterministic:
+        # The reference implementation's setting: reproducible convolutions, no autotuning.
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     device = engine.resolve_device(cfg.train.device)
     amp = engine.resolve_amp(cfg.train.amp, device)
 
@@ -286,6 +305,8 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
              "off" if amp is None else str(amp).replace("torch.", ""))
     aux_layers = model_cfg.decoder_layers - 1 if model_cfg.aux_loss else 0
     criterion = build_criterion(cfg.loss, model_cfg.num_classes, aux_layers).to(device)
+    loss_autocast = bool(cfg.train.loss_autocast and amp is not None)
+    criterion.cast_float = not loss_autocast
     train_loader, val_loader, train_ds, sampler = make_loaders(
         cfg, train_records, val_records, device, model_cfg.input)
     log.info("data: %d training videos (%d with an action: %d with boxes, %d class-only; %d "
@@ -325,16 +346,20 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
         train_stats = engine.train_one_epoch(
             model, criterion, train_loader, optimizer,
             scheduler if cfg.optim.schedule == "step" else None, device, epoch,
-            cfg.optim.grad_clip, amp, scaler, progress=progress, log_every=cfg.train.log_every)
+            cfg.optim.grad_clip, amp, scaler, progress=progress, log_every=cfg.train.log_every,
+            loss_autocast=loss_autocast)
         lr = optimizer.param_groups[0]["lr"]
         if cfg.optim.schedule == "epoch":
             scheduler.step()
         val_metrics: dict[str, Any] = {}
-        if val_loader is not None:
+        validate = val_loader is not None and is_validation_epoch(epoch, cfg)
+        if validate:
+            criterion.cast_float = True     # validation computes its loss in float32
             val_metrics, val_preds = engine.evaluate(model, criterion, val_loader, device,
                                                      model_cfg.class_names,
                                                      cfg.train.score_threshold, amp,
                                                      cfg.train.iou_threshold)
+            criterion.cast_float = not loss_autocast
             val_metrics.pop("per_video", None)
             if epoch == cfg.optim.epochs:
                 _write_predictions(out_dir / PREDICTIONS, val_preds, val_records,
@@ -345,8 +370,11 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
         with open(out_dir / HISTORY, "a", encoding="utf-8") as f:
             f.write(json.dumps(M.to_jsonable(record)) + "\n")
 
-        key = _selection_key(val_metrics, train_stats)
-        improved = best_key is None or key > best_key
+        if validate or val_loader is None:
+            key = _selection_key(val_metrics, train_stats, cfg.train.select_by)
+            improved = best_key is None or key > best_key
+        else:       # not a validation epoch (train.val_every): best.pt stays as it is
+            improved = False
         if improved:
             best_key, best_epoch, best_metrics = key, epoch, val_metrics
         last_metrics = val_metrics
@@ -357,7 +385,8 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
         save_checkpoint(last_path, model, model_cfg, **meta,
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                         scaler=scaler.state_dict() if scaler is not None else None,
-                        rng=rng_state(), best_key=list(best_key), best_epoch=best_epoch)
+                        rng=rng_state(), best_key=None if best_key is None else list(best_key),
+                        best_epoch=best_epoch)
         log.info("epoch %d/%d: lr %.2e, train loss %.4f (targets: %d boxed, %d class-only; %d "
                  "negative clips), val det-acc %s, video acc %s, mIoU %s, %.1fs%s", epoch,
                  cfg.optim.epochs, lr, train_stats["loss"], train_stats["targets_boxed"],
@@ -375,11 +404,28 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
             "history": history}
 
 
-def _selection_key(val: dict[str, Any], train_stats: dict[str, float]) -> tuple[float, float]:
-    """Higher is better: det-acc first (video accuracy where the validation videos have no
-    boxes, so det-acc is undefined), then lower validation loss (train loss without val)."""
+def is_validation_epoch(epoch: int, cfg: TrainConfig) -> bool:
+    """Whether epoch `epoch` (1-based) is validated: every `train.val_every`-th epoch, and the
+    last one."""
+    return epoch % cfg.train.val_every == 0 or epoch == cfg.optim.epochs
+
+
+def _selection_key(val: dict[str, Any], train_stats: dict[str, float],
+                   select_by: str = "det_acc") -> tuple[float, float]:
+    """Higher is better.
+
+    `det_acc` (Vigil): det-acc first (video accuracy where the validation videos have no boxes,
+    so det-acc is undefined), then lower validation loss (train loss without val).
+    `reference` (the reference implementation): video accuracy + 0.2 x det-acc (an undefined
+    term counts 0); a tie keeps the earlier epoch (the second element is constant).
+    """
     def defined(v: Any) -> bool:
         return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+    if select_by == "reference":
+        video = float(val["video_acc"]) if defined(val.get("video_acc")) else 0.0
+        det = float(val["det_acc"]) if defined(val.get("det_acc")) else 0.0
+        return (video + 0.2 * det, 0.0)
 
     det = val.get("det_acc")
     if not defined(det):
@@ -440,10 +486,13 @@ def _check_same_recipe(path: Path, cfg: TrainConfig) -> None:
         return out
 
     old, new = flat(stored), flat(M.to_jsonable(to_dict(cfg)))
+    defaults = flat(M.to_jsonable(to_dict(TrainConfig())))
     for key in sorted(set(old) | set(new)):
         if key in _RESUMABLE:
             continue
         a, b = old.get(key), new.get(key)
+        if key not in old and key in defaults:
+            a = defaults[key]   # a key added since that run was started: it ran the default
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and float(a) == float(b):
             continue
         if a != b:
