@@ -45,10 +45,11 @@ from detector.checkpoint import load_checkpoint
 from detector.config import ModelConfig
 from detector.errors import CheckpointError, ConfigError, VigilError
 
-from .config import CameraConfig, ServeConfig, is_onnx_model, load_config, mask_url
+from .config import CameraConfig, ServeConfig, is_onnx_model, load_config
 from .events import EventTracker, end_message
 from .evidence import EvidenceWriter
 from .journal import Journal
+from .masking import install_log_filter
 from .metrics import VigilMetrics
 from .notify import Notifier
 from .publisher import AlertPublisher
@@ -403,7 +404,7 @@ class Daemon:
         m.track_frame_age(cam.name, last_frame_mono)
         self._cams = {**self._cams, cam.name: state}
         thread.start()
-        log.info("camera %s: started (%s)", cam.name, mask_url(cam.url))
+        log.info("camera %s: started (%s)", cam.name, cam.masked_url)
 
     def _stop_camera(self, name: str, reason: str) -> None:
         """End the camera's open events with `reason`, stop its thread, drop its metrics."""
@@ -650,6 +651,7 @@ class Daemon:
             except VigilError as exc:
                 log.error("reload: %s; keeping the running config", exc)
                 return False
+            install_log_filter(new.secrets)
             for section in ("model", "alerts", "metrics", "data_dir", "smoothing", "evidence"):
                 if getattr(new, section) != getattr(self.cfg, section):
                     log.warning("reload: %s changed; this takes effect at the next restart "

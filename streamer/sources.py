@@ -37,7 +37,7 @@ import numpy as np
 
 from detector.errors import ConfigError
 
-from .config import mask_secrets, mask_url
+from .masking import mask_secrets, mask_url
 from .ringbuffer import RingBuffer
 
 log = logging.getLogger(__name__)
