@@ -53,6 +53,7 @@ from .masking import install_log_filter
 from .metrics import VigilMetrics
 from .notify import Notifier
 from .publisher import AlertPublisher
+from .retention import RetentionClock
 from .ringbuffer import FramesUnavailableError, RingBuffer
 from .sources import CaptureThread
 from .types import WindowResult
@@ -210,6 +211,9 @@ class Daemon:
         self._journal: Optional[Journal] = None
         self._evidence: Optional[EvidenceWriter] = None
         self._evidence_reported = (0, 0)    # write errors, drops already counted in metrics
+        # Retention (journal and evidence) judges age on this: a wall-clock step forward after
+        # start cannot make what this process wrote look old (`streamer/retention.py`).
+        self._retention = RetentionClock()
         self._tracker: Optional[EventTracker] = None
         self._scheduler: Optional[Scheduler] = None
         self._worker: Optional[WorkerThread] = None
@@ -301,7 +305,7 @@ class Daemon:
         # Journal first: seq continues from it, and events an unclean stop left open are ended.
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self._journal = Journal(cfg.journal_path)
-        self._journal.prune(cfg.alerts.journal_retention_days)
+        self._journal.prune(cfg.alerts.journal_retention_days, self._retention)
         orphans = [self._journal.append(end_message(last, "restart"))
                    for last in self._journal.open_events()]
         if orphans:
@@ -324,7 +328,8 @@ class Daemon:
             self._publisher.publish(msg)
         if cfg.evidence.enabled and (cfg.evidence.snapshot or cfg.evidence.clip):
             self._evidence = EvidenceWriter(cfg.data_dir, max_age_days=cfg.evidence.max_age_days,
-                                            max_bytes=cfg.evidence.max_bytes).start()
+                                            max_bytes=cfg.evidence.max_bytes,
+                                            retention=self._retention).start()
         # Event ids end in a per-daemon counter; starting above every seq ever assigned keeps
         # them unique across restarts (each run assigns at least one seq per event).
         self._tracker = EventTracker(cfg.smoothing, self.class_names, metrics=self.metrics,
@@ -509,7 +514,7 @@ class Daemon:
             if now >= next_prune:
                 next_prune = now + PRUNE_EVERY_S
                 assert self._journal is not None
-                self._journal.prune(self.cfg.alerts.journal_retention_days)
+                self._journal.prune(self.cfg.alerts.journal_retention_days, self._retention)
             if self._worker is not None and not self._worker.is_alive():
                 log.error("inference worker died (%s): stopping so systemd restarts the service",
                           self._worker.error)

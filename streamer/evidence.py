@@ -9,6 +9,8 @@ the relative path at once; when the queue is full the evidence is dropped and co
 stalling the event pipeline. Write failures (a full disk, ENOSPC) are logged once per episode with
 a clear line, counted, and writing resumes by itself when space returns. Retention deletes whole
 event directories older than `max_age_days`, then the oldest until the total is under `max_bytes`.
+Age is judged against `streamer.retention.retention_cutoff`: a wall-clock step forward (a box
+that booted with an old clock, then synced NTP) does not make fresh evidence look old.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import cv2
 import numpy as np
+
+from .retention import RetentionClock, retention_cutoff
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +83,9 @@ class EvidenceWriter:
         max_bytes: total size kept under `events/` (0 or less: no size limit).
         queue_size: pending writes at most; more are dropped and counted.
         prune_interval_s: how often retention runs (also once at start).
-        clock: wall clock (epoch seconds), injectable for tests.
+        clock: wall clock (epoch seconds) for date directories, injectable for tests.
+        retention: the process's `RetentionClock` (shared with the journal's pruning); default:
+            one on `clock` made now.
     Attributes:
         written, dropped, write_errors: counters (files written, evidence dropped because the
             queue was full, failed writes).
@@ -87,8 +93,10 @@ class EvidenceWriter:
 
     def __init__(self, data_dir: Union[str, os.PathLike], max_age_days: float = 30.0,
                  max_bytes: int = 10 * 1024 ** 3, queue_size: int = 16,
-                 prune_interval_s: float = 600.0, clock: Callable[[], float] = time.time) -> None:
+                 prune_interval_s: float = 600.0, clock: Callable[[], float] = time.time,
+                 retention: Optional[RetentionClock] = None) -> None:
         self.data_dir = os.fspath(data_dir)
+        self.retention = retention if retention is not None else RetentionClock(wall=clock)
         self.root = os.path.join(self.data_dir, "events")
         self.max_age_days = float(max_age_days)
         self.max_bytes = int(max_bytes)
@@ -307,11 +315,14 @@ class EvidenceWriter:
 
         The newest event directory is never deleted for size (it may be being written).
         Args:
-            now: epoch seconds (default: the clock).
+            now: epoch seconds to judge age against (default: `retention_cutoff` on the
+                writer's `RetentionClock`, which a forward step of the wall clock cannot move).
         Returns:
             number of event directories deleted.
         """
-        now = self.clock() if now is None else now
+        max_age_s = self.max_age_days * 86400.0
+        cutoff = (now - max_age_s) if now is not None else retention_cutoff(max_age_s,
+                                                                              self.retention)
         events = []   # (mtime, size, path)
         if not os.path.isdir(self.root):
             return 0
@@ -326,9 +337,8 @@ class EvidenceWriter:
                         events.append((*_dir_stats(ev.path), ev.path))
         removed = 0
         keep = []
-        max_age_s = self.max_age_days * 86400.0
         for mtime, size, path in sorted(events):
-            if max_age_s > 0 and now - mtime > max_age_s:
+            if max_age_s > 0 and mtime < cutoff:
                 removed += _rmtree(path)
             else:
                 keep.append((mtime, size, path))

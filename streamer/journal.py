@@ -16,11 +16,12 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from detector.errors import VigilError
 
 from .events import iso_utc, parse_iso_utc
+from .retention import RetentionClock, retention_cutoff
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +156,16 @@ class Journal:
         final["latency_s"] = latency
         return final
 
-    def prune(self, max_age_days: float) -> int:
+    def prune(self, max_age_days: float, clock: Optional[RetentionClock] = None) -> int:
         """Delete messages older than `max_age_days`, keeping every message of open events.
+
+        Age is judged by `retention_cutoff` on `clock` (the daemon's `RetentionClock`), so a
+        wall-clock step forward cannot delete what was written minutes earlier.
 
         Returns:
             How many messages were deleted. `last_seq` is unaffected (seq is never reused).
         """
-        cutoff = time.time() - max_age_days * 86400.0
+        cutoff = retention_cutoff(max_age_days * 86400.0, clock)
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
