@@ -298,19 +298,25 @@ class AlertsConfig:
 @dataclass
 class EvidenceConfig:
     """Snapshots (JPEG at start) and clips (MP4 at end, with pre-roll), and their retention.
-"""
+
+    `min_free_bytes`: free space evidence leaves on the file system it shares with `data_dir`
+    (the journal): a write that would go below it is refused like a full disk (0: no reserve).
+    """
     enabled: bool = True
     snapshot: bool = True
     clip: bool = True
     pre_roll_s: float = 2.0
     max_age_days: float = 14
     max_bytes: int = 2_000_000_000
+    min_free_bytes: int = 256 * 1024 ** 2
 
     def validate(self, where: str = "evidence") -> None:
         _check(self.pre_roll_s >= 0, f"{where}.pre_roll_s", f"must be >= 0, got {self.pre_roll_s}")
         _check(self.max_age_days > 0, f"{where}.max_age_days",
                f"must be > 0, got {self.max_age_days}")
         _check(self.max_bytes > 0, f"{where}.max_bytes", f"must be > 0, got {self.max_bytes}")
+        _check(self.min_free_bytes >= 0, f"{where}.min_free_bytes",
+               f"must be >= 0, got {self.min_free_bytes}")
 
 
 @dataclass

@@ -329,6 +329,7 @@ class Daemon:
         if cfg.evidence.enabled and (cfg.evidence.snapshot or cfg.evidence.clip):
             self._evidence = EvidenceWriter(cfg.data_dir, max_age_days=cfg.evidence.max_age_days,
                                             max_bytes=cfg.evidence.max_bytes,
+                                            min_free_bytes=cfg.evidence.min_free_bytes,
                                             retention=self._retention).start()
         # Event ids end in a per-daemon counter; starting above every seq ever assigned keeps
         # them unique across restarts (each run assigns at least one seq per event).

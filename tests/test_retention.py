@@ -1,5 +1,6 @@
 """Retention that a wall-clock step cannot turn against fresh data (`streamer/retention.py`),
-applied to evidence (`EvidenceWriter.prune`) and the journal (`Journal.prune`).
+applied to evidence (`EvidenceWriter.prune`) and the journal (`Journal.prune`); evidence never
+written outside `data_dir`; the evidence free-space reserve.
 
 The field fault: a box boots with an old clock (2020), writes alerts and evidence, then NTP steps
 the clock to today; the next retention pass deleted what had been written minutes earlier.
@@ -100,3 +101,58 @@ def test_journal_rows_written_before_an_ntp_step_survive_pruning(tmp_path, monke
         assert max(m["seq"] for m in j.since(0)) == 2
     finally:
         j.close()
+
+
+# ----------------------------------------------------------------------------- never outside
+FRAME = np.zeros((48, 64, 3), np.uint8)
+
+
+def test_a_symlinked_camera_folder_is_replaced_and_nothing_is_written_outside(tmp_path, caplog):
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    (data / "events").mkdir(parents=True)
+    outside.mkdir()
+    os.symlink(outside, data / "events" / "lobby")
+    w = EvidenceWriter(data, min_free_bytes=0).start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="streamer.evidence"):
+            rel = w.snapshot("lobby", "lobby-e1", FRAME, None, "fight", 0.9, when=SYNCED)
+            assert w.flush(10)
+    finally:
+        w.close()
+    assert rel is not None and (data / rel).is_file()
+    assert not (data / "events" / "lobby").is_symlink()
+    assert list(outside.rglob("*")) == []
+    assert "was a symlink" in caplog.text
+
+
+# ----------------------------------------------------------------------------- reserve
+def test_evidence_keeps_the_free_space_reserve_for_the_journal(tmp_path, caplog):
+    free = shutil.disk_usage(tmp_path).free
+    w = EvidenceWriter(tmp_path, min_free_bytes=free + 2 ** 30).start()   # more than is free
+    try:
+        with caplog.at_level(logging.ERROR, logger="streamer.evidence"):
+            assert w.snapshot("a", "a-e1", FRAME, None, "fight", 0.9, when=SYNCED) is None
+            assert w.flush(10)
+        assert w.write_errors == 1 and w.written == 0
+        assert "for the journal" in caplog.text
+        assert not list(tmp_path.rglob("*.jpg"))
+        w.min_free_bytes = 0                                            # space "returns"
+        w.snapshot("a", "a-e2", FRAME, None, "fight", 0.9, when=SYNCED)  # queued: a probe
+        assert w.flush(10) and w.written == 1
+        assert w.snapshot("a", "a-e3", FRAME, None, "fight", 0.9, when=SYNCED) is not None
+    finally:
+        w.close()
+
+
+def test_the_reserve_does_not_apply_to_a_separate_evidence_file_system(tmp_path, monkeypatch):
+    w = EvidenceWriter(tmp_path, min_free_bytes=10 ** 15)
+    (tmp_path / "events").mkdir()
+    real_stat = os.stat
+
+    class Other:
+        def __init__(self, st):
+            self.st_dev = st.st_dev + 1
+
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: Other(real_stat(p)) if str(p).endswith(
+        "events") else real_stat(p, *a, **k))
+    assert w._reserve(str(tmp_path / "events")) == 0      # the same-disk case: the test above
