@@ -461,8 +461,8 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
     if check_paths:
         ckpt = raw.model.checkpoint
         _check(ckpt.is_file(), "model.checkpoint", f"checkpoint file not found: {ckpt}")
-        _check(not raw.data_dir.exists() or raw.data_dir.is_dir(), "data_dir",
-               f"exists and is not a directory: {raw.data_dir}")
+        problem = data_dir_problem(raw.data_dir)
+        _check(problem is None, "data_dir", problem or "")
         if raw.alerts.curve is not None:
             curve = raw.alerts.curve
             _check(curve.server_secret_key.is_file(), "alerts.curve.server_secret_key",
@@ -473,6 +473,27 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
                        defaults=raw.defaults, smoothing=raw.smoothing, alerts=raw.alerts,
                        evidence=raw.evidence, metrics=raw.metrics, logging=raw.logging,
                        secrets=secrets)
+
+
+def data_dir_problem(path: Path) -> Optional[str]:
+    """Why the daemon could not create or write `data_dir`, or None when it can.
+
+    Checks without creating anything (`--check` changes nothing): an existing path must be a
+    writable directory; otherwise its nearest existing ancestor must be one (`os.access`, which
+    also reports a read-only file system to root).
+    """
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            return f"cannot create {path}: no existing parent directory"
+        probe = probe.parent
+    if not probe.is_dir():
+        return (f"exists and is not a directory: {path}" if probe == path
+                else f"cannot create {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return (f"not writable: {path}" if probe == path
+                else f"cannot create {path}: {probe} is not writable")
+    return None
 
 
 def parse_config(data: Mapping[str, Any], source: str = "config", base_dir: Path | None = None,

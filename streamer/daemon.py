@@ -164,6 +164,20 @@ class _Camera:
     reported_skipped: int = 0
 
 
+def _make_data_dir(cfg: ServeConfig) -> None:
+    """Create `data_dir` (journal and evidence live there).
+
+    Raises:
+        ConfigError: `data_dir: cannot create or write <path>: <reason>` (a read-only parent, a
+            full disk, a permission): one line for the command line, not a traceback.
+    """
+    try:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"data_dir: cannot create or write {cfg.data_dir}: "
+                          f"{exc.strerror or exc}") from None
+
+
 @dataclass
 class _OpenEvidence:
     """What an open event's clip needs at its end: the pre-roll copied at its start."""
@@ -282,6 +296,7 @@ class Daemon:
     # ================================================================== start-up
     def _start(self) -> None:
         cfg = self.cfg
+        _make_data_dir(cfg)      # before the model load: a bad data_dir fails in a second
         self.notifier.status("loading the model")
         # An exported graph runs on onnxruntime's CPU provider even where a GPU is present.
         self.device = torch.device("cpu") if cfg.model.is_onnx else choose_device(cfg.model.device)
@@ -303,7 +318,6 @@ class Daemon:
                         "sets window_seconds", mcfg.input.frames)
 
         # Journal first: seq continues from it, and events an unclean stop left open are ended.
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self._journal = Journal(cfg.journal_path)
         self._journal.prune(cfg.alerts.journal_retention_days, self._retention)
         orphans = [self._journal.append(end_message(last, "restart"))

@@ -1,5 +1,8 @@
 """Faults from the field (issue 12: configuration and data), injected into the real `vigil serve`.
 
+* `data_dir` on a read-only file system: `--check` must report it, and a start that gets past
+  the check anyway (the check patched out by a prelude: the file system turned read-only between
+  check and start) must fail with one clear line and exit code 2, not a traceback.
 * `events/<camera>` a symlink to a folder outside `data_dir` (where retention never looks): the
   daemon writes nothing there.
 * the evidence free-space reserve (`evidence.min_free_bytes`): evidence that would eat into it is
@@ -47,6 +50,57 @@ def journal_rows(data_dir: Path) -> list[dict]:
         return [json.loads(b) for (b,) in db.execute("SELECT body FROM alerts ORDER BY seq")]
     finally:
         db.close()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only tmpfs (root's permissions do not override a read-only mount)."""
+    path = tmp_path / "ro"
+    path.mkdir()
+    if os.geteuid() != 0:
+        os.chmod(path, 0o555)
+        yield path
+        os.chmod(path, 0o755)
+        return
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs: {proc.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_a_data_dir_that_cannot_be_created_fails_check_and_start_in_one_line(
+        tiny_checkpoint, tmp_path, read_only_dir):
+    cfg = base_config(read_only_dir / "data", tiny_checkpoint, {"a": SYNTH})
+    d = DaemonProcess(tmp_path / "work", cfg)
+    check = vigil("serve", "--config", str(d.config_path), "--check")
+    assert check.returncode == 2, check.stdout + check.stderr
+    assert f"data_dir: cannot create {read_only_dir / 'data'}" in check.stderr
+    assert "Traceback" not in check.stderr
+
+    start = vigil("serve", "--config", str(d.config_path))
+    assert start.returncode == 2 and "Traceback" not in start.stderr
+    assert "data_dir: cannot create" in start.stderr
+
+    # The check passed (patched out, as if the disk turned read-only after it): the daemon's own
+    # start-up must still fail in one line.
+    d.prelude = "import streamer.config as c\nc.data_dir_problem = lambda path: None"
+    t0 = time.monotonic()
+    d.start()
+    try:
+        code = d.proc.wait(120)
+    finally:
+        d.close()
+    errors = [ln for ln in d.log().splitlines() if " ERROR " in ln]
+    report("data_dir read-only", check_exit=check.returncode, start_exit=code,
+           error_lines=len(errors), traceback="Traceback" in d.log(),
+           exit_after_s=round(time.monotonic() - t0, 1))
+    assert code == 2, d.log()[-3000:]
+    assert "Traceback" not in d.log()
+    assert len(errors) == 1 and "data_dir: cannot create or write" in errors[0], errors
 
 
 def test_a_symlinked_camera_events_folder_sends_nothing_outside_data_dir(tiny_checkpoint,

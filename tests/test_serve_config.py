@@ -300,6 +300,13 @@ def test_values_from_the_environment_are_secrets_of_the_config(tmp_path):
     assert "slash" not in repr(cfg) and "slash" not in repr(cfg.cameras[0])
 
 
+def test_a_data_dir_that_cannot_be_created_is_refused_at_check(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for data_dir in ("file/data", "file"):
+        message = errors_of(tmp_path, MINIMAL.replace("data_dir: data", f"data_dir: {data_dir}"))
+        assert "data_dir:" in message
+
+
 def test_every_config_key_is_in_the_readme_table():
     import dataclasses as dc
     import re
