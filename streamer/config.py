@@ -52,16 +52,18 @@ def _url_secrets(value: Any) -> set[str]:
     return found
 
 
-def _substituted_secrets(value: Any, environ: Mapping[str, str], where: str = "",
-                         secret: bool = False) -> set[str]:
-    """The values `${NAME}` puts into camera settings and URLs (masked as literal strings
-    wherever they would appear); a warning naming the key for each one that is empty.
+def _substituted_secrets(value: Any, environ: Mapping[str, str], where: str = "") -> set[str]:
+    """The values `${NAME}` puts into camera URLs (masked as literal strings wherever they would
+    appear); a warning naming the key for each `${NAME}` that is empty.
+
+    A value counts when it goes into a `url` key or into any string holding `scheme://` (a
+    password may be the whole URL); a camera's name or other settings from `${NAME}` are not
+    masked (names are in every log line).
 
     Args:
         value: the YAML tree before expansion.
         environ: the environment `expand_env` uses.
         where: dotted key of `value`.
-        secret: `value` lies under `cameras` (every substitution there counts as a secret).
     Returns:
         The substituted values (unset variables are left to `expand_env` to report).
     """
@@ -73,15 +75,14 @@ def _substituted_secrets(value: Any, environ: Mapping[str, str], where: str = ""
                 continue
             if environ[name] == "":
                 log.warning("%s: environment variable ${%s} is empty", where or "config", name)
-            elif secret or "://" in value:
+            elif where.endswith("url") or "://" in value:
                 found.add(environ[name])
     elif isinstance(value, Mapping):
         for k, v in value.items():
-            key = f"{where}.{k}" if where else str(k)
-            found |= _substituted_secrets(v, environ, key, secret or key == "cameras")
+            found |= _substituted_secrets(v, environ, f"{where}.{k}" if where else str(k))
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            found |= _substituted_secrets(v, environ, f"{where}[{i}]", secret)
+            found |= _substituted_secrets(v, environ, f"{where}[{i}]")
     return found
 
 

@@ -326,3 +326,9 @@ def test_every_config_key_is_in_the_readme_table():
         {s for s in sections if "." not in s}
     missing = sorted(wanted - documented)
     assert not missing, f"README.md's key table lacks {missing}"
+
+
+def test_a_camera_name_from_the_environment_is_not_treated_as_a_secret(tmp_path):
+    body = MINIMAL.replace("- name: lobby", "- name: ${CAM_NAME}")
+    cfg = load_config(write(tmp_path, body), environ={"CAM_PASS": "Pw/x-long", "CAM_NAME": "lobby"})
+    assert "lobby" not in cfg.secrets and "Pw/x-long" in cfg.secrets
