@@ -1,6 +1,6 @@
 """The daemon's configuration (`vigil serve --config vigil.yaml`), validated once at the door.
 
-The YAML is read with `safe_load` (no python tags), `${NAME}` is replaced by the environment
+The YAML is read with safe tags only (no python tags), `${NAME}` is replaced by the environment
 variable NAME (camera passwords live in systemd's environment file, not in the YAML), and the
 result is built into the dataclasses below with `detector.schema.from_dict`, which rejects
 unknown keys and wrong types. Cameras take the global `defaults:` and override any of them per
@@ -11,7 +11,10 @@ directory of the config file, so a config works the same whatever the service's 
 
 Every error is a `ConfigError` whose message starts with the file and the dotted key, e.g.
 `vigil.yaml: cameras[1].name: duplicate camera name 'lobby'`. Camera URLs carry credentials, so
-every message leaving this module goes through `mask_secrets`: no password is ever printed.
+every message leaving this module goes through `mask_secrets` (`streamer/masking.py`) with the
+config's known secrets: no part of a password is ever printed. `ServeConfig.secrets` hands those
+secrets on to the log filter. A key given twice in the YAML is refused (`detector/yaml_loader.py`);
+an empty `${NAME}` is a warning naming the key.
 """
 from __future__ import annotations
 
