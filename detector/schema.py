@@ -18,6 +18,7 @@ from typing import Any, Mapping, TypeVar, Union
 import yaml
 
 from .errors import ConfigError
+from .yaml_loader import safe_load_unique
 
 T = TypeVar("T")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -25,7 +26,8 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping with `safe_load` only (no python tags, so no code runs)."""
+    """Read a YAML mapping with safe tags only (no python tags, so no code runs) and no key
+    given twice (`detector/yaml_loader.py`); ConfigError naming the file and line otherwise."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -34,7 +36,7 @@ def load_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_unique(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {_one_line(exc)}") from None
     if data is None:

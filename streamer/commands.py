@@ -75,8 +75,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """
     from .config import load_config
 
+    from .masking import install_log_filter
+
     cfg = load_config(args.config)        # before torch is even imported: a bad key fails fast
     _apply_logging(args, cfg.logging)
+    install_log_filter(cfg.secrets)       # every log line masks the config's credentials
     if args.check:
         return _check_config(cfg)
     from .daemon import Daemon

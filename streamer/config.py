@@ -1,6 +1,6 @@
 """The daemon's configuration (`vigil serve --config vigil.yaml`), validated once at the door.
 
-The YAML is read with `safe_load` (no python tags), `${NAME}` is replaced by the environment
+The YAML is read with safe tags only (no python tags), `${NAME}` is replaced by the environment
 variable NAME (camera passwords live in systemd's environment file, not in the YAML), and the
 result is built into the dataclasses below with `detector.schema.from_dict`, which rejects
 unknown keys and wrong types. Cameras take the global `defaults:` and override any of them per
@@ -11,95 +11,87 @@ directory of the config file, so a config works the same whatever the service's 
 
 Every error is a `ConfigError` whose message starts with the file and the dotted key, e.g.
 `vigil.yaml: cameras[1].name: duplicate camera name 'lobby'`. Camera URLs carry credentials, so
-every message leaving this module goes through `mask_secrets`: no password is ever printed.
+every message leaving this module goes through `mask_secrets` (`streamer/masking.py`) with the
+config's known secrets: no part of a password is ever printed. `ServeConfig.secrets` hands those
+secrets on to the log filter. A key given twice in the YAML is refused (`detector/yaml_loader.py`);
+an empty `${NAME}` is a warning naming the key.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
 from detector.errors import ConfigError
 from detector.schema import expand_env, from_dict, load_yaml, to_dict
+from detector.yaml_loader import safe_load_unique
+
+# mask_url and mask_secrets are re-exported: callers import them from here too.
+from .masking import mask_secrets, mask_url, url_secrets  # noqa: F401
+from .sources import parse_source
 
 log = logging.getLogger(__name__)
 
 CAMERA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")   # what `expand_env` substitutes
 
-# Query parameters that carry credentials in camera URLs (e.g. `http://cam/video?user=a&pwd=b`).
-_SECRET_QUERY_KEYS = ("password", "passwd", "pass", "pwd", "user", "username", "usr", "login",
-                      "token", "access_token", "auth", "key", "apikey", "api_key", "secret",
-                      "sig", "signature")
-_QUERY_SECRET = re.compile(
-    r"(?P<lead>[?&;])(?P<key>" + "|".join(_SECRET_QUERY_KEYS) + r")=(?P<value>[^&;#\s'\"]*)",
-    re.IGNORECASE)
-# `scheme://authority` inside free text; the authority stops at the path, a quote or a space.
-_URL_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<auth>[^/\s'\"?#]*)")
-
-
-def mask_url(url: str) -> str:
-    """Hide the credentials of a camera URL, for logs, errors and `vigil status`.
-
-    `rtsp://admin:secret@10.0.0.5:554/stream1` -> `rtsp://*:*@10.0.0.5:554/stream1`;
-    `http://cam/snap.cgi?user=admin&password=x` -> `http://cam/snap.cgi?user=*&password=*`.
-    Strings that are not URLs (a file path, a webcam index) come back unchanged.
-    """
-    return mask_secrets(str(url))
-
-
-def mask_secrets(text: str) -> str:
-    """Mask every URL credential found anywhere in `text` (a URL, or a message quoting one).
-
-    Also handles a URL cut short by an error message's truncation (`rtsp://admin:hun...`): an
-    authority that ends in `...` could be a partial password, so it is masked whole.
-    """
-    def authority(m: re.Match) -> str:
-        auth = m.group("auth")
-        if "@" in auth:
-            return m.group("scheme") + "*:*@" + auth.rsplit("@", 1)[1]
-        if auth.endswith("...") or auth.endswith("…"):
-            return m.group("scheme") + "***..."
-        return m.group(0)
-
-    text = _URL_AUTHORITY.sub(authority, text)
-    return _QUERY_SECRET.sub(lambda m: f"{m.group('lead')}{m.group('key')}=*", text)
 
 
 def _url_secrets(value: Any) -> set[str]:
     """Every credential appearing in URLs anywhere in a YAML tree (to scrub error messages)."""
     found: set[str] = set()
     if isinstance(value, str):
-        for m in _URL_AUTHORITY.finditer(value):
-            auth = m.group("auth")
-            if "@" in auth:
-                userinfo = auth.rsplit("@", 1)[0]
-                found.update(p for p in userinfo.split(":") if p)
-                found.update(urllib.parse.unquote(p) for p in userinfo.split(":") if p)
-        for m in _QUERY_SECRET.finditer(value):
-            if m.group("value"):
-                found.add(m.group("value"))
-                found.add(urllib.parse.unquote_plus(m.group("value")))
+        found |= url_secrets(value)
     elif isinstance(value, Mapping):
-        for v in value.values():
-            found |= _url_secrets(v)
+        for k, v in value.items():
+            found |= _url_secrets(k) | _url_secrets(v)
     elif isinstance(value, (list, tuple)):
         for v in value:
             found |= _url_secrets(v)
     return found
 
 
+def _substituted_secrets(value: Any, environ: Mapping[str, str], where: str = "") -> set[str]:
+    """The values `${NAME}` puts into camera URLs (masked as literal strings wherever they would
+    appear); a warning naming the key for each `${NAME}` that is empty.
+
+    A value counts when it goes into a `url` key or into any string holding `scheme://` (a
+    password may be the whole URL); a camera's name or other settings from `${NAME}` are not
+    masked (names are in every log line).
+
+    Args:
+        value: the YAML tree before expansion.
+        environ: the environment `expand_env` uses.
+        where: dotted key of `value`.
+    Returns:
+        The substituted values (unset variables are left to `expand_env` to report).
+    """
+    found: set[str] = set()
+    if isinstance(value, str):
+        for m in _ENV_REF.finditer(value):
+            name = m.group(1)
+            if name not in environ:
+                continue
+            if environ[name] == "":
+                log.warning("%s: environment variable ${%s} is empty", where or "config", name)
+            elif where.endswith("url") or "://" in value:
+                found.add(environ[name])
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            found |= _substituted_secrets(v, environ, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found |= _substituted_secrets(v, environ, f"{where}[{i}]")
+    return found
+
+
 def _scrub(message: str, secrets: set[str]) -> str:
-    """Mask URL credentials, then any known secret (longest first) that survived elsewhere."""
-    message = mask_secrets(message)
-    for secret in sorted(secrets, key=len, reverse=True):
-        # One- or two-character "secrets" would mangle the message; URL masking covers them.
-        if len(secret) >= 3:
-            message = message.replace(secret, "***")
-    return message
+    """Mask URL credentials and every known secret (`streamer/masking.py`)."""
+    return mask_secrets(message, secrets)
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -168,10 +160,13 @@ class CameraConfig:
     url: str
     enabled: bool = True
     settings: CameraSettings = field(default_factory=CameraSettings)
+    # Credentials of the whole config (URL userinfo, query values, `${VAR}` values), masked
+    # wherever this camera is shown.
+    secrets: frozenset[str] = field(default_factory=frozenset, repr=False, compare=False)
 
     @property
     def masked_url(self) -> str:
-        return mask_url(self.url)
+        return mask_url(self.url, self.secrets)
 
     def __repr__(self) -> str:
         # The dataclass repr would print the password with the URL (e.g. `log.debug("%s", cfg)`).
@@ -306,19 +301,26 @@ class AlertsConfig:
 
 @dataclass
 class EvidenceConfig:
-    """Snapshots (JPEG at start) and clips (MP4 at end, with pre-roll), and their retention."""
+    """Snapshots (JPEG at start) and clips (MP4 at end, with pre-roll), and their retention.
+
+    `min_free_bytes`: free space evidence leaves on the file system it shares with `data_dir`
+    (the journal): a write that would go below it is refused like a full disk (0: no reserve).
+    """
     enabled: bool = True
     snapshot: bool = True
     clip: bool = True
     pre_roll_s: float = 2.0
     max_age_days: float = 14
     max_bytes: int = 2_000_000_000
+    min_free_bytes: int = 256 * 1024 ** 2
 
     def validate(self, where: str = "evidence") -> None:
         _check(self.pre_roll_s >= 0, f"{where}.pre_roll_s", f"must be >= 0, got {self.pre_roll_s}")
         _check(self.max_age_days > 0, f"{where}.max_age_days",
                f"must be > 0, got {self.max_age_days}")
         _check(self.max_bytes > 0, f"{where}.max_bytes", f"must be > 0, got {self.max_bytes}")
+        _check(self.min_free_bytes >= 0, f"{where}.min_free_bytes",
+               f"must be >= 0, got {self.min_free_bytes}")
 
 
 @dataclass
@@ -350,6 +352,8 @@ class ServeConfig:
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # Every credential in the config (see `CameraConfig.secrets`): the log filter masks them.
+    secrets: frozenset[str] = field(default_factory=frozenset, repr=False, compare=False)
 
     def camera(self, name: str) -> CameraConfig:
         """The camera called `name` (KeyError if none)."""
@@ -411,10 +415,7 @@ def _resolve_camera(raw: Any, index: int, defaults: CameraSettings) -> CameraCon
     _check(isinstance(enabled, bool), f"{where}.enabled",
            f"expected bool, got {type(enabled).__name__}")
     # The URL is refused here, at the door, rather than by the capture thread at start-up or on
-    # a SIGHUP reload (where it would take the running daemon down). Imported lazily: sources
-    # imports this module.
-    from .sources import parse_source
-
+    # a SIGHUP reload (where it would take the running daemon down).
     try:
         parse_source(url)
     except ConfigError as exc:
@@ -433,7 +434,8 @@ def _resolve_path(path: Path, base_dir: Path | None) -> Path:
     return path
 
 
-def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool) -> ServeConfig:
+def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
+           secrets: frozenset[str] = frozenset()) -> ServeConfig:
     raw = from_dict(_RawServe, data)
     raw.defaults.validate("defaults")
     raw.model.validate("model")
@@ -446,7 +448,7 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool) ->
     cameras: list[CameraConfig] = []
     seen: dict[str, int] = {}
     for i, entry in enumerate(raw.cameras):
-        cam = _resolve_camera(entry, i, raw.defaults)
+        cam = dataclasses.replace(_resolve_camera(entry, i, raw.defaults), secrets=secrets)
         _check(cam.name not in seen, f"cameras[{i}].name",
                f"duplicate camera name {cam.name!r} (also cameras[{seen.get(cam.name)}])")
         seen[cam.name] = i
@@ -463,8 +465,8 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool) ->
     if check_paths:
         ckpt = raw.model.checkpoint
         _check(ckpt.is_file(), "model.checkpoint", f"checkpoint file not found: {ckpt}")
-        _check(not raw.data_dir.exists() or raw.data_dir.is_dir(), "data_dir",
-               f"exists and is not a directory: {raw.data_dir}")
+        problem = data_dir_problem(raw.data_dir)
+        _check(problem is None, "data_dir", problem or "")
         if raw.alerts.curve is not None:
             curve = raw.alerts.curve
             _check(curve.server_secret_key.is_file(), "alerts.curve.server_secret_key",
@@ -473,7 +475,29 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool) ->
                    f"directory not found: {curve.authorized_clients}")
     return ServeConfig(data_dir=raw.data_dir, model=raw.model, cameras=cameras,
                        defaults=raw.defaults, smoothing=raw.smoothing, alerts=raw.alerts,
-                       evidence=raw.evidence, metrics=raw.metrics, logging=raw.logging)
+                       evidence=raw.evidence, metrics=raw.metrics, logging=raw.logging,
+                       secrets=secrets)
+
+
+def data_dir_problem(path: Path) -> Optional[str]:
+    """Why the daemon could not create or write `data_dir`, or None when it can.
+
+    Checks without creating anything (`--check` changes nothing): an existing path must be a
+    writable directory; otherwise its nearest existing ancestor must be one (`os.access`, which
+    also reports a read-only file system to root).
+    """
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            return f"cannot create {path}: no existing parent directory"
+        probe = probe.parent
+    if not probe.is_dir():
+        return (f"exists and is not a directory: {path}" if probe == path
+                else f"cannot create {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return (f"not writable: {path}" if probe == path
+                else f"cannot create {path}: {probe} is not writable")
+    return None
 
 
 def parse_config(data: Mapping[str, Any], source: str = "config", base_dir: Path | None = None,
@@ -489,11 +513,16 @@ def parse_config(data: Mapping[str, Any], source: str = "config", base_dir: Path
     Raises:
         ConfigError: `<source>: <dotted.key>: <problem>`, credentials masked.
     """
+    env = os.environ if environ is None else environ
     secrets: set[str] = set()
     try:
-        expanded = expand_env(data, environ=environ)
-        secrets = _url_secrets(expanded)
-        return _build(expanded, base_dir, check_paths)
+        # Before expansion too (an unset variable stops it), but never `${NAME}` itself: the
+        # message that names the variable must stay readable.
+        secrets = {v for v in _url_secrets(data) if "${" not in v}
+        secrets |= _substituted_secrets(data, env)
+        expanded = expand_env(data, environ=env)
+        secrets |= _url_secrets(expanded)
+        return _build(expanded, base_dir, check_paths, frozenset(secrets))
     except ConfigError as exc:
         raise ConfigError(_scrub(f"{source}: {exc}", secrets)) from None
 
@@ -503,7 +532,7 @@ def _yaml_error_without_snippet(path: Path) -> str | None:
     import yaml
 
     try:
-        yaml.safe_load(path.read_text(encoding="utf-8"))
+        safe_load_unique(path.read_text(encoding="utf-8"))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -46,13 +46,15 @@ from detector.config import ModelConfig
 from detector.errors import CheckpointError, ConfigError, VigilError
 from detector.precision import checkpoint_precision
 
-from .config import CameraConfig, ServeConfig, is_onnx_model, load_config, mask_url
+from .config import CameraConfig, ServeConfig, is_onnx_model, load_config
 from .events import EventTracker, end_message
 from .evidence import EvidenceWriter
 from .journal_writer import JournalWriter
+from .masking import install_log_filter
 from .metrics import VigilMetrics
 from .notify import Notifier
 from .publisher import AlertPublisher
+from .retention import RetentionClock
 from .ringbuffer import FramesUnavailableError, RingBuffer
 from .sources import CaptureThread
 from .types import WindowResult
@@ -170,6 +172,20 @@ class _Camera:
     reported_skipped: int = 0
 
 
+def _make_data_dir(cfg: ServeConfig) -> None:
+    """Create `data_dir` (journal and evidence live there).
+
+    Raises:
+        ConfigError: `data_dir: cannot create or write <path>: <reason>` (a read-only parent, a
+            full disk, a permission): one line for the command line, not a traceback.
+    """
+    try:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"data_dir: cannot create or write {cfg.data_dir}: "
+                          f"{exc.strerror or exc}") from None
+
+
 @dataclass
 class _OpenEvidence:
     """What an open event's clip needs at its end: the pre-roll copied at its start."""
@@ -217,6 +233,9 @@ class Daemon:
         self._journal: Optional[JournalWriter] = None
         self._evidence: Optional[EvidenceWriter] = None
         self._evidence_reported = (0, 0)    # write errors, drops already counted in metrics
+        # Retention (journal and evidence) judges age on this: a wall-clock step forward after
+        # start cannot make what this process wrote look old (`streamer/retention.py`).
+        self._retention = RetentionClock()
         self._tracker: Optional[EventTracker] = None
         self._scheduler: Optional[Scheduler] = None
         self._worker: Optional[WorkerThread] = None
@@ -290,6 +309,7 @@ class Daemon:
     # ================================================================== start-up
     def _start(self) -> None:
         cfg = self.cfg
+        _make_data_dir(cfg)      # before the model load: a bad data_dir fails in a second
         self.notifier.status("loading the model")
         # An exported graph runs on onnxruntime's CPU provider even where a GPU is present.
         self.device = torch.device("cpu") if cfg.model.is_onnx else choose_device(cfg.model.device)
@@ -316,7 +336,7 @@ class Daemon:
         # alerts in memory); a damaged journal does, with a clear JournalCorruptError.
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self._journal = JournalWriter(cfg.journal_path, metrics=self.metrics).open()
-        self._journal.prune(cfg.alerts.journal_retention_days)
+        self._journal.prune(cfg.alerts.journal_retention_days, self._retention)
         orphans = [self._journal.append(end_message(last, "restart"))
                    for last in self._journal.open_events()]
         if orphans:
@@ -340,7 +360,9 @@ class Daemon:
             self._publisher.publish(msg)
         if cfg.evidence.enabled and (cfg.evidence.snapshot or cfg.evidence.clip):
             self._evidence = EvidenceWriter(cfg.data_dir, max_age_days=cfg.evidence.max_age_days,
-                                            max_bytes=cfg.evidence.max_bytes).start()
+                                            max_bytes=cfg.evidence.max_bytes,
+                                            min_free_bytes=cfg.evidence.min_free_bytes,
+                                            retention=self._retention).start()
         # Event ids end in a per-daemon counter; starting above every seq ever assigned keeps
         # them unique across restarts (each run assigns at least one seq per event).
         self._tracker = EventTracker(cfg.smoothing, self.class_names, metrics=self.metrics,
@@ -420,7 +442,7 @@ class Daemon:
         m.track_frame_age(cam.name, last_frame_mono)
         self._cams = {**self._cams, cam.name: state}
         thread.start()
-        log.info("camera %s: started (%s)", cam.name, mask_url(cam.url))
+        log.info("camera %s: started (%s)", cam.name, cam.masked_url)
 
     def _stop_camera(self, name: str, reason: str) -> None:
         """End the camera's open events with `reason`, stop its thread, drop its metrics."""
@@ -531,7 +553,7 @@ class Daemon:
                 self._heartbeat()
             if now >= next_prune:
                 next_prune = now + PRUNE_EVERY_S
-                self._journal.prune(self.cfg.alerts.journal_retention_days)
+                self._journal.prune(self.cfg.alerts.journal_retention_days, self._retention)
             if self._worker is not None and not self._worker.is_alive():
                 log.error("inference worker died (%s): stopping so systemd restarts the service",
                           self._worker.error)
@@ -679,6 +701,7 @@ class Daemon:
             except VigilError as exc:
                 log.error("reload: %s; keeping the running config", exc)
                 return False
+            install_log_filter(new.secrets)
             for section in ("model", "alerts", "metrics", "data_dir", "smoothing", "evidence"):
                 if getattr(new, section) != getattr(self.cfg, section):
                     log.warning("reload: %s changed; this takes effect at the next restart "

@@ -3,15 +3,19 @@
 Per (camera, label) there is one `ScoreSmoother` and at most one open event:
 
 * start: when the smoother becomes active (on for `min_windows` consecutive windows);
-* update: at most once per `update_interval_s` of window time, and only when material (the
+* update: at most once per `update_interval_s` of capture time, and only when material (the
   smoothed score moved by >= `min_score_delta` since the last published message, or the box's IoU
   with the last published box fell below `min_box_iou`);
-* end, reason `cleared`: once the smoother was an off-candidate for `cooldown_s` of window time;
+* end, reason `cleared`: once the smoother was an off-candidate for `cooldown_s` of capture time;
   `close_camera` (`camera_lost`) and `close_all` (`shutdown`, `reload`) end open events at once;
   `end_message` builds the end of an event orphaned by an unclean stop (`restart`).
 
-Times of the state machine are window capture times (`WindowResult.t_end_wall`), so a backlog of
-windows processed late behaves as it would have live; the injected `clock` only dates event ids.
+Durations of the state machine (cooldown, update interval) are measured between window capture
+times on the MONOTONIC clock (`WindowResult.t_end_mono`), so a backlog of windows processed late
+behaves as it would have live, and a step of the wall clock (NTP, a manual change, a box booting
+with an old clock) neither delays an `end`, nor mutes updates, nor keeps an event open. Wall time
+(`t_start_wall`, `t_end_wall`, the injected `clock`) is only shown: the message's `window` and
+the event id.
 
 Messages come back WITHOUT `seq`, `published_at` and `latency_s`: `Journal.append` assigns them.
 They carry internal fields the journal strips: `_t_end_mono` (capture time of the window's last
@@ -87,10 +91,10 @@ def end_message(last: dict, reason: str) -> dict:
 class _Open:
     """An open event and what was last published for it."""
     event_id: str
-    pub_t: float                 # window time of the last start/update
+    pub_t: float                 # monotonic capture time of the last start/update's window
     pub_score: float
     pub_box: tuple[float, ...]
-    below_since: Optional[float] = None
+    below_since: Optional[float] = None    # monotonic capture time, like pub_t
 
 
 class EventTracker:
@@ -140,7 +144,7 @@ class EventTracker:
             `vigil.alert/1` messages without seq/published_at/latency_s.
         """
         cfg = self.cfg
-        t = result.t_end_wall
+        t = result.t_end_mono       # durations on the monotonic clock; wall time is only shown
         self._last[result.camera] = result
         out: list[dict] = []
         for label in self.class_names:
@@ -197,7 +201,7 @@ class EventTracker:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
         event_id = f"{result.camera}-{stamp}-{self._counter:04d}"
         self._counter += 1
-        self._open[(result.camera, label)] = _Open(event_id, result.t_end_wall, score, box)
+        self._open[(result.camera, label)] = _Open(event_id, result.t_end_mono, score, box)
         self._gauge(result.camera, label, 1)
         log.info("event %s started: %s on %s (score %.2f)", event_id, label, result.camera, score)
         return self._message("start", event_id, result, label, score, box)

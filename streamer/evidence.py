@@ -9,6 +9,16 @@ the relative path at once; when the queue is full the evidence is dropped and co
 stalling the event pipeline. Write failures (a full disk, ENOSPC) are logged once per episode with
 a clear line, counted, and writing resumes by itself when space returns. Retention deletes whole
 event directories older than `max_age_days`, then the oldest until the total is under `max_bytes`.
+
+Field rules:
+* Nothing is written outside `data_dir/events`: a directory on the way to an event's files that is
+  a symlink (e.g. `events/<camera>` pointing elsewhere, where retention would never look) is
+  replaced by a real directory, with one warning naming it.
+* A free-space reserve (`min_free_bytes`) is kept on the file system when `events/` shares it with
+  `data_dir` (the journal): a write that would leave less free is refused like a full disk, so
+  evidence can never starve the journal.
+* Age is judged against `streamer.retention.retention_cutoff`: a wall-clock step forward (a box
+  that booted with an old clock, then synced NTP) does not make fresh evidence look old.
 """
 from __future__ import annotations
 
@@ -26,6 +36,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import cv2
 import numpy as np
+
+from .retention import RetentionClock, retention_cutoff
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +91,11 @@ class EvidenceWriter:
         max_bytes: total size kept under `events/` (0 or less: no size limit).
         queue_size: pending writes at most; more are dropped and counted.
         prune_interval_s: how often retention runs (also once at start).
-        clock: wall clock (epoch seconds), injectable for tests.
+        clock: wall clock (epoch seconds) for date directories, injectable for tests.
+        min_free_bytes: free space to leave on the file system when `events/` is on the same
+            one as `data_dir` (the journal's); 0: none.
+        retention: the process's `RetentionClock` (shared with the journal's pruning); default:
+            one on `clock` made now.
     Attributes:
         written, dropped, write_errors: counters (files written, evidence dropped because the
             queue was full, failed writes).
@@ -87,8 +103,12 @@ class EvidenceWriter:
 
     def __init__(self, data_dir: Union[str, os.PathLike], max_age_days: float = 30.0,
                  max_bytes: int = 10 * 1024 ** 3, queue_size: int = 16,
-                 prune_interval_s: float = 600.0, clock: Callable[[], float] = time.time) -> None:
+                 prune_interval_s: float = 600.0, clock: Callable[[], float] = time.time,
+                 min_free_bytes: int = 256 * 1024 ** 2,
+                 retention: Optional[RetentionClock] = None) -> None:
         self.data_dir = os.fspath(data_dir)
+        self.min_free_bytes = max(int(min_free_bytes), 0)
+        self.retention = retention if retention is not None else RetentionClock(wall=clock)
         self.root = os.path.join(self.data_dir, "events")
         self.max_age_days = float(max_age_days)
         self.max_bytes = int(max_bytes)
@@ -156,9 +176,52 @@ class EvidenceWriter:
             return False
         where = self.root if os.path.isdir(self.root) else self.data_dir   # events/ may be a mount
         try:
-            return shutil.disk_usage(where).free >= needed
+            return shutil.disk_usage(where).free >= needed + self._reserve(where)
         except OSError:
             return False
+
+    def _reserve(self, where: str) -> int:
+        """Bytes to leave free on `where`'s file system: `min_free_bytes` when it holds `data_dir`
+        (the journal) too, else 0."""
+        if not self.min_free_bytes:
+            return 0
+        try:
+            return self.min_free_bytes if os.stat(where).st_dev == os.stat(self.data_dir).st_dev \
+                else 0
+        except OSError:
+            return self.min_free_bytes
+
+    def _check_room(self, directory: str, size: int, path: str) -> None:
+        """Raise OSError(ENOSPC) when writing `size` bytes would break the free-space reserve."""
+        reserve = self._reserve(directory)
+        if shutil.disk_usage(directory).free < size + reserve:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)
+                          + (f" (keeping {reserve} bytes free for the journal)" if reserve else ""),
+                          path)
+
+    def _make_event_dir(self, directory: str) -> None:
+        """Create `directory` (under `data_dir/events`) one component at a time, replacing any
+        symlink on the way by a real directory: evidence never lands outside `data_dir`.
+
+        Raises:
+            OSError: a component cannot be created, or is a file.
+        """
+        rel = os.path.relpath(directory, self.data_dir)
+        if rel.startswith(os.pardir) or os.path.isabs(rel):
+            raise OSError(errno.EPERM, "outside data_dir", directory)
+        path = self.data_dir
+        for part in rel.split(os.sep):
+            path = os.path.join(path, part)
+            if os.path.islink(path):
+                target = os.readlink(path)
+                os.unlink(path)         # the link only; what it points to is left alone
+                log.warning("evidence: %s was a symlink (to %s) leading outside data_dir, where "
+                            "retention never looks; replaced by a real directory", path, target)
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                if not os.path.isdir(path) or os.path.islink(path):
+                    raise OSError(errno.ENOTDIR, "not a directory", path) from None
 
     def _enqueue(self, job: _Job, needed: int) -> Optional[str]:
         """Queue a write. Returns the relative path when it is expected to be written; None when
@@ -232,8 +295,7 @@ class EvidenceWriter:
         result verified; both failures surface as OSError like any other write."""
         h, w = frames[0].shape[:2]
         directory = os.path.dirname(path)
-        if shutil.disk_usage(directory).free < _clip_bytes(frames):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        self._check_room(directory, _clip_bytes(frames), path)
         tmp = os.path.join(directory, ".clip.tmp.mp4")   # the extension picks the container
         writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
         try:
@@ -255,11 +317,12 @@ class EvidenceWriter:
 
     def _do(self, job: _Job) -> None:
         try:
-            os.makedirs(os.path.dirname(job.path), exist_ok=True)
+            self._make_event_dir(os.path.dirname(job.path))
             if job.kind == "snapshot":
                 ok, buf = cv2.imencode(".jpg", job.payload, [cv2.IMWRITE_JPEG_QUALITY, 90])
                 if not ok:
                     raise OSError(errno.EIO, "JPEG encoding failed", job.path)
+                self._check_room(os.path.dirname(job.path), len(buf), job.path)
                 self._write_bytes(job.path, buf.tobytes())
             else:
                 self._write_clip(job.path, job.payload, job.fps)  # type: ignore[arg-type]
@@ -307,11 +370,14 @@ class EvidenceWriter:
 
         The newest event directory is never deleted for size (it may be being written).
         Args:
-            now: epoch seconds (default: the clock).
+            now: epoch seconds to judge age against (default: `retention_cutoff` on the
+                writer's `RetentionClock`, which a forward step of the wall clock cannot move).
         Returns:
             number of event directories deleted.
         """
-        now = self.clock() if now is None else now
+        max_age_s = self.max_age_days * 86400.0
+        cutoff = (now - max_age_s) if now is not None else retention_cutoff(max_age_s,
+                                                                              self.retention)
         events = []   # (mtime, size, path)
         if not os.path.isdir(self.root):
             return 0
@@ -326,9 +392,8 @@ class EvidenceWriter:
                         events.append((*_dir_stats(ev.path), ev.path))
         removed = 0
         keep = []
-        max_age_s = self.max_age_days * 86400.0
         for mtime, size, path in sorted(events):
-            if max_age_s > 0 and now - mtime > max_age_s:
+            if max_age_s > 0 and mtime < cutoff:
                 removed += _rmtree(path)
             else:
                 keep.append((mtime, size, path))

@@ -36,6 +36,7 @@ from typing import Any, Iterator, Optional
 from detector.errors import VigilError
 
 from .events import iso_utc, parse_iso_utc
+from .retention import RetentionClock, retention_cutoff
 
 log = logging.getLogger(__name__)
 
@@ -328,15 +329,18 @@ class Journal:
                 return None
         return round(max(now - float(end), 0.0), 3)
 
-    def prune(self, max_age_days: float) -> int:
+    def prune(self, max_age_days: float, clock: Optional[RetentionClock] = None) -> int:
         """Delete messages older than `max_age_days`, keeping every message of open events.
+
+        Age is judged by `retention_cutoff` on `clock` (the daemon's `RetentionClock`), so a
+        wall-clock step forward cannot delete what was written minutes earlier.
 
         Returns:
             How many messages were deleted. `last_seq` is unaffected (seq is never reused).
         Raises:
             JournalWriteError, JournalCorruptError.
         """
-        cutoff = time.time() - max_age_days * 86400.0
+        cutoff = retention_cutoff(max_age_days * 86400.0, clock)
         with self._transaction("cannot prune the alert journal") as db:
             cur = db.execute(
                 "DELETE FROM alerts WHERE published_at < ? AND event_id NOT IN ("

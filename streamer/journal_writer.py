@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .journal import Journal, JournalCorruptError, JournalError, new_journal_id, peek
+from .retention import RetentionClock
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +161,13 @@ class JournalWriter:
                           self.max_held)
         self._gauge()
 
-    def prune(self, max_age_days: float) -> int:
-        """`Journal.prune` while writing; 0 while degraded (pruning needs room too)."""
+    def prune(self, max_age_days: float, clock: Optional[RetentionClock] = None) -> int:
+        """`Journal.prune` (age judged on `clock`, see `streamer.retention`) while writing; 0
+        while degraded (pruning needs room too)."""
         if self._journal is None or self._problem is not None:
             return 0
         try:
-            return self._journal.prune(max_age_days)
+            return self._journal.prune(max_age_days, clock)
         except JournalError as exc:
             self._degrade(exc)
             return 0

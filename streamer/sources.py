@@ -37,7 +37,7 @@ import numpy as np
 
 from detector.errors import ConfigError
 
-from .config import mask_secrets, mask_url
+from .masking import mask_secrets, mask_url
 from .ringbuffer import RingBuffer
 
 log = logging.getLogger(__name__)
@@ -169,27 +169,28 @@ def parse_source(url: Union[str, int]) -> SourceSpec:
     if scheme == "file":
         path = _split(text).path
         if not path:
-            raise ConfigError(f"camera url {text!r}: file:// needs a path")
+            raise ConfigError(f"camera url {mask_url(text)!r}: file:// needs a path")
         return SourceSpec("file", path, url=text)
     if scheme == "synth":
         parts = _split(text)
         kind = parts.netloc or parts.path.lstrip("/")
         if kind not in SYNTH_KINDS:
-            raise ConfigError(f"camera url {text!r}: synthetic kind must be one of "
+            raise ConfigError(f"camera url {mask_url(text)!r}: synthetic kind must be one of "
                               f"{', '.join(SYNTH_KINDS)}, got {kind!r}")
         params = dict(SYNTH_PARAMS)
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key not in SYNTH_PARAMS:
-                raise ConfigError(f"camera url {text!r}: unknown parameter {key!r} "
+                raise ConfigError(f"camera url {mask_url(text)!r}: unknown parameter {key!r} "
                                   f"(known: {', '.join(SYNTH_PARAMS)})")
             try:
                 params[key] = int(value)
             except ValueError:
-                raise ConfigError(f"camera url {text!r}: parameter {key!r} must be an integer, "
-                                  f"got {value!r}") from None
+                raise ConfigError(f"camera url {mask_url(text)!r}: parameter {key!r} must be an "
+                                  f"integer, got {value!r}") from None
             low = {"seed": 0, "width": 16, "height": 16}.get(key, 1)
             if params[key] < low:
-                raise ConfigError(f"camera url {text!r}: parameter {key!r} must be >= {low}")
+                raise ConfigError(f"camera url {mask_url(text)!r}: parameter {key!r} must be "
+                                  f">= {low}")
         return SourceSpec("synth", kind, params, url=text)
     if scheme:
         raise ConfigError(f"camera url {mask_url(text)!r}: unsupported scheme {scheme!r} "

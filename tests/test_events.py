@@ -241,3 +241,49 @@ def test_a_single_stream_never_updates_faster_than_the_interval(scores):
             last_pub[m["event_id"]] = t
     check_stream_all = tr.close_all("shutdown")
     assert all(m["type"] == "end" for m in check_stream_all)
+
+
+class JumpingWallClock:
+    """A wall clock that steps: `jumps` maps a monotonic time to a step (seconds, signed) applied
+    from then on, as NTP or an operator would. The monotonic clock runs on undisturbed."""
+
+    def __init__(self, jumps: dict[float, float]) -> None:
+        self.jumps = jumps
+
+    def wall(self, mono: float) -> float:
+        return T0 + mono + sum(step for at, step in self.jumps.items() if mono >= at)
+
+
+def wall_window(clock: JumpingWallClock, camera: str, mono: float, fight: float) -> WindowResult:
+    """A window ending at monotonic time `mono`, stamped by the (jumping) wall clock."""
+    return WindowResult(camera, {"fight": ClassScore("fight", fight, BOX),
+                                 "collapse": ClassScore("collapse", 0.0, BOX)},
+                        (1920, 1080), clock.wall(mono) - 0.6, clock.wall(mono), 5000.0 + mono,
+                        int(mono * 25))
+
+
+@pytest.mark.parametrize("step_s", [-3600.0, 3600.0])
+def test_a_wall_clock_step_during_an_event_changes_no_duration(step_s):
+    """Back by an hour (or forward) in the middle of an event: updates keep their interval, the
+    event ends one cooldown after the scene cleared, and a new fight starts at once."""
+    tr = EventTracker(cfg(alpha=1.0, min_windows=1, cooldown_s=3.0, update_interval_s=2.0,
+                          min_score_delta=0.0), CLASSES, clock=lambda: T0)
+    clock = JumpingWallClock({5.0: step_s, 12.0: -step_s / 2})   # and a second step later
+    scores = [0.9] * 10 + [0.1] * 6 + [0.9] * 3      # fight 0-9 s, clear 10-15 s, fight again
+    msgs = []
+    for mono, x in enumerate(scores):
+        for m in tr.observe(wall_window(clock, "lobby", float(mono), x)):
+            msgs.append((mono, m["type"], m.get("reason")))
+    starts = [t for t, kind, _ in msgs if kind == "start"]
+    updates = [t for t, kind, _ in msgs if kind == "update"]
+    ends = [(t, reason) for t, kind, reason in msgs if kind == "end"]
+    assert starts == [0, 16]                    # the new fight is not muted by the step
+    assert updates == [2, 4, 6, 8, 18]          # every 2 s of capture time, across the steps
+    assert ends == [(13, "cleared")]            # off since 10 s: cooldown 3 s, step ignored
+
+
+def test_the_alert_window_still_shows_wall_time_after_a_step():
+    tr = EventTracker(cfg(alpha=1.0, min_windows=1), CLASSES, clock=lambda: T0)
+    clock = JumpingWallClock({0.0: -3600.0})
+    (m,) = tr.observe(wall_window(clock, "lobby", 1.0, 0.9))
+    assert m["window"]["end"] == iso_utc(T0 + 1.0 - 3600.0)

@@ -243,3 +243,92 @@ def test_parse_config_from_a_mapping_without_path_checks():
     with pytest.raises(ConfigError, match=r"^inline: cameras\[0\]\.name: required key"):
         parse_config({"data_dir": "/tmp/v", "model": {"checkpoint": "x"},
                       "cameras": [{"url": "a.mp4"}]}, source="inline", check_paths=False)
+
+
+# ----------------------------------------------------------------------------- field faults
+def test_a_section_given_twice_is_refused_with_both_lines(tmp_path):
+    message = errors_of(tmp_path, """
+        data_dir: data
+        model:
+          checkpoint: model.pt
+        cameras:
+          - name: lobby
+            url: rtsp://10.0.0.5/stream1
+        model:
+          checkpoint: other.pt
+    """)
+    assert message.startswith(str(tmp_path / "vigil.yaml"))
+    assert "duplicate key 'model' (first given at line 3) at line 8" in message
+
+
+def test_a_camera_with_two_urls_is_refused_without_showing_either(tmp_path):
+    message = errors_of(tmp_path, f"""
+        data_dir: data
+        model: {{checkpoint: model.pt}}
+        cameras:
+          - name: lobby
+            url: rtsp://admin:{PASSWORD}@10.0.0.5/stream1
+            url: rtsp://admin:${{CAM_PASS}}@10.0.0.6/stream1
+    """)
+    assert "duplicate key 'url' (first given at line 6) at line 7" in message
+    assert PASSWORD not in message
+
+
+def test_a_duplicate_url_key_is_not_quoted(tmp_path):
+    message = errors_of(tmp_path, f"""
+        data_dir: data
+        model: {{checkpoint: model.pt}}
+        cameras:
+          - name: lobby
+            url: {{"rtsp://admin:{PASSWORD}@h/s": 1, "rtsp://admin:{PASSWORD}@h/s": 2}}
+    """)
+    assert "found a duplicate key (first given at line 6)" in message
+    assert PASSWORD not in message
+
+
+def test_an_empty_environment_variable_is_a_warning_naming_the_key(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="streamer.config"):
+        load_config(write(tmp_path, MINIMAL), environ={"CAM_PASS": ""})
+    assert "cameras[0].url: environment variable ${CAM_PASS} is empty" in caplog.text
+
+
+def test_values_from_the_environment_are_secrets_of_the_config(tmp_path):
+    env_pw = "Pw#h@sh:colon/slash"
+    cfg = load_config(write(tmp_path, MINIMAL), environ={"CAM_PASS": env_pw})
+    assert env_pw in cfg.secrets and env_pw in cfg.cameras[0].secrets
+    assert cfg.cameras[0].masked_url == "rtsp://*:*@10.0.0.5/stream1"
+    assert "slash" not in repr(cfg) and "slash" not in repr(cfg.cameras[0])
+
+
+def test_a_data_dir_that_cannot_be_created_is_refused_at_check(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for data_dir in ("file/data", "file"):
+        message = errors_of(tmp_path, MINIMAL.replace("data_dir: data", f"data_dir: {data_dir}"))
+        assert "data_dir:" in message
+
+
+def test_every_config_key_is_in_the_readme_table():
+    import dataclasses as dc
+    import re
+
+    from streamer import config as sc
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([^`]+)` \|", readme, re.M))
+    sections = {"defaults": sc.CameraSettings, "model": sc.ServeModelConfig,
+                "smoothing": sc.SmoothingConfig, "alerts": sc.AlertsConfig,
+                "evidence": sc.EvidenceConfig, "metrics": sc.MetricsConfig,
+                "logging": sc.LoggingConfig, "alerts.curve": sc.CurveConfig}
+    wanted = {"data_dir", "cameras[].name", "cameras[].url", "cameras[].enabled"}
+    for section, cls in sections.items():
+        wanted |= {f"{section}.{f.name}" for f in dc.fields(cls) if f.name != "curve"}
+    assert {f.name for f in dc.fields(ServeConfig)} - {"cameras", "data_dir", "secrets"} == \
+        {s for s in sections if "." not in s}
+    missing = sorted(wanted - documented)
+    assert not missing, f"README.md's key table lacks {missing}"
+
+
+def test_a_camera_name_from_the_environment_is_not_treated_as_a_secret(tmp_path):
+    body = MINIMAL.replace("- name: lobby", "- name: ${CAM_NAME}")
+    cfg = load_config(write(tmp_path, body), environ={"CAM_PASS": "Pw/x-long", "CAM_NAME": "lobby"})
+    assert "lobby" not in cfg.secrets and "Pw/x-long" in cfg.secrets

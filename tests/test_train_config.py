@@ -98,3 +98,12 @@ def test_cli_epochs_and_device_shortcuts_become_overrides():
                               epochs=3, device="cpu")
     cfg = _load_config(args)
     assert (cfg.optim.epochs, cfg.train.device, cfg.optim.lr) == (3, "cpu", 2e-4)
+
+
+def test_a_key_given_twice_in_a_train_config_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("model:\n  num_queries: 12\noptim:\n  lr: 0.001\nmodel:\n  num_queries: 6\n")
+    with pytest.raises(ConfigError) as info:
+        load_train_config(path)
+    assert str(info.value).startswith(str(path))
+    assert "duplicate key 'model' (first given at line 1)" in str(info.value)
