@@ -41,6 +41,7 @@ zmq = pytest.importorskip("zmq")
 from streamer.harness import (DaemonProcess, RtspServer, base_config, free_port,  # noqa: E402
                               wait_until)
 from tests.conftest import subscriber  # noqa: E402
+from tests.test_journal_writer import fill  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -663,14 +664,7 @@ def test_evidence_disk_full_keeps_alerts_flowing_logs_once_and_recovers(tiny_che
         pytest.skip(f"evidence disk-full test: {why}")
     d = None
     try:
-        filler = events / "filler"
-        with open(filler, "wb") as f:                  # fill it up
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        filler = fill(events)                          # fill it up
         cfg = base_config(data, tiny_checkpoint, {"a": SYNTH.format(kind="fight", seed=1)})
         d = DaemonProcess(tmp_path / "work", cfg).start()
         d.wait_ready(90)
@@ -922,22 +916,6 @@ def test_a_replay_server_failure_is_restarted_and_a_dead_one_withholds_the_watch
         d.close()
 
 
-def _fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-        try:
-            f.close()
-        except OSError:
-            pass
-    return filler
-
-
 def test_journal_disk_full_degrades_never_blinds_and_start_up_on_it_reaches_ready(
         tiny_checkpoint, tmp_path):
     from streamer.subscriber import AlertSubscriber
@@ -969,7 +947,7 @@ def test_journal_disk_full_degrades_never_blinds_and_start_up_on_it_reaches_read
         sub = AlertSubscriber(cfg["alerts"]["endpoint"], cfg["alerts"]["replay_endpoint"],
                               since=0, heartbeat_timeout_s=3.0)
         pump(3)
-        filler = _fill(data)
+        filler = fill(data)
         t_full = time.monotonic()
         assert wait_until(lambda: journal_errors(), timeout=15), d.log()[-3000:]
         seq_at_full = journal_rows(data)[-1]["seq"]
@@ -1003,7 +981,7 @@ def test_journal_disk_full_degrades_never_blinds_and_start_up_on_it_reaches_read
         # Start-up on a full disk: before, every restart crashed before READY.
         code = d.stop(timeout=20)
         last_before = journal_rows(data)[-1]["seq"]
-        filler = _fill(data)
+        filler = fill(data)
         t_start = time.monotonic()
         d.start()
         ready_s = d.wait_ready(90, after=t_start)

@@ -80,6 +80,18 @@ def _json_entry_name(entry: object) -> str | None:
     return None
 
 
+def _take(name: str, where: str, stems: set[str], where_seen: dict[str, str],
+          names: list[str], problems: Problems) -> None:
+    """Append a split file's stem to `names` unless it is unknown or listed twice (reported)."""
+    if name not in stems:
+        problems.add(f"{where}: unknown stem {name!r} (no such video in the dataset)")
+    elif name in where_seen:
+        problems.add(f"{where}: stem {name!r} is already listed at {where_seen[name]}")
+    else:
+        where_seen[name] = where
+        names.append(name)
+
+
 def read_split_json(root: Path, stems: set[str], problems: Problems) -> dict[str, list[str]]:
     """Stems listed in the reference implementation's `root/split.json`.
 
@@ -122,14 +134,7 @@ def read_split_json(root: Path, stems: set[str], problems: Problems) -> dict[str
             name = Path(raw.replace("\\", "/")).name
             if Path(name).suffix.lower() in video_io.VIDEO_SUFFIXES:
                 name = Path(name).stem
-            if name not in stems:
-                problems.add(f"{where}: unknown stem {name!r} (no such video in the dataset)")
-                continue
-            if name in where_seen:
-                problems.add(f"{where}: stem {name!r} is already listed at {where_seen[name]}")
-                continue
-            where_seen[name] = where
-            names.append(name)
+            _take(name, where, stems, where_seen, names, problems)
     return out
 
 
@@ -152,14 +157,7 @@ def read_split_files(root: Path, stems: set[str], problems: Problems) -> dict[st
             if Path(name).suffix.lower() in video_io.VIDEO_SUFFIXES:
                 name = Path(name).stem
             where = f"{path}:{line_no}"
-            if name not in stems:
-                problems.add(f"{where}: unknown stem {name!r} (no such video in the dataset)")
-                continue
-            if name in where_seen:
-                problems.add(f"{where}: stem {name!r} is already listed at {where_seen[name]}")
-                continue
-            where_seen[name] = where
-            names.append(name)
+            _take(name, where, stems, where_seen, names, problems)
         out[split] = names
     if not out:
         out = read_split_json(root, stems, problems)
