@@ -47,11 +47,11 @@ def by_stem(records):
 # ----- label file forms ----------------------------------------------------------------------
 def test_label_file_forms_class_only_segment_and_box(tmp_path: Path) -> None:
     path = tmp_path / "v.txt"
-    path.write_text("\ufefffight\r\ncollapse t=1.5-3\r\n0 1 2 30 40 t=0-1\r\n# c\r\n",
+    path.write_text("\ufefffight\r\ncollapse t=1.5-3\r\n1 1 2 30 40 t=0-1\r\n# c\r\n",
                     encoding="utf-8")
     actions = parse_label_file(path, W, H, duration_s=4.0, class_names=("fight", "collapse"))
     ann, seg = actions.annotations, actions.segments
-    assert ann[:, 0].tolist() == [0, 1, 0]
+    assert ann[:, 0].tolist() == [0, 1, 1]
     assert np.isnan(ann[0, 1:]).all() and np.isnan(ann[1, 1:]).all()
     assert ann[2, 1:].tolist() == [1, 2, 30, 40]
     assert np.isnan(seg[0]).all()
@@ -341,3 +341,77 @@ def test_train_and_eval_on_real_clips_print_the_per_source_table(real_slice: Pat
     assert "no boxes in this set" in ev.stdout
     for source in ("fight_surv", "collapse_upfall", "collapse_gmdcsa24", "overall"):
         assert source in ev.stdout, ev.stdout
+
+
+# ----- found by trying it as a user -----------------------------------------------------------
+def test_a_bad_split_cell_drops_its_video_and_blank_cells_keep_the_given_split(tmp_path) -> None:
+    from train.splits import split_records
+
+    root = tmp_path / "s"
+    root.mkdir()
+    for name in "abcdef":
+        make_video(root / f"{name}.mp4", 10)
+    (root / "labels.csv").write_text("file,label,split\na.mp4,fight,train\nb.mp4,none,train\n"
+                                     "c.mp4,collapse,test\nd.mp4,fight,val\ne.mp4,none,val\n"
+                                     "f.mp4,fight,\n")
+    records, problems = inspect_dataset(root)
+    assert len(problems) == 1 and "split 'test' must be train or val" in problems[0]
+    assert "c" not in {r.stem for r in records}
+    assert [r.stem for r in split_records(records, root, "val")] == ["d", "e"]
+    assert [r.stem for r in split_records(records, root, "train")] == ["a", "b", "f"]
+
+
+@pytest.mark.parametrize("rows,what", [
+    (["k.mp4,fight", "k.mp4,none"], "'none' and an action are both given"),
+    (["k.mp4,fight,,", "k.mp4,fight,0.2,0.8"], "whole clip and also for a segment"),
+])
+def test_contradictory_labels_of_one_video_are_refused(tmp_path, rows, what) -> None:
+    root = tmp_path / "c"
+    root.mkdir()
+    make_video(root / "k.mp4", 10)
+    make_video(root / "z.mp4", 10)
+    (root / "labels.csv").write_text("file,label,start_s,end_s\n" + "\n".join(rows)
+                                     + "\nz.mp4,fight,,\n")
+    records, problems = inspect_dataset(root)
+    assert len(problems) == 1 and what in problems[0], problems
+    assert [r.stem for r in records] == ["z"]
+
+
+def test_dataset_class_names_work_as_labels_too(tmp_path) -> None:
+    root = tmp_path / "n"
+    root.mkdir()
+    for name in ("a", "b", "c"):
+        make_video(root / f"{name}.mp4", 10)
+    (root / "labels.csv").write_text("file,label\na.mp4,Fall\nb.mp4,violence\nc.mp4,ADL\n")
+    recs = by_stem(scan_dataset(root))
+    assert [recs[s].stratum for s in "abc"] == [1, 0, "none"]
+
+
+def test_ids_wrong_under_either_base_name_the_bad_line(tmp_path) -> None:
+    root = make_reference(tmp_path / "r", [1, 3])
+    problems = check_dataset(root)
+    assert any("class_id 3 outside 0..1" in p for p in problems), problems
+    assert not any("label_id_base" in p for p in problems)
+
+
+def test_a_mapping_to_an_unknown_class_says_so(tmp_path) -> None:
+    root = tmp_path / "m"
+    (root / "misc").mkdir(parents=True)
+    make_video(root / "misc" / "a.mp4", 10)
+    (root / "fight").mkdir()
+    make_video(root / "fight" / "b.mp4", 10)
+    _, problems = inspect_dataset(root, class_folders={"misc": "dance"})
+    assert len(problems) == 1 and "maps 'misc' to 'dance', which is not a class" in problems[0]
+
+
+def test_resuming_a_run_on_other_videos_is_refused(tmp_path) -> None:
+    from detector.errors import CheckpointError
+
+    from ._training import tiny_config, tiny_dataset
+    from train.trainer import fit
+
+    cfg = tiny_config(epochs=1)
+    fit(cfg, tiny_dataset(tmp_path / "a", videos=6, seed=1), tmp_path / "run", progress=False)
+    with pytest.raises(CheckpointError, match="trained on other videos"):
+        fit(tiny_config(epochs=2), tiny_dataset(tmp_path / "b", videos=6, seed=2),
+            tmp_path / "run", progress=False)

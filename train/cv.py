@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .splits import stratified_folds
 from .metrics import NONE_NAME
 from .report import source_report
-from .trainer import PREDICTIONS, fit_records, load_records, load_split
+from .trainer import PREDICTIONS, fit_records, load_records, load_splits
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ def cross_validate(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path,
     """
     out_dir = Path(out_dir)
     records = load_records(cfg, data_root)
-    extra = load_split(cfg, also_train, "all", require_positives=False) if also_train else []
+    extra = (load_splits(cfg, also_train, ["all"], require_positives=False)[0] if also_train
+             else [])
     per_fold: list[dict[str, float]] = []
     for k, (train_idx, val_idx) in enumerate(stratified_folds(records, folds, seed), start=1):
         log.info("fold %d/%d: %d training videos, %d validation videos", k, folds,

@@ -42,7 +42,7 @@ from detector.errors import DataError
 from . import video_io
 from .augment import AugmentConfig, augment_clip
 from .cache import ClipCache
-from .labels import Actions, check_segments_disjoint, parse_action, parse_label_file
+from .labels import Actions, check_actions, parse_action, parse_label_file
 from .layouts import (REFERENCE_CSV, Entry, LayoutOptions, Problems, dataset_root,
                       detect_layout, find_entries)
 from .splits import check_groups_within_split, read_split_files, split_records, stratified_folds
@@ -131,17 +131,20 @@ def _entry_actions(entry: Entry, info: video_io.VideoInfo, opts: LayoutOptions) 
                                 class_offset=entry.class_offset, class_names=opts.class_names,
                                 duration_s=duration)
     rows, segs = [], []
+    said_none = False
     for raw in entry.actions:
         action = parse_action(raw.label, raw.box, raw.segment, raw.where, info.width,
                               info.height, num_classes=k, class_names=opts.class_names,
                               duration_s=duration)
-        if action is not None:
+        if action is None:
+            said_none = True
+        else:
             rows.append(action[0])
             segs.append(action[1])
     if not rows:
         return Actions()
     actions = Actions(np.asarray(rows, np.float32), np.asarray(segs, np.float32))
-    check_segments_disjoint(actions, entry.actions[0].where)
+    check_actions(actions, entry.actions[-1].where, said_none)
     return actions
 
 

@@ -8,7 +8,8 @@ One action per line of a label file (`labels/<stem>.txt`), in one of four forms:
     1 120 40 300 200 t=3.4-11   # class, box and time segment
 
 The class is an id (0 .. K-1, after any `class_offset`) or a class name (`fight`, `collapse`,
-case-insensitive); `none` on a line of its own says "no action" explicitly. A file that is
+case-insensitive, or a name public datasets use: `Fall`, `violence`, `ADL`, ... see
+`CLASS_SYNONYMS`); `none` on a line of its own says "no action" explicitly. A file that is
 empty or missing means the video holds no action. Blank lines and lines starting with `#` are
 ignored; a UTF-8 byte-order mark (spreadsheets write one) is accepted.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -57,9 +59,39 @@ class Actions:
         return len(self.annotations)
 
 
+# The names public fight and fall datasets use for their classes (folder names of RWF-2000,
+# Hockey Fights, the Surveillance Camera Fight Dataset, Real Life Violence Situations, UR Fall,
+# UP-Fall, Le2i, GMDCSA24), after `normalise_name`: accepted wherever a class is named (label
+# files, CSV manifests, class folders). Values are class names or "none".
+CLASS_SYNONYMS: dict[str, str] = {
+    "fight": "fight", "fights": "fight", "fighting": "fight", "violence": "fight",
+    "violent": "fight", "fi": "fight",
+    "nofight": "none", "nonfight": "none", "nofights": "none", "nonfights": "none",
+    "nonviolence": "none", "noviolence": "none", "nonviolent": "none", "normal": "none",
+    "none": "none", "nothing": "none", "negative": "none", "nofi": "none",
+    "noaction": "none", "background": "none",
+    "fall": "collapse", "falls": "collapse", "falling": "collapse", "collapse": "collapse",
+    "fallen": "collapse",
+    "adl": "none", "adls": "none", "nofall": "none", "nonfall": "none", "daily": "none",
+    "dailyactivities": "none", "activitiesofdailyliving": "none",
+}
+
+
+def normalise_name(name: str) -> str:
+    """Lower case without spaces, `_` and `-`: `Non_Violence` -> `nonviolence`."""
+    return re.sub(r"[\s_\-]+", "", name).lower()
+
+
 def class_lookup(class_names: Sequence[str]) -> dict[str, int]:
-    """Lower-cased class name -> id, for labels written by name."""
-    return {name.lower(): i for i, name in enumerate(class_names)}
+    """Normalised class name -> id, for labels written by name (with `CLASS_SYNONYMS` whose
+    class is one of `class_names`; "none" and its synonyms map to -1)."""
+    lookup = {normalise_name(n): i for i, n in enumerate(class_names)}
+    for synonym, target in CLASS_SYNONYMS.items():
+        if target == "none":
+            lookup.setdefault(synonym, -1)
+        elif normalise_name(target) in lookup:
+            lookup.setdefault(synonym, lookup[normalise_name(target)])
+    return lookup
 
 
 def parse_class(token: str, where: str, num_classes: int, class_offset: int = 0,
@@ -75,9 +107,10 @@ def parse_class(token: str, where: str, num_classes: int, class_offset: int = 0,
     if name in NONE_NAMES:
         return None
     names = list(class_names) if class_names is not None else []
-    lookup = class_lookup(names)
-    if name in lookup:
-        return lookup[name]
+    lookup = class_lookup(names) if names else {}
+    if normalise_name(name) in lookup:
+        cls = lookup[normalise_name(name)]
+        return None if cls < 0 else cls
     try:
         raw = float(token)
     except ValueError:
@@ -159,14 +192,25 @@ def parse_segment(start: str, end: str, where: str, duration_s: Optional[float] 
     return s, e
 
 
-def check_segments_disjoint(actions: Actions, where: str) -> None:
-    """Refuse two segments of the same class that overlap (an annotation error: one action
-    labelled twice, or a typo in a boundary)."""
+def check_actions(actions: Actions, where: str, said_none: bool = False) -> None:
+    """Refuse labels of one video that contradict each other: `none` next to an action, an
+    action of a class for the whole clip next to a segment of that class, or two segments of
+    the same class that overlap (one action labelled twice, or a typo in a boundary).
+
+    Raises:
+        DataError: "<where>: ..." naming the contradiction.
+    """
     ann, seg = actions.annotations, actions.segments
+    if said_none and len(ann):
+        raise DataError(f"{where}: 'none' and an action are both given for this video")
+    whole = np.isnan(seg).any(axis=1)
     for i in range(len(ann)):
         for j in range(i + 1, len(ann)):
-            if ann[i, 0] != ann[j, 0] or np.isnan(seg[i]).any() or np.isnan(seg[j]).any():
+            if ann[i, 0] != ann[j, 0] or whole[i] == whole[j] == True:   # noqa: E712
                 continue
+            if whole[i] or whole[j]:
+                raise DataError(f"{where}: a class is labelled for the whole clip and also for "
+                                f"a segment of it; keep one")
             if seg[i, 0] < seg[j, 1] and seg[j, 0] < seg[i, 1]:
                 raise DataError(f"{where}: segments {seg[i, 0]:g}-{seg[i, 1]:g} s and "
                                 f"{seg[j, 0]:g}-{seg[j, 1]:g} s of the same class overlap")
@@ -244,6 +288,7 @@ def parse_label_file(path: Optional[str | Path], width: int, height: int,
 
     rows: list[list[float]] = []
     segs: list[list[float]] = []
+    said_none = False
     for line_no, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
@@ -257,13 +302,15 @@ def parse_label_file(path: Optional[str | Path], width: int, height: int,
                               width, height, num_classes=num_classes, class_offset=class_offset,
                               class_names=class_names, duration_s=duration_s,
                               tolerance_px=tolerance_px)
-        if action is not None:
+        if action is None:
+            said_none = True
+        else:
             rows.append(action[0])
             segs.append(action[1])
     if not rows:
         return Actions()
     actions = Actions(np.asarray(rows, dtype=np.float32), np.asarray(segs, dtype=np.float32))
-    check_segments_disjoint(actions, str(path))
+    check_actions(actions, str(path), said_none)
     return actions
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping, Optional, Sequence
@@ -32,7 +31,7 @@ from typing import Literal, Mapping, Optional, Sequence
 from detector.errors import DataError
 
 from . import video_io
-from .labels import read_class_ids
+from .labels import CLASS_SYNONYMS, normalise_name, read_class_ids
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +42,7 @@ SPLIT_FOLDERS = ("train", "val")
 
 Layout = Literal["folders", "reference", "csv", "class-folders"]
 
-# The folder names public fight and fall datasets use (RWF-2000, Hockey Fights, the Surveillance
-# Camera Fight Dataset, Real Life Violence Situations, UR Fall, UP-Fall, Le2i, GMDCSA24), after
-# `_normalise_folder`. Values are class names or "none".
-FOLDER_CLASSES: dict[str, str] = {
-    "fight": "fight", "fights": "fight", "fighting": "fight", "violence": "fight",
-    "violent": "fight", "fi": "fight",
-    "nofight": "none", "nonfight": "none", "nofights": "none", "nonfights": "none",
-    "nonviolence": "none", "noviolence": "none", "nonviolent": "none", "normal": "none",
-    "none": "none", "nothing": "none", "negative": "none", "nofi": "none",
-    "fall": "collapse", "falls": "collapse", "falling": "collapse", "collapse": "collapse",
-    "fallen": "collapse",
-    "adl": "none", "adls": "none", "nofall": "none", "nonfall": "none", "daily": "none",
-    "dailyactivities": "none", "activitiesofdailyliving": "none",
-}
-
-
-def _normalise_folder(name: str) -> str:
-    return re.sub(r"[\s_\-]+", "", name).lower()
+FOLDER_CLASSES = CLASS_SYNONYMS   # folder names map to classes as label names do
 
 
 class Problems:
@@ -252,8 +234,8 @@ def _reference_id_base(csv_path: Path, entries: Sequence[Entry], num_classes: in
     if option is not None:
         return option
     ids = {i for e in entries if e.label_file is not None for i in read_class_ids(e.label_file)}
-    if not ids or 0 in ids:
-        return 0
+    if not ids or 0 in ids or max(ids) > num_classes or min(ids) < 0:
+        return 0    # 0-based, or ids wrong under either base: parsing names the bad line
     if num_classes in ids:
         log.info("%s: label ids are 1..%d; shifting them down by one to 0..%d", csv_path,
                  num_classes, num_classes - 1)
@@ -344,8 +326,10 @@ def _manifest_entries(manifest: Path, problems: Problems) -> list[Entry]:
                 else rel.parts[0] if len(rel.parts) > 1 else root.name)
             split = cell(row, col.get("split")).lower() or None
             if split is not None and split not in SPLIT_FOLDERS:
-                problems.add(f"{where}: split {split!r} must be train or val")
-                split = None
+                problems.add(f"{where}: split {split!r} must be train or val (or empty); the "
+                             f"video is left out")
+                bad_files.add(rel)
+                continue
             entry = Entry(stem, video, actions=[], group=cell(row, col.get("group")) or None,
                           source=source, split=split)
             by_file[rel] = entry
@@ -356,8 +340,8 @@ def _manifest_entries(manifest: Path, problems: Problems) -> list[Entry]:
 # --------------------------------------------------------------------------- class folders
 def folder_class(name: str, opts: LayoutOptions) -> Optional[str]:
     """The class name (or "none") a folder name stands for; None when it maps to nothing."""
-    overrides = {_normalise_folder(k): v for k, v in opts.class_folders.items()}
-    key = _normalise_folder(name)
+    overrides = {normalise_name(k): v for k, v in opts.class_folders.items()}
+    key = normalise_name(name)
     return overrides.get(key, FOLDER_CLASSES.get(key))
 
 
@@ -373,7 +357,12 @@ def _class_folder_entries(root: Path, opts: LayoutOptions, problems: Problems) -
             if split is None and folder.name.lower() in SPLIT_FOLDERS:
                 continue
             cls = folder_class(folder.name, opts)
-            if cls is None or cls not in known:
+            if cls is not None and cls not in known:
+                problems.add(f"{folder}: data.class_folders maps {folder.name!r} to "
+                             f"{cls!r}, which is not a class ({', '.join(sorted(known))}); "
+                             f"its videos are left out")
+                continue
+            if cls is None:
                 problems.add(f"{folder}: folder name {folder.name!r} maps to no class; rename it "
                              f"or map it with data.class_folders (e.g. --set "
                              f"'data.class_folders={{{folder.name}: fight}}'); its videos are "

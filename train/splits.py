@@ -13,6 +13,7 @@ column).
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from detector.errors import DataError
 
 from . import video_io
 from .layouts import Problems
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .dataset import VideoRecord
@@ -216,8 +219,13 @@ def split_records(records: Sequence["VideoRecord"], root: Optional[str | Path],
         else:
             chosen = stems - set(next(iter(lists.values())))
         return [r for r in records if r.stem in chosen]
-    if records and all(r.split is not None for r in records):
-        return [r for r in records if r.split == split]
+    given = [r for r in records if r.split is not None]
+    if given:
+        if len(given) < len(records):
+            # A blank cell is not a reason to re-split what the user did split.
+            log.warning("%d of %d videos have no split (train or val) of their own: they are "
+                        "trained on", len(records) - len(given), len(records))
+        return [r for r in records if (r.split or "train") == split]
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     units = group_units(records)

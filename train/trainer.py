@@ -182,27 +182,36 @@ def as_roots(data_root: str | Path | Sequence[str | Path]) -> list[Path]:
     return [Path(r) for r in data_root]
 
 
-def load_split(cfg: TrainConfig, data_roots: Sequence[str | Path], split: str,
-               require_positives: bool = True) -> list[VideoRecord]:
-    """The records of one split of one or several datasets.
+def load_splits(cfg: TrainConfig, data_roots: Sequence[str | Path],
+                splits: Sequence[str] = ("train", "val"),
+                require_positives: bool = True) -> list[list[VideoRecord]]:
+    """The records of each of `splits` of one or several datasets (each scanned once).
 
     Each dataset is split on its own (its `splits/` files, layout splits or grouped stratified
     split), so mixing a synthetic set with real footage keeps each one's validation videos.
     Stems that two datasets share get their dataset's folder name in front (`name:stem`).
+
+    Raises:
+        DataError: no usable video in a dataset, or (with `require_positives`) no positive
+            among the training videos.
     """
-    out: list[VideoRecord] = []
+    out: list[list[VideoRecord]] = [[] for _ in splits]
     seen: set[str] = set()
     for root in as_roots(data_roots):
         records = load_records(cfg, root, require_positives=False)
-        part = split_records(records, root, split, cfg.data.val_fraction, cfg.data.split_seed)
-        for r in part:
-            if r.stem in seen:
-                r = dataclasses.replace(r, stem=f"{root.name}:{r.stem}")
-            seen.add(r.stem)
-            out.append(r)
-    if require_positives and split == "train" and out and not any(r.is_positive for r in out):
-        raise DataError(f"{', '.join(map(str, as_roots(data_roots)))}: no training video has "
-                        f"an action label (no positives): a detector cannot learn from this")
+        for part, split in zip(out, splits):
+            for r in split_records(records, root, split, cfg.data.val_fraction,
+                                   cfg.data.split_seed):
+                if r.stem in seen:
+                    r = dataclasses.replace(r, stem=f"{root.name}:{r.stem}")
+                seen.add(r.stem)
+                part.append(r)
+    if require_positives and "train" in splits:
+        train = out[list(splits).index("train")]
+        if train and not any(r.is_positive for r in train):
+            raise DataError(f"{', '.join(map(str, as_roots(data_roots)))}: no training video "
+                            f"has an action label (no positives): a detector cannot learn "
+                            f"from this")
     return out
 
 
@@ -251,8 +260,7 @@ def fit(cfg: TrainConfig, data_root: str | Path | Sequence[str | Path], out_dir:
     Returns:
         See `fit_records`.
     """
-    train_records = load_split(cfg, data_root, "train")
-    val_records = load_split(cfg, data_root, "val", require_positives=False)
+    train_records, val_records = load_splits(cfg, data_root)
     return fit_records(cfg, train_records, val_records, out_dir, resume=resume,
                        progress=progress, data_root=", ".join(map(str, as_roots(data_root))))
 
@@ -329,6 +337,7 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     last_path = out_dir / LAST
     if resume and last_path.is_file():
         _check_same_recipe(last_path, cfg)
+        _check_same_data(last_path, data_key(train_records, val_records))
         start_epoch, best_key, best_epoch = _resume(last_path, model, optimizer, scheduler,
                                                     scaler, device)
         history = _trim_history(out_dir / HISTORY, start_epoch)
@@ -337,7 +346,7 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
         (out_dir / HISTORY).unlink()
 
     meta_common = {"train_config": to_dict(cfg), "clip_seconds": model_cfg.input.clip_seconds,
-                   "init_from": init_from}
+                   "init_from": init_from, "data_key": data_key(train_records, val_records)}
     best_metrics = last_metrics = None
     for epoch in range(start_epoch + 1, cfg.optim.epochs + 1):
         t0 = time.monotonic()
@@ -500,6 +509,24 @@ def _check_same_recipe(path: Path, cfg: TrainConfig) -> None:
                 f"{path}: the run there was trained with {key}={a!r}, this config says {b!r}; "
                 "resume with the same config (only optim.epochs and where it runs may change), "
                 "or start afresh with --no-resume or another --out folder")
+
+
+def data_key(train_records: Sequence[VideoRecord], val_records: Sequence[VideoRecord]) -> str:
+    """A short hash of which videos (by stem) are trained and validated on."""
+    import hashlib
+
+    text = "\n".join(sorted(r.stem for r in train_records)) + "\n--\n" + \
+        "\n".join(sorted(r.stem for r in val_records))
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _check_same_data(path: Path, key: str) -> None:
+    """Refuse to resume `path` on other training or validation videos than it was run on."""
+    stored = torch.load(path, map_location="cpu", weights_only=True).get("data_key")
+    if stored is not None and stored != key:
+        raise CheckpointError(
+            f"{path}: the run there trained on other videos (another --data, or a changed "
+            "dataset or split); start afresh with --no-resume or another --out folder")
 
 
 def _trim_history(path: Path, upto: int) -> list[dict[str, Any]]:
