@@ -185,8 +185,9 @@ def split_records(records: Sequence["VideoRecord"], root: Optional[str | Path],
     """The records of one split.
 
     `root/splits/{train,val}.txt` decide when present (with only one of them, the other split
-    is every record it does not list), else `root/split.json` (the reference implementation's); else the split each record's layout gave it, when every
-    record has one. Otherwise the groups of each stratum are shuffled with `seed` and
+    is every record it does not list), else `root/split.json` (the reference implementation's);
+    else the split the layout gave the records, when any has one (a record without one is
+    trained on, with a warning). Otherwise the groups of each stratum are shuffled with `seed` and
     `round(n_groups * val_fraction)` of them go to val, at least one and never all of a stratum
     with two or more groups; a lone group stays in train.
 
