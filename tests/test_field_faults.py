@@ -14,9 +14,7 @@ Secrets in `--check` output and the daemon's log: `tests/test_security.py`. Wall
 """
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from streamer.harness import DaemonProcess, base_config, wait_until
+from tests.test_faults import journal_rows
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +40,6 @@ def vigil(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "streamer.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "VIGIL_OFFLINE": "1"})
-
-
-def journal_rows(data_dir: Path) -> list[dict]:
-    db = sqlite3.connect(f"file:{data_dir / 'journal.sqlite3'}?mode=ro", uri=True)
-    try:
-        return [json.loads(b) for (b,) in db.execute("SELECT body FROM alerts ORDER BY seq")]
-    finally:
-        db.close()
 
 
 @pytest.fixture

@@ -217,17 +217,17 @@ def scan_dataset(root: str | Path, num_classes: int = 2, require_positives: bool
 def inspect_dataset(root: str | Path, num_classes: int = 2,
                     class_names: Optional[Sequence[str]] = None,
                     class_folders: Optional[Mapping[str, str]] = None,
-                    label_id_base: Optional[int] = None
+                    label_id_base: Optional[int] = None, require_positives: bool = True
                     ) -> tuple[list[VideoRecord], list[str]]:
     """The records that load and every problem of the rest, in one pass; never raises.
 
-    Args: as `scan_dataset`.
+    Args: as `scan_dataset` (`require_positives`: list "no positives" as a problem).
     Returns:
         (records sorted by stem, messages naming the file (and line) of each problem).
     """
     problems = Problems(collect=True)
     opts = layout_options(num_classes, class_names, class_folders, label_id_base)
-    records = _scan(Path(root), opts, problems, require_positives=True)
+    records = _scan(Path(root), opts, problems, require_positives=require_positives)
     return records, problems.items
 
 
@@ -258,8 +258,7 @@ def scan_dataset_lenient(root: str | Path, num_classes: int = 2, require_positiv
         DataError: no usable video, or (with `require_positives`) no positive among them.
     """
     records, problems = inspect_dataset(root, num_classes, class_names, class_folders,
-                                        label_id_base)
-    problems = [p for p in problems if "(no positives)" not in p]
+                                        label_id_base, require_positives=False)
     for p in problems:
         log.warning("skipped: %s", p)
     if not records:
