@@ -352,7 +352,19 @@ class MatmulPeak:
 
 def measure_matmul(device: torch.device, precision: str, n: int, repeats: int = 5,
                    warmup: int = 2) -> MatmulPeak:
-    """Time an n x n x n matmul in `precision` on `device`."""
+    """Time an n x n x n matmul in `precision` on `device`.
+
+    `precision` "tf32" is a float32 matmul with `torch.backends.cuda.matmul.allow_tf32` on for
+    its duration: the roofline of fp32 convolutions, which cuDNN runs in TF32 by default.
+    """
+    if precision == "tf32":
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return dataclasses.replace(measure_matmul(device, "fp32", n, repeats, warmup),
+                                       precision="tf32")
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
     dtype = PRECISION_DTYPES[precision]
     gen = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
@@ -423,7 +435,9 @@ def model_table_rows(rows: Sequence[ModelRow], peaks: Mapping[str, MatmulPeak],
         if r.samples:
             t = median(r.samples)
             tflops = r.flops_per_clip * r.batch / t / 1e12
-            peak = peaks.get(r.precision)
+            # fp32 convolutions on CUDA run in TF32 when cuDNN allows it: compare like with like.
+            peak = peaks.get("tf32") if r.precision == "fp32" and "tf32" in peaks else None
+            peak = peak or peaks.get(r.precision)
             d.update({"ms/batch": t * 1e3, "clips/s": r.batch / t, "TFLOP/s": tflops,
                       "% of matmul peak": (100.0 * tflops / peak.tflops) if peak else None})
             base = (baselines or {}).get(r.key())
@@ -658,6 +672,9 @@ class ModelBenchOptions:
             of the same batch; None = yes on the CPU when the optional packages are installed).
         ablations: which option comparisons to time, from `ABLATIONS` (None = all that apply:
             `compile` rows need `compile`, `no-cudnn-benchmark` needs CUDA).
+        profile: also profile the ablations' plain row (low precision, ablation batch) with
+            `torch.profiler` and tabulate the operators that take the most device time: where
+            the time goes when a throughput target is missed.
     """
     device: str = "auto"
     quick: bool = False
@@ -672,7 +689,50 @@ class ModelBenchOptions:
     matmul_n: Optional[int] = None
     onnx: Optional[bool] = None
     ablations: Optional[Sequence[str]] = None
+    profile: bool = False
     command: Optional[str] = None
+
+
+PROFILE_TOP = 15
+
+
+def profile_rows(model: nn.Module, row: "ModelRow", steps: int = 3,
+                 top: int = PROFILE_TOP) -> list[dict[str, Any]]:
+    """The operators that take the most time in `steps` forward passes of `row`'s configuration.
+
+    Uses `torch.profiler` (CPU and, on CUDA, device activity) after one untimed call. Time is
+    self time: an operator's own kernels, not its children's. On CUDA it is device time.
+
+    Returns:
+        Up to `top` rows: operator, calls, self ms per pass, % of the passes' total self time.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(row.device)
+    cuda = device.type == "cuda"
+    x = torch.zeros(row.batch, 3, *row.input, device=device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch.inference_mode(), cudnn_benchmark(row.cudnn_benchmark), \
+            _autocast(device, row.precision):
+        model(x)
+        synchronize(device)
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                model(x)
+            synchronize(device)
+
+    def self_us(e: Any) -> float:
+        if cuda:
+            return float(getattr(e, "self_device_time_total", None)
+                         or getattr(e, "self_cuda_time_total", 0.0))
+        return float(e.self_cpu_time_total)
+
+    events = [e for e in prof.key_averages() if self_us(e) > 0]
+    total = sum(self_us(e) for e in events) or 1.0
+    events.sort(key=self_us, reverse=True)
+    return [{"operator": e.key, "calls per pass": e.count / steps,
+             "self ms per pass": self_us(e) / steps / 1e3,
+             "% of time": 100.0 * self_us(e) / total} for e in events[:top]]
 
 
 # The option comparisons of `vigil bench model`, each timed against the plain low-precision row.
@@ -752,9 +812,8 @@ def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
         notes.append(f"onnxruntime rows skipped ({onnx_missing or '--no-onnx given'})")
     if cuda and torch.backends.cudnn.allow_tf32:
         notes.append("fp32 on CUDA: cuDNN convolutions run in TF32 (torch.backends.cudnn."
-                     "allow_tf32, PyTorch's default) while the fp32 matmul roofline does not "
-                     "(torch.backends.cuda.matmul.allow_tf32="
-                     f"{torch.backends.cuda.matmul.allow_tf32})")
+                     "allow_tf32, PyTorch's default), so fp32 rows' '% of matmul peak' divides "
+                     "by the TF32 matmul (the roofline's tf32 row)")
 
     configs: list[tuple[str, ModelConfig, tuple[int, int, int]]] = []
     for name in opts.models:
@@ -773,12 +832,16 @@ def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
 
     # The roofline first, on an idle device.
     n = opts.matmul_n or (CUDA_MATMUL_N if cuda else CPU_MATMUL_N)
+    roof = ["bf16", "fp16", "fp32"] if cuda else ["fp32", "bf16"]
     peaks = {p: measure_matmul(device, p, n, repeats=max(3, repeats), warmup=2)
-             for p in (["bf16", "fp16", "fp32"] if cuda else ["fp32", "bf16"]) if p in precisions}
+             for p in roof if p in precisions}
+    if cuda and torch.backends.cudnn.allow_tf32:
+        peaks["tf32"] = measure_matmul(device, "tf32", n, repeats=max(3, repeats), warmup=2)
     for p, peak in peaks.items():
         log.info("matmul %d^3 %s: %.2f TFLOP/s", n, p, peak.tflops)
 
     flops_rows, sweep, ablation, checks = [], [], [], []
+    profiles: list[tuple[str, list[dict[str, Any]]]] = []
     baselines: dict[tuple, ModelRow] = {}
     for name, cfg, shape in configs:
         T, H, W = shape
@@ -845,6 +908,10 @@ def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
                                      compiled=True, cudnn_benchmark=bench_default,
                                      flops_per_clip=flops, note=f"skipped: {compile_why}"))
 
+        if opts.profile:
+            log.info("profiling %s batch %d %s", name, ablation_batch, low)
+            profiles.append((f"{name} {'x'.join(map(str, shape))} batch {ablation_batch} {low}",
+                             profile_rows(model, base)))
         # Low precision against fp32 on rendered clips.
         clips = synth_clips(4 if opts.quick else 8, T, (H, W))
         for precision in precisions:
@@ -882,4 +949,10 @@ def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
         PRECISION_COLUMNS, [c.row() for c in checks],
         ["class agreement: best foreground class of each clip; IoU: the two runs' boxes of "
          "the fp32 run's best class"]))
+    for title, rows in profiles:
+        report.sections.append(Section(
+            f"Profile: {title} (torch.profiler, top {PROFILE_TOP} operators by self time)",
+            ["operator", "calls per pass", "self ms per pass", "% of time"], rows,
+            ["self time: the operator's own kernels (device time on CUDA), mean of 3 passes "
+             "after one untimed pass"]))
     return report

@@ -156,8 +156,15 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else
                           f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
     if origin is typing.Literal:
-        if value in args:
+        if value in args and type(value) in {type(a) for a in args}:
             return value
+        # YAML 1.1 reads a bare on/off/yes/no as a boolean: `amp: off` and `--set train.amp=off`
+        # mean the choice "off", so a boolean maps to the one on/off-like choice it can mean.
+        if isinstance(value, bool):
+            meant = [a for a in args if isinstance(a, str)
+                     and a.lower() in (("on", "yes", "true") if value else ("off", "no", "false"))]
+            if len(meant) == 1:
+                return meant[0]
         raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)

@@ -94,6 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="training config whose model: section is the CPU model")
     m.add_argument("--matmul-n", type=int, default=None,
                    help="roofline matmul size (default 8192 CUDA, 2048 CPU)")
+    m.add_argument("--profile", action="store_true",
+                   help="also tabulate where the time goes (torch.profiler) at the ablation batch")
     m.add_argument("--ablations", default=None, metavar="A[,A...]",
                    help="option comparisons at the ablation batch, from channels_last, compile, "
                         "channels_last+compile, no-cudnn-benchmark (default: all that apply; "
@@ -112,6 +114,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--no-bisect", action="store_true", help="measure only --cameras")
     q.add_argument("--max-cameras", type=int, default=None,
                    help="bisection upper bound (default 4 --quick, 16 CPU, 128 CUDA)")
+    q.add_argument("--start-timeout", type=float, default=120.0, metavar="S",
+                   help="a point whose cameras have not all delivered a window S seconds after "
+                        "start does not hold real time")
     q.add_argument("--min-cameras", type=int, default=1,
                    help="bisection lower bound (skips probing the smallest counts)")
     q.add_argument("--resolutions", type=lambda s: [_resolution(r) for r in s.split(",")],
@@ -225,7 +230,7 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
         compile=False if args.no_compile else None, ablation_batch=args.ablation_batch,
         cpu_config=args.cpu_config, seed_size=args.seed_size, matmul_n=args.matmul_n,
         onnx=False if args.no_onnx else None, ablations=_names(args.ablations),
-        command=command_line())
+        profile=args.profile, command=command_line())
     _emit(run_model_bench(opts), args.out)
     return 0
 
@@ -243,7 +248,8 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
         fps=args.fps, stride=args.stride, duration_s=args.duration, warmup_s=args.warmup,
         model=args.model, checkpoint=args.checkpoint, precision=args.precision,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads,
-        alerts=args.alerts, workdir=args.workdir, command=command_line())
+        alerts=args.alerts, start_timeout_s=args.start_timeout, workdir=args.workdir,
+        command=command_line())
     _emit(run_pipeline_bench(opts), args.out)
     return 0
 

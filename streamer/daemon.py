@@ -56,7 +56,7 @@ from .notify import Notifier
 from .publisher import AlertPublisher
 from .retention import RetentionClock
 from .ringbuffer import FramesUnavailableError, RingBuffer
-from .sources import CaptureThread
+from .sources import CaptureThread, decode_threads_per_camera
 from .types import WindowResult
 from .windows import required_capacity, window_span
 from .worker import CameraWindow, InferenceWorker, Scheduler, WorkerThread
@@ -430,7 +430,8 @@ class Daemon:
             on_reconnect=lambda name: m.camera_reconnects.labels(camera=name).inc(),
             roi=tuple(s.roi) if s.roi is not None else None,
             display_max_width=EVIDENCE_MAX_WIDTH if display_seconds > 0 else 0,
-            display_seconds=display_seconds)
+            display_seconds=display_seconds,
+            decode_threads=decode_threads_per_camera(len(self.cfg.enabled_cameras)))
         state = _Camera(cam, thread, clip_seconds)
         holder["cam"] = state
         m.add_camera(cam.name, tuple(self.class_names))

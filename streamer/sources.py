@@ -239,12 +239,15 @@ class _SynthReader:
 
 
 def open_source(spec: Union[SourceSpec, str, int], open_timeout_s: float = 10.0,
-                read_timeout_s: float = 10.0) -> Any:
+                read_timeout_s: float = 10.0, decode_threads: int = 0) -> Any:
     """Open a source for reading.
 
     Args:
         spec: a `SourceSpec` or a URL for `parse_source`.
         open_timeout_s, read_timeout_s: FFmpeg network timeouts (streams only).
+        decode_threads: FFmpeg decoding threads for this capture (`CAP_PROP_N_THREADS`);
+            0 = OpenCV's default, one per CPU. With many cameras that default oversubscribes the
+            CPU (cameras x CPUs threads): see `decode_threads_per_camera`.
     Returns:
         a reader with `read() -> (ok, BGR uint8 frame (H, W, 3) or None)`, `fps` (float or None
         when unknown) and `release()`.
@@ -255,21 +258,34 @@ def open_source(spec: Union[SourceSpec, str, int], open_timeout_s: float = 10.0,
         spec = parse_source(spec)
     if spec.kind == "synth":
         return _SynthReader(spec.params, str(spec.target))
+    threads = [cv2.CAP_PROP_N_THREADS, int(decode_threads)] if decode_threads > 0 else []
     if spec.kind == "stream":
         cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)])
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000), *threads])
     elif spec.kind == "device":
         cap = cv2.VideoCapture(spec.target, cv2.CAP_V4L2)
     else:
         if not os.path.isfile(str(spec.target)):
             raise OSError(f"no such video file: {spec.target}")
-        cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG)
+        cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, threads)
     if not cap.isOpened():
         cap.release()
         what = {"stream": "stream", "device": "device", "file": "video file"}[spec.kind]
         raise OSError(f"cannot open {what} {mask_url(str(spec.target))}")
     return _CvReader(cap)
+
+
+def decode_threads_per_camera(cameras: int, cpus: Optional[int] = None) -> int:
+    """FFmpeg decoding threads for each of `cameras` captures: the CPUs shared out, at least 1.
+
+    OpenCV gives every capture one decoding thread per CPU, so N cameras run N x CPUs threads.
+    Measured on a 2-core machine, 8 captures of 640x360 MPEG-4 cost 1.42 ms of CPU per frame
+    with the default and 1.13 ms with one thread each (20% less); on the 16-core GPU machine
+    128 captures at the default held a fraction of real time (BENCHMARKS.md, GPU section).
+    """
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, cameras))
 
 
 # --------------------------------------------------------------------------- capture thread
@@ -305,6 +321,7 @@ class CaptureThread(threading.Thread):
             `display_seconds` of WHOLE frames at most `display_max_width` px wide, same sequence
             numbers as `ring` (evidence at a readable resolution).
         seed: seed of the backoff jitter (tests).
+        decode_threads: FFmpeg decoding threads (see `open_source`); 0 = OpenCV's default.
     """
 
     def __init__(self, name: str, url: Union[str, int], ring: Optional[RingBuffer] = None, *,
@@ -318,7 +335,7 @@ class CaptureThread(threading.Thread):
                  on_reconnect: Optional[Callable[[str], None]] = None,
                  roi: Optional[tuple[float, float, float, float]] = None,
                  display_max_width: int = 0, display_seconds: float = 0.0,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, decode_threads: int = 0) -> None:
         super().__init__(name=f"capture-{name}", daemon=True)
         if (ring is None) == (ring_factory is None):
             raise ValueError("give exactly one of ring and ring_factory")
@@ -334,6 +351,7 @@ class CaptureThread(threading.Thread):
         self.backoff_initial_s = float(backoff_initial_s)
         self.backoff_max_s = max(float(backoff_max_s), self.backoff_initial_s)
         self.loop = loop
+        self.decode_threads = int(decode_threads)
         self._on_state, self._on_frame = on_state, on_frame
         self._on_drop, self._on_reconnect = on_drop, on_reconnect
         if roi is not None:
@@ -458,7 +476,8 @@ class CaptureThread(threading.Thread):
                 return None
         try:
             self._beat = time.monotonic()
-            reader = open_source(self.spec, self.open_timeout_s, self.read_timeout_s)
+            reader = open_source(self.spec, self.open_timeout_s, self.read_timeout_s,
+                                 self.decode_threads)
         except Exception as exc:   # OSError, cv2.error, a missing synth module: same episode
             self._beat = time.monotonic()
             self._lost(f"cannot open source: {mask_secrets(str(exc))}")

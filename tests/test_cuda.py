@@ -135,7 +135,8 @@ def test_a_real_out_of_memory_error_splits_the_batch(caplog):
     clips = torch.randint(0, 256, (8, inp.frames, *inp.size, 3), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))
     windows = windows_of(clips)
-    device = torch.device("cuda")
+    # With an index: set_per_process_memory_fraction refuses a bare "cuda" (seen on the H200).
+    device = torch.device("cuda", torch.cuda.current_device())
     uncapped = InferenceWorker(model, inp, CLASSES, device, "fp32", max_batch=8)
     expected = uncapped.infer(windows)          # also warms up cuDNN and the allocator
     assert uncapped.oom_splits == 0

@@ -17,7 +17,8 @@ from streamer.harness import REPO
 pytestmark = pytest.mark.integration
 
 SCRIPT = REPO / "scripts" / "gpu-check.sh"
-STEPS = ["install", "env", "tests", "model", "compile", "offline", "pipeline", "train"]
+STEPS = ["install", "env", "tests", "model", "compile", "offline", "pipeline", "train",
+         "train-fp32"]
 TABLES = {
     "model": ["Roofline: 128x128x128 matmul", "Throughput by batch and precision",
               "Options at batch 1, bf16", "Low precision against fp32"],
@@ -26,6 +27,7 @@ TABLES = {
     "pipeline": ["Pipeline: the real daemon on file cameras",
                  "Largest number of cameras in real time (bisection)"],
     "train": ["Training epochs (vigil train on synthetic data)"],
+    "train-fp32": ["Training epochs (vigil train on synthetic data)"],
 }
 
 
@@ -93,7 +95,7 @@ def test_the_gpu_runs_commands_parse_and_ask_for_what_the_issue_lists(tmp_path):
     assert "VIGIL_REQUIRE_CUDA=1" in lines["tests"] and "tests/test_cuda.py" in lines["tests"]
     parser = build_parser()
     parsed = {}
-    for name in ("model", "compile", "offline", "pipeline", "train"):
+    for name in ("model", "compile", "offline", "pipeline", "train", "train-fp32"):
         argv = shlex.split(lines[name])
         assert argv[0] == "vigil", lines[name]
         args = parsed[name] = parser.parse_args(argv[1:])
@@ -106,3 +108,4 @@ def test_the_gpu_runs_commands_parse_and_ask_for_what_the_issue_lists(tmp_path):
     assert (pipe.fps, pipe.stride) == (25, 8) and 1 <= pipe.min_cameras < pipe.max_cameras
     assert not pipe.no_bisect
     assert parsed["train"].config is None          # the seed recipe
+    assert parsed["train-fp32"].overrides == ["train.amp=off"]      # AMP against fp32

@@ -48,6 +48,21 @@ def test_overrides_parse_values_as_yaml():
         apply_overrides({}, ["loss.giou"])
 
 
+@dataclass
+class Switch:
+    amp: Literal["auto", "on", "off"] = "auto"
+
+
+def test_yaml_booleans_mean_the_on_off_choice_they_spell():
+    # YAML 1.1 reads `amp: off` (and `--set train.amp=off`) as False: that means "off".
+    data = apply_overrides({}, ["amp=off"])
+    assert data == {"amp": False} and from_dict(Switch, data).amp == "off"
+    assert from_dict(Switch, {"amp": True}).amp == "on"
+    # Where no choice spells on/off, a boolean is still refused, naming the key.
+    with pytest.raises(ConfigError, match="mode: must be one of 'a', 'b', got False"):
+        from_dict(Inner, {"mode": False})
+
+
 def test_env_expansion_names_the_missing_variable():
     assert expand_env({"url": "rtsp://u:${PW}@h/"}, environ={"PW": "s3"}) == {"url": "rtsp://u:s3@h/"}
     with pytest.raises(ConfigError, match=r"cameras\[0\].url: environment variable \$\{PW\}"):
