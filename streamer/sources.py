@@ -477,7 +477,7 @@ class CaptureThread(threading.Thread):
         try:
             self._beat = time.monotonic()
             reader = open_source(self.spec, self.open_timeout_s, self.read_timeout_s,
-                                 self.decode_threads)
+                                 decode_threads=self.decode_threads)
         except Exception as exc:   # OSError, cv2.error, a missing synth module: same episode
             self._beat = time.monotonic()
             self._lost(f"cannot open source: {mask_secrets(str(exc))}")

@@ -87,6 +87,28 @@ def test_file_source_is_paced_at_its_own_fps_and_ends_when_not_looping(tmp_path)
     assert cap.stop(2)
 
 
+@pytest.mark.parametrize("cameras, cpus, threads", [(1, 16, 16), (4, 16, 4), (128, 16, 1),
+                                                    (3, 2, 1), (0, 2, 2)])
+def test_many_cameras_share_the_cpus_out_as_decoding_threads(cameras, cpus, threads):
+    # OpenCV's default is one FFmpeg thread per CPU for EVERY capture: 128 cameras on 16 CPUs
+    # would run 2,048 decoding threads.
+    assert sources.decode_threads_per_camera(cameras, cpus) == threads
+
+
+def test_a_file_decodes_with_the_decoding_threads_asked_for(tmp_path):
+    path = _video(tmp_path / "clip.mp4", 5, 20)
+    reader = sources.open_source(str(path), decode_threads=1)
+    try:
+        frames = [reader.read() for _ in range(5)]
+    finally:
+        reader.release()
+    assert all(ok and f.shape == (48, 64, 3) for ok, f in frames)
+    cap = CaptureThread("f", str(path), RingBuffer(8, 16, 16), loop=False, decode_threads=1)
+    cap.start()
+    assert wait_for(lambda: cap.ended, 5) and cap.frames == 5
+    assert cap.stop(2)
+
+
 def test_looping_file_keeps_going_without_counting_reconnects(tmp_path):
     path = _video(tmp_path / "clip.mp4", 6, 30)
     ring = RingBuffer(8, 16, 16)
@@ -154,7 +176,7 @@ def _patch_open(monkeypatch, readers):
     """open_source returns the next reader, or raises (with a password in the message) on None."""
     calls = []
 
-    def fake_open(spec, open_timeout_s, read_timeout_s):
+    def fake_open(spec, open_timeout_s, read_timeout_s, decode_threads=0):
         calls.append(time.monotonic())
         reader = readers.pop(0) if readers else None
         if reader is None:
