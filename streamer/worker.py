@@ -293,6 +293,13 @@ class InferenceWorker:
         try:
             scores, boxes = self._forward(host)
         except torch.cuda.OutOfMemoryError:
+            # Recover OUTSIDE this block: while it runs, the exception's traceback keeps the
+            # failed call's frames and their activations alive, so a retry from here would find
+            # the memory still taken. Seen on an H200 under a memory cap: every split ran out
+            # again, down to single windows, and all were dropped (PyTorch FAQ, "My out of
+            # memory exception handler can't allocate memory").
+            scores = None
+        if scores is None:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if B == 1:

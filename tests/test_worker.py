@@ -124,6 +124,35 @@ def test_cuda_oom_splits_the_batch_and_retries(tiny_model, caplog):
     assert max(sizes) <= 2
 
 
+def test_the_retry_after_oom_runs_once_the_failed_call_is_released(tiny_model):
+    """The failed call's activations must be free before the halves run (found on an H200).
+
+    While an `except` block runs, the exception's traceback holds the failed call's frames and
+    every tensor in them: retrying from inside it ran out of memory again at every split.
+    """
+    import gc
+    import sys
+    import weakref
+
+    worker = InferenceWorker(tiny_model, _input_cfg(), CLASSES, "cpu", "fp32", max_batch=4)
+    real_forward = worker._forward
+    failed: list[weakref.ref] = []
+    seen_at_retry = []
+
+    def forward(clips):
+        if clips.shape[0] > 1:
+            activation = torch.ones(1024)           # what the failed call had allocated
+            failed.append(weakref.ref(activation))
+            raise torch.cuda.OutOfMemoryError("injected")
+        gc.collect()
+        seen_at_retry.append((sys.exc_info()[0], [r() is not None for r in failed]))
+        return real_forward(clips)
+
+    worker._forward = forward
+    assert len(worker.infer(_windows(2))) == 2
+    assert seen_at_retry and all(exc is None and not any(alive) for exc, alive in seen_at_retry)
+
+
 def test_oom_on_a_single_window_drops_it_without_crashing(tiny_model):
     worker = InferenceWorker(tiny_model, _input_cfg(), CLASSES, "cpu", "fp32", max_batch=4)
     real_forward = worker._forward
