@@ -700,8 +700,9 @@ def profile_rows(model: nn.Module, row: "ModelRow", steps: int = 3,
                  top: int = PROFILE_TOP) -> list[dict[str, Any]]:
     """The operators that take the most time in `steps` forward passes of `row`'s configuration.
 
-    Uses `torch.profiler` (CPU and, on CUDA, device activity) after one untimed call. Time is
-    self time: an operator's own kernels, not its children's. On CUDA it is device time.
+    Uses `torch.profiler` (CPU and, on CUDA, device activity) after one untimed call. On the CPU
+    the rows are operators and the time is self CPU time (not their children's); on CUDA the
+    rows are the device's kernels, copies and memsets, and the time is device time.
 
     Returns:
         Up to `top` rows: operator, calls, self ms per pass, % of the passes' total self time.
@@ -727,12 +728,38 @@ def profile_rows(model: nn.Module, row: "ModelRow", steps: int = 3,
                          or getattr(e, "self_cuda_time_total", 0.0))
         return float(e.self_cpu_time_total)
 
-    events = [e for e in prof.key_averages() if self_us(e) > 0]
+    # On CUDA only the device's own events (kernels, copies, memsets): an aten:: operator's
+    # self device time is the sum of its kernels, so listing both would count them twice.
+    events = [e for e in prof.key_averages() if self_us(e) > 0
+              and (not cuda or getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)]
     total = sum(self_us(e) for e in events) or 1.0
     events.sort(key=self_us, reverse=True)
-    return [{"operator": e.key, "calls per pass": e.count / steps,
+    return [{"operator": short_kernel_name(e.key), "calls per pass": e.count / steps,
              "self ms per pass": self_us(e) / steps / 1e3,
              "% of time": 100.0 * self_us(e) / total} for e in events[:top]]
+
+
+def short_kernel_name(name: str, width: int = 80) -> str:
+    """A kernel's name without its template arguments and parameter list, at most `width` chars.
+
+    `void at::native::vectorized_elementwise_kernel<8, ...>(int, ...)` -> `at::native::
+    vectorized_elementwise_kernel<...>`; operator names (`aten::cudnn_convolution`) are kept.
+    """
+    name = name.removeprefix("void ")
+    depth, out = 0, []
+    for ch in name:
+        if ch == "(" and depth == 0:
+            break
+        if ch == "<":
+            if depth == 0:
+                out.append("<...>")
+            depth += 1
+        elif ch == ">" and depth:
+            depth -= 1
+        elif depth == 0:
+            out.append(ch)
+    short = "".join(out).strip()
+    return short if len(short) <= width else short[:width - 3] + "..."
 
 
 # The option comparisons of `vigil bench model`, each timed against the plain low-precision row.
@@ -953,6 +980,6 @@ def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
         report.sections.append(Section(
             f"Profile: {title} (torch.profiler, top {PROFILE_TOP} operators by self time)",
             ["operator", "calls per pass", "self ms per pass", "% of time"], rows,
-            ["self time: the operator's own kernels (device time on CUDA), mean of 3 passes "
-             "after one untimed pass"]))
+            ["CPU: operators, self CPU time; CUDA: kernels, device time; mean of 3 passes after "
+             "one untimed pass"]))
     return report
