@@ -1,0 +1,27 @@
+"""`scripts/alert-check.py`: the daemon's windows, worker and event logic on labelled clips."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from streamer.harness import REPO, tiny_checkpoint
+
+
+def test_it_tabulates_starts_on_quiet_clips_and_latency_on_action_clips(tmp_path):
+    from train.synth import write_dataset
+
+    data = tmp_path / "data"
+    write_dataset(data, videos=6, seed=3, width=64, height=48, fps=15, frames=40)
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "table.md"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "alert-check.py"),
+                           "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    table = out.read_text()
+    assert "| source | none clips | none minutes | starts on none |" in table
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| all |")]
+    assert len(rows) == 1
+    none_clips, action_clips = int(rows[0][1]), int(rows[0][5])
+    assert none_clips + action_clips == 6 and action_clips >= 1
+    assert "6 clips in" in table
