@@ -9,7 +9,9 @@ For each clip: every frame is decoded and resized to the model's input as a capt
 (`streamer.windows.window_seqs`: `clip_seconds` of the checkpoint at the clip's own frame rate);
 windows go through `streamer.worker.InferenceWorker` in batches and their results, in time
 order, through `streamer.events.EventTracker` with the `smoothing:` defaults of `vigil serve`
-(or `--config`'s). Time is the clip's own (frame index / fps), so the result does not depend on
+(or `--config`'s). An action clip is looped to at least `--loop-s` seconds, as a looping file
+camera plays it (most fight clips last about 2 s, one window); a quiet clip plays once. Time is
+the clip's own (frame index / fps), so the result does not depend on
 how busy this machine is; what it leaves out is real-time capture (dropped frames, skipped
 windows), which `vigil bench pipeline` measures.
 
@@ -44,6 +46,7 @@ from streamer.types import WindowResult  # noqa: E402
 from streamer.windows import window_seqs, window_span  # noqa: E402
 from streamer.worker import InferenceWorker, WindowMeta  # noqa: E402
 from train.dataset import scan_dataset_lenient  # noqa: E402
+from train.splits import split_records  # noqa: E402
 
 log = logging.getLogger("alert-check")
 
@@ -96,11 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--within", type=float, default=3.0, help="seconds allowed after the action")
     p.add_argument("--out", type=Path, default=None, help="also write the table here")
     p.add_argument("--limit", type=int, default=None, help="first N clips only (a quick look)")
+    p.add_argument("--split", choices=("all", "val", "train"), default="all",
+                   help="val: only the clips the checkpoint's own run held out (its "
+                        "data.val_fraction and split seed); default all")
+    p.add_argument("--loop-s", type=float, default=8.0, metavar="S",
+                   help="play each ACTION clip looped to at least S seconds, as a looping file "
+                        "camera does (default 8; many action clips are shorter than two "
+                        "windows); quiet clips play once")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     ckpt = resolve_model_path(args.checkpoint)
-    model, cfg, _ = load_checkpoint(ckpt)
+    model, cfg, meta = load_checkpoint(ckpt)
     model.eval()
     smoothing = (load_config(args.config, check_paths=False).smoothing if args.config
                  else SmoothingConfig())
@@ -108,14 +118,23 @@ def main(argv: list[str] | None = None) -> int:
     worker = InferenceWorker(model, cfg.input, classes, "cpu", "fp32", max_batch=16)
     records, problems = scan_dataset_lenient(args.data, len(classes), require_positives=False,
                                              class_names=classes)
+    if args.split != "all":
+        data = (meta.get("train_config") or {}).get("data") or {}
+        if "val_fraction" not in data:
+            p.error(f"--split {args.split}: {ckpt.name} does not record its training split")
+        records = split_records(records, args.data, args.split, data["val_fraction"],
+                                data.get("split_seed", 0))
     records = records[:args.limit] if args.limit else records
     per: dict[str, dict] = defaultdict(lambda: defaultdict(list))
     t0 = time.monotonic()
     for n, rec in enumerate(records, 1):
         frames, fps = decode(rec.video, tuple(cfg.input.size))
+        if rec.is_positive and len(frames) and args.loop_s > 0:
+            frames = np.concatenate([frames] * max(1, int(np.ceil(args.loop_s * fps
+                                                                   / len(frames)))))
         starts = clip_alerts(worker, smoothing, classes, frames, fps, cfg.input.clip_seconds,
                              cfg.input.frames, args.stride)
-        minutes = len(frames) / fps / 60.0
+        minutes = len(frames) / fps / 60.0       # quiet clips are never looped
         for src in (rec.source, "all"):
             bucket = per[src]
             if not rec.is_positive:
@@ -133,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         if n % 25 == 0:
             log.warning("%d/%d clips, %.0f s", n, len(records), time.monotonic() - t0)
 
-    lines = [f"checkpoint {ckpt.name}, data {args.data}, stride {args.stride}, smoothing "
+    lines = [f"checkpoint {ckpt.name}, data {args.data} ({args.split}), stride {args.stride}, "
+             f"action clips "
+             f"looped to {args.loop_s:g} s, smoothing "
              f"{smoothing.method} on {smoothing.on_threshold} off {smoothing.off_threshold} "
              f"min_windows {smoothing.min_windows}; {len(records)} clips in "
              f"{time.monotonic() - t0:.0f} s; {len(problems)} not readable", "",
