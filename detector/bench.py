@@ -769,8 +769,10 @@ ABLATIONS = {"channels_last": dict(cl=True), "compile": dict(comp=True),
 
 
 def default_cpu_config() -> Path:
-    """`configs/train/cpu-small.yaml` of the source tree this package runs from."""
-    return Path(__file__).resolve().parents[1] / "configs" / "train" / "cpu-small.yaml"
+    """The shipped `cpu-small.yaml` recipe (`configs/train/cpu-small.yaml` in a checkout)."""
+    from train.recipes import CPU_RECIPE, recipe_path
+
+    return recipe_path(CPU_RECIPE)
 
 
 def load_cpu_model_config(path: Optional[str | Path] = None) -> ModelConfig:

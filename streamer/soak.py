@@ -3,7 +3,7 @@
 The soak starts `vigil serve` as a child process on loopback with several cameras:
 
 * file-backed cameras: synthetic videos (`train.synth`) written once, read as looping files;
-* RTSP cameras: GStreamer's RTSP server (`streamer/rtsp_test_server.py`, run with the system
+* RTSP cameras: GStreamer's RTSP server (`scripts/rtsp_test_server.py`, run with the system
   Python that has python3-gi) killed and restarted every `restart_every_s`, so the daemon goes
   through camera-lost / reconnect cycles, events ending with `camera_lost`, evidence clips;
 * a flapping subscriber: an `AlertSubscriber` connected for `flap_every_s`, then gone for as

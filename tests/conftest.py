@@ -1,7 +1,7 @@
 """Shared fixtures and alert-stream helpers.
 
 `rtsp_server` starts the real GStreamer RTSP server (`streamer.harness.RtspServer`, running
-`streamer/rtsp_test_server.py`); `tiny_checkpoint` is the harness's random-weight model, built
+`scripts/rtsp_test_server.py`); `tiny_checkpoint` is the harness's random-weight model, built
 once per session; `trained_checkpoint` (in `tests/_training.py`) trains the quick-start model once
 per session. `subscriber` and `recv_json` read the daemon's ZeroMQ alerts as a raw client would.
 """

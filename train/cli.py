@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .recipes import DEFAULT_RECIPE, recipe_path
+
 log = logging.getLogger("vigil.train")
 
 
@@ -30,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "reference.yaml: video acc + 0.2 x det-acc), OUT/metrics.jsonl; resumes "
                     "from OUT/last.pt when it exists.")
     p.add_argument("--config", type=Path, default=None,
-                   help="training YAML (e.g. configs/train/cpu-small.yaml); default: the "
-                        "report's recipe (configs/train/seed.yaml)")
+                   help="training YAML or shipped recipe name (e.g. configs/train/cpu-small.yaml "
+                        "or cpu-small); default: the report's recipe "
+                        f"({recipe_path(DEFAULT_RECIPE)})")
     p.add_argument("--data", type=Path, nargs="+", required=True, metavar="DATA",
                    help="dataset folder(s) or CSV manifest(s); several train together, each "
                         "split on its own")

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .recipes import CPU_RECIPE, recipe_path
+
 log = logging.getLogger(__name__)
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
-CPU_SMALL = REPO_CONFIGS / "cpu-small.yaml"
+CPU_SMALL = recipe_path(CPU_RECIPE)
 
 
 @dataclass(frozen=True)
