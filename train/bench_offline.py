@@ -235,7 +235,7 @@ def run_offline_bench(opts: OfflineBenchOptions) -> BenchReport:
         if opts.data:
             files = find_videos([opts.data])
         else:
-            from .synth import write_dataset
+            from .synth_dataset import write_dataset
 
             n = opts.videos or (8 if opts.quick else 32)
             write_dataset(work / "clips", videos=n, seed=0)

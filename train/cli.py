@@ -451,7 +451,7 @@ def _detect_summary(rows_by_video: dict[str, list[dict[str, Any]]], truths: dict
 
 # --------------------------------------------------------------------------- synth
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import write_dataset
+    from .synth_dataset import write_dataset
 
     if args.videos < 1:
         print("--videos must be >= 1", file=sys.stderr)
