@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("zmq")
 
-from streamer.harness import (DaemonProcess, RtspServer, base_config, free_port,  # noqa: E402
+from streamer.tools.harness import (DaemonProcess, RtspServer, base_config, free_port,  # noqa: E402
                               rtsp_server_missing, wait_until)
 from tests.conftest import recv_json, subscriber  # noqa: E402
 

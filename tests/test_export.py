@@ -104,13 +104,13 @@ def test_export_command_prints_the_max_abs_diff(tmp_path, capsys):
 
     from detector.checkpoint import save_checkpoint
     from detector.model import build_model
-    from streamer import bench_cli
+    from train import cli as train_cli
 
     cfg = tiny_config()
     torch.manual_seed(1)
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model(cfg), cfg)
     parser = argparse.ArgumentParser(prog="vigil")
-    bench_cli.register(parser.add_subparsers(dest="verb"))
+    train_cli.register(parser.add_subparsers(dest="verb"))
     args = parser.parse_args(["export", "--checkpoint", str(ckpt), "--format", "onnx",
                               "--check-batch", "2"])
     assert args.func(args) == 0
@@ -175,7 +175,7 @@ def test_vigil_serve_runs_an_exported_model_end_to_end(exported, tmp_path):
     zmq = pytest.importorskip("zmq")
     import yaml
 
-    from streamer.harness import DaemonProcess, base_config, wait_until
+    from streamer.tools.harness import DaemonProcess, base_config, wait_until
 
     _, _, path = exported
     cfg = base_config(tmp_path / "data", path, {"cam": "synth://fight?seed=1&width=96&height=72"

@@ -815,3 +815,21 @@ def write_video(path: str | Path, scene: Scene) -> None:
             writer.write(scene.render(i))
     finally:
         writer.release()
+
+
+def synth_clips(batch: int, frames: int, size: Sequence[int], seed: int = 0) -> torch.Tensor:
+    """Rendered synthetic scenes (fight/collapse/none) as uint8 (B, T, H, W, 3) RGB.
+
+    Real-looking clips rather than noise, so a precision check sees the model's usual inputs.
+    """
+    import torch
+
+    H, W = int(size[0]), int(size[1])
+    out = np.empty((batch, frames, H, W, 3), np.uint8)
+    for b in range(batch):
+        scene = Scene(KINDS[b % len(KINDS)], seed + b, width=max(W, 64), height=max(H, 48),
+                      frames=frames)
+        for t in range(frames):
+            bgr = cv2.resize(scene.render(t), (W, H), interpolation=cv2.INTER_AREA)
+            cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=out[b, t])
+    return torch.from_numpy(out)

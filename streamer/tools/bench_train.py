@@ -21,7 +21,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from detector.bench import BenchReport, Section, bench_env, ratio, resolve_device
+from detector.timing import ratio
+
+from .kit import BenchReport, Section, bench_env, resolve_device
 
 log = logging.getLogger(__name__)
 
