@@ -4,7 +4,8 @@
 * `train` does not import `streamer`;
 * the service (every module outside the tools wing, `streamer.tools`) never imports the tools
   wing: benchmarks, soak, demo and the test harness are the outside view of the service;
-* no import cycle between modules.
+* no import cycle between modules;
+* the alert client (`streamer.subscriber`) reaches no server code, only `streamer.protocol`.
 
 Every `import` counts, at module level or inside a function: a function-level import still
 makes one module depend on the other, it only delays the failure.
@@ -133,3 +134,19 @@ def test_no_import_cycles():
         f"{m}:{graph[m][d]}->{d}" for m in c for d in graph[m] if d in c) for c in cycles]
     assert not cycles, "import cycles:\n" + "\n".join(detail)
 
+
+def _reachable(graph: dict[str, dict[str, int]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for dep in graph.get(todo.pop(), {}):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_the_alert_client_needs_only_the_protocol():
+    """`streamer.subscriber` (what a client of the daemon runs) reaches no server code: only the
+    alert protocol and the error types."""
+    assert _reachable(import_graph(), "streamer.subscriber") <= {
+        "streamer.protocol", "detector.errors"}

@@ -142,7 +142,8 @@ def demo_config(workdir: Path, checkpoint: Path, ports: DemoPorts) -> dict:
 def watch(ports: DemoPorts, duration: float, daemon: "DaemonProcess",
           live_status: bool = True) -> list[dict]:
     """Print alerts as they arrive and a status block refreshed in place; return the alerts."""
-    from streamer.subscriber import AlertSubscriber, format_alert
+    from streamer.protocol import format_alert
+    from streamer.subscriber import AlertSubscriber
 
     tty = live_status and sys.stdout.isatty()
     alerts: list[dict] = []
