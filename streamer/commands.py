@@ -91,7 +91,9 @@ def _check_config(cfg) -> int:
     """`vigil serve --check`: what the daemon would run, without running it."""
     import torch
 
-    from .daemon import load_model, unknown_clip_length_message
+    from detector.runtime import load_model
+
+    from .daemon import unknown_clip_length_message
 
     _, model_cfg, meta = load_model(cfg.model.checkpoint, torch.device("cpu"), threads=1)
     inp = model_cfg.input

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import queue
 import signal
 import threading
@@ -41,12 +40,11 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from detector.checkpoint import load_checkpoint
-from detector.config import ModelConfig
-from detector.errors import CheckpointError, ConfigError, VigilError
+from detector.errors import ConfigError, VigilError
 from detector.precision import checkpoint_precision
+from detector.runtime import load_model, resolve_device, torch_threads
 
-from .config import CameraConfig, ServeConfig, is_onnx_model, load_config
+from .config import CameraConfig, ServeConfig, load_config
 from .events import EventTracker, end_message
 from .evidence import EvidenceWriter
 from .journal_writer import JournalWriter
@@ -92,75 +90,11 @@ def _version() -> str:
         return "0.0.0+source"
 
 
-def choose_device(requested: str) -> torch.device:
-    """`auto` -> the first CUDA GPU when one is usable, else the CPU.
-
-    Raises:
-        ConfigError: a CUDA device was asked for and none is available.
-    """
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(requested)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"model.device: {requested!r} requested but no CUDA device is available "
-                          "(use auto or cpu)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"model.device: {requested!r}: only {torch.cuda.device_count()} CUDA "
-                          "device(s) present")
-    return dev
-
-
-def torch_threads(requested: Optional[int], device: torch.device, cpus: Optional[int] = None) -> int:
-    """Intra-op threads for torch.
-
-    On the CPU the model gets every core but one, which is left for the capture threads' decoding
-    (OpenCV releases the GIL while decoding, so that core is really used). On a GPU the CPU only
-    gathers and copies batches: a few threads are plenty.
-    """
-    if requested is not None:
-        return requested
-    if cpus is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:
-            cpus = os.cpu_count() or 1
-    if device.type == "cuda":
-        return max(1, min(4, cpus // 2))
-    return max(1, cpus - 1)
-
-
 def unknown_clip_length_message(frames: int) -> str:
     """What the daemon logs (and `vigil serve --check` prints) for a checkpoint without
     `input.clip_seconds`, e.g. one imported from the reference implementation."""
     return ("the checkpoint does not say how long its training clips were (input.clip_seconds): "
             f"windows are {frames} consecutive frames unless a camera sets window_seconds")
-
-
-def load_model(path: Path, device: torch.device, threads: int
-               ) -> tuple[Any, ModelConfig, dict[str, Any]]:
-    """The model the worker runs: a PyTorch checkpoint, or an exported `.onnx` graph.
-
-    Args:
-        path: `model.checkpoint`.
-        device: where a PyTorch model goes (an ONNX model stays on the CPU, and its `.to()`
-            refuses any other device).
-        threads: CPU threads for the model (onnxruntime's intra-op pool or torch's).
-    Returns:
-        (model, its `ModelConfig`, meta: the checkpoint's entries and `runtime`).
-    Raises:
-        CheckpointError: unreadable file, or an ONNX file without Vigil's config metadata.
-        ConfigError: onnxruntime missing.
-    """
-    if not is_onnx_model(path):
-        model, mcfg, meta = load_checkpoint(path, device=device)
-        return model, mcfg, {**meta, "runtime": "torch"}
-    from detector.export import METADATA_KEY, OnnxModel
-
-    model = OnnxModel(path, threads=threads)
-    if model.cfg is None:
-        raise CheckpointError(f"{path}: no {METADATA_KEY} metadata (classes, clip size): "
-                              "export it with `vigil export --format onnx`")
-    return model, model.cfg, {"runtime": "onnxruntime"}
 
 
 @dataclass
@@ -312,7 +246,8 @@ class Daemon:
         _make_data_dir(cfg)      # before the model load: a bad data_dir fails in a second
         self.notifier.status("loading the model")
         # An exported graph runs on onnxruntime's CPU provider even where a GPU is present.
-        self.device = torch.device("cpu") if cfg.model.is_onnx else choose_device(cfg.model.device)
+        self.device = (torch.device("cpu") if cfg.model.is_onnx
+                       else resolve_device(cfg.model.device, "model.device"))
         threads = torch_threads(cfg.model.threads, self.device)
         torch.set_num_threads(threads)
         model, mcfg, meta = load_model(cfg.model.checkpoint, self.device, threads)

@@ -132,7 +132,7 @@ def test_onnx_runner_without_onnxruntime_or_file_is_a_clear_error(tmp_path):
 def test_the_daemons_worker_scores_windows_the_same_from_the_exported_model(exported):
     import numpy as np
 
-    from streamer.daemon import load_model
+    from detector.runtime import load_model
     from streamer.worker import InferenceWorker, WindowMeta
 
     model, cfg, path = exported

@@ -234,9 +234,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
     from torch.utils.data import DataLoader
 
-    from detector.checkpoint import load_checkpoint
+    from detector.runtime import load_model, model_device, resolve_device
     from detector.losses import LossConfig, build_criterion
     from detector.schema import from_dict
 
@@ -246,8 +247,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .metrics import format_table, to_jsonable
     from .report import format_source_table, report_from_predictions
 
-    device = engine.resolve_device(args.device)
-    model, mcfg, meta = load_checkpoint(args.checkpoint, device=device)
+    device = resolve_device(args.device)
+    model, mcfg, meta = load_model(args.checkpoint, device, threads=torch.get_num_threads())
+    device = model_device(meta, device)
     train_cfg = meta.get("train_config") or {}
     loss_cfg = from_dict(LossConfig, train_cfg.get("loss"), "train_config.loss")
     data_cfg = from_dict(DataConfig, train_cfg.get("data"), "train_config.data")

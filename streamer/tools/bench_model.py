@@ -31,10 +31,12 @@ from torch import nn
 
 from detector.config import ModelConfig
 from detector.errors import ConfigError
+from detector.precision import autocast
+from detector.runtime import resolve_device
 from detector.timing import median, synchronize, time_samples
 from train.synth import synth_clips
 
-from .kit import BenchReport, Section, bench_env, resolve_device
+from .kit import BenchReport, Section, bench_env
 
 log = logging.getLogger(__name__)
 
@@ -242,9 +244,8 @@ def cudnn_benchmark(flag: Optional[bool]) -> Iterator[None]:
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=PRECISION_DTYPES[precision])
+    """The shared autocast wrapper for a benchmark row's precision (fp32: none)."""
+    return autocast(device, None if precision == "fp32" else PRECISION_DTYPES[precision])
 
 
 def time_model(model: nn.Module, row: ModelRow, repeats: int, warmup: int,

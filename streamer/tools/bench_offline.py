@@ -28,12 +28,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from detector.timing import median, ratio
 from detector.errors import DataError
+from detector.runtime import resolve_device
+from detector.timing import median, ratio
 
 from train.metrics import iou_matrix
 
-from .kit import BenchReport, Section, bench_env, resolve_device
+from .kit import BenchReport, Section, bench_env
 
 log = logging.getLogger(__name__)
 

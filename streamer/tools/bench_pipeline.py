@@ -41,11 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from detector.timing import median, percentile, ratio
 from detector.errors import ConfigError, VigilError
+from detector.runtime import resolve_device
+from detector.timing import median, percentile, ratio
 
 from .harness import SYSTEM_PYTHON, free_port, system_python_env
-from .kit import BenchReport, Section, bench_env, resolve_device
+from .kit import BenchReport, Section, bench_env
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from detector.runtime import resolve_device
 from detector.timing import ratio
 
-from .kit import BenchReport, Section, bench_env, resolve_device
+from .kit import BenchReport, Section, bench_env
 
 log = logging.getLogger(__name__)
 

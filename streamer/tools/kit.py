@@ -21,20 +21,6 @@ from detector.errors import ConfigError
 
 
 # =============================================================================== environment
-def resolve_device(requested: str) -> torch.device:
-    """`auto` -> CUDA when available, else CPU; `cuda` without a GPU is a ConfigError."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(requested)
-    except RuntimeError:
-        raise ConfigError(f"--device: unknown device {requested!r} (auto, cpu, cuda, "
-                          "cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device: {requested!r} requested but no CUDA device is available")
-    return dev
-
-
 def cpu_name() -> str:
     """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
     try:
