@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "recall, precision, ROC AUC, false alarms on none videos) and, with --out, "
                     "write metrics.json, predictions.jsonl and PNGs (confusion matrix, training "
                     "curves, worst predictions).")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="a .pt checkpoint, or an .onnx export (run on the CPU)")
     p.add_argument("--data", type=Path, required=True, help="dataset folder")
     p.add_argument("--split", choices=("val", "train", "all"), default="val",
                    help="which videos: the training run's split (same seed and fraction), or all")
@@ -88,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "inference script gives it; with --windows, one row per sliding window with "
                     "its time span. Folders are searched for .mp4/.avi/.mkv/.mov files.")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="video files or folders")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="a .pt checkpoint, or an .onnx export (run on the CPU)")
     p.add_argument("--out", type=Path, default=None, help="write JSON lines here, not stdout")
     p.add_argument("--csv", type=Path, default=None, help="write CSV here ('-' = stdout)")
     p.add_argument("--csv-format", choices=("vigil", "reference"), default="vigil",
