@@ -47,6 +47,7 @@ from detector.runtime import load_model, resolve_device, torch_threads
 from .config import CameraConfig, ServeConfig, load_config
 from .events import EventTracker, end_message
 from .evidence import EvidenceWriter
+from .health import health_problem
 from .journal_writer import JournalWriter
 from .masking import install_log_filter
 from .metrics import VigilMetrics
@@ -54,10 +55,11 @@ from .notify import Notifier
 from .publisher import AlertPublisher
 from .retention import RetentionClock
 from .ringbuffer import FramesUnavailableError, RingBuffer
+from .scheduler import CameraWindow, Scheduler
 from .sources import CaptureThread, decode_threads_per_camera
 from .types import WindowResult
 from .windows import required_capacity, window_span
-from .worker import CameraWindow, InferenceWorker, Scheduler, WorkerThread
+from .worker import InferenceWorker, WorkerThread
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +259,7 @@ class Daemon:
         precision = (checkpoint_precision(meta) if cfg.model.precision == "auto"
                      else cfg.model.precision)
         worker = InferenceWorker(model, mcfg.input, self.class_names, device=self.device,
-                                 precision=precision, max_batch=cfg.model.max_batch,
-                                 max_wait_ms=cfg.model.max_wait_ms)
+                                 precision=precision, max_batch=cfg.model.max_batch)
         log.info("model %s (%s, %d frames of %dx%d, classes %s) on %s via %s, %s autocast, "
                  "%d threads", cfg.model.checkpoint.name, mcfg.backbone.name, mcfg.input.frames,
                  mcfg.input.size[1], mcfg.input.size[0], ", ".join(self.class_names), self.device,
@@ -416,24 +417,10 @@ class Daemon:
 
     def _health_problem(self, now: float) -> Optional[str]:
         """Why the service must not tell systemd it is healthy, or None. Logs each reason once."""
-        problem = self._publisher.replay_problem() if self._publisher is not None else None
-        if problem is not None:
-            problem += ("; the replay server cannot be restarted from inside, so the watchdog "
-                        "pings stop and systemd restarts the service")
-        for name, cam in self._cams.items():
-            if problem is not None:
-                break
-            if cam.thread.stuck(now):
-                problem = (f"camera {name}: capture thread stuck in native code (no return from "
-                           f"open/read for over {3 * cam.thread.read_timeout_s + cam.thread.open_timeout_s:.0f} s); "
-                           "it cannot be stopped from Python, so the watchdog pings stop and "
-                           "systemd restarts the service")
-                break
-        if problem is None and self._wd_interval is not None:
-            silent = now - self._loop_beat
-            if silent > max(2 * self._wd_interval, 10.0):
-                problem = (f"event loop unresponsive for {silent:.0f} s: the watchdog pings stop "
-                           "and systemd restarts the service")
+        problem = health_problem(
+            now, self._publisher.replay_problem() if self._publisher is not None else None,
+            {name: cam.thread for name, cam in self._cams.items()}, self._wd_interval,
+            self._loop_beat)
         if problem != self._wd_withheld:
             if problem is not None:
                 log.error("%s", problem)
