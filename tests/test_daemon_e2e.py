@@ -22,8 +22,8 @@ import pytest
 
 pytest.importorskip("zmq")
 
-from streamer.tools.harness import (DaemonProcess, RtspServer, base_config, free_port,  # noqa: E402
-                              rtsp_server_missing, wait_until)
+from streamer.tools.harness import (DaemonProcess, RtspServer, base_config,  # noqa: E402
+                                    free_port, rtsp_server_missing, wait_until)
 from tests.conftest import recv_json, subscriber  # noqa: E402
 
 pytestmark = pytest.mark.integration

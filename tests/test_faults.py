@@ -38,8 +38,8 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
-from streamer.tools.harness import (DaemonProcess, RtspServer, base_config, free_port,  # noqa: E402
-                              wait_until)
+from streamer.tools.harness import (DaemonProcess, RtspServer, base_config,  # noqa: E402
+                                    free_port, wait_until)
 from tests.conftest import subscriber  # noqa: E402
 from tests.test_journal_writer import fill  # noqa: E402
 
