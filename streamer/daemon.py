@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 
 from detector.errors import ConfigError, VigilError
@@ -46,6 +45,7 @@ from detector.runtime import load_model, resolve_device, torch_threads
 
 from .config import CameraConfig, ServeConfig, load_config
 from .events import EventTracker, end_message
+from .event_evidence import EventEvidence
 from .evidence import EvidenceWriter
 from .health import health_problem
 from .journal_writer import JournalWriter
@@ -54,7 +54,7 @@ from .metrics import VigilMetrics
 from .notify import Notifier
 from .publisher import AlertPublisher
 from .retention import RetentionClock
-from .ringbuffer import FramesUnavailableError, RingBuffer
+from .ringbuffer import RingBuffer
 from .scheduler import CameraWindow, Scheduler
 from .sources import CaptureThread, decode_threads_per_camera
 from .types import WindowResult
@@ -123,16 +123,6 @@ def _make_data_dir(cfg: ServeConfig) -> None:
 
 
 @dataclass
-class _OpenEvidence:
-    """What an open event's clip needs at its end: the pre-roll copied at its start."""
-    camera: str
-    start_seq: int
-    pre_roll: Optional[np.ndarray]           # (N, H, W, 3) uint8 RGB, or None
-    fps: float
-    when: float
-
-
-@dataclass
 class _Flags:
     stop: threading.Event = field(default_factory=threading.Event)
     reload: bool = False
@@ -163,11 +153,11 @@ class Daemon:
         # Scheduler changes are applied by the worker thread (the scheduler is not thread-safe).
         self._scheduler_ops: deque[Callable[[Scheduler], None]] = deque()
         self._results: queue.Queue[list[WindowResult]] = queue.Queue(maxsize=RESULT_QUEUE)
-        self._evidence_open: dict[str, _OpenEvidence] = {}
         self._metrics_server = None
         self._publisher: Optional[AlertPublisher] = None
         self._journal: Optional[JournalWriter] = None
         self._evidence: Optional[EvidenceWriter] = None
+        self._event_evidence: Optional[EventEvidence] = None
         self._evidence_reported = (0, 0)    # write errors, drops already counted in metrics
         # Retention (journal and evidence) judges age on this: a wall-clock step forward after
         # start cannot make what this process wrote look old (`streamer/retention.py`).
@@ -299,6 +289,7 @@ class Daemon:
                                             max_bytes=cfg.evidence.max_bytes,
                                             min_free_bytes=cfg.evidence.min_free_bytes,
                                             retention=self._retention).start()
+            self._event_evidence = EventEvidence(self._evidence)
         # Event ids end in a per-daemon counter; starting above every seq ever assigned keeps
         # them unique across restarts (each run assigns at least one seq per event).
         self._tracker = EventTracker(cfg.smoothing, self.class_names, metrics=self.metrics,
@@ -511,46 +502,11 @@ class Daemon:
         return cam.thread.display_ring if cam is not None else None
 
     def _attach_evidence(self, msg: dict) -> None:
-        ev = self._evidence
-        if ev is None:
+        if self._event_evidence is None:
             return
-        camera, event_id = msg["camera"], msg["event_id"]
-        ring = self._display_ring(camera)
-        if msg["type"] == "start":
-            end_seq = int(msg.get("_end_seq", -1))
-            when = float(msg.get("_t_end_wall", time.time()))
-            fps = self._cams[camera].thread.fps if camera in self._cams else 15.0
-            pre = None
-            if ring is not None:
-                pre_n = int(math.ceil(self.cfg.evidence.pre_roll_s * fps)) if self.cfg.evidence.clip else 0
-                lo = max(ring.oldest, end_seq - pre_n)
-                try:
-                    pre, _, _ = ring.gather(np.arange(lo, end_seq + 1))
-                except FramesUnavailableError:
-                    latest = ring.latest()
-                    pre = latest[1][None] if latest is not None else None
-            if self.cfg.evidence.snapshot and pre is not None and len(pre):
-                msg["snapshot"] = ev.snapshot(camera, event_id, pre[-1], msg["box"], msg["label"],
-                                              float(msg["score"]), when=when)
-            self._evidence_open[event_id] = _OpenEvidence(
-                camera, end_seq, pre if self.cfg.evidence.clip else None, fps, when)
-        elif msg["type"] == "end":
-            opened = self._evidence_open.pop(event_id, None)
-            if opened is None or not self.cfg.evidence.clip:
-                return
-            frames = [] if opened.pre_roll is None else [opened.pre_roll]
-            if ring is not None:
-                end_seq = int(msg.get("_end_seq", ring.count - 1))
-                lo = max(ring.oldest, opened.start_seq + 1)
-                if end_seq >= lo:
-                    try:
-                        tail, _, _ = ring.gather(np.arange(lo, end_seq + 1))
-                        frames.append(tail)
-                    except FramesUnavailableError:
-                        pass
-            if frames:
-                clip = frames[0] if len(frames) == 1 else _concat_frames(frames)
-                msg["clip"] = ev.clip(camera, event_id, clip, opened.fps, when=opened.when)
+        cam = self._cams.get(msg["camera"])
+        self._event_evidence.attach(msg, self._display_ring(msg["camera"]),
+                                    cam.thread.fps if cam is not None else None, self.cfg.evidence)
 
     # ---- periodic
     def _refresh_cameras(self) -> None:
@@ -701,14 +657,3 @@ class Daemon:
             self._metrics_server.shutdown()
         self.notifier.close()
         log.info("stopped")
-
-
-def _concat_frames(parts: list[np.ndarray]) -> np.ndarray:
-    """Concatenate frame arrays whose sizes may differ (a resolution change mid-event)."""
-    shape = parts[0].shape[1:]
-    if all(p.shape[1:] == shape for p in parts):
-        return np.concatenate(parts)
-    import cv2
-    h, w = shape[:2]
-    return np.stack([f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h))
-                     for p in parts for f in p])
