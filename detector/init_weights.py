@@ -18,6 +18,7 @@ that fits no tensor at all is refused.
 from __future__ import annotations
 
 import logging
+from importlib.resources import files
 from pathlib import Path
 
 from torch import nn
@@ -29,7 +30,8 @@ from .schema import to_dict
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# Package data (setup.cfg), so an installed Vigil has them too.
+WEIGHTS_DIR = Path(str(files("detector") / "weights"))
 # Below this share of the model's values copied, a checkpoint is refused as another architecture.
 MIN_FIT = 0.1
 

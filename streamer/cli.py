@@ -16,8 +16,8 @@ from detector.errors import VigilError
 from .logs import setup_logging
 
 # Modules that add verbs, in the order their verbs appear in --help.
-VERB_MODULES = ("train.cli", "streamer.commands", "streamer.demo", "streamer.bench_cli",
-                "streamer.soak_cli")
+VERB_MODULES = ("train.cli", "streamer.commands", "streamer.tools.demo",
+                "streamer.tools.bench_cli", "streamer.tools.soak_cli")
 
 log = logging.getLogger("vigil")
 

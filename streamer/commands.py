@@ -91,7 +91,9 @@ def _check_config(cfg) -> int:
     """`vigil serve --check`: what the daemon would run, without running it."""
     import torch
 
-    from .daemon import load_model, unknown_clip_length_message
+    from detector.runtime import load_model
+
+    from .daemon import unknown_clip_length_message
 
     _, model_cfg, meta = load_model(cfg.model.checkpoint, torch.device("cpu"), threads=1)
     inp = model_cfg.input
@@ -132,7 +134,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     """
     import time
 
-    from .subscriber import AlertSubscriber, ClientCurve, format_alert
+    from .protocol import format_alert
+    from .subscriber import AlertSubscriber, ClientCurve
 
     replay = args.replay or default_replay_endpoint(args.endpoint)
     curve = _client_curve(args.curve_keys, args.client, ClientCurve) if args.curve_keys else None
@@ -190,7 +193,7 @@ def default_replay_endpoint(endpoint: str) -> str:
 def format_heartbeat(hb: dict | None) -> str:
     """One readable line for a heartbeat: last seq, journal id, uptime, camera states, and the
     journal's trouble when it cannot be written (alerts held in memory)."""
-    from .subscriber import _clean
+    from .protocol import printable
 
     if not hb:
         return "heartbeat"
@@ -198,10 +201,10 @@ def format_heartbeat(hb: dict | None) -> str:
     states = ",".join(f"{name}:{'up' if (st or {}).get('up') else 'down'}"
                       for name, st in sorted(cams.items()) if isinstance(st, dict))
     journal = hb.get("journal") if isinstance(hb.get("journal"), dict) else {}
-    trouble = (f" JOURNAL-NOT-WRITABLE held={_clean(journal.get('held'), 12)}"
+    trouble = (f" JOURNAL-NOT-WRITABLE held={printable(journal.get('held'), 12)}"
                if journal.get("writable") is False else "")
     return (f"heartbeat seq={hb.get('seq')}"
-            + (f" journal={_clean(hb['journal_id'], 64)}" if hb.get("journal_id") else "")
+            + (f" journal={printable(hb['journal_id'], 64)}" if hb.get("journal_id") else "")
             + f" uptime={hb.get('uptime_s')}s" + (f" cameras={states}" if states else "")
             + trouble)
 

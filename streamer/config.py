@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
 from detector.errors import ConfigError
+from detector.runtime import is_onnx_model
 from detector.schema import expand_env, from_dict, load_yaml, to_dict
 from detector.yaml_loader import safe_load_unique
 
@@ -215,11 +216,6 @@ class ServeModelConfig:
     def is_onnx(self) -> bool:
         """Whether the checkpoint is an exported ONNX graph rather than a PyTorch checkpoint."""
         return is_onnx_model(self.checkpoint)
-
-
-def is_onnx_model(path: str | Path) -> bool:
-    """Whether `model.checkpoint` names an exported ONNX graph (by its `.onnx` suffix)."""
-    return Path(path).suffix.lower() == ".onnx"
 
 
 @dataclass

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import queue
 import signal
 import threading
@@ -38,28 +37,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 
-from detector.checkpoint import load_checkpoint
-from detector.config import ModelConfig
-from detector.errors import CheckpointError, ConfigError, VigilError
+from detector.errors import ConfigError, VigilError
 from detector.precision import checkpoint_precision
+from detector.runtime import load_model, resolve_device, torch_threads
 
-from .config import CameraConfig, ServeConfig, is_onnx_model, load_config
+from .config import CameraConfig, ServeConfig, load_config
 from .events import EventTracker, end_message
+from .event_evidence import EventEvidence
 from .evidence import EvidenceWriter
+from .health import health_problem
 from .journal_writer import JournalWriter
 from .masking import install_log_filter
 from .metrics import VigilMetrics
 from .notify import Notifier
 from .publisher import AlertPublisher
 from .retention import RetentionClock
-from .ringbuffer import FramesUnavailableError, RingBuffer
+from .ringbuffer import RingBuffer
+from .scheduler import CameraWindow, Scheduler
 from .sources import CaptureThread, decode_threads_per_camera
 from .types import WindowResult
 from .windows import required_capacity, window_span
-from .worker import CameraWindow, InferenceWorker, Scheduler, WorkerThread
+from .worker import InferenceWorker, WorkerThread
 
 log = logging.getLogger(__name__)
 
@@ -92,75 +92,11 @@ def _version() -> str:
         return "0.0.0+source"
 
 
-def choose_device(requested: str) -> torch.device:
-    """`auto` -> the first CUDA GPU when one is usable, else the CPU.
-
-    Raises:
-        ConfigError: a CUDA device was asked for and none is available.
-    """
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(requested)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"model.device: {requested!r} requested but no CUDA device is available "
-                          "(use auto or cpu)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"model.device: {requested!r}: only {torch.cuda.device_count()} CUDA "
-                          "device(s) present")
-    return dev
-
-
-def torch_threads(requested: Optional[int], device: torch.device, cpus: Optional[int] = None) -> int:
-    """Intra-op threads for torch.
-
-    On the CPU the model gets every core but one, which is left for the capture threads' decoding
-    (OpenCV releases the GIL while decoding, so that core is really used). On a GPU the CPU only
-    gathers and copies batches: a few threads are plenty.
-    """
-    if requested is not None:
-        return requested
-    if cpus is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:
-            cpus = os.cpu_count() or 1
-    if device.type == "cuda":
-        return max(1, min(4, cpus // 2))
-    return max(1, cpus - 1)
-
-
 def unknown_clip_length_message(frames: int) -> str:
     """What the daemon logs (and `vigil serve --check` prints) for a checkpoint without
     `input.clip_seconds`, e.g. one imported from the reference implementation."""
     return ("the checkpoint does not say how long its training clips were (input.clip_seconds): "
             f"windows are {frames} consecutive frames unless a camera sets window_seconds")
-
-
-def load_model(path: Path, device: torch.device, threads: int
-               ) -> tuple[Any, ModelConfig, dict[str, Any]]:
-    """The model the worker runs: a PyTorch checkpoint, or an exported `.onnx` graph.
-
-    Args:
-        path: `model.checkpoint`.
-        device: where a PyTorch model goes (an ONNX model stays on the CPU, and its `.to()`
-            refuses any other device).
-        threads: CPU threads for the model (onnxruntime's intra-op pool or torch's).
-    Returns:
-        (model, its `ModelConfig`, meta: the checkpoint's entries and `runtime`).
-    Raises:
-        CheckpointError: unreadable file, or an ONNX file without Vigil's config metadata.
-        ConfigError: onnxruntime missing.
-    """
-    if not is_onnx_model(path):
-        model, mcfg, meta = load_checkpoint(path, device=device)
-        return model, mcfg, {**meta, "runtime": "torch"}
-    from detector.export import METADATA_KEY, OnnxModel
-
-    model = OnnxModel(path, threads=threads)
-    if model.cfg is None:
-        raise CheckpointError(f"{path}: no {METADATA_KEY} metadata (classes, clip size): "
-                              "export it with `vigil export --format onnx`")
-    return model, model.cfg, {"runtime": "onnxruntime"}
 
 
 @dataclass
@@ -184,16 +120,6 @@ def _make_data_dir(cfg: ServeConfig) -> None:
     except OSError as exc:
         raise ConfigError(f"data_dir: cannot create or write {cfg.data_dir}: "
                           f"{exc.strerror or exc}") from None
-
-
-@dataclass
-class _OpenEvidence:
-    """What an open event's clip needs at its end: the pre-roll copied at its start."""
-    camera: str
-    start_seq: int
-    pre_roll: Optional[np.ndarray]           # (N, H, W, 3) uint8 RGB, or None
-    fps: float
-    when: float
 
 
 @dataclass
@@ -227,11 +153,11 @@ class Daemon:
         # Scheduler changes are applied by the worker thread (the scheduler is not thread-safe).
         self._scheduler_ops: deque[Callable[[Scheduler], None]] = deque()
         self._results: queue.Queue[list[WindowResult]] = queue.Queue(maxsize=RESULT_QUEUE)
-        self._evidence_open: dict[str, _OpenEvidence] = {}
         self._metrics_server = None
         self._publisher: Optional[AlertPublisher] = None
         self._journal: Optional[JournalWriter] = None
         self._evidence: Optional[EvidenceWriter] = None
+        self._event_evidence: Optional[EventEvidence] = None
         self._evidence_reported = (0, 0)    # write errors, drops already counted in metrics
         # Retention (journal and evidence) judges age on this: a wall-clock step forward after
         # start cannot make what this process wrote look old (`streamer/retention.py`).
@@ -312,7 +238,8 @@ class Daemon:
         _make_data_dir(cfg)      # before the model load: a bad data_dir fails in a second
         self.notifier.status("loading the model")
         # An exported graph runs on onnxruntime's CPU provider even where a GPU is present.
-        self.device = torch.device("cpu") if cfg.model.is_onnx else choose_device(cfg.model.device)
+        self.device = (torch.device("cpu") if cfg.model.is_onnx
+                       else resolve_device(cfg.model.device, "model.device"))
         threads = torch_threads(cfg.model.threads, self.device)
         torch.set_num_threads(threads)
         model, mcfg, meta = load_model(cfg.model.checkpoint, self.device, threads)
@@ -322,8 +249,7 @@ class Daemon:
         precision = (checkpoint_precision(meta) if cfg.model.precision == "auto"
                      else cfg.model.precision)
         worker = InferenceWorker(model, mcfg.input, self.class_names, device=self.device,
-                                 precision=precision, max_batch=cfg.model.max_batch,
-                                 max_wait_ms=cfg.model.max_wait_ms)
+                                 precision=precision, max_batch=cfg.model.max_batch)
         log.info("model %s (%s, %d frames of %dx%d, classes %s) on %s via %s, %s autocast, "
                  "%d threads", cfg.model.checkpoint.name, mcfg.backbone.name, mcfg.input.frames,
                  mcfg.input.size[1], mcfg.input.size[0], ", ".join(self.class_names), self.device,
@@ -363,6 +289,7 @@ class Daemon:
                                             max_bytes=cfg.evidence.max_bytes,
                                             min_free_bytes=cfg.evidence.min_free_bytes,
                                             retention=self._retention).start()
+            self._event_evidence = EventEvidence(self._evidence)
         # Event ids end in a per-daemon counter; starting above every seq ever assigned keeps
         # them unique across restarts (each run assigns at least one seq per event).
         self._tracker = EventTracker(cfg.smoothing, self.class_names, metrics=self.metrics,
@@ -481,24 +408,10 @@ class Daemon:
 
     def _health_problem(self, now: float) -> Optional[str]:
         """Why the service must not tell systemd it is healthy, or None. Logs each reason once."""
-        problem = self._publisher.replay_problem() if self._publisher is not None else None
-        if problem is not None:
-            problem += ("; the replay server cannot be restarted from inside, so the watchdog "
-                        "pings stop and systemd restarts the service")
-        for name, cam in self._cams.items():
-            if problem is not None:
-                break
-            if cam.thread.stuck(now):
-                problem = (f"camera {name}: capture thread stuck in native code (no return from "
-                           f"open/read for over {3 * cam.thread.read_timeout_s + cam.thread.open_timeout_s:.0f} s); "
-                           "it cannot be stopped from Python, so the watchdog pings stop and "
-                           "systemd restarts the service")
-                break
-        if problem is None and self._wd_interval is not None:
-            silent = now - self._loop_beat
-            if silent > max(2 * self._wd_interval, 10.0):
-                problem = (f"event loop unresponsive for {silent:.0f} s: the watchdog pings stop "
-                           "and systemd restarts the service")
+        problem = health_problem(
+            now, self._publisher.replay_problem() if self._publisher is not None else None,
+            {name: cam.thread for name, cam in self._cams.items()}, self._wd_interval,
+            self._loop_beat)
         if problem != self._wd_withheld:
             if problem is not None:
                 log.error("%s", problem)
@@ -589,46 +502,11 @@ class Daemon:
         return cam.thread.display_ring if cam is not None else None
 
     def _attach_evidence(self, msg: dict) -> None:
-        ev = self._evidence
-        if ev is None:
+        if self._event_evidence is None:
             return
-        camera, event_id = msg["camera"], msg["event_id"]
-        ring = self._display_ring(camera)
-        if msg["type"] == "start":
-            end_seq = int(msg.get("_end_seq", -1))
-            when = float(msg.get("_t_end_wall", time.time()))
-            fps = self._cams[camera].thread.fps if camera in self._cams else 15.0
-            pre = None
-            if ring is not None:
-                pre_n = int(math.ceil(self.cfg.evidence.pre_roll_s * fps)) if self.cfg.evidence.clip else 0
-                lo = max(ring.oldest, end_seq - pre_n)
-                try:
-                    pre, _, _ = ring.gather(np.arange(lo, end_seq + 1))
-                except FramesUnavailableError:
-                    latest = ring.latest()
-                    pre = latest[1][None] if latest is not None else None
-            if self.cfg.evidence.snapshot and pre is not None and len(pre):
-                msg["snapshot"] = ev.snapshot(camera, event_id, pre[-1], msg["box"], msg["label"],
-                                              float(msg["score"]), when=when)
-            self._evidence_open[event_id] = _OpenEvidence(
-                camera, end_seq, pre if self.cfg.evidence.clip else None, fps, when)
-        elif msg["type"] == "end":
-            opened = self._evidence_open.pop(event_id, None)
-            if opened is None or not self.cfg.evidence.clip:
-                return
-            frames = [] if opened.pre_roll is None else [opened.pre_roll]
-            if ring is not None:
-                end_seq = int(msg.get("_end_seq", ring.count - 1))
-                lo = max(ring.oldest, opened.start_seq + 1)
-                if end_seq >= lo:
-                    try:
-                        tail, _, _ = ring.gather(np.arange(lo, end_seq + 1))
-                        frames.append(tail)
-                    except FramesUnavailableError:
-                        pass
-            if frames:
-                clip = frames[0] if len(frames) == 1 else _concat_frames(frames)
-                msg["clip"] = ev.clip(camera, event_id, clip, opened.fps, when=opened.when)
+        cam = self._cams.get(msg["camera"])
+        self._event_evidence.attach(msg, self._display_ring(msg["camera"]),
+                                    cam.thread.fps if cam is not None else None, self.cfg.evidence)
 
     # ---- periodic
     def _refresh_cameras(self) -> None:
@@ -779,14 +657,3 @@ class Daemon:
             self._metrics_server.shutdown()
         self.notifier.close()
         log.info("stopped")
-
-
-def _concat_frames(parts: list[np.ndarray]) -> np.ndarray:
-    """Concatenate frame arrays whose sizes may differ (a resolution change mid-event)."""
-    shape = parts[0].shape[1:]
-    if all(p.shape[1:] == shape for p in parts):
-        return np.concatenate(parts)
-    import cv2
-    h, w = shape[:2]
-    return np.stack([f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h))
-                     for p in parts for f in p])

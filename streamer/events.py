@@ -33,33 +33,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .config import SmoothingConfig
+from .protocol import ALERT_SCHEMA_V1, END_REASONS, iso_utc
 from .smoother import ScoreSmoother
 from .types import WindowResult
 
 log = logging.getLogger(__name__)
-
-SCHEMA = "vigil.alert/1"
-TYPES = ("start", "update", "end")
-END_REASONS = ("cleared", "camera_lost", "shutdown", "reload", "restart")
-
-
-def iso_utc(t: float) -> str:
-    """Epoch seconds -> `2026-11-24T10:15:01.12Z` (UTC, centiseconds)."""
-    cs = int(round(t * 100))
-    seconds, frac = divmod(cs, 100)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{frac:02d}Z"
-
-
-def parse_iso_utc(text: str) -> float:
-    """`iso_utc`'s inverse: `2026-11-24T10:15:01.12Z` -> epoch seconds (ValueError if not)."""
-    import calendar
-
-    if not isinstance(text, str) or not text.endswith("Z"):
-        raise ValueError(f"not an ISO UTC time ending in Z: {text!r}")
-    whole, _, frac = text[:-1].partition(".")
-    base = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
-    return base + (float("0." + frac) if frac else 0.0)
-
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """IoU of two xyxy boxes (plain floats: one pair per window, no tensors needed)."""
@@ -236,7 +214,7 @@ class EventTracker:
                   int(round(nbox[2] * w)), int(round(nbox[3] * h))]
         score = float(score) if math.isfinite(score) else 0.0
         return {
-            "schema": SCHEMA,
+            "schema": ALERT_SCHEMA_V1,
             "type": kind,
             "event_id": event_id,
             "camera": result.camera,

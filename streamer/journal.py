@@ -35,17 +35,13 @@ from typing import Any, Iterator, Optional
 
 from detector.errors import VigilError
 
-from .events import iso_utc, parse_iso_utc
+from .protocol import ALERT_SCHEMA, iso_utc, parse_iso_utc
 from .retention import RetentionClock, retention_cutoff
 
 log = logging.getLogger(__name__)
 
 # 2: the `info` table holds the journal id (a v1 file gets one when first opened).
 SCHEMA_VERSION = 2
-# The alert on the wire, as the journal finalises it (2: `journal_id` added). /1 messages, from
-# older daemons or stored before the upgrade, have no journal id; clients accept both.
-ALERT_SCHEMA = "vigil.alert/2"
-ALERT_SCHEMAS = ("vigil.alert/1", ALERT_SCHEMA)
 # Below this many free bytes in the journal's file system a failed commit is "disk full".
 DISK_FULL_BYTES = 1 << 20
 # SQLite result codes (primary) that mean the file is damaged, or the disk is full.

@@ -70,14 +70,11 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from detector.errors import ConfigError, VigilError
 
-from .events import iso_utc
 from .journal import Journal, JournalError
+from .protocol import HEARTBEAT_SCHEMA, REPLAY_SCHEMA, iso_utc
 
 log = logging.getLogger(__name__)
 
-REPLAY_SCHEMA = "vigil.replay/1"
-# 2: `journal_id` added (seq counts within one journal id).
-HEARTBEAT_SCHEMA = "vigil.heartbeat/2"
 PAGE_SIZE = 500
 # Replay requests: bodies answered, frames libzmq accepts at all, frames queued.
 MAX_REQUEST_BYTES = 4096

@@ -83,7 +83,7 @@ def tiny_config(cache_dir: Path | None = None, epochs: int = 2, **extra: Any):
 
 def tiny_dataset(path: Path, videos: int = 12, seed: int = 0) -> Path:
     """A dozen small synthetic videos (64x48, 16 frames)."""
-    from train.synth import write_dataset
+    from train.synth_dataset import write_dataset
 
     write_dataset(path, videos, seed=seed, width=64, height=48, fps=10, frames=16, vary=False)
     return path

@@ -6,7 +6,7 @@ The checkpoint is a tiny random-weight `small3d` model: it cannot be expected to
 the smoothing thresholds are set so low that every camera/class opens an event at its first window
 and keeps it open. That makes the lifecycle (start, then `end` reason `shutdown` on SIGTERM)
 deterministic without depending on what the model sees. The daemon process, its notify socket
-and the config come from `streamer.harness`.
+and the config come from `streamer.tools.harness`.
 """
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
-from streamer.daemon import choose_device, torch_threads  # noqa: E402
-from streamer.harness import (DaemonProcess, NotifyListener, base_config,  # noqa: E402
-                              free_port, wait_until)
+from streamer.tools.harness import (DaemonProcess, NotifyListener, base_config,  # noqa: E402
+                                    free_port, wait_until)
 from tests.conftest import recv_json, subscriber  # noqa: E402
 
 SYNTH = "synth://{kind}?seed={seed}&width=96&height=72&fps=15&frames=45"
@@ -33,36 +32,6 @@ pytestmark = pytest.mark.integration
 
 
 # ----------------------------------------------------------------------------- unit checks
-def test_choose_device_auto_picks_cuda_only_when_available():
-    import torch
-
-    dev = choose_device("auto")
-    assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert choose_device("cpu").type == "cpu"
-
-
-def test_choose_device_refuses_cuda_without_a_gpu_naming_the_key():
-    import torch
-
-    from detector.errors import ConfigError
-
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present")
-    with pytest.raises(ConfigError, match="model.device"):
-        choose_device("cuda")
-
-
-def test_torch_threads_leave_a_core_for_decoding_on_cpu():
-    import torch
-
-    cpu = torch.device("cpu")
-    assert torch_threads(None, cpu, cpus=2) == 1
-    assert torch_threads(None, cpu, cpus=8) == 7
-    assert torch_threads(None, cpu, cpus=1) == 1
-    assert torch_threads(3, cpu, cpus=8) == 3
-    assert torch_threads(None, torch.device("cuda"), cpus=16) <= 4
-
-
 class FakeCapture:
     """Stands in for a CaptureThread in the daemon's bookkeeping (no camera, no thread)."""
 

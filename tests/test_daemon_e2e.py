@@ -2,11 +2,11 @@
 with a real RTSP server that is killed and restarted.
 
 * A video of a fight followed by calm, streamed by a real GStreamer RTSP server
-  (streamer/rtsp_test_server.py): the daemon must publish a fight `start`, then an `end` with
+  (scripts/rtsp_test_server.py): the daemon must publish a fight `start`, then an `end` with
   reason `cleared`, received on a real ZeroMQ subscriber, with the evidence files on disk.
 * A live synthetic fight camera: SIGTERM while its event is open gives an `end` with reason
   `shutdown`, and exit code 0.
-* A real GStreamer RTSP server (streamer/rtsp_test_server.py) killed and restarted:
+* A real GStreamer RTSP server (scripts/rtsp_test_server.py) killed and restarted:
   `vigil_camera_up` goes to 0 and back to 1, the open events of that camera end with
   `camera_lost`, and the other camera keeps delivering frames throughout.
 """
@@ -22,8 +22,8 @@ import pytest
 
 pytest.importorskip("zmq")
 
-from streamer.harness import (DaemonProcess, RtspServer, base_config, free_port,  # noqa: E402
-                              rtsp_server_missing, wait_until)
+from streamer.tools.harness import (DaemonProcess, RtspServer, base_config,  # noqa: E402
+                                    free_port, rtsp_server_missing, wait_until)
 from tests.conftest import recv_json, subscriber  # noqa: E402
 
 pytestmark = pytest.mark.integration

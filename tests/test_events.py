@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.config import SmoothingConfig
-from streamer.events import (END_REASONS, EventTracker, box_iou, end_message, iso_utc,
-                             parse_iso_utc)
+from streamer.events import EventTracker, box_iou, end_message
+from streamer.protocol import END_REASONS, iso_utc, parse_iso_utc
 from streamer.metrics import VigilMetrics
 from streamer.types import ClassScore, WindowResult
 

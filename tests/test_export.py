@@ -104,13 +104,13 @@ def test_export_command_prints_the_max_abs_diff(tmp_path, capsys):
 
     from detector.checkpoint import save_checkpoint
     from detector.model import build_model
-    from streamer import bench_cli
+    from train import cli as train_cli
 
     cfg = tiny_config()
     torch.manual_seed(1)
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model(cfg), cfg)
     parser = argparse.ArgumentParser(prog="vigil")
-    bench_cli.register(parser.add_subparsers(dest="verb"))
+    train_cli.register(parser.add_subparsers(dest="verb"))
     args = parser.parse_args(["export", "--checkpoint", str(ckpt), "--format", "onnx",
                               "--check-batch", "2"])
     assert args.func(args) == 0
@@ -132,7 +132,7 @@ def test_onnx_runner_without_onnxruntime_or_file_is_a_clear_error(tmp_path):
 def test_the_daemons_worker_scores_windows_the_same_from_the_exported_model(exported):
     import numpy as np
 
-    from streamer.daemon import load_model
+    from detector.runtime import load_model
     from streamer.worker import InferenceWorker, WindowMeta
 
     model, cfg, path = exported
@@ -175,7 +175,7 @@ def test_vigil_serve_runs_an_exported_model_end_to_end(exported, tmp_path):
     zmq = pytest.importorskip("zmq")
     import yaml
 
-    from streamer.harness import DaemonProcess, base_config, wait_until
+    from streamer.tools.harness import DaemonProcess, base_config, wait_until
 
     _, _, path = exported
     cfg = base_config(tmp_path / "data", path, {"cam": "synth://fight?seed=1&width=96&height=72"

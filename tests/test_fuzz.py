@@ -10,7 +10,7 @@ as a stack trace, and fails the test. Parsers covered:
 * the training config: `train.config.load_train_config` on random text and `--set` overrides;
 * label files: `train.labels.parse_label_file` on random text and bytes;
 * `action_challenge.csv`: `train.dataset.scan_dataset` on a folder holding random CSV text;
-* alert messages read by `vigil alerts`: `streamer.subscriber.parse_alert`/`parse_heartbeat`
+* alert messages read by `vigil alerts`: `streamer.protocol.parse_alert`/`parse_heartbeat`
   on random frames and on mutations of a valid alert.
 
 `max_examples` is bounded so the file runs in well under 30 s on two cores.
@@ -358,7 +358,7 @@ def _valid_alert() -> dict:
 
 
 def test_the_valid_alert_used_for_mutation_is_accepted():
-    from streamer.subscriber import parse_alert
+    from streamer.protocol import parse_alert
 
     assert parse_alert([b"alert.lobby.fight", json.dumps(_valid_alert()).encode()])["seq"] == 7
 
@@ -376,7 +376,7 @@ FRAME = st.one_of(st.binary(max_size=60), st.text(max_size=20), st.integers(), s
 @FAST
 @given(frames=st.one_of(st.lists(FRAME, max_size=4), FRAME, st.tuples(FRAME, FRAME)))
 def test_alert_frames_of_random_content_raise_alert_format_error(frames):
-    from streamer.subscriber import parse_alert, parse_heartbeat
+    from streamer.protocol import parse_alert, parse_heartbeat
 
     refuses_cleanly(lambda: parse_alert(frames))
     refuses_cleanly(lambda: parse_heartbeat(frames))
@@ -386,7 +386,7 @@ def test_alert_frames_of_random_content_raise_alert_format_error(frames):
 @given(msg=mutated(_valid_alert()),
        topic=st.sampled_from([b"alert.lobby.fight", b"alert.", b"heartbeat", b"alert.x.y", b""]))
 def test_damaged_alerts_raise_alert_format_error(msg, topic):
-    from streamer.subscriber import format_alert, parse_alert
+    from streamer.protocol import format_alert, parse_alert
 
     body = json.dumps(msg, default=_json_default, allow_nan=True).encode()
     parsed = refuses_cleanly(lambda: parse_alert([topic, body]))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.events import iso_utc, parse_iso_utc
+from streamer.protocol import iso_utc, parse_iso_utc
 from streamer.journal import Journal, JournalError
 
 REPO = Path(__file__).resolve().parents[1]

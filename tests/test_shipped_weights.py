@@ -59,7 +59,7 @@ def test_fine_tuning_recipe_starts_from_the_shipped_weights_by_default(tmp_path)
     cfg = load_train_config(ROOT / "configs" / "train" / "finetune-cpu.yaml")
     assert cfg.train.init == "vigil"
     assert find_shipped(cfg.model) == SHIPPED
-    from train.synth import write_dataset
+    from train.synth_dataset import write_dataset
     from train.trainer import fit
 
     data = tmp_path / "mine"

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from detector.errors import VigilError
 from streamer.journal import Journal
 from streamer.publisher import AlertPublisher, generate_keys
-from streamer.subscriber import (AlertFormatError, AlertSubscriber, ClientCurve, format_alert,
-                                 parse_alert)
+from streamer.protocol import AlertFormatError, format_alert, parse_alert
+from streamer.subscriber import AlertSubscriber, ClientCurve
 
 ANY = "tcp://127.0.0.1:*"
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from train.dataset import scan_dataset
-from train.synth import KINDS, Scene, make_scene, write_dataset
+from train.synth import KINDS, Scene
+from train.synth_dataset import make_scene, write_dataset
 
 SMALL = dict(width=96, height=72, fps=10, frames=16)
 # The generator's modes, as `make_scene` keyword arguments.

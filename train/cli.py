@@ -1,5 +1,5 @@
-"""The training side of the `vigil` command: train, eval, cv, detect, synth, data check,
-import-reference.
+"""The model side of the `vigil` command: train, eval, cv, detect, synth, data check,
+import-reference, export.
 
 Each verb's function takes the parsed arguments and returns an exit code; heavy imports (torch,
 OpenCV, matplotlib) happen inside them so `vigil --help` stays instant. Library code logs; the
@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any
+
+from .recipes import DEFAULT_RECIPE, recipe_path
 
 log = logging.getLogger("vigil.train")
 
@@ -30,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "reference.yaml: video acc + 0.2 x det-acc), OUT/metrics.jsonl; resumes "
                     "from OUT/last.pt when it exists.")
     p.add_argument("--config", type=Path, default=None,
-                   help="training YAML (e.g. configs/train/cpu-small.yaml); default: the "
-                        "report's recipe (configs/train/seed.yaml)")
+                   help="training YAML or shipped recipe name (e.g. configs/train/cpu-small.yaml "
+                        "or cpu-small); default: the report's recipe "
+                        f"({recipe_path(DEFAULT_RECIPE)})")
     p.add_argument("--data", type=Path, nargs="+", required=True, metavar="DATA",
                    help="dataset folder(s) or CSV manifest(s); several train together, each "
                         "split on its own")
@@ -50,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "recall, precision, ROC AUC, false alarms on none videos) and, with --out, "
                     "write metrics.json, predictions.jsonl and PNGs (confusion matrix, training "
                     "curves, worst predictions).")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="a .pt checkpoint, or an .onnx export (run on the CPU)")
     p.add_argument("--data", type=Path, required=True, help="dataset folder")
     p.add_argument("--split", choices=("val", "train", "all"), default="val",
                    help="which videos: the training run's split (same seed and fraction), or all")
@@ -85,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "inference script gives it; with --windows, one row per sliding window with "
                     "its time span. Folders are searched for .mp4/.avi/.mkv/.mov files.")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="video files or folders")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="a .pt checkpoint, or an .onnx export (run on the CPU)")
     p.add_argument("--out", type=Path, default=None, help="write JSON lines here, not stdout")
     p.add_argument("--csv", type=Path, default=None, help="write CSV here ('-' = stdout)")
     p.add_argument("--csv-format", choices=("vigil", "reference"), default="vigil",
@@ -177,6 +182,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "trained on")
     p.set_defaults(func=cmd_import_reference)
 
+    p = subparsers.add_parser(
+        "export", formatter_class=fmt, help="export a checkpoint to ONNX and check it",
+        description="Write the detector as ONNX (dynamic batch axis, the checkpoint's clip size), "
+                    "run it with onnxruntime on the CPU next to PyTorch on the same clips and "
+                    "print the largest absolute difference of each output.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt checkpoint")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
+    p.add_argument("--out", type=Path, default=None,
+                   help="file to write (default: the checkpoint with .onnx)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    p.add_argument("--check-batch", type=int, default=3,
+                   help="clips in the check (not the export's batch: proves the batch is dynamic)")
+    p.add_argument("--atol", type=float, default=1e-3,
+                   help="exit 1 when any output differs by more than this")
+    p.add_argument("--time", action="store_true",
+                   help="also time PyTorch (fp32, CPU) and onnxruntime on the check batch")
+    p.set_defaults(func=cmd_export)
+
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -213,9 +236,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
     from torch.utils.data import DataLoader
 
-    from detector.checkpoint import load_checkpoint
+    from detector.runtime import load_model, model_device, resolve_device
     from detector.losses import LossConfig, build_criterion
     from detector.schema import from_dict
 
@@ -225,8 +249,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .metrics import format_table, to_jsonable
     from .report import format_source_table, report_from_predictions
 
-    device = engine.resolve_device(args.device)
-    model, mcfg, meta = load_checkpoint(args.checkpoint, device=device)
+    device = resolve_device(args.device)
+    model, mcfg, meta = load_model(args.checkpoint, device, threads=torch.get_num_threads())
+    device = model_device(meta, device)
     train_cfg = meta.get("train_config") or {}
     loss_cfg = from_dict(LossConfig, train_cfg.get("loss"), "train_config.loss")
     data_cfg = from_dict(DataConfig, train_cfg.get("data"), "train_config.data")
@@ -448,7 +473,7 @@ def _detect_summary(rows_by_video: dict[str, list[dict[str, Any]]], truths: dict
 
 # --------------------------------------------------------------------------- synth
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import write_dataset
+    from .synth_dataset import write_dataset
 
     if args.videos < 1:
         print("--videos must be >= 1", file=sys.stderr)
@@ -578,4 +603,43 @@ def cmd_import_reference(args: argparse.Namespace) -> int:
             else f"clip length {clip_seconds:g} s")
     print(f"wrote {args.out}: reference model, {count_parameters(model):,} parameters, classes "
           f"{', '.join(cfg.class_names)}; {clip}")
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    """`vigil export --checkpoint CKPT --format onnx`: export, then compare with PyTorch."""
+    import torch
+
+    from detector.checkpoint import load_checkpoint
+    from detector.export import OnnxModel, check_against_torch, export_onnx
+    from detector.preprocess import normalize_clips
+    from detector.timing import median, time_samples
+
+    from .synth import synth_clips
+
+    out = args.out or args.checkpoint.with_suffix(".onnx")
+    # The exporter's graph passes log every rewrite at INFO; keep the command's output readable.
+    for name in ("onnx_ir", "onnxscript"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    model, cfg, _ = load_checkpoint(args.checkpoint, device="cpu")
+    export_onnx(model, cfg, out, opset=args.opset)
+    runner = OnnxModel(out)
+    clips = synth_clips(args.check_batch, cfg.input.frames, cfg.input.size)
+    x = normalize_clips(clips, cfg.input.mean, cfg.input.std)
+    diff = check_against_torch(model, runner, x)
+    print(f"wrote {out} (ONNX opset {args.opset}, dynamic batch, input Bx3x{cfg.input.frames}x"
+          f"{cfg.input.size[0]}x{cfg.input.size[1]})")
+    print(f"max abs diff vs PyTorch on {args.check_batch} clips: "
+          f"pred_logits {diff['pred_logits']:.3g}, pred_boxes {diff['pred_boxes']:.3g}")
+    if args.time:
+        with torch.inference_mode():
+            t_torch = median(time_samples(lambda: model(x), repeats=5, warmup=1))
+        t_onnx = median(time_samples(lambda: runner(x), repeats=5, warmup=1))
+        print(f"batch {args.check_batch} on the CPU (median of 5): PyTorch fp32 "
+              f"{1e3 * t_torch:.1f} ms, onnxruntime {1e3 * t_onnx:.1f} ms "
+              f"(onnxruntime speed-up {t_torch / t_onnx:.2f}x)")
+    if max(diff.values()) > args.atol:
+        log.error("ONNX outputs differ from PyTorch by more than --atol %g", args.atol)
+        return 1
     return 0

@@ -1,10 +1,12 @@
-"""The training configuration: `configs/train/*.yaml` plus `--set key=value` overrides.
+"""The training configuration: a recipe (`configs/train/*.yaml`) plus `--set key=value` overrides.
 
 Sections: `model` (the detector, `detector.config.ModelConfig`, which checkpoints carry), `loss`
 (`detector.losses.LossConfig`), `optim`, `data`, `augment` (`train.augment.AugmentConfig`) and
 `train`. Defaults are the technical report's recipe, so `configs/train/seed.yaml` only restates
 them; every field is checked by `detector.schema.from_dict` (unknown keys and wrong types are
 errors naming the dotted key).
+
+`--config` names a file or a shipped recipe (`train.recipes`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from detector.losses import LossConfig
 from detector.schema import apply_overrides, from_dict, load_yaml
 
 from .augment import AugmentConfig
+from .recipes import resolve_recipe
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +206,8 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     """Read a training config and apply `--set` overrides.
 
     Args:
-        path: YAML file; None starts from the defaults (the report's recipe).
+        path: YAML file or shipped recipe (`resolve_recipe`); None starts from the defaults (the
+            report's recipe, which `seed.yaml` restates).
         overrides: `["loss.giou=0", "optim.lr=1e-4"]`; values are parsed as YAML.
         epochs: the `--epochs N` shortcut: sets `optim.epochs` and, when the recipe's warm-up
             would not fit in N epochs, shortens `optim.warmup_epochs` to N - 1 (logged), so a
@@ -213,6 +217,8 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     Raises:
         ConfigError: unreadable file, unknown key or bad value, naming the file and the key.
     """
+    if path is not None:
+        path = resolve_recipe(path)
     data = load_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     if epochs is not None:

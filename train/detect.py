@@ -225,16 +225,15 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
          "width", "height"} plus "start_s", "end_s" in window mode; a failed file yields
         {"video", "error"}.
     """
-    from detector.checkpoint import load_checkpoint
     from detector.postprocess import clip_predictions
     from detector.precision import autocast, autocast_dtype
     from detector.preprocess import normalize_clips
-
-    from .engine import resolve_device
+    from detector.runtime import load_model, model_device, resolve_device
 
     files = find_videos(paths)
     dev = resolve_device(device)
-    model, cfg, meta = load_checkpoint(checkpoint, device=dev)
+    model, cfg, meta = load_model(checkpoint, dev, threads=torch.get_num_threads())
+    dev = model_device(meta, dev)  # an .onnx model runs on the CPU, in fp32
     if precision == "auto":
         precision = checkpoint_precision(meta)
     amp = autocast_dtype(dev, precision)
@@ -683,9 +682,9 @@ def checkpoint_label_options(checkpoint: str | Path) -> dict[str, Any]:
     Raises:
         CheckpointError: from `detector.checkpoint.load_checkpoint`.
     """
-    from detector.checkpoint import load_checkpoint
+    from detector.runtime import load_model
 
-    _, cfg, meta = load_checkpoint(checkpoint, device="cpu")
+    _, cfg, meta = load_model(checkpoint, torch.device("cpu"))
     data = (meta.get("train_config") or {}).get("data") or {}
     return {"class_names": tuple(cfg.class_names),
             "class_folders": dict(data.get("class_folders") or {}),

@@ -6,7 +6,6 @@ normalised there with `detector.preprocess.normalize_clips`, exactly as the daem
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from detector.errors import VigilError
+from detector.precision import autocast
 from detector.preprocess import normalize_clips
 
 from . import metrics as M
@@ -27,19 +27,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(VigilError, FloatingPointError):
     """The loss became NaN or infinite: training diverged (the message holds every term)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA when available, else CPU; anything else is passed to `torch.device`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise VigilError(f"train.device: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VigilError(f"train.device: {name!r} asked for but CUDA is not available")
-    return device
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
@@ -55,12 +42,6 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     if mode == "on":
         return torch.bfloat16
     return None
-
-
-def _autocast(device: torch.device, amp: torch.dtype | None):
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp)
 
 
 def targets_to(targets: Sequence[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
@@ -136,12 +117,12 @@ def train_one_epoch(model: nn.Module, criterion: Any, loader: Iterable,
         tgts = targets_to(targets, device)
         if loss_autocast and amp is not None:
             # The reference implementation: the loss too inside autocast, on fp16 outputs.
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 outputs = model(x)
                 terms = criterion(outputs, tgts)
                 total = criterion.total(terms)
         else:
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 outputs = model(x)
             # The loss in float32: fp16 logits through softmax/log would lose the small
             # no_object terms. (Auxiliary outputs, a list, are cast by the criterion itself.)
@@ -222,7 +203,7 @@ def evaluate(model: nn.Module, criterion: Any, loader: Iterable, device: torch.d
     for clips, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
         x = _model_input(model, clips, device)
         tgts = targets_to(targets, device)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             outputs = model(x)
         outputs = {k: v.float() for k, v in outputs.items()}
         terms = criterion(outputs, tgts)

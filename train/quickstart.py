@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .recipes import CPU_RECIPE, recipe_path
+
 log = logging.getLogger(__name__)
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
-CPU_SMALL = REPO_CONFIGS / "cpu-small.yaml"
+CPU_SMALL = recipe_path(CPU_RECIPE)
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class QuickRecipe:
     Attributes:
         train_videos: synthetic videos generated for training (80/20 train/val split).
         heldout_videos: videos of another seed, never trained on, for the learning check.
-        synth: `train.synth.write_dataset` keyword arguments (scene size, fps, length).
+        synth: `train.synth_dataset.write_dataset` keyword arguments (scene size, fps, length).
         train_seed, heldout_seed: synthetic data seeds.
         overrides: `--set` style overrides applied on top of `cpu-small.yaml`.
     """
@@ -98,7 +99,7 @@ def train_quick_model(root: Path, recipe: QuickRecipe = RECIPE, heldout: bool = 
         The run.
     """
     from train.config import load_train_config
-    from train.synth import write_dataset
+    from train.synth_dataset import write_dataset
     from train.trainer import fit
 
     root = Path(root)

@@ -17,7 +17,7 @@ import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 
@@ -25,11 +25,9 @@ from detector.errors import DataError
 
 from . import video_io
 from .layouts import Problems
+from .records import VideoRecord
 
 log = logging.getLogger(__name__)
-
-if TYPE_CHECKING:
-    from .dataset import VideoRecord
 
 
 @dataclass
@@ -40,7 +38,7 @@ class GroupUnit:
     stratum: str
 
 
-def group_units(records: Sequence["VideoRecord"]) -> list[GroupUnit]:
+def group_units(records: Sequence[VideoRecord]) -> list[GroupUnit]:
     """One unit per group, in order of first appearance.
 
     The stratum is the most common class among the group's videos' first actions (ties: the
@@ -167,7 +165,7 @@ def read_split_files(root: Path, stems: set[str], problems: Problems) -> dict[st
     return out
 
 
-def check_groups_within_split(records: Sequence["VideoRecord"], problems: Problems) -> None:
+def check_groups_within_split(records: Sequence[VideoRecord], problems: Problems) -> None:
     """Report a group whose videos an explicit split puts on both sides."""
     sides: dict[str, set[str]] = defaultdict(set)
     for r in records:
@@ -179,9 +177,9 @@ def check_groups_within_split(records: Sequence["VideoRecord"], problems: Proble
                          f"leak between the splits")
 
 
-def split_records(records: Sequence["VideoRecord"], root: Optional[str | Path],
+def split_records(records: Sequence[VideoRecord], root: Optional[str | Path],
                   split: Literal["train", "val", "all"], val_fraction: float = 0.2,
-                  seed: int = 0) -> list["VideoRecord"]:
+                  seed: int = 0) -> list[VideoRecord]:
     """The records of one split.
 
     `root/splits/{train,val}.txt` decide when present (with only one of them, the other split
@@ -245,7 +243,7 @@ def split_records(records: Sequence["VideoRecord"], root: Optional[str | Path],
     return [r for i, r in enumerate(records) if (i in in_val) == want_val]
 
 
-def stratified_folds(records: Sequence["VideoRecord"], k: int, seed: int = 0
+def stratified_folds(records: Sequence[VideoRecord], k: int, seed: int = 0
                      ) -> list[tuple[list[int], list[int]]]:
     """k cross-validation folds, each group in one fold, each stratum spread evenly.
 

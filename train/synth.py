@@ -25,9 +25,10 @@ with textured walls, floors in perspective, windows, doors, furniture, a light p
 vignetting; in 40% of scenes a camera high up looking down (figures 20-45% of the frame height,
 smaller the farther away); 0-4 bystanders; lighting that drifts, flickers or switches mid-clip,
 gamma and haze; greyscale IR (20%), optical blur, a burnt-in clock. `train.synth_styles` holds
-a second, different style ("other") for few-shot tests; `make_scene` picks either.
+a second, different style ("other") for few-shot tests; `train.synth_dataset.make_scene` picks
+either and `train.synth_dataset.write_dataset` writes Vigil's folder layout.
 
-Frames are BGR (what `cv2.VideoWriter` expects); `write_dataset` writes Vigil's folder layout.
+Frames are BGR (what `cv2.VideoWriter` expects); `write_video` encodes a scene.
 """
 from __future__ import annotations
 
@@ -799,43 +800,6 @@ class Scene:
         return _Actor(poses, self._style(rng, h), is_action=True)
 
 
-STYLES = ("stick", "other")
-
-
-def make_scene(kind: str, seed: int, width: int = 320, height: int = 240, fps: float = 25,
-               frames: int = 64, style: str = "stick", variety: bool = False) -> Scene:
-    """A scene of the given style: "stick" (`Scene`, optionally with `variety`) or "other"
-    (`train.synth_styles.OtherScene`: capsule figures outdoors, shoving and slumping).
-
-    Raises:
-        ValueError: unknown style, or `variety` with a style other than "stick".
-    """
-    if style == "stick":
-        return Scene(kind, seed, width, height, fps, frames, variety=variety)
-    if style == "other":
-        if variety:
-            raise ValueError("variety applies to the stick style only")
-        from .synth_styles import OtherScene
-        return OtherScene(kind, seed, width, height, fps, frames)
-    raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
-
-
-def _allocate(videos: int, mix: Sequence[float]) -> list[str]:
-    """Kinds for `videos` clips in proportion to `mix` (largest remainder)."""
-    weights = np.asarray(mix, dtype=float)
-    if weights.shape != (3,) or (weights < 0).any() or weights.sum() <= 0:
-        raise ValueError(f"mix must be 3 non-negative weights (fight, collapse, none), got {mix}")
-    exact = videos * weights / weights.sum()
-    counts = np.floor(exact).astype(int)
-    for j in np.argsort(-(exact - counts), kind="stable")[: videos - counts.sum()]:
-        counts[j] += 1
-    return [kind for kind, c in zip(KINDS, counts) for _ in range(c)]
-
-
-def _even(v: float) -> int:
-    return max(16, int(round(v / 2)) * 2)
-
-
 def write_video(path: str | Path, scene: Scene) -> None:
     """Encode every frame of `scene` to `path` with the mp4v codec.
 
@@ -853,52 +817,19 @@ def write_video(path: str | Path, scene: Scene) -> None:
         writer.release()
 
 
-def write_dataset(out: str | Path, videos: int, seed: int, width: int = 320, height: int = 240,
-                  fps: float = 25, frames: int = 64, mix: Sequence[float] = (1, 1, 1),
-                  vary: bool = True, progress: bool = False, *, variety: bool = False,
-                  style: str = "stick") -> list[str]:
-    """Write a synthetic dataset in Vigil's layout (`videos/*.mp4`, `labels/*.txt`, no splits).
+def synth_clips(batch: int, frames: int, size: Sequence[int], seed: int = 0) -> torch.Tensor:
+    """Rendered synthetic scenes (fight/collapse/none) as uint8 (B, T, H, W, 3) RGB.
 
-    Args:
-        out: dataset folder (created; existing files with the same names are overwritten).
-        videos: number of clips.
-        seed: the whole dataset is a function of it (and the other arguments).
-        width, height, fps, frames: the base geometry of every clip.
-        mix: relative numbers of fight, collapse and none clips.
-        vary: give each clip one of three sizes (base, 1.25x wider, square) and one of three
-            frame rates (base, 0.8x, 0.6x), so per-video normalisation is exercised.
-        progress: show a tqdm progress bar.
-        variety: stick scenes in many looks (see `Scene`); off: exactly the plain default.
-        style: "stick" or "other" (see `make_scene`).
-    Returns:
-        The stems written, in order.
+    Real-looking clips rather than noise, so a precision check sees the model's usual inputs.
     """
-    from tqdm import tqdm
+    import torch
 
-    if style not in STYLES:
-        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
-    if variety and style != "stick":
-        raise ValueError("variety applies to the stick style only")
-    out = Path(out)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
-    (out / "labels").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([int(seed), 7919])
-    kinds = _allocate(videos, mix)
-    kinds = [kinds[j] for j in rng.permutation(len(kinds))]
-    sizes = [(width, height)]
-    rates = [fps]
-    if vary:
-        sizes += [(_even(width * 1.25), height), (_even(height * 16 / 15),) * 2]
-        rates += [max(1.0, round(fps * 0.8)), max(1.0, round(fps * 0.6))]
-    stems = []
-    for i, kind in enumerate(tqdm(kinds, desc="synth", unit="video", disable=not progress)):
-        w, h = sizes[int(rng.integers(len(sizes)))]
-        rate = rates[int(rng.integers(len(rates)))]
-        scene_seed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
-        scene = make_scene(kind, scene_seed, w, h, rate, frames, style=style, variety=variety)
-        stem = f"{kind}_{i:04d}"
-        write_video(out / "videos" / f"{stem}.mp4", scene)
-        (out / "labels" / f"{stem}.txt").write_text(scene.label_line(), encoding="utf-8")
-        stems.append(stem)
-    log.info("wrote %d synthetic videos to %s", len(stems), out)
-    return stems
+    H, W = int(size[0]), int(size[1])
+    out = np.empty((batch, frames, H, W, 3), np.uint8)
+    for b in range(batch):
+        scene = Scene(KINDS[b % len(KINDS)], seed + b, width=max(W, 64), height=max(H, 48),
+                      frames=frames)
+        for t in range(frames):
+            bgr = cv2.resize(scene.render(t), (W, H), interpolation=cv2.INTER_AREA)
+            cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=out[b, t])
+    return torch.from_numpy(out)

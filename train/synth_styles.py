@@ -19,7 +19,7 @@ adapts to a new look and new motions, not how well it remembers.
   * none: passers-by (walking with a bob and a wide arm swing, or standing), and the same
     hard negatives as the stick style: someone lying still, a pair talking close together.
 Labels mean the same (the union over all frames of the action figures' drawn extents) and
-`write_dataset(..., style="other")` writes the same layout.
+`train.synth_dataset.write_dataset(..., style="other")` writes the same layout.
 """
 from __future__ import annotations
 

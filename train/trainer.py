@@ -32,6 +32,7 @@ from detector.checkpoint import save_checkpoint
 from detector.errors import CheckpointError, DataError
 from detector.init_weights import initialise
 from detector.losses import build_criterion
+from detector.runtime import resolve_device
 from detector.model import build_model, count_parameters
 from detector.schema import to_dict
 
@@ -286,7 +287,7 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
         # The reference implementation's setting: reproducible convolutions, no autotuning.
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-    device = engine.resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "train.device")
     amp = engine.resolve_amp(cfg.train.amp, device)
 
     model_cfg = cfg.model

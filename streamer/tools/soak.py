@@ -3,7 +3,7 @@
 The soak starts `vigil serve` as a child process on loopback with several cameras:
 
 * file-backed cameras: synthetic videos (`train.synth`) written once, read as looping files;
-* RTSP cameras: GStreamer's RTSP server (`streamer/rtsp_test_server.py`, run with the system
+* RTSP cameras: GStreamer's RTSP server (`scripts/rtsp_test_server.py`, run with the system
   Python that has python3-gi) killed and restarted every `restart_every_s`, so the daemon goes
   through camera-lost / reconnect cycles, events ending with `camera_lost`, evidence clips;
 * a flapping subscriber: an `AlertSubscriber` connected for `flap_every_s`, then gone for as
@@ -22,7 +22,7 @@ these within a 5-minute soak. The windows rate must not decay: the mean windows/
 quarter must be at least `MIN_RATE_RATIO` of the second quarter's. The daemon must also still be
 alive at the end and stop cleanly on SIGTERM.
 
-The daemon, the RTSP servers and the process sampling come from `streamer.harness`, the same
+The daemon, the RTSP servers and the process sampling come from `streamer.tools.harness`, the same
 harness the daemon, fault injection and security tests drive the daemon with.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ class FlappingSubscriber(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        from .subscriber import AlertSubscriber
+        from streamer.subscriber import AlertSubscriber
 
         while not self._stop_event.is_set():
             sub = AlertSubscriber(self.endpoint, self.replay_endpoint, since=self.last_seq)

@@ -13,23 +13,15 @@ Everything printed is measured in the run that prints it:
 * the roofline is a square matmul timed in the same process just before (8192^3 on CUDA, 2048^3
   on the CPU), once per precision, so "fraction of peak" compares like with like.
 
-The generic pieces (timing, medians, environment, Markdown/JSON tables) are also used by the
-pipeline and offline benchmarks (`streamer/bench.py`, `train/bench_offline.py`).
+The generic pieces (environment, Markdown/JSON tables) are `streamer.tools.kit`, timing and
+medians `detector.timing`, shared with the pipeline, offline and training benchmarks.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as _dt
-import json
 import logging
-import math
-import platform
-import shlex
-import statistics
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
@@ -37,8 +29,14 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .errors import ConfigError
+from detector.config import ModelConfig
+from detector.errors import ConfigError
+from detector.precision import autocast
+from detector.runtime import resolve_device
+from detector.timing import median, synchronize, time_samples
+from train.synth import synth_clips
+
+from .kit import BenchReport, Section, bench_env
 
 log = logging.getLogger(__name__)
 
@@ -47,244 +45,6 @@ CUDA_MATMUL_N = 8192
 # ...and this one a small CPU's vector units in well under a second.
 CPU_MATMUL_N = 2048
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# =============================================================================== statistics
-def median(samples: Sequence[float]) -> float:
-    """Median of recorded samples (what every table reports).
-
-    Raises:
-        ValueError: no samples.
-    """
-    if not samples:
-        raise ValueError("no samples to summarise")
-    return float(statistics.median(samples))
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation between order statistics."""
-    if not samples:
-        raise ValueError("no samples to summarise")
-    xs = sorted(float(s) for s in samples)
-    pos = (len(xs) - 1) * min(max(q, 0.0), 100.0) / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def ratio(numerator: float, denominator: float) -> Optional[float]:
-    """numerator / denominator, or None when the denominator is zero or not finite."""
-    if not denominator or not math.isfinite(denominator):
-        return None
-    return numerator / denominator
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_samples(fn: Callable[[], Any], repeats: int, warmup: int = 1,
-                 device: torch.device | str = "cpu", inner: int = 1) -> list[float]:
-    """Time `fn`: `warmup` untimed calls, then `repeats` timed samples.
-
-    Args:
-        fn: the work; its result is discarded.
-        repeats: samples recorded (>= 1).
-        warmup: untimed calls first (compilation, autotuning, caches).
-        device: synchronised before and after each sample so queued GPU work is counted.
-        inner: calls per sample (amortises launch overhead of very short calls); the sample is
-            the time of ONE call (total / inner).
-    Returns:
-        `repeats` durations in seconds, in the order measured.
-    """
-    if repeats < 1 or inner < 1:
-        raise ValueError("repeats and inner must be >= 1")
-    device = torch.device(device)
-    for _ in range(max(0, warmup)):
-        fn()
-    synchronize(device)
-    samples = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        synchronize(device)
-        samples.append((time.perf_counter() - t0) / inner)
-    return samples
-
-
-# =============================================================================== environment
-def resolve_device(requested: str) -> torch.device:
-    """`auto` -> CUDA when available, else CPU; `cuda` without a GPU is a ConfigError."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(requested)
-    except RuntimeError:
-        raise ConfigError(f"--device: unknown device {requested!r} (auto, cpu, cuda, "
-                          "cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device: {requested!r} requested but no CUDA device is available")
-    return dev
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_bf16_supported() -> bool:
-    """Whether oneDNN has native bf16 kernels on this CPU (AVX-512 BF16 / AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({torch.get_num_threads()} torch threads)"
-
-
-def command_line(argv: Optional[Sequence[str]] = None) -> str:
-    """The command as typed (`vigil bench ...`), quoted so it can be pasted back."""
-    argv = list(sys.argv if argv is None else argv)
-    if argv and (argv[0].endswith("vigil") or argv[0].endswith("cli.py")):
-        argv[0] = "vigil"
-    return " ".join(shlex.quote(a) for a in argv)
-
-
-@dataclass
-class BenchEnv:
-    """Where and how a benchmark ran; stated above every table and in every JSON row."""
-    device: str
-    device_name: str
-    torch: str
-    torchvision: str
-    opencv: str
-    python: str
-    threads: int
-    command: str
-    date: str
-    cpu_bf16: bool
-
-    def line(self) -> str:
-        return (f"device {self.device} ({self.device_name}); torch {self.torch}, torchvision "
-                f"{self.torchvision}, OpenCV {self.opencv}, Python {self.python}; "
-                f"{self.threads} torch threads; {self.date}; command: `{self.command}`")
-
-
-def bench_env(device: torch.device, command: Optional[str] = None) -> BenchEnv:
-    """Collect the environment line of a benchmark."""
-    import torchvision
-    try:
-        import cv2
-        cv_version = cv2.__version__
-    except ImportError:
-        cv_version = "absent"
-    return BenchEnv(device=str(device), device_name=device_name(device), torch=torch.__version__,
-                    torchvision=torchvision.__version__, opencv=cv_version,
-                    python=platform.python_version(), threads=torch.get_num_threads(),
-                    command=command if command is not None else command_line(),
-                    date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                    cpu_bf16=cpu_bf16_supported())
-
-
-# =============================================================================== reports
-@dataclass
-class Section:
-    """One table: a title, column names, row dicts (keys = columns) and notes under it."""
-    title: str
-    columns: list[str]
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class BenchReport:
-    """A benchmark's result: environment + tables. `to_markdown()` / `to_json()`."""
-    title: str
-    env: BenchEnv
-    sections: list[Section] = field(default_factory=list)
-
-    def to_markdown(self) -> str:
-        out = [f"## {self.title}", "", self.env.line(), ""]
-        for sec in self.sections:
-            out += [f"### {sec.title}", "", markdown_table(sec.columns, sec.rows), ""]
-            out += [f"- {n}" for n in sec.notes]
-            if sec.notes:
-                out.append("")
-        return "\n".join(out)
-
-    def to_json(self) -> str:
-        env = dataclasses.asdict(self.env)
-        return json.dumps({"title": self.title, "env": env, "sections": [
-            {"title": s.title, "columns": s.columns, "notes": s.notes,
-             "rows": [{**r, "env": env} for r in s.rows]} for s in self.sections]},
-            indent=2, default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
-
-
-def format_cell(value: Any) -> str:
-    """Markdown cell text: 3-4 significant digits for floats, `-` for missing values."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "-"
-        if value == 0:
-            return "0"
-        mag = abs(value)
-        if mag >= 1000:
-            return f"{value:,.0f}"
-        if mag >= 100:
-            return f"{value:.1f}"
-        if mag >= 1:
-            return f"{value:.2f}"
-        return f"{value:.3g}"
-    return str(value).replace("|", "\\|")
-
-
-def markdown_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
-    """A GitHub Markdown table of `rows` (missing keys print as `-`)."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(format_cell(row.get(c)) for c in columns) + " |")
-    return "\n".join(lines)
-
-
-def write_report(report: BenchReport, path: str | Path) -> Path:
-    """Write `report` as Markdown (`.md`) or JSON (`.json`), chosen by the suffix.
-
-    Raises:
-        ConfigError: any other suffix.
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        text = report.to_json()
-    elif path.suffix.lower() in (".md", ".markdown"):
-        text = report.to_markdown()
-    else:
-        raise ConfigError(f"--out {path}: use a .md or .json file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
 
 
 # =============================================================================== FLOPs
@@ -317,7 +77,7 @@ def model_flops_per_clip(cfg: ModelConfig, frames: Optional[int] = None,
     Returns:
         FLOPs of one clip's forward pass.
     """
-    from .model import build_model
+    from detector.model import build_model
 
     T = frames or cfg.input.frames
     H, W = size or cfg.input.size
@@ -484,9 +244,8 @@ def cudnn_benchmark(flag: Optional[bool]) -> Iterator[None]:
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=PRECISION_DTYPES[precision])
+    """The shared autocast wrapper for a benchmark row's precision (fp32: none)."""
+    return autocast(device, None if precision == "fp32" else PRECISION_DTYPES[precision])
 
 
 def time_model(model: nn.Module, row: ModelRow, repeats: int, warmup: int,
@@ -533,7 +292,7 @@ def export_for_bench(model: nn.Module, cfg: ModelConfig, shape: Sequence[int],
     Returns:
         a `detector.export.OnnxModel` with as many intra-op threads as torch uses.
     """
-    from .export import OnnxModel, export_onnx
+    from detector.export import OnnxModel, export_onnx
 
     T, H, W = shape
     sized = dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, frames=T, size=[H, W]))
@@ -591,8 +350,8 @@ def compare_outputs(ref: Mapping[str, torch.Tensor], other: Mapping[str, torch.T
     """
     from torchvision.ops import box_iou
 
-    from .box_ops import cxcywh_to_xyxy
-    from .postprocess import class_scores
+    from detector.box_ops import cxcywh_to_xyxy
+    from detector.postprocess import class_scores
 
     la, lb = ref["pred_logits"].float(), other["pred_logits"].float()
     ba, bb = ref["pred_boxes"].float(), other["pred_boxes"].float()
@@ -605,27 +364,6 @@ def compare_outputs(ref: Mapping[str, torch.Tensor], other: Mapping[str, torch.T
             float((ca == cb).float().mean()), float(ious.min()))
 
 
-def synth_clips(batch: int, frames: int, size: Sequence[int], seed: int = 0) -> torch.Tensor:
-    """Rendered synthetic scenes (fight/collapse/none) as uint8 (B, T, H, W, 3) RGB.
-
-    Real-looking clips rather than noise, so a precision check sees the model's usual inputs.
-    """
-    import cv2
-    import numpy as np
-
-    from train.synth import KINDS, Scene
-
-    H, W = int(size[0]), int(size[1])
-    out = np.empty((batch, frames, H, W, 3), np.uint8)
-    for b in range(batch):
-        scene = Scene(KINDS[b % len(KINDS)], seed + b, width=max(W, 64), height=max(H, 48),
-                      frames=frames)
-        for t in range(frames):
-            bgr = cv2.resize(scene.render(t), (W, H), interpolation=cv2.INTER_AREA)
-            cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=out[b, t])
-    return torch.from_numpy(out)
-
-
 def check_precision(model: nn.Module, cfg: ModelConfig, name: str, device: torch.device,
                     precision: str, clips: torch.Tensor) -> PrecisionCheck:
     """Run `clips` in fp32 and in `precision` autocast and compare (see `compare_outputs`).
@@ -636,7 +374,7 @@ def check_precision(model: nn.Module, cfg: ModelConfig, name: str, device: torch
         name: the model's label in the table.
         clips: (B, T, H, W, 3) uint8 RGB.
     """
-    from .preprocess import normalize_clips
+    from detector.preprocess import normalize_clips
 
     x = normalize_clips(clips.to(device), cfg.input.mean, cfg.input.std)
     with torch.inference_mode():
@@ -769,8 +507,10 @@ ABLATIONS = {"channels_last": dict(cl=True), "compile": dict(comp=True),
 
 
 def default_cpu_config() -> Path:
-    """`configs/train/cpu-small.yaml` of the source tree this package runs from."""
-    return Path(__file__).resolve().parents[1] / "configs" / "train" / "cpu-small.yaml"
+    """The shipped `cpu-small.yaml` recipe (`configs/train/cpu-small.yaml` in a checkout)."""
+    from train.recipes import CPU_RECIPE, recipe_path
+
+    return recipe_path(CPU_RECIPE)
 
 
 def load_cpu_model_config(path: Optional[str | Path] = None) -> ModelConfig:
@@ -782,7 +522,7 @@ def load_cpu_model_config(path: Optional[str | Path] = None) -> ModelConfig:
     path = Path(path) if path is not None else default_cpu_config()
     if not path.is_file():
         raise ConfigError(f"{path}: CPU model config not found (pass --cpu-config PATH)")
-    from .schema import from_dict, load_yaml
+    from detector.schema import from_dict, load_yaml
 
     data = load_yaml(path)
     try:
@@ -803,7 +543,7 @@ def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
     Returns:
         The report (environment, roofline, FLOPs, throughput sweep, ablations, precision check).
     """
-    from .model import build_model, count_parameters
+    from detector.model import build_model, count_parameters
 
     device = resolve_device(opts.device)
     cuda = device.type == "cuda"

@@ -9,8 +9,8 @@ which runs the daemon in-process, takes only the small pieces):
   file, a `NotifyListener` standing in for systemd's notify socket (READY=1, STOPPING=1,
   WATCHDOG=1 arrive timestamped), `/metrics` scraped and parsed with prometheus-client's own
   parser;
-* `RtspServer`: GStreamer's RTSP server (`rtsp_test_server.py` beside this module, run with
-  Debian's `/usr/bin/python3`, which has python3-gi) on a fixed loopback port, so it can be
+* `RtspServer`: GStreamer's RTSP server (`scripts/rtsp_test_server.py` of a source checkout,
+  run with Debian's `/usr/bin/python3`, which has python3-gi) on a fixed loopback port, so it can be
   killed (SIGKILL, as a crash would), restarted on the same URL, or frozen (SIGSTOP/SIGCONT);
   `rtsp_server_missing()` says why it cannot run here;
 * `tiny_checkpoint` and `base_config`: a random-weight model and a config on free loopback
@@ -43,8 +43,9 @@ from typing import IO, Any, Callable, Optional
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-RTSP_SCRIPT = Path(__file__).with_name("rtsp_test_server.py")
+REPO = Path(__file__).resolve().parents[2]  # the checkout: streamer/tools/harness.py
+# A test helper outside the package: an installed `vigil soak` runs without RTSP cameras.
+RTSP_SCRIPT = REPO / "scripts" / "rtsp_test_server.py"
 # python3-gi is built for Debian's Python, not for the project's virtualenv.
 SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_READY_TIMEOUT_S = 15.0

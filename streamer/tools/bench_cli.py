@@ -1,10 +1,9 @@
-"""The `vigil bench` and `vigil export` verbs.
+"""The `vigil bench` verbs.
 
     vigil bench model    [--quick] [--device D] [--out FILE.md|FILE.json] ...
     vigil bench pipeline [--quick] [--device D] [--out FILE] [--cameras N ...] ...
     vigil bench offline  [--quick] [--device D] [--out FILE] [--data DIR] ...
     vigil bench train    [--quick] [--device D] [--out FILE] [--config YAML] ...
-    vigil export --checkpoint CKPT --format onnx --out model.onnx
 
 Each benchmark prints its Markdown tables on stdout (the environment line above them states the
 device, versions and this command line) and writes them to --out as Markdown or JSON (by the
@@ -182,29 +181,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="keep data and run here (default: a temporary folder)")
     t.set_defaults(func=cmd_bench_train)
 
-    e = subparsers.add_parser(
-        "export", formatter_class=fmt, help="export a checkpoint to ONNX and check it",
-        description="Write the detector as ONNX (dynamic batch axis, the checkpoint's clip size), "
-                    "run it with onnxruntime on the CPU next to PyTorch on the same clips and "
-                    "print the largest absolute difference of each output.")
-    e.add_argument("--checkpoint", type=Path, required=True, help="a .pt checkpoint")
-    e.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
-    e.add_argument("--out", type=Path, default=None,
-                   help="file to write (default: the checkpoint with .onnx)")
-    e.add_argument("--opset", type=int, default=17, help="ONNX opset version")
-    e.add_argument("--check-batch", type=int, default=3,
-                   help="clips in the check (not the export's batch: proves the batch is dynamic)")
-    e.add_argument("--atol", type=float, default=1e-3,
-                   help="exit 1 when any output differs by more than this")
-    e.add_argument("--time", action="store_true",
-                   help="also time PyTorch (fp32, CPU) and onnxruntime on the check batch")
-    e.set_defaults(func=cmd_export)
-
 
 def _emit(report: Any, out: Path | None) -> None:
     print(report.to_markdown())
     if out is not None:
-        from detector.bench import write_report
+        from .kit import write_report
 
         path = write_report(report, out)
         log.info("wrote %s", path)
@@ -221,7 +202,8 @@ def _check_out(out: Path | None) -> None:
 def cmd_bench_model(args: argparse.Namespace) -> int:
     """`vigil bench model`."""
     _check_out(args.out)
-    from detector.bench import ModelBenchOptions, command_line, run_model_bench
+    from .bench_model import ModelBenchOptions, run_model_bench
+    from .kit import command_line
 
     opts = ModelBenchOptions(
         device=args.device, quick=args.quick,
@@ -238,9 +220,9 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     """`vigil bench pipeline`."""
     _check_out(args.out)
-    from detector.bench import command_line
+    from .kit import command_line
 
-    from .bench import RESOLUTIONS, PipelineBenchOptions, run_pipeline_bench
+    from .bench_pipeline import RESOLUTIONS, PipelineBenchOptions, run_pipeline_bench
 
     opts = PipelineBenchOptions(
         device=args.device, quick=args.quick, cameras=args.cameras, bisect=not args.no_bisect,
@@ -257,8 +239,8 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
 def cmd_bench_offline(args: argparse.Namespace) -> int:
     """`vigil bench offline`."""
     _check_out(args.out)
-    from detector.bench import command_line
-    from train.bench_offline import OfflineBenchOptions, run_offline_bench
+    from .kit import command_line
+    from .bench_offline import OfflineBenchOptions, run_offline_bench
 
     opts = OfflineBenchOptions(
         device=args.device, quick=args.quick, data=args.data, videos=args.videos,
@@ -271,48 +253,12 @@ def cmd_bench_offline(args: argparse.Namespace) -> int:
 def cmd_bench_train(args: argparse.Namespace) -> int:
     """`vigil bench train`."""
     _check_out(args.out)
-    from detector.bench import command_line
-    from train.bench_train import TrainBenchOptions, run_train_bench
+    from .kit import command_line
+    from .bench_train import TrainBenchOptions, run_train_bench
 
     opts = TrainBenchOptions(
         device=args.device, quick=args.quick, config=args.config, overrides=args.overrides,
         videos=args.videos, epochs=args.epochs, width=args.size[0], height=args.size[1],
         frames=args.frames, workdir=args.workdir, command=command_line())
     _emit(run_train_bench(opts), args.out)
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """`vigil export --checkpoint CKPT --format onnx`: export, then compare with PyTorch."""
-    import torch
-
-    from detector.bench import median, synth_clips, time_samples
-    from detector.checkpoint import load_checkpoint
-    from detector.export import OnnxModel, check_against_torch, export_onnx
-    from detector.preprocess import normalize_clips
-
-    out = args.out or args.checkpoint.with_suffix(".onnx")
-    # The exporter's graph passes log every rewrite at INFO; keep the command's output readable.
-    for name in ("onnx_ir", "onnxscript"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
-    model, cfg, _ = load_checkpoint(args.checkpoint, device="cpu")
-    export_onnx(model, cfg, out, opset=args.opset)
-    runner = OnnxModel(out)
-    clips = synth_clips(args.check_batch, cfg.input.frames, cfg.input.size)
-    x = normalize_clips(clips, cfg.input.mean, cfg.input.std)
-    diff = check_against_torch(model, runner, x)
-    print(f"wrote {out} (ONNX opset {args.opset}, dynamic batch, input Bx3x{cfg.input.frames}x"
-          f"{cfg.input.size[0]}x{cfg.input.size[1]})")
-    print(f"max abs diff vs PyTorch on {args.check_batch} clips: "
-          f"pred_logits {diff['pred_logits']:.3g}, pred_boxes {diff['pred_boxes']:.3g}")
-    if args.time:
-        with torch.inference_mode():
-            t_torch = median(time_samples(lambda: model(x), repeats=5, warmup=1))
-        t_onnx = median(time_samples(lambda: runner(x), repeats=5, warmup=1))
-        print(f"batch {args.check_batch} on the CPU (median of 5): PyTorch fp32 "
-              f"{1e3 * t_torch:.1f} ms, onnxruntime {1e3 * t_onnx:.1f} ms "
-              f"(onnxruntime speed-up {t_torch / t_onnx:.2f}x)")
-    if max(diff.values()) > args.atol:
-        log.error("ONNX outputs differ from PyTorch by more than --atol %g", args.atol)
-        return 1
     return 0

@@ -2,7 +2,7 @@
 
 What runs is `vigil train` itself (`train.trainer.fit`: the recipe's data loaders, model, AdamW,
 schedule, autocast and, for fp16 on CUDA, the GradScaler; validation and checkpoints after each
-epoch) on a synthetic dataset written by `train.synth.write_dataset`, with the backbone's
+epoch) on a synthetic dataset written by `train.synth_dataset.write_dataset`, with the backbone's
 pretrained weights off (no download; the speed does not depend on the weights). Each epoch's row
 gives the training pass (steps, seconds, seconds per step, clips per second), the rest of the
 epoch (validation pass and checkpoint writing) and the whole epoch; the first epoch also fills
@@ -21,7 +21,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from detector.bench import BenchReport, Section, bench_env, ratio, resolve_device
+from detector.runtime import resolve_device
+from detector.timing import ratio
+
+from .kit import BenchReport, Section, bench_env
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ def run_train_bench(opts: TrainBenchOptions) -> BenchReport:
     """Write the data, train, and tabulate each epoch; see the module docstring."""
     from train.config import load_train_config
     from train.dataset import scan_dataset, split_records
-    from train.synth import write_dataset
+    from train.synth_dataset import write_dataset
     from train.trainer import fit
 
     device = resolve_device(opts.device)

@@ -41,11 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from detector.bench import (BenchReport, Section, bench_env, median, percentile, ratio,
-                            resolve_device)
 from detector.errors import ConfigError, VigilError
+from detector.runtime import resolve_device
+from detector.timing import median, percentile, ratio
 
 from .harness import SYSTEM_PYTHON, free_port, system_python_env
+from .kit import BenchReport, Section, bench_env
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +384,7 @@ def bench_checkpoint(directory: str | Path, model: str, clip_seconds: float = 2.
     """
     import torch
 
-    from detector.bench import load_cpu_model_config
+    from .bench_model import load_cpu_model_config
     from detector.checkpoint import save_checkpoint
     from detector.config import ModelConfig
     from detector.model import build_model
@@ -430,8 +431,8 @@ def pipeline_config(data_dir: Path, checkpoint: Path, videos: Sequence[Path], ca
 
 def _bench_daemon_class() -> type:
     """`Daemon` plus two hooks: a ready event, and each window's capture -> event loop latency."""
-    from .daemon import Daemon
-    from .notify import Notifier
+    from streamer.daemon import Daemon
+    from streamer.notify import Notifier
 
     class ReadyNotifier(Notifier):
         def __init__(self) -> None:
@@ -468,7 +469,7 @@ class _AlertCollector(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        from .subscriber import AlertSubscriber
+        from streamer.subscriber import AlertSubscriber
 
         try:
             with AlertSubscriber(self.endpoint, self.replay_endpoint) as sub:
@@ -506,8 +507,8 @@ class _Snapshot:
 
 
 def _snapshot(daemon: Any, names: Sequence[str]) -> _Snapshot:
-    from .sources import CaptureThread
-    from .worker import WorkerThread
+    from streamer.sources import CaptureThread
+    from streamer.worker import WorkerThread
 
     reg = daemon.metrics.registry
     threads = {}
@@ -541,7 +542,7 @@ def measure_point(cfg_data: dict[str, Any], point: PointStats, warmup_s: float,
     Returns:
         `point` (with `error` set when the daemon failed).
     """
-    from .config import parse_config
+    from streamer.config import parse_config
 
     cfg = parse_config(cfg_data, source="bench")
     names = [c.name for c in cfg.enabled_cameras]

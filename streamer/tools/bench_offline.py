@@ -28,10 +28,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from detector.bench import BenchReport, Section, bench_env, median, ratio, resolve_device
 from detector.errors import DataError
+from detector.runtime import resolve_device
+from detector.timing import median, ratio
 
-from .metrics import iou_matrix
+from train.metrics import iou_matrix
+
+from .kit import BenchReport, Section, bench_env
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +225,8 @@ def run_offline_bench(opts: OfflineBenchOptions) -> BenchReport:
     """Measure both paths on the same files; see the module docstring."""
     from detector.checkpoint import load_checkpoint
 
-    from . import video_io
-    from .detect import detect, find_videos
+    from train import video_io
+    from train.detect import detect, find_videos
 
     device = resolve_device(opts.device)
     env = bench_env(device, opts.command)
@@ -235,7 +238,7 @@ def run_offline_bench(opts: OfflineBenchOptions) -> BenchReport:
         if opts.data:
             files = find_videos([opts.data])
         else:
-            from .synth import write_dataset
+            from train.synth_dataset import write_dataset
 
             n = opts.videos or (8 if opts.quick else 32)
             write_dataset(work / "clips", videos=n, seed=0)

@@ -1,4 +1,5 @@
-"""The `vigil soak` verb (see `streamer/soak.py`): run the daemon under churn, check for leaks."""
+"""The `vigil soak` verb (see `streamer/tools/soak.py`): run the daemon under churn, check for
+leaks."""
 from __future__ import annotations
 
 import argparse

@@ -142,7 +142,8 @@ def demo_config(workdir: Path, checkpoint: Path, ports: DemoPorts) -> dict:
 def watch(ports: DemoPorts, duration: float, daemon: "DaemonProcess",
           live_status: bool = True) -> list[dict]:
     """Print alerts as they arrive and a status block refreshed in place; return the alerts."""
-    from .subscriber import AlertSubscriber, format_alert
+    from streamer.protocol import format_alert
+    from streamer.subscriber import AlertSubscriber
 
     tty = live_status and sys.stdout.isatty()
     alerts: list[dict] = []
@@ -229,7 +230,7 @@ def _rate(last: dict, key: str, value: float, now: float) -> float:
 
 def print_summary(alerts: list[dict], exit_code: Optional[int], seconds: float) -> bool:
     """Alerts per camera and label, start latency p50/p95, and the demo's self-check."""
-    from detector.bench import percentile
+    from detector.timing import percentile
 
     print("\n== vigil demo summary ==")
     counts = Counter((a["camera"], a["label"], a["type"]) for a in alerts)

@@ -2,18 +2,19 @@
 """A real RTSP server for the integration tests and `vigil soak` (GStreamer's GstRtspServer).
 
 Run it with Debian's `/usr/bin/python3`, not the project's virtualenv: python3-gi is built for
-Debian's Python; and with `-I`, so that this folder is not first on `sys.path` (the package's
-`types.py` would shadow the standard library's). It serves `rtsp://127.0.0.1:PORT/PATH`, an H.264
-stream of a moving ball (`videotestsrc pattern=ball`, 320x240 at 15 fps, a key frame every second
-so a client that (re)connects decodes within a second), or, with `--file`, the given video
-decoded and re-encoded the same way at its own size (played once, in real time, from the first
-client's connection; this GStreamer has no libav, so use a codec it decodes: MJPG in AVI, H.264,
-VP8/VP9). The media is shared between clients.
+Debian's Python; and with `-I`, so that the interpreter ignores the environment. A test helper,
+it lives in `scripts/`, outside the installed package (a wheel does not carry it). It serves
+`rtsp://127.0.0.1:PORT/PATH`, an H.264 stream of a moving ball (`videotestsrc pattern=ball`,
+320x240 at 15 fps, a key frame every second so a client that (re)connects decodes within a
+second), or, with `--file`, the given video decoded and re-encoded the same way at its own size
+(played once, in real time, from the first client's connection; this GStreamer has no libav, so
+use a codec it decodes: MJPG in AVI, H.264, VP8/VP9). The media is shared between clients.
 
-Prints `READY <port>` on stdout once it listens; exits on SIGTERM or SIGINT. It is never imported
-(python3-gi is not in the virtualenv): `streamer.harness.RtspServer` runs it as a child process.
+Prints `READY <port>` on stdout once it listens; exits on SIGTERM or SIGINT. It is never
+imported (python3-gi is not in the virtualenv): `streamer.tools.harness.RtspServer` runs it as a
+child process.
 
-    /usr/bin/python3 -I streamer/rtsp_test_server.py --port 8554 --path test [--file fight.mp4]
+    /usr/bin/python3 -I scripts/rtsp_test_server.py --port 8554 --path test [--file fight.mp4]
 """
 import argparse
 import signal

@@ -1,0 +1,63 @@
+"""The README's table of `vigil serve` config keys is the schema's: every key of a section is
+listed, and every default the table states is the dataclass default (`streamer.config`)."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import yaml
+
+from streamer.config import (AlertsConfig, CameraConfig, CameraSettings, CurveConfig,
+                             EvidenceConfig, LoggingConfig, MetricsConfig, ServeModelConfig,
+                             SmoothingConfig)
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTIONS = {"defaults": CameraSettings, "model": ServeModelConfig, "smoothing": SmoothingConfig,
+            "alerts": AlertsConfig, "alerts.curve": CurveConfig, "evidence": EvidenceConfig,
+            "metrics": MetricsConfig, "logging": LoggingConfig}
+# Fields of the camera entries a user writes (settings come from `defaults`, secrets are derived).
+CAMERA_KEYS = {"name", "url", "enabled"}
+
+
+def readme_keys() -> dict[str, str]:
+    """`| \\`key\\` | default | meaning |` rows of the README: key -> default cell."""
+    return {m.group(1): m.group(2).strip() for m in
+            re.finditer(r"^\| `([a-z_.\[\]]+)` \| ([^|]+) \|", README.read_text(), re.M)}
+
+
+def _default(cls, name: str):
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return "required"
+
+
+def _schema_keys() -> dict[str, object]:
+    keys = {f"{section}.{f.name}": _default(cls, f.name) for section, cls in SECTIONS.items()
+            for f in dataclasses.fields(cls) if f.init and not dataclasses.is_dataclass(f.type)
+            and f.name != "curve"}
+    keys.update({f"cameras[].{name}": _default(CameraConfig, name) for name in CAMERA_KEYS})
+    keys["data_dir"] = "required"
+    return keys
+
+
+def test_every_config_key_is_in_the_readme_table_and_nothing_else():
+    assert set(readme_keys()) == set(_schema_keys())
+
+
+def test_the_readme_states_the_schemas_defaults():
+    schema = _schema_keys()
+    wrong = []
+    for key, cell in readme_keys().items():
+        expected = schema[key]
+        if cell.startswith("required"):
+            ok = expected in ("required", None)
+        else:
+            stated = yaml.safe_load(cell.strip("`"))
+            ok = stated == expected or (isinstance(expected, Path) and Path(stated) == expected)
+        if not ok:
+            wrong.append(f"{key}: README {cell}, schema {expected!r}")
+    assert not wrong, "\n".join(wrong)
