@@ -1,36 +1,42 @@
-"""One rank of the DDP test (`tests/test_ddp.py`), started by torchrun:
+"""One rank of the DDP test (`tests/test_ddp.py`): `vigil ARGS` as torchrun starts it,
 
-    python -m torch.distributed.run --nproc_per_node=2 -m tests._ddp_worker DATA OUT EPOCHS
+    python -m torch.distributed.run --nproc_per_node=2 -m tests._ddp_worker train --out OUT ...
 
-Trains the tiny test model (`tests._training.tiny_config`) on DATA into OUT with `train.trainer.fit`
-exactly as `vigil train` does, then writes what this rank ended with to OUT/rank<R>.json (the
-test's own file, next to the run's): its rank, world size, final weights digest and the
-validation metrics it was given.
+plus a record of what this rank's `train.trainer.fit` returned, written to OUT/rank<R>.json (the
+test's own file, next to the run's): rank, world size, final weights digest, the epochs of its
+history and the last validation metrics it was given. The command itself runs unchanged.
 """
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def main(argv: list[str]) -> int:
-    from train.trainer import fit
+    import train.trainer
+    from streamer.cli import main as vigil
 
-    from tests._training import tiny_config
+    fit = train.trainer.fit
+    seen: dict[str, Any] = {}
 
-    data, out, epochs = Path(argv[0]), Path(argv[1]), int(argv[2])
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = fit(tiny_config(epochs=epochs), data, out, progress=False)
-    last = result["last"]
-    row = {"rank": result["rank"], "world_size": result["world_size"],
-           "weights_sha1": result["weights_sha1"], "best_epoch": result["best_epoch"],
-           "epochs_in_history": [h["epoch"] for h in result["history"]],
-           "val_num_videos": last.get("num_videos"), "val_loss": last.get("loss"),
-           "val_video_acc": last.get("video_acc")}
-    (out / f"rank{result['rank']}.json").write_text(json.dumps(row), encoding="utf-8")
-    return 0
+    def recording_fit(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        result = fit(*args, **kwargs)
+        seen.update(result, out=Path(args[2]))
+        return result
+
+    train.trainer.fit = recording_fit       # `vigil train` imports it when it runs
+    code = vigil(argv)
+    if code == 0:
+        last = seen["last"]
+        row = {"rank": seen["rank"], "world_size": seen["world_size"],
+               "weights_sha1": seen["weights_sha1"], "best_epoch": seen["best_epoch"],
+               "epochs_in_history": [h["epoch"] for h in seen["history"]],
+               "val_num_videos": last.get("num_videos"), "val_loss": last.get("loss"),
+               "val_video_acc": last.get("video_acc"), "val_det_acc": last.get("det_acc")}
+        (seen["out"] / f"rank{seen['rank']}.json").write_text(json.dumps(row), encoding="utf-8")
+    return code
 
 
 if __name__ == "__main__":

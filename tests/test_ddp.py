@@ -54,14 +54,25 @@ def test_state_digest_tells_equal_weights_from_different_ones() -> None:
 
 
 # --------------------------------------------------------------------------- two processes
+# `vigil train` with the tiny test model (tests/_training.tiny_config's architecture).
+TINY = ["model.backbone.name=small3d", "model.backbone.channels=[4,8,8,8]",
+        "model.backbone.pool=[1,2,2]", "model.backbone.pretrained=null", "model.input.frames=8",
+        "model.input.size=[32,32]", "model.d_model=16", "model.nheads=2",
+        "model.dim_feedforward=32", "model.decoder_layers=1", "model.num_queries=3",
+        "data.num_workers=0", "data.batch_size=4", "data.cache=false", "optim.lr=1e-3"]
+
+
 def _torchrun(data: Path, out: Path, epochs: int) -> str:
-    """Run `tests/_ddp_worker.py` on two CPU processes; return their combined output."""
+    """`torchrun --nproc_per_node=2 vigil train ...` on the CPU (gloo), each rank recording
+    its result (`tests/_ddp_worker.py`); returns the ranks' combined output."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "tests._ddp_worker", str(data), str(out), str(epochs)]
+           "-m", "tests._ddp_worker", "train", "--data", str(data), "--out", str(out),
+           "--epochs", str(epochs), "--device", "cpu", "--no-progress"]
+    cmd += [x for s in TINY for x in ("--set", s)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
@@ -92,7 +103,9 @@ def test_two_cpu_processes_train_resume_and_validate_the_whole_set_once(tmp_path
     assert [r["rank"] for r in first] == [0, 1] and {r["world_size"] for r in first} == {2}
     assert first[0]["weights_sha1"] == first[1]["weights_sha1"]
     output = _torchrun(data, out, epochs=2)
-    assert output.count("resuming") == 2, output[-4000:]
+    assert output.count("resuming") == 2, output[-4000:]           # every rank resumed
+    assert output.count("validation metrics of the best epoch") == 1   # rank 0 printed it
+    assert "the 2 ranks end with the same weights" in output
     ranks = _ranks(out)
 
     # The ranks end with identical weights (parameters and BatchNorm buffers), and they are
@@ -129,3 +142,4 @@ def test_two_cpu_processes_train_resume_and_validate_the_whole_set_once(tmp_path
                                 cfg.train.score_threshold, None, cfg.train.iou_threshold)
     assert single["num_videos"] == ranks[0]["val_num_videos"]
     assert single["video_acc"] == pytest.approx(ranks[0]["val_video_acc"])
+    assert single["det_acc"] == pytest.approx(ranks[0]["val_det_acc"], nan_ok=True)

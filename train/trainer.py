@@ -456,11 +456,20 @@ def _fit(cfg: TrainConfig, ctx: D.DistContext, train_records: Sequence[VideoReco
         best_metrics = next((h["val"] for h in history if h["epoch"] == best_epoch),
                             history[-1]["val"] if history else {})
         last_metrics = history[-1]["val"] if history else {}
-    D.barrier(ctx)      # rank 0's files are complete when any rank returns
+    digest = D.state_digest(model)
+    digests = D.gather_object(digest, ctx)      # also: rank 0's files are complete now
+    if ctx.enabled and digests is not None:
+        if len(set(digests)) == 1:
+            log.info("DDP: the %d ranks end with the same weights (sha1 %s)", ctx.world_size,
+                     digest[:12])
+        else:
+            log.error("DDP: the ranks end with different weights (sha1 %s); the checkpoints "
+                      "hold rank 0's", ", ".join(d[:12] for d in digests))
+    D.barrier(ctx)
     return {"out_dir": str(out_dir), "parameters": n_params, "epochs": cfg.optim.epochs,
             "best_epoch": best_epoch, "best": best_metrics, "last": last_metrics,
             "history": history, "rank": ctx.rank, "world_size": ctx.world_size,
-            "weights_sha1": D.state_digest(model)}
+            "weights_sha1": digest}
 
 
 # Training statistics that are counts: added up over the ranks (the rest are averaged).
