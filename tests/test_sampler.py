@@ -80,3 +80,47 @@ def test_no_positives_is_refused() -> None:
 def test_batch_size_must_be_positive() -> None:
     with pytest.raises(ValueError):
         BalancedBatchSampler([True], 0)
+
+
+# --------------------------------------------------------------------------- under DDP
+@settings(max_examples=100, deadline=None)
+@given(is_positive=datasets, batch_size=st.integers(1, 8), seed=st.integers(0, 2**31),
+       epoch=st.integers(0, 50), drop_last=st.booleans(), world=st.integers(2, 5))
+def test_ranks_deal_out_the_single_process_batches_equally_each_with_a_positive(
+        is_positive, batch_size, seed, epoch, drop_last, world) -> None:
+    whole = BalancedBatchSampler(is_positive, batch_size, seed=seed, drop_last=drop_last)
+    whole.set_epoch(epoch)
+    batches = list(whole)
+    ranks = []
+    for rank in range(world):
+        s = BalancedBatchSampler(is_positive, batch_size, seed=seed, drop_last=drop_last,
+                                 rank=rank, world_size=world)
+        s.set_epoch(epoch)
+        ranks.append(list(s))
+        assert len(ranks[-1]) == len(s) == math.ceil(len(batches) / world)  # equal steps
+    # Round k holds batches k*W .. k*W + W - 1 of the single-process epoch, one per rank; the
+    # last round is filled up with the epoch's first batches.
+    dealt = [ranks[r][k] for k in range(len(ranks[0])) for r in range(world)]
+    assert dealt[:len(batches)] == batches
+    assert dealt[len(batches):] == [batches[i % len(batches)]
+                                    for i in range(len(dealt) - len(batches))]
+    assert all(any(is_positive[i] for i in b) for b in dealt)
+
+
+def test_every_rank_draws_from_seed_and_epoch_alone() -> None:
+    is_positive = [i % 3 == 0 for i in range(40)]
+
+    def rank_batches(rank: int, epoch: int) -> list[list[int]]:
+        s = BalancedBatchSampler(is_positive, 4, seed=7, rank=rank, world_size=2)
+        s.set_epoch(epoch)
+        return list(s)
+
+    assert rank_batches(1, 3) == rank_batches(1, 3)        # a resumed rank replays its share
+    assert rank_batches(0, 3) != rank_batches(1, 3)        # the ranks never share a batch...
+    assert not {tuple(b) for b in rank_batches(0, 3)} & {tuple(b) for b in rank_batches(1, 3)}
+    assert rank_batches(0, 3) != rank_batches(0, 4)        # ...and reshuffle every epoch
+
+
+def test_a_rank_outside_the_world_is_refused() -> None:
+    with pytest.raises(ValueError, match="rank"):
+        BalancedBatchSampler([True], 1, rank=2, world_size=2)

@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "folder with action_challenge.csv). Writes OUT/last.pt after every epoch, "
                     "OUT/best.pt for the best validation det-acc@0.5 (train.select_by; "
                     "reference.yaml: video acc + 0.2 x det-acc), OUT/metrics.jsonl; resumes "
-                    "from OUT/last.pt when it exists.")
+                    "from OUT/last.pt when it exists. Runs unchanged under torchrun "
+                    "--nproc_per_node=N (DDP: one process per GPU, or gloo on CPU).")
     p.add_argument("--config", type=Path, default=None,
                    help="training YAML or shipped recipe name (e.g. configs/train/cpu-small.yaml "
                         "or cpu-small); default: the report's recipe "
@@ -225,6 +226,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     result = fit(cfg, args.data, args.out, resume=not args.no_resume,
                  progress=not args.no_progress)
+    if result["rank"] != 0:     # under torchrun: rank 0 prints the table
+        return 0
     best = result["best"]
     losses = {k: best[k] for k in ("loss", "loss_ce", "loss_bbox", "loss_giou") if k in best}
     print(format_table(best, losses, title=f"validation metrics of the best epoch "

@@ -21,6 +21,7 @@ from detector.precision import autocast
 from detector.preprocess import normalize_clips
 
 from . import metrics as M
+from .distributed import unwrap
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def targets_to(targets: Sequence[dict[str, Any]], device: torch.device) -> list[
 
 
 def _model_input(model: nn.Module, clips: torch.Tensor, device: torch.device) -> torch.Tensor:
-    inp = model.cfg.input  # type: ignore[attr-defined]
+    inp = unwrap(model).cfg.input  # type: ignore[attr-defined]
     clips = clips.to(device, non_blocking=True)
     return normalize_clips(clips, inp.mean, inp.std)
 
@@ -166,12 +167,14 @@ def train_one_epoch(model: nn.Module, criterion: Any, loader: Iterable,
     return out
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, criterion: Any, loader: Iterable, device: torch.device,
              class_names: Sequence[str], score_threshold: float = 0.3,
              amp: torch.dtype | None = None, iou_threshold: float = 0.5,
              progress: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run the model over a loader and compute the report's metrics and the loss terms.
+
+    `predict` then `summarise`; under DDP the trainer calls the two itself, gathering every
+    rank's predictions in between.
 
     Args:
         model: the detector.
@@ -193,12 +196,31 @@ def evaluate(model: nn.Module, criterion: Any, loader: Iterable, device: torch.d
         in_box_metrics). Box metrics cover only the videos with boxes (see
         `train.metrics.compute_metrics`).
     """
+    start = time.monotonic()
+    preds, loss_sums = predict(model, criterion, loader, device, amp, progress)
+    metrics, preds = summarise(preds, loss_sums, criterion, class_names, score_threshold,
+                               iou_threshold)
+    metrics["seconds"] = time.monotonic() - start
+    return metrics, preds
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, criterion: Any, loader: Iterable, device: torch.device,
+            amp: torch.dtype | None = None, progress: bool = False
+            ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The model's outputs and the loss over a loader, without metrics (see `evaluate`).
+
+    Returns:
+        (predictions, loss_sums): per video, in loader order, {"stem", "source", "probs"
+        (N, K+1), "boxes" (N, 4) cxcywh, "gt_labels" (G,), "gt_boxes" (G, 4), "gt_has_box"
+        (G,)}; and each loss term (and `loss`, the weighted total) summed over the videos
+        (batch mean x batch size), with `videos`, the number of videos. Plain data: it can
+        be gathered from other ranks with `torch.distributed.gather_object`.
+    """
     from tqdm import tqdm
 
     model.eval()
-    start = time.monotonic()
     sums: dict[str, float] = defaultdict(float)
-    n_videos = 0
     preds: list[dict[str, Any]] = []
     for clips, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
         x = _model_input(model, clips, device)
@@ -209,7 +231,7 @@ def evaluate(model: nn.Module, criterion: Any, loader: Iterable, device: torch.d
         terms = criterion(outputs, tgts)
         total = criterion.total(terms)
         b = x.shape[0]
-        n_videos += b
+        sums["videos"] += b
         for k, v in terms.items():
             sums[k] += float(v) * b
         sums["loss"] += float(total) * b
@@ -217,6 +239,18 @@ def evaluate(model: nn.Module, criterion: Any, loader: Iterable, device: torch.d
         boxes = outputs["pred_boxes"].cpu().numpy()
         for i, t in enumerate(targets):
             preds.append(_prediction(t, probs[i], boxes[i], len(preds)))
+    return preds, dict(sums)
+
+
+def summarise(preds: list[dict[str, Any]], loss_sums: dict[str, float], criterion: Any,
+              class_names: Sequence[str], score_threshold: float = 0.3,
+              iou_threshold: float = 0.5) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The metrics of `predict`'s predictions (one list over the whole validation set) and the
+    mean loss terms from its `loss_sums` (added up over ranks: each term and `videos`).
+
+    Returns:
+        (metrics, predictions) as `evaluate` returns them, without `seconds`.
+    """
     matcher = getattr(criterion, "matcher", None)
     weights = (float(getattr(matcher, "cost_class", 2.0)), float(getattr(matcher, "cost_bbox", 5.0)),
                float(getattr(matcher, "cost_giou", 2.0)))
@@ -228,9 +262,10 @@ def evaluate(model: nn.Module, criterion: Any, loader: Iterable, device: torch.d
     for p, v in zip(preds, metrics["per_video"]):
         p.update(v)
         v["stem"] = p["stem"]
-    for k, v in sums.items():
-        metrics[k] = v / n_videos if n_videos else math.nan
-    metrics["seconds"] = time.monotonic() - start
+    n_videos = loss_sums.get("videos", 0)
+    for k, v in loss_sums.items():
+        if k != "videos":
+            metrics[k] = v / n_videos if n_videos else math.nan
     return metrics, preds
 
 

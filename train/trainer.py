@@ -8,6 +8,9 @@
     or with `train.select_by: reference` the highest video accuracy + 0.2 x det-acc; only
     validated epochs (`train.val_every`) are candidates;
   * `config.yaml`: the full training config of the run.
+Under `torchrun` (several processes, `train.distributed`) the model is wrapped in
+`DistributedDataParallel`, each rank trains on its own shard of the balanced batches, validation
+is split between the ranks and gathered, and only rank 0 writes these files.
 Every checkpoint is a plain-data file (`detector.checkpoint`), loadable with `weights_only=True`,
 that carries the model config, class names, input spec and parameter count, so `vigil eval` and
 the daemon need nothing else.
@@ -36,6 +39,7 @@ from detector.runtime import resolve_device
 from detector.model import build_model, count_parameters
 from detector.schema import to_dict
 
+from . import distributed as D
 from . import engine
 from . import metrics as M
 from .cache import ClipCache
@@ -121,9 +125,15 @@ class EpochSharedDataset(Dataset):
 
 def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
                  val_records: Sequence[VideoRecord], device: torch.device,
-                 input_cfg: Any) -> tuple[DataLoader, DataLoader | None, EpochSharedDataset,
-                                          BalancedBatchSampler]:
-    """The training loader (balanced batches, augmentation) and the validation loader."""
+                 input_cfg: Any, ctx: D.DistContext | None = None
+                 ) -> tuple[DataLoader, DataLoader | None, EpochSharedDataset,
+                            BalancedBatchSampler]:
+    """The training loader (balanced batches, augmentation) and the validation loader.
+
+    With a distributed `ctx` the training loader yields this rank's share of the balanced
+    batches and the validation loader this rank's share of the videos (`D.ShardSampler`).
+    """
+    ctx = ctx or D.DistContext(device=device)
     cache_dir = cfg.data.resolved_cache_dir()
     cache = ClipCache(cache_dir) if cache_dir is not None else None
     window = cfg.data.window_seconds
@@ -131,7 +141,8 @@ def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
                                               cache=cache, seed=cfg.train.seed, window_s=window,
                                               train=True, margin_s=cfg.data.segment_margin_s))
     sampler = BalancedBatchSampler(sampler_positives(train_ds.dataset, cfg.data.positive),
-                                   cfg.data.batch_size, seed=cfg.train.seed)
+                                   cfg.data.batch_size, seed=cfg.train.seed, rank=ctx.rank,
+                                   world_size=ctx.world_size)
     workers = cfg.data.num_workers
     common = dict(num_workers=workers, collate_fn=collate, worker_init_fn=_worker_init,
                   persistent_workers=workers > 0, pin_memory=device.type == "cuda")
@@ -143,7 +154,9 @@ def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     if val_records:
         val_ds = ClipDataset(val_records, input_cfg, augment=None, cache=cache,
                              seed=cfg.train.seed, window_s=window, train=False)
+        shard = D.ShardSampler(len(val_ds), ctx.rank, ctx.world_size) if ctx.enabled else None
         val_loader = DataLoader(val_ds, batch_size=cfg.data.batch_size, shuffle=False,
+                                sampler=shard,
                                 generator=torch.Generator().manual_seed(cfg.train.seed + 1),
                                 **common)
     return train_loader, val_loader, train_ds, sampler
@@ -271,10 +284,14 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
                 progress: bool = True, data_root: str | Path | None = None) -> dict[str, Any]:
     """Train on given train/validation records (what `fit` and cross-validation share).
 
+    Under torchrun (`WORLD_SIZE` > 1) every rank calls this with the same arguments; see
+    `train.distributed`. A single process joins no process group.
+
     Returns:
         {"out_dir", "parameters", "epochs", "best_epoch", "best" (full val metrics of the best
          epoch, without per-video entries), "last" (the same for the last epoch), "history"
-         (the `metrics.jsonl` records)}.
+         (the `metrics.jsonl` records), "rank", "world_size", "weights_sha1" (this rank's
+         final parameters and buffers, `D.state_digest`: the same on every rank)}.
     Raises:
         DataError: no training videos, or none with an action.
     """
@@ -287,7 +304,17 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
         # The reference implementation's setting: reproducible convolutions, no autotuning.
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-    device = resolve_device(cfg.train.device, "train.device")
+    with D.session(resolve_device(cfg.train.device, "train.device")) as ctx:
+        return _fit(cfg, ctx, train_records, val_records, out_dir, resume, progress)
+
+
+def _fit(cfg: TrainConfig, ctx: D.DistContext, train_records: Sequence[VideoRecord],
+         val_records: Sequence[VideoRecord], out_dir: Path, resume: bool,
+         progress: bool) -> dict[str, Any]:
+    """`fit_records` on one rank (or the only process), once the process group is joined."""
+    device = ctx.device
+    main = ctx.is_main
+    progress = progress and main
     amp = engine.resolve_amp(cfg.train.amp, device)
 
     model_cfg = cfg.model
@@ -302,7 +329,8 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
         log.info("clip_seconds = %s (median duration of the %d training videos)",
                  "unknown" if seconds is None else f"{seconds:.2f}", len(train_records))
     cfg = dataclasses.replace(cfg, model=model_cfg)
-    _write_config(cfg, out_dir / "config.yaml")
+    if main:
+        _write_config(cfg, out_dir / "config.yaml")
 
     model = build_model(model_cfg)
     init_from = initialise(model, model_cfg, cfg.train.init)
@@ -317,7 +345,7 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     loss_autocast = bool(cfg.train.loss_autocast and amp is not None)
     criterion.cast_float = not loss_autocast
     train_loader, val_loader, train_ds, sampler = make_loaders(
-        cfg, train_records, val_records, device, model_cfg.input)
+        cfg, train_records, val_records, device, model_cfg.input, ctx)
     log.info("data: %d training videos (%d with an action: %d with boxes, %d class-only; %d "
              "with time segments), %d training samples, %d validation videos; %d steps per "
              "epoch", len(train_records), sum(r.is_positive for r in train_records),
@@ -325,6 +353,13 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
              sum(r.is_positive and not r.has_boxes for r in train_records),
              sum(r.has_segments for r in train_records), len(train_ds), len(val_records),
              len(sampler))
+    net: torch.nn.Module = model
+    if ctx.enabled:
+        # Every rank built the same initial weights from the seed; DDP also copies rank 0's.
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+        log.info("DDP: %d ranks, %d steps per epoch on each, %d clips per step in all",
+                 ctx.world_size, len(sampler), cfg.data.batch_size * ctx.world_size)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
@@ -341,10 +376,16 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
         _check_same_data(last_path, data_key(train_records, val_records))
         start_epoch, best_key, best_epoch = _resume(last_path, model, optimizer, scheduler,
                                                     scaler, device)
-        history = _trim_history(out_dir / HISTORY, start_epoch)
+        if main:
+            history = _trim_history(out_dir / HISTORY, start_epoch)
         log.info("resuming %s after epoch %d of %d", last_path, start_epoch, cfg.optim.epochs)
-    elif (out_dir / HISTORY).exists():
+    elif main and (out_dir / HISTORY).exists():
         (out_dir / HISTORY).unlink()
+    # No rank may start (and rank 0 write last.pt) before every rank has read the old one, and
+    # the other ranks read the history once rank 0 has trimmed it.
+    D.barrier(ctx)
+    if start_epoch and not main:
+        history = _trim_history(out_dir / HISTORY, start_epoch, write=False)
 
     meta_common = {"train_config": to_dict(cfg), "clip_seconds": model_cfg.input.clip_seconds,
                    "init_from": init_from, "data_key": data_key(train_records, val_records)}
@@ -353,11 +394,18 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
         t0 = time.monotonic()
         sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
+        if ctx.enabled:
+            # Each rank its own dropout stream, a function of (seed, rank, epoch) so that a
+            # resumed run continues it (the checkpoint holds rank 0's generators only).
+            seed_everything(int(np.random.SeedSequence(
+                [cfg.train.seed, ctx.rank, epoch]).generate_state(1)[0]))
         train_stats = engine.train_one_epoch(
-            model, criterion, train_loader, optimizer,
+            net, criterion, train_loader, optimizer,
             scheduler if cfg.optim.schedule == "step" else None, device, epoch,
             cfg.optim.grad_clip, amp, scaler, progress=progress, log_every=cfg.train.log_every,
             loss_autocast=loss_autocast)
+        train_stats = D.average_stats(train_stats, ctx, summed=_SUMMED_STATS)
+        D.sync_buffers(model, ctx)
         lr = optimizer.param_groups[0]["lr"]
         if cfg.optim.schedule == "epoch":
             scheduler.step()
@@ -365,20 +413,18 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
         validate = val_loader is not None and is_validation_epoch(epoch, cfg)
         if validate:
             criterion.cast_float = True     # validation computes its loss in float32
-            val_metrics, val_preds = engine.evaluate(model, criterion, val_loader, device,
-                                                     model_cfg.class_names,
-                                                     cfg.train.score_threshold, amp,
-                                                     cfg.train.iou_threshold)
+            val_metrics, val_preds = _validate(model, criterion, val_loader, cfg, ctx, amp)
             criterion.cast_float = not loss_autocast
             val_metrics.pop("per_video", None)
-            if epoch == cfg.optim.epochs:
+            if main and epoch == cfg.optim.epochs:
                 _write_predictions(out_dir / PREDICTIONS, val_preds, val_records,
                                    model_cfg.class_names)
         record = {"epoch": epoch, "lr": lr, "train": train_stats,
                   "val": M.to_jsonable(val_metrics), "seconds": time.monotonic() - t0}
         history.append(record)
-        with open(out_dir / HISTORY, "a", encoding="utf-8") as f:
-            f.write(json.dumps(M.to_jsonable(record)) + "\n")
+        if main:
+            with open(out_dir / HISTORY, "a", encoding="utf-8") as f:
+                f.write(json.dumps(M.to_jsonable(record)) + "\n")
 
         if validate or val_loader is None:
             key = _selection_key(val_metrics, train_stats, cfg.train.select_by)
@@ -390,6 +436,8 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
         last_metrics = val_metrics
         scalars = M.scalar_metrics(val_metrics)
         meta = dict(meta_common, epoch=epoch, metrics=M.to_jsonable(scalars))
+        if not main:
+            continue
         if improved:
             save_checkpoint(out_dir / BEST, model, model_cfg, **meta)
         save_checkpoint(last_path, model, model_cfg, **meta,
@@ -409,9 +457,55 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
         best_metrics = next((h["val"] for h in history if h["epoch"] == best_epoch),
                             history[-1]["val"] if history else {})
         last_metrics = history[-1]["val"] if history else {}
+    digest = D.state_digest(model)
+    digests = D.gather_object(digest, ctx)      # also: rank 0's files are complete now
+    if ctx.enabled and digests is not None:
+        if len(set(digests)) == 1:
+            log.info("DDP: the %d ranks end with the same weights (sha1 %s)", ctx.world_size,
+                     digest[:12])
+        else:
+            log.error("DDP: the ranks end with different weights (sha1 %s); the checkpoints "
+                      "hold rank 0's", ", ".join(d[:12] for d in digests))
+    D.barrier(ctx)
     return {"out_dir": str(out_dir), "parameters": n_params, "epochs": cfg.optim.epochs,
             "best_epoch": best_epoch, "best": best_metrics, "last": last_metrics,
-            "history": history}
+            "history": history, "rank": ctx.rank, "world_size": ctx.world_size,
+            "weights_sha1": digest}
+
+
+# Training statistics that are counts: added up over the ranks (the rest are averaged).
+_SUMMED_STATS = ("targets_boxed", "targets_boxless", "clips_negative")
+
+
+def _validate(model: torch.nn.Module, criterion: Any, loader: DataLoader, cfg: TrainConfig,
+              ctx: D.DistContext, amp: torch.dtype | None
+              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`engine.evaluate` over the whole validation set, split between the ranks.
+
+    Each rank predicts its shard (`D.ShardSampler`); rank 0 gathers the shards, puts the videos
+    back in dataset order and computes the metrics once, over every video once; every rank
+    gets rank 0's metrics. Returns (metrics, predictions); the predictions only on rank 0
+    (empty elsewhere).
+    """
+    names, score, iou = cfg.model.class_names, cfg.train.score_threshold, cfg.train.iou_threshold
+    if not ctx.enabled:
+        return engine.evaluate(model, criterion, loader, ctx.device, names, score, amp, iou)
+    start = time.monotonic()
+    preds, sums = engine.predict(model, criterion, loader, ctx.device, amp)
+    shards = D.gather_object((preds, sums), ctx)
+    metrics: dict[str, Any] = {}
+    preds = []
+    if shards is not None:
+        total: dict[str, float] = {}
+        for _, part in shards:
+            for k, v in part.items():
+                total[k] = total.get(k, 0.0) + v
+        metrics, preds = engine.summarise(D.interleave([p for p, _ in shards]), total,
+                                          criterion, names, score, iou)
+        metrics.pop("per_video", None)
+        metrics["seconds"] = time.monotonic() - start
+    metrics = D.broadcast_object(metrics, ctx)
+    return metrics, preds
 
 
 def is_validation_epoch(epoch: int, cfg: TrainConfig) -> bool:
@@ -530,14 +624,16 @@ def _check_same_data(path: Path, key: str) -> None:
             "dataset or split); start afresh with --no-resume or another --out folder")
 
 
-def _trim_history(path: Path, upto: int) -> list[dict[str, Any]]:
-    """Keep the epochs <= `upto` of `metrics.jsonl` (an interrupted epoch may have logged)."""
+def _trim_history(path: Path, upto: int, write: bool = True) -> list[dict[str, Any]]:
+    """Keep the epochs <= `upto` of `metrics.jsonl` (an interrupted epoch may have logged);
+    `write=False` (ranks other than 0) only reads them."""
     if not path.exists():
         return []
     kept = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip()]
     kept = [h for h in kept if h.get("epoch", 0) <= upto]
-    path.write_text("".join(json.dumps(h) + "\n" for h in kept), encoding="utf-8")
+    if write:
+        path.write_text("".join(json.dumps(h) + "\n" for h in kept), encoding="utf-8")
     return kept
 
 
