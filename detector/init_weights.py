@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 # Package data (setup.cfg), so an installed Vigil has them too.
 WEIGHTS_DIR = Path(str(files("detector") / "weights"))
+# The model `model.checkpoint: vigil` serves and `vigil demo` shows: the newest shipped weights
+# trained on real footage (and synthetic scenes, so that its boxes are trained too).
+DEFAULT_MODEL = "real-cpu-v1"
+# The name a config gives for it.
+DEFAULT_MODEL_ALIAS = "vigil"
 # Below this share of the model's values copied, a checkpoint is refused as another architecture.
 MIN_FIT = 0.1
 
@@ -39,6 +44,24 @@ MIN_FIT = 0.1
 def shipped_weights() -> list[Path]:
     """The weight files shipped with Vigil, sorted by name."""
     return sorted(WEIGHTS_DIR.glob("*.pt"))
+
+
+def default_weights() -> Path:
+    """The shipped default model's file (`DEFAULT_MODEL`).
+
+    Raises:
+        CheckpointError: it is missing (a broken install).
+    """
+    path = WEIGHTS_DIR / f"{DEFAULT_MODEL}.pt"
+    if not path.is_file():
+        raise CheckpointError(f"Vigil's default model {path} is missing: reinstall Vigil, or set "
+                              f"model.checkpoint to a file")
+    return path
+
+
+def resolve_model_path(value: str | Path) -> Path:
+    """`vigil` (`DEFAULT_MODEL_ALIAS`) -> the shipped default model; any other value unchanged."""
+    return default_weights() if str(value) == DEFAULT_MODEL_ALIAS else Path(value)
 
 
 def _architecture(cfg: ModelConfig) -> dict:
@@ -58,7 +81,10 @@ def find_shipped(cfg: ModelConfig) -> Path:
         CheckpointError: none fits; the message lists what is shipped.
     """
     want = _architecture(cfg)
-    for path in shipped_weights():
+    # The default model first, then newest version first: a later version of the same
+    # architecture supersedes an earlier one (sorted() is stable).
+    candidates = sorted(shipped_weights(), reverse=True)
+    for path in sorted(candidates, key=lambda p: p.stem != DEFAULT_MODEL):
         try:
             _, other, _ = load_checkpoint(path)
         except CheckpointError as exc:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
-from detector.errors import ConfigError
+from detector.errors import CheckpointError, ConfigError
+from detector.init_weights import DEFAULT_MODEL_ALIAS, resolve_model_path
 from detector.runtime import is_onnx_model
 from detector.schema import expand_env, from_dict, load_yaml, to_dict
 from detector.yaml_loader import safe_load_unique
@@ -180,9 +181,10 @@ class ServeModelConfig:
     """The `model:` section of the daemon config (which checkpoint, where it runs, batching).
 
     Args:
-        checkpoint: a Vigil checkpoint (`vigil train`/`vigil import-reference`), a reference
-            `best_model.pth`, or an `.onnx` file from `vigil export` (run by onnxruntime on the
-            CPU, in fp32); must exist.
+        checkpoint: `vigil` (Vigil's shipped model, `docs/models/`), a Vigil checkpoint
+            (`vigil train`/`vigil import-reference`), a reference `best_model.pth`, or an
+            `.onnx` file from `vigil export` (run by onnxruntime on the CPU, in fp32); must
+            exist.
         device: `auto` (first CUDA GPU, else CPU), `cpu`, `cuda` or `cuda:N`.
         precision: `auto` (bf16/fp16 autocast on GPU, fp32 on CPU), or forced.
         max_batch: most windows per forward pass.
@@ -453,6 +455,11 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
         log.warning("every camera is disabled: the daemon will run but watch nothing")
 
     raw.data_dir = _resolve_path(raw.data_dir, base_dir)
+    if str(raw.model.checkpoint) == DEFAULT_MODEL_ALIAS:
+        try:
+            raw.model.checkpoint = resolve_model_path(raw.model.checkpoint)
+        except CheckpointError as exc:
+            raise ConfigError(f"model.checkpoint: {exc}") from None
     raw.model.checkpoint = _resolve_path(raw.model.checkpoint, base_dir)
     if raw.alerts.curve is not None:
         curve = raw.alerts.curve

@@ -332,3 +332,22 @@ def test_a_camera_name_from_the_environment_is_not_treated_as_a_secret(tmp_path)
     body = MINIMAL.replace("- name: lobby", "- name: ${CAM_NAME}")
     cfg = load_config(write(tmp_path, body), environ={"CAM_PASS": "Pw/x-long", "CAM_NAME": "lobby"})
     assert "lobby" not in cfg.secrets and "Pw/x-long" in cfg.secrets
+
+
+def test_checkpoint_vigil_is_the_shipped_default_model(tmp_path):
+    from detector.init_weights import DEFAULT_MODEL, WEIGHTS_DIR
+
+    path = write(tmp_path, MINIMAL.replace("checkpoint: model.pt", "checkpoint: vigil"),
+                 checkpoint=False)
+    cfg = load_config(path, environ={"CAM_PASS": PASSWORD})
+    assert cfg.model.checkpoint == WEIGHTS_DIR / f"{DEFAULT_MODEL}.pt"
+    assert cfg.model.checkpoint.is_file()
+
+
+def test_a_missing_default_model_is_a_config_error_naming_the_key(tmp_path, monkeypatch):
+    from detector import init_weights
+
+    monkeypatch.setattr(init_weights, "WEIGHTS_DIR", tmp_path / "no-weights")
+    message = errors_of(tmp_path, MINIMAL.replace("checkpoint: model.pt", "checkpoint: vigil"),
+                        checkpoint=False)
+    assert "model.checkpoint: Vigil's default model" in message and "missing" in message

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from detector.checkpoint import load_checkpoint
-from detector.init_weights import WEIGHTS_DIR, find_shipped
+from detector.init_weights import DEFAULT_MODEL, WEIGHTS_DIR, default_weights, find_shipped
 from detector.preprocess import normalize_clips
 from train.config import load_train_config
 from train.dataset import ClipDataset, scan_dataset_lenient
@@ -17,12 +17,19 @@ from train.splits import split_records
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "real"
-SHIPPED = WEIGHTS_DIR / "real-cpu-v0.pt"
+SHIPPED = default_weights()
+EVERY = sorted(WEIGHTS_DIR.glob("*.pt"))
 
 
-def test_the_shipped_weights_load_with_their_card_and_clip_length():
-    model, cfg, meta = load_checkpoint(SHIPPED)
-    assert SHIPPED.stat().st_size < 20 * 2**20
+def test_the_default_model_is_the_newest_real_footage_model():
+    assert SHIPPED == WEIGHTS_DIR / f"{DEFAULT_MODEL}.pt" and SHIPPED in EVERY
+    assert SHIPPED.stem == "real-cpu-v1"
+
+
+@pytest.mark.parametrize("path", EVERY, ids=lambda p: p.stem)
+def test_the_shipped_weights_load_with_their_card_and_clip_length(path):
+    model, cfg, meta = load_checkpoint(path)
+    assert path.stat().st_size < 20 * 2**20
     assert cfg.backbone.name == "small3d" and cfg.backbone.motion == "rgb+diff"
     assert cfg.input.clip_seconds == 2.0 and list(cfg.class_names) == ["fight", "collapse"]
     assert (ROOT / meta["model_card"]).is_file()
@@ -31,12 +38,13 @@ def test_the_shipped_weights_load_with_their_card_and_clip_length():
     assert out["pred_logits"].shape == (1, cfg.num_queries, 3)
 
 
-def test_on_real_clips_it_never_trained_on_it_is_right_well_above_chance():
+@pytest.mark.parametrize("path", EVERY, ids=lambda p: p.stem)
+def test_on_real_clips_it_never_trained_on_it_is_right_well_above_chance(path):
     """The clips the shipped run held out (its grouped 10% validation split of ../shared/real,
     seed 0): 23 videos of three classes, so guessing gets about a third right."""
     if not (REAL / "labels.csv").is_file():
         pytest.skip(f"{REAL} is absent: no real clips to check the shipped weights on")
-    model, cfg, meta = load_checkpoint(SHIPPED)
+    model, cfg, meta = load_checkpoint(path)
     data = meta["train_config"]["data"]
     records, _ = scan_dataset_lenient(REAL, class_names=cfg.class_names)
     heldout = split_records(records, REAL, "val", data["val_fraction"], data["split_seed"])
