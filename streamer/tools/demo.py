@@ -1,6 +1,8 @@
 """`vigil demo`: the whole product on this machine, checked end to end.
 
-It trains the quick-start CPU model once (cached under the user's cache directory), writes a
+It serves Vigil's shipped model (`model.checkpoint: vigil`, trained on real footage and on
+synthetic scenes; `--model quick` trains the quick-start model of synthetic scenes only, once,
+cached under the user's cache directory, and `--model FILE` serves any checkpoint), writes a
 daemon config with synthetic cameras (one fight, one collapse, one where nobody is in trouble),
 starts the real `vigil serve` as a child process (told apart from systemd only by the notify
 socket this module creates for its READY), subscribes to its ZeroMQ alerts like any client,
@@ -64,8 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # under 5 minutes on a 2-core machine.
     p.add_argument("--duration", type=float, default=30.0, metavar="S",
                    help="seconds to serve before stopping (default 30)")
+    p.add_argument("--model", default="vigil", metavar="vigil|quick|FILE",
+                   help="vigil: the shipped model (default); quick: train the quick-start model "
+                        "of synthetic scenes once and cache it; or a checkpoint file")
     p.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
-                   help="where the trained model is kept (default ~/.cache/vigil)")
+                   help="where the quick-start model is kept (default ~/.cache/vigil)")
     p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                    help="daemon config, journal and evidence (default: a new temporary folder)")
     p.add_argument("--metrics-port", type=int, default=9108, metavar="PORT")
@@ -73,19 +78,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_demo)
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from train.quickstart import cached_quick_model
+def demo_model(choice: str, cache_dir: Optional[Path]) -> tuple[Path, str]:
+    """The checkpoint the demo serves and how it was obtained (printed).
 
-    print("vigil demo: 1/3 preparing the CPU model (trained once, then cached)", flush=True)
+    Raises:
+        CheckpointError: `vigil` and the shipped model is missing, or a FILE that does not exist.
+    """
+    from detector.init_weights import DEFAULT_MODEL_ALIAS, resolve_model_path
+
+    if choice == DEFAULT_MODEL_ALIAS:
+        return resolve_model_path(choice), "shipped"
+    if choice == "quick":
+        from train.quickstart import cached_quick_model
+
+        run = cached_quick_model(cache_dir, progress=True)
+        return run.checkpoint, (f"trained in {run.seconds:.0f} s" if run.seconds else "cached")
+    from detector.errors import CheckpointError
+
+    # Absolute: the daemon resolves a relative checkpoint against its config's folder.
+    path = Path(choice).expanduser().resolve()
+    if not path.is_file():
+        raise CheckpointError(f"--model: no such checkpoint file: {path} (or: vigil, quick)")
+    return path, "given"
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    print(f"vigil demo: 1/3 the model ({args.model})", flush=True)
     t0 = time.monotonic()
-    run = cached_quick_model(args.cache_dir, progress=True)
-    print(f"  model: {run.checkpoint}"
-          + (f" (trained in {run.seconds:.0f} s)" if run.seconds else " (cached)"), flush=True)
+    checkpoint, how = demo_model(args.model, args.cache_dir)
+    print(f"  model: {checkpoint} ({how})", flush=True)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vigil-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     ports = DemoPorts(_port_or_free(args.metrics_port), _port_or_free(5557), _port_or_free(5558))
-    daemon = DaemonProcess(workdir, demo_config(workdir, run.checkpoint, ports))
+    daemon = DaemonProcess(workdir, demo_config(workdir, checkpoint, ports))
     print(f"vigil demo: 2/3 starting `vigil serve --config {daemon.config_path}`", flush=True)
     try:
         daemon.start()
