@@ -42,7 +42,6 @@ from detector.checkpoint import load_checkpoint  # noqa: E402
 from detector.init_weights import resolve_model_path  # noqa: E402
 from streamer.config import SmoothingConfig, load_config  # noqa: E402
 from streamer.events import EventTracker  # noqa: E402
-from streamer.types import WindowResult  # noqa: E402
 from streamer.windows import window_seqs, window_span  # noqa: E402
 from streamer.worker import InferenceWorker, WindowMeta  # noqa: E402
 from train.dataset import scan_dataset_lenient  # noqa: E402
