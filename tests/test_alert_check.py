@@ -8,7 +8,7 @@ from streamer.tools.harness import REPO, tiny_checkpoint
 
 
 def test_it_tabulates_starts_on_quiet_clips_and_latency_on_action_clips(tmp_path):
-    from train.synth import write_dataset
+    from train.synth_dataset import write_dataset
 
     data = tmp_path / "data"
     write_dataset(data, videos=6, seed=3, width=64, height=48, fps=15, frames=40)
