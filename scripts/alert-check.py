@@ -50,10 +50,13 @@ from train.splits import split_records  # noqa: E402
 log = logging.getLogger("alert-check")
 
 
-def decode(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, float]:
-    """All frames of `path` resized to `size` (H, W) as RGB uint8 (N, H, W, 3), and its fps."""
+def decode(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """All frames of `path` resized to `size` (H, W) as RGB uint8 (N, H, W, 3).
+
+    INTER_AREA, as `CaptureThread` shrinks frames (`train.video_io.read_frames` is bilinear,
+    as training reads them): this is what the daemon's model sees.
+    """
     cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     frames = []
     H, W = size
     while True:
@@ -63,7 +66,7 @@ def decode(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, float]:
         small = cv2.resize(frame, (W, H), interpolation=cv2.INTER_AREA)
         frames.append(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
     cap.release()
-    return (np.stack(frames) if frames else np.zeros((0, H, W, 3), np.uint8)), float(fps)
+    return np.stack(frames) if frames else np.zeros((0, H, W, 3), np.uint8)
 
 
 def clip_alerts(worker: InferenceWorker, smoothing: SmoothingConfig, classes: list[str],
@@ -127,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     per: dict[str, dict] = defaultdict(lambda: defaultdict(list))
     t0 = time.monotonic()
     for n, rec in enumerate(records, 1):
-        frames, fps = decode(rec.video, tuple(cfg.input.size))
+        frames = decode(rec.video, tuple(cfg.input.size))
+        fps = rec.fps or 25.0                    # as probed; 0.0 means the container has none
         if rec.is_positive and len(frames) and args.loop_s > 0:
             frames = np.concatenate([frames] * max(1, int(np.ceil(args.loop_s * fps
                                                                    / len(frames)))))

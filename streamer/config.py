@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
 from detector.errors import CheckpointError, ConfigError
-from detector.init_weights import DEFAULT_MODEL_ALIAS, resolve_model_path
+from detector.init_weights import resolve_model_path
 from detector.runtime import is_onnx_model
 from detector.schema import expand_env, from_dict, load_yaml, to_dict
 from detector.yaml_loader import safe_load_unique
@@ -455,11 +455,10 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
         log.warning("every camera is disabled: the daemon will run but watch nothing")
 
     raw.data_dir = _resolve_path(raw.data_dir, base_dir)
-    if str(raw.model.checkpoint) == DEFAULT_MODEL_ALIAS:
-        try:
-            raw.model.checkpoint = resolve_model_path(raw.model.checkpoint)
-        except CheckpointError as exc:
-            raise ConfigError(f"model.checkpoint: {exc}") from None
+    try:
+        raw.model.checkpoint = resolve_model_path(raw.model.checkpoint)   # `vigil` -> the file
+    except CheckpointError as exc:
+        raise ConfigError(f"model.checkpoint: {exc}") from None
     raw.model.checkpoint = _resolve_path(raw.model.checkpoint, base_dir)
     if raw.alerts.curve is not None:
         curve = raw.alerts.curve

@@ -60,10 +60,10 @@ class DemoPorts:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "demo", help="train a small model once, serve three synthetic cameras, show the alerts",
+        "demo", help="serve three synthetic cameras with the shipped model, show the alerts",
         description=__doc__.split("\n\n")[1] if __doc__ else None)
-    # Alerts come within seconds of the start; 30 s keeps the first run (training included)
-    # under 5 minutes on a 2-core machine.
+    # Alerts come within seconds of the start; 30 s keeps a first run with --model quick
+    # (training included) under 5 minutes on a 2-core machine.
     p.add_argument("--duration", type=float, default=30.0, metavar="S",
                    help="seconds to serve before stopping (default 30)")
     p.add_argument("--model", default="vigil", metavar="vigil|quick|FILE",
