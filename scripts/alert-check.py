@@ -25,11 +25,14 @@ Exit status 0; the table goes to stdout and, with --out, to a Markdown file.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import pickle
 import statistics
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -69,14 +72,28 @@ def decode(path: Path, size: tuple[int, int]) -> np.ndarray:
     return np.stack(frames) if frames else np.zeros((0, H, W, 3), np.uint8)
 
 
-def clip_alerts(worker: InferenceWorker, smoothing: SmoothingConfig, classes: list[str],
-                frames: np.ndarray, fps: float, clip_seconds: float | None, T: int,
-                stride: int, batch: int = 16) -> list[tuple[float, str]]:
-    """(time in the clip, label) of every `start` alert the daemon's event logic raises."""
+@dataclass
+class ClipScores:
+    """One clip's windows as the worker scored them, and what the clip's label says.
+
+    results: the worker's `WindowResult`s in time order (clip time: t_end_mono = end / fps).
+    label: the action's class name, or None for a quiet clip; t_action: seconds into the clip
+    where the action starts (0 when the whole clip is the action); minutes: footage played.
+    """
+    stem: str
+    source: str
+    label: str | None
+    t_action: float
+    minutes: float
+    results: list = field(default_factory=list)
+
+
+def score_clip(worker: InferenceWorker, frames: np.ndarray, fps: float,
+               clip_seconds: float | None, T: int, stride: int, batch: int = 16) -> list:
+    """The worker's `WindowResult` for every window a camera with this `stride` would take."""
     ends = list(range(window_span(fps, clip_seconds, T) - 1, len(frames), stride))
-    tracker = EventTracker(smoothing, classes, clock=lambda: 0.0)
-    starts: list[tuple[float, str]] = []
     h, w = frames.shape[1:3]
+    out = []
     for i in range(0, len(ends), batch):
         chunk = []
         for end in ends[i:i + batch]:
@@ -85,16 +102,154 @@ def clip_alerts(worker: InferenceWorker, smoothing: SmoothingConfig, classes: li
             meta = WindowMeta(end_seq=end, t_start_wall=seqs[0] / fps, t_end_wall=t_end,
                               t_end_mono=t_end, frame_size=(w, h))
             chunk.append(("clip", frames[seqs], meta))
-        for result in worker.infer(chunk):
-            for msg in tracker.observe(result):
-                if msg.get("type") == "start":
-                    starts.append((result.t_end_mono, msg["label"]))
+        out.extend(worker.infer(chunk))
+    return out
+
+
+def clip_starts(results: list, smoothing: SmoothingConfig, classes: list[str]
+                ) -> list[tuple[float, str]]:
+    """(time in the clip, label) of every `start` alert the daemon's event logic raises."""
+    tracker = EventTracker(smoothing, classes, clock=lambda: 0.0)
+    starts: list[tuple[float, str]] = []
+    for result in results:
+        for msg in tracker.observe(result):
+            if msg.get("type") == "start":
+                starts.append((result.t_end_mono, msg["label"]))
     return starts
+
+
+def score_records(ckpt: Path, records: list, stride: int, loop_s: float) -> tuple[list, list]:
+    """Score every record's windows with checkpoint `ckpt`; returns (ClipScores list, classes)."""
+    model, cfg, _ = load_checkpoint(ckpt)
+    model.eval()
+    classes = list(cfg.class_names)
+    worker = InferenceWorker(model, cfg.input, classes, "cpu", "fp32", max_batch=16)
+    clips = []
+    t0 = time.monotonic()
+    for n, rec in enumerate(records, 1):
+        frames = decode(rec.video, tuple(cfg.input.size))
+        fps = rec.fps or 25.0                    # as probed; 0.0 means the container has none
+        if rec.is_positive and len(frames) and loop_s > 0:
+            frames = np.concatenate([frames] * max(1, int(np.ceil(loop_s * fps / len(frames)))))
+        label, t_action = None, 0.0
+        if rec.is_positive:
+            label = classes[int(rec.annotations[0, 0])]
+            seg = rec.segments[0]
+            t_action = 0.0 if np.isnan(seg[0]) else float(seg[0])
+        clips.append(ClipScores(rec.stem, rec.source, label, t_action,
+                                len(frames) / fps / 60.0,   # quiet clips are never looped
+                                score_clip(worker, frames, fps, cfg.input.clip_seconds,
+                                           cfg.input.frames, stride)))
+        if n % 25 == 0:
+            log.warning("%s: %d/%d clips, %.0f s", ckpt.name, n, len(records),
+                        time.monotonic() - t0)
+    return clips, classes
+
+
+def alert_table(clips: list[ClipScores], smoothing: SmoothingConfig, classes: list[str],
+                within: float) -> list[str]:
+    """The per-source Markdown rows (header included) of what `smoothing` makes of `clips`."""
+    per: dict[str, dict] = defaultdict(lambda: defaultdict(list))
+    for c in clips:
+        starts = clip_starts(c.results, smoothing, classes)
+        for src in (c.source, "all"):
+            bucket = per[src]
+            if c.label is None:
+                bucket["none_minutes"].append(c.minutes)
+                bucket["none_starts"].append(len(starts))
+            else:
+                right = [t for t, lab in starts if lab == c.label]
+                bucket["action_clips"].append(c.stem)
+                bucket["wrong"].append(sum(lab != c.label for _, lab in starts))
+                if right:
+                    bucket["latency"].append(right[0] - c.t_action)
+    lines = ["| source | none clips | none minutes | starts on none | per 10 min | action clips "
+             f"| right start | within {within:g} s | median latency s | wrong-label starts |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for src in sorted(per, key=lambda s: (s == "all", s)):
+        b = per[src]
+        mins = sum(b["none_minutes"])
+        starts = sum(b["none_starts"])
+        lat = b["latency"]
+        n_within = sum(x <= within for x in lat)     # early starts count as found
+        lines.append(
+            f"| {src} | {len(b['none_minutes'])} | {mins:.1f} | {starts} | "
+            f"{(10 * starts / mins) if mins else float('nan'):.2f} | {len(b['action_clips'])} | "
+            f"{len(lat)} | {n_within} | {statistics.median(lat) if lat else float('nan'):.2f} | "
+            f"{sum(b['wrong'])} |")
+    return lines
+
+
+def sweep_table(clips: list[ClipScores], base: SmoothingConfig, classes: list[str],
+                within: float, on_grid: list[float], min_windows_grid: list[int]) -> list[str]:
+    """Per class, for every (on_threshold, min_windows): that label's starts per 10 minutes on
+    quiet clips (per source that has quiet clips, and all), and its recall within `within` s.
+
+    Each (camera, label) is smoothed on its own, so one class's setting does not change another
+    class's alerts: a row here is what that class would do with its own thresholds.
+    off_threshold keeps its distance below on_threshold (min 0.05).
+    """
+    quiet_sources = sorted({c.source for c in clips if c.label is None})
+    lines = ["| class | on | min windows | " + " | ".join(f"{s} /10 min" for s in quiet_sources)
+             + f" | all quiet /10 min | recall within {within:g} s | found at all | "
+               "median latency s |",
+             "|---|---|---|" + "---|" * (len(quiet_sources) + 4)]
+    gap = base.on_threshold - base.off_threshold
+    for label in classes:
+        for on in on_grid:
+            for mw in min_windows_grid:
+                sm = replace(base, on_threshold=on, off_threshold=max(0.05, on - gap),
+                             min_windows=mw)
+                false = defaultdict(int)
+                minutes = defaultdict(float)
+                found, fast, lat = 0, 0, []
+                positives = [c for c in clips if c.label == label]
+                for c in clips:
+                    if c.label is not None and c.label != label:
+                        continue
+                    starts = [t for t, lab in clip_starts(c.results, sm, classes) if lab == label]
+                    if c.label is None:
+                        false[c.source] += len(starts)
+                        minutes[c.source] += c.minutes
+                    elif starts:
+                        found += 1
+                        lat.append(starts[0] - c.t_action)
+                        fast += starts[0] - c.t_action <= within
+                rates = [10 * false[s] / minutes[s] if minutes[s] else float("nan")
+                         for s in quiet_sources]
+                total = 10 * sum(false.values()) / max(sum(minutes.values()), 1e-9)
+                n = max(len(positives), 1)
+                lines.append(f"| {label} | {on:g} | {mw} | "
+                             + " | ".join(f"{r:.2f}" for r in rates)
+                             + f" | {total:.2f} | {fast}/{len(positives)} ({fast / n:.2f}) | "
+                               f"{found}/{len(positives)} | "
+                               f"{statistics.median(lat) if lat else float('nan'):.2f} |")
+    return lines
+
+
+def fold_jobs(folds_dir: Path, records: list) -> list[tuple[Path, list]]:
+    """(fold checkpoint, that fold's held-out records) for a `vigil cv` output directory.
+
+    A fold's held-out clips are the stems in its `val_predictions.jsonl`; its model is `best.pt`.
+    Raises SystemExit when the directory holds no fold.
+    """
+    by_stem = {r.stem: r for r in records}
+    jobs = []
+    for fold in sorted(folds_dir.glob("fold*/")):
+        stems = [json.loads(line)["stem"]
+                 for line in (fold / "val_predictions.jsonl").read_text().splitlines() if line]
+        jobs.append((fold / "best.pt", [by_stem[s] for s in stems if s in by_stem]))
+    if not jobs:
+        raise SystemExit(f"--folds {folds_dir}: no fold*/ directories with val_predictions.jsonl")
+    return jobs
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="vigil", help="checkpoint file, or vigil (shipped)")
+    p.add_argument("--folds", type=Path, default=None, metavar="CV_DIR",
+                   help="a `vigil cv` output directory: score each clip with the fold model that "
+                        "held it out (out-of-fold alerts for the recipe); replaces --checkpoint")
     p.add_argument("--data", required=True, help="labelled dataset (any layout vigil reads)")
     p.add_argument("--config", default=None, help="a vigil.yaml whose smoothing: to use")
     p.add_argument("--stride", type=int, default=8, help="frames between windows (default 8)")
@@ -108,74 +263,64 @@ def main(argv: list[str] | None = None) -> int:
                    help="play each ACTION clip looped to at least S seconds, as a looping file "
                         "camera does (default 8; many action clips are shorter than two "
                         "windows); quiet clips play once")
+    p.add_argument("--scores", type=Path, default=None, metavar="FILE",
+                   help="cache of the windows' scores: read it when it exists (no model runs), "
+                        "else write it after scoring; the smoothing is replayed on it")
+    p.add_argument("--sweep", action="store_true",
+                   help="also print, per class, the false starts and recall for a grid of "
+                        "on_threshold x min_windows (see --on-grid, --min-windows-grid)")
+    p.add_argument("--on-grid", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
+    p.add_argument("--min-windows-grid", type=int, nargs="+", default=[1, 2, 3, 4])
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    ckpt = resolve_model_path(args.checkpoint)
-    model, cfg, meta = load_checkpoint(ckpt)
-    model.eval()
     smoothing = (load_config(args.config, check_paths=False).smoothing if args.config
                  else SmoothingConfig())
-    classes = list(cfg.class_names)
-    worker = InferenceWorker(model, cfg.input, classes, "cpu", "fp32", max_batch=16)
-    records, problems = scan_dataset_lenient(args.data, len(classes), require_positives=False,
-                                             class_names=classes)
-    if args.split != "all":
-        data = (meta.get("train_config") or {}).get("data") or {}
-        if "val_fraction" not in data:
-            p.error(f"--split {args.split}: {ckpt.name} does not record its training split")
-        records = split_records(records, args.data, args.split, data["val_fraction"],
-                                data.get("split_seed", 0))
-    records = records[:args.limit] if args.limit else records
-    per: dict[str, dict] = defaultdict(lambda: defaultdict(list))
     t0 = time.monotonic()
-    for n, rec in enumerate(records, 1):
-        frames = decode(rec.video, tuple(cfg.input.size))
-        fps = rec.fps or 25.0                    # as probed; 0.0 means the container has none
-        if rec.is_positive and len(frames) and args.loop_s > 0:
-            frames = np.concatenate([frames] * max(1, int(np.ceil(args.loop_s * fps
-                                                                   / len(frames)))))
-        starts = clip_alerts(worker, smoothing, classes, frames, fps, cfg.input.clip_seconds,
-                             cfg.input.frames, args.stride)
-        minutes = len(frames) / fps / 60.0       # quiet clips are never looped
-        for src in (rec.source, "all"):
-            bucket = per[src]
-            if not rec.is_positive:
-                bucket["none_minutes"].append(minutes)
-                bucket["none_starts"].append(len(starts))
-            else:
-                label = classes[int(rec.annotations[0, 0])]
-                seg = rec.segments[0]
-                t_action = 0.0 if np.isnan(seg[0]) else float(seg[0])
-                right = [t for t, lab in starts if lab == label]
-                bucket["action_clips"].append(rec.stem)
-                bucket["wrong"].append(sum(lab != label for _, lab in starts))
-                if right:
-                    bucket["latency"].append(right[0] - t_action)
-        if n % 25 == 0:
-            log.warning("%d/%d clips, %.0f s", n, len(records), time.monotonic() - t0)
+    if args.scores and args.scores.exists():
+        with args.scores.open("rb") as f:
+            cached = pickle.load(f)
+        clips, classes, what = cached["clips"], cached["classes"], cached["what"]
+    else:
+        if args.folds:
+            _, cfg, _ = load_checkpoint(next(args.folds.glob("fold*/best.pt")))
+        else:
+            ckpt = resolve_model_path(args.checkpoint)
+            _, cfg, meta = load_checkpoint(ckpt)
+        classes = list(cfg.class_names)
+        records, problems = scan_dataset_lenient(args.data, len(classes),
+                                                 require_positives=False, class_names=classes)
+        if args.folds:
+            jobs = fold_jobs(args.folds, records)
+            what = f"out-of-fold models of {args.folds}"
+        else:
+            if args.split != "all":
+                data = (meta.get("train_config") or {}).get("data") or {}
+                if "val_fraction" not in data:
+                    p.error(f"--split {args.split}: {ckpt.name} does not record its training "
+                            "split")
+                records = split_records(records, args.data, args.split, data["val_fraction"],
+                                        data.get("split_seed", 0))
+            jobs = [(ckpt, records[:args.limit] if args.limit else records)]
+            what = f"checkpoint {ckpt.name}"
+        clips = []
+        for ckpt_path, recs in jobs:
+            clips.extend(score_records(ckpt_path, recs, args.stride, args.loop_s)[0])
+        what += (f", data {args.data} ({'folds' if args.folds else args.split}), stride "
+                 f"{args.stride}, action clips looped to {args.loop_s:g} s, {len(clips)} clips, "
+                 f"{len(problems)} not readable")
+        if args.scores:
+            with args.scores.open("wb") as f:
+                pickle.dump({"clips": clips, "classes": classes, "what": what}, f)
 
-    lines = [f"checkpoint {ckpt.name}, data {args.data} ({args.split}), stride {args.stride}, "
-             f"action clips "
-             f"looped to {args.loop_s:g} s, smoothing "
-             f"{smoothing.method} on {smoothing.on_threshold} off {smoothing.off_threshold} "
-             f"min_windows {smoothing.min_windows}; {len(records)} clips in "
-             f"{time.monotonic() - t0:.0f} s; {len(problems)} not readable", "",
-             "| source | none clips | none minutes | starts on none | per 10 min | action clips "
-             f"| right start | within {args.within:g} s | median latency s | wrong-label starts |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for src in sorted(per, key=lambda s: (s == "all", s)):
-        b = per[src]
-        mins = sum(b["none_minutes"])
-        starts = sum(b["none_starts"])
-        n_act = len(b["action_clips"])
-        lat = b["latency"]
-        within = sum(x <= args.within for x in lat)     # early starts count as found
-        lines.append(
-            f"| {src} | {len(b['none_minutes'])} | {mins:.1f} | {starts} | "
-            f"{(10 * starts / mins) if mins else float('nan'):.2f} | {n_act} | {len(lat)} | "
-            f"{within} | {statistics.median(lat) if lat else float('nan'):.2f} | "
-            f"{sum(b['wrong'])} |")
+    lines = [f"{what}; smoothing {smoothing.method} on {smoothing.on_threshold} off "
+             f"{smoothing.off_threshold} min_windows {smoothing.min_windows}; "
+             f"{time.monotonic() - t0:.0f} s", ""]
+    lines += alert_table(clips, smoothing, classes, args.within)
+    if args.sweep:
+        lines += ["", f"Sweep ({smoothing.method}, alpha {smoothing.alpha}):", ""]
+        lines += sweep_table(clips, smoothing, classes, args.within, args.on_grid,
+                             args.min_windows_grid)
     text = "\n".join(lines)
     print(text)
     if args.out:
