@@ -171,9 +171,9 @@ class Relay:
         except BaseException:
             self.stop()
             raise
-        log.info("relay: alerts of %d daemon(s) on %s, replay for %s on %s%s",
-                 len(self.cfg.daemons), self.endpoint, ", ".join(sorted(self.cfg.replay)) or
-                 "no instance", self.replay_endpoint,
+        log.info("relay: alerts on %s (from %d daemons); replay on %s for %s%s", self.endpoint,
+                 len(self.cfg.daemons), self.replay_endpoint,
+                 " ".join(sorted(self.cfg.replay)) or "no instance",
                  " (CURVE)" if self._frontend_keys else "")
         return self
 

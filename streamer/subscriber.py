@@ -77,6 +77,7 @@ class _Stream:
         self.journal_id: Optional[str] = None
         self.resets = 0
         self.gaps: list[tuple[int, int]] = []
+        self.replayed = 0             # alerts taken from the journal, not from the wire
         self.last_rx = time.monotonic()
         self._request = request
         self._ready = ready
@@ -226,8 +227,10 @@ class _Stream:
                     log.warning("ignoring a replayed alert of instance %s (asked %s)",
                                 printable(msg.get("instance")), printable(self.instance))
                     continue
-                if self.last_seq is None or msg["seq"] > self.last_seq:
+                if (self.last_seq is None or msg["seq"] > self.last_seq) \
+                        and msg["seq"] not in self._pending:
                     self._pending[msg["seq"]] = msg
+                    self.replayed += 1
                 since = max(since, msg["seq"])
             if not reply["more"] or not reply["alerts"]:
                 return True
@@ -244,7 +247,9 @@ class AlertSubscriber:
         replay_endpoint: the matching replay endpoint(s), e.g. `tcp://127.0.0.1:5558` (a relay's
             replay endpoint serves every instance behind it).
         since: deliver every alert with seq > since of every instance (from the journals, then
-            live); None = only alerts published from now on.
+            live); None = only alerts published from now on; a mapping {instance: seq} resumes
+            each instance where it was left (a bridge that stored what it forwarded), instances
+            not in it from now on.
         curve: None or a `ClientCurve` (or mapping with the same keys).
         context: a zmq.Context; None = a private one, terminated by `close()`.
         replay_timeout_s: how long one replay request may take before giving up.
@@ -262,7 +267,7 @@ class AlertSubscriber:
     """
 
     def __init__(self, endpoint: str | Sequence[str], replay_endpoint: str | Sequence[str],
-                 since: Optional[int] = None, curve: Any = None,
+                 since: Optional[int] | Mapping[Optional[str], int] = None, curve: Any = None,
                  context: Optional[zmq.Context] = None, replay_timeout_s: float = 2.0,
                  heartbeat_timeout_s: float = 15.0) -> None:
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
@@ -337,7 +342,9 @@ class AlertSubscriber:
     @property
     def last_seq(self) -> Optional[int]:
         only = self._only()
-        return only.last_seq if only is not None else (self.since if not self.streams else None)
+        if only is not None:
+            return only.last_seq
+        return self.since if not self.streams and not isinstance(self.since, Mapping) else None
 
     @property
     def journal_id(self) -> Optional[str]:
@@ -415,12 +422,14 @@ class AlertSubscriber:
         (an instance first seen live starts with that message)."""
         stream = self.streams.get(instance)
         if stream is None:
-            stream = _Stream(instance, self.since,
+            since = (self.since.get(instance) if isinstance(self.since, Mapping)
+                     else self.since)
+            stream = _Stream(instance, since,
                              lambda body, i=instance: self._request_for(i, body),
                              self._ready, self.gap_log, self._count_malformed)
             self.streams[instance] = stream
-            if self.since is not None:
-                stream.replay(self.since)
+            if since is not None:
+                stream.replay(since)
             elif baseline is not None or ask_baseline:
                 stream.baseline(baseline)
         return stream

@@ -126,6 +126,8 @@ def test_alerts_of_every_daemon_arrive_once_in_order_across_restarts(fleet):
 
         assert by_instance(got) == expected
         assert sub.gaps == [] and sub.malformed == 0
+        # What was sent while the relay was down came from the journals, through the new relay.
+        assert sub.streams["a"].replayed >= 3 + 2 and sub.streams["b"].replayed >= 2 + 2
         assert all(m["camera"] == "lobby" for m in got)    # same camera name, two instances
         assert format_alert(got[0]).split()[1] == f"{got[0]['instance']}/#{got[0]['seq']}"
         assert sub.last_seq is None and sub.journal_id is None    # no single-instance view
@@ -191,6 +193,18 @@ def test_a_subscriber_takes_several_daemons_directly(fleet):
             [b"heartbeat", json.dumps(hb).encode()]) == hb
     finally:
         sub.close()
+
+
+def test_since_per_instance_resumes_each_where_it_was_left(fleet):
+    a, b = fleet
+    seqs_a, seqs_b = a.emit(4), b.emit(3)
+    with relay_for(fleet) as relay:
+        sub = AlertSubscriber(relay.endpoint, relay.replay_endpoint, since={"a": 2, "b": 0})
+        try:
+            got = pump(sub, fleet, lambda g: len(g) >= 5)
+            assert by_instance(got) == {"a": seqs_a[2:], "b": seqs_b}
+        finally:
+            sub.close()
 
 
 def test_curve_on_both_sides_of_the_relay(tmp_path):
