@@ -130,7 +130,8 @@ def _check_config(cfg) -> int:
     _, model_cfg, meta = load_model(cfg.model.checkpoint, torch.device("cpu"), threads=1)
     inp = model_cfg.input
     params = f"{meta['num_parameters']} parameters, " if "num_parameters" in meta else ""
-    print(f"config OK: {len(cfg.enabled_cameras)} of {len(cfg.cameras)} cameras enabled")
+    print(f"config OK: instance {cfg.instance}, {len(cfg.enabled_cameras)} of "
+          f"{len(cfg.cameras)} cameras enabled")
     print(f"model: {cfg.model.checkpoint} ({model_cfg.backbone.name}, {meta['runtime']}, "
           f"{params}classes {', '.join(model_cfg.class_names)},"
           f" input {inp.frames}x{inp.size[0]}x{inp.size[1]}, clip {inp.clip_seconds} s)")

@@ -16,6 +16,9 @@ alerts carry its `instance` and count `seq` per instance, so a subscriber tracks
 per instance. Messages the relay does not forward (it was down, a queue was full) are recovered
 by the subscriber from the named daemon's journal, through the replay forwarder below.
 
+The XPUB drops (it is not NODROP) what a subscriber too slow for its `hwm` cannot take: a
+stuck subscriber must not stall the others or the daemons; it sees the seq gap and replays.
+
 Replay. Replay stays with each daemon (its journal never leaves its host). The relay's ROUTER
 takes a `vigil.replay/1` request naming an instance, `{"since": N, "instance": "gpu1", ...}`,
 and forwards it unchanged (client envelope included) on a DEALER connected to that instance's
