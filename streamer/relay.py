@@ -7,7 +7,7 @@ its own journal and replay socket. The relay gives subscribers one place to conn
     daemon gpu2 PUB ─┼─► XSUB ══ zmq proxy ══ XPUB ─┼─ subscriber
     daemon gpu3 PUB ─┘   (connects)          (binds) └─ ...
 
-    subscriber DEALER ─► replay ROUTER ─► DEALER per instance ─► that daemon's replay ROUTER
+    subscriber DEALER ─► replay ROUTER ─► DEALER per instance ─► its daemon's replay
 
 Alerts. `zmq.proxy_steerable(XSUB, XPUB, None, control)` forwards messages downstream and
 subscriptions upstream (ZeroMQ's own forwarding; nothing is parsed or copied in Python), and a

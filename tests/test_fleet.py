@@ -20,6 +20,8 @@ from streamer.relay import Relay, RelayConfig, RelayCurveClient, RelayCurveServe
 from streamer.subscriber import AlertSubscriber, ClientCurve
 from tests.test_subscriber import alert
 
+pytestmark = pytest.mark.integration      # real sockets on loopback
+
 ANY = "tcp://127.0.0.1:*"
 
 
