@@ -380,13 +380,13 @@ class AlertSubscriber:
             wait = 0.5 if deadline is None else min(deadline - now, 0.5)
             if self._sub.poll(int(wait * 1000)):
                 self._receive()
-            else:
-                for stream in list(self.streams.values()):
-                    if time.monotonic() - stream.last_rx > self.heartbeat_timeout_s:
-                        log.warning("%sno heartbeat for %.0f s: asking the replay socket",
-                                    stream._who(), self.heartbeat_timeout_s)
-                        stream.last_rx = time.monotonic()   # at most one replay per timeout
-                        stream.replay(stream.last_seq or 0)
+            # Per instance: one daemon falling silent while others talk must be noticed too.
+            for stream in list(self.streams.values()):
+                if time.monotonic() - stream.last_rx > self.heartbeat_timeout_s:
+                    log.warning("%sno heartbeat for %.0f s: asking the replay socket",
+                                stream._who(), self.heartbeat_timeout_s)
+                    stream.last_rx = time.monotonic()   # at most one replay per timeout
+                    stream.replay(stream.last_seq or 0)
             for stream in list(self.streams.values()):
                 stream.drain()
         return self._ready.popleft() if self._ready else None

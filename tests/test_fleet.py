@@ -197,6 +197,22 @@ def test_a_subscriber_takes_several_daemons_directly(fleet):
         sub.close()
 
 
+def test_an_instance_falling_silent_is_replayed_while_another_keeps_talking(fleet):
+    from streamer.journal import Journal
+
+    a, b = fleet
+    sub = AlertSubscriber([a.endpoint, b.endpoint], [a.replay, b.replay], heartbeat_timeout_s=1.0)
+    try:
+        pump(sub, fleet, heard_from(sub, fleet))
+        with Journal(b.journal) as journal:               # journalled, never on the wire
+            quiet = journal.append(alert(event_id="b-quiet"))["seq"]
+        got = pump(sub, [a], lambda g: any(m["instance"] == "b" for m in g), timeout=6.0)
+        assert [(m["instance"], m["seq"]) for m in got] == [("b", quiet)]
+        assert sub.streams["b"].replayed == 1
+    finally:
+        sub.close()
+
+
 def test_since_per_instance_resumes_each_where_it_was_left(fleet):
     a, b = fleet
     seqs_a, seqs_b = a.emit(4), b.emit(3)
