@@ -1,4 +1,4 @@
-"""The serve-side verbs of the `vigil` command: `serve`, `alerts`, `keys generate`.
+"""The serve-side verbs of the `vigil` command: `serve`, `alerts`, `relay`, `keys generate`.
 
 `register(subparsers)` adds the parsers; each verb function takes the parsed arguments and returns
 an exit code. Heavy imports (torch, cv2, zmq) happen inside the verb functions so `vigil --help`
@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `serve`, `alerts` and `keys` to the `vigil` command's sub-parsers."""
+    """Add `serve`, `alerts`, `relay` and `keys` to the `vigil` command's sub-parsers."""
     p = subparsers.add_parser(
         "serve", help="run the detection daemon on the cameras of a config file",
         description="Watch the configured cameras, publish alerts over ZeroMQ and metrics over "
@@ -27,17 +27,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser(
-        "alerts", help="subscribe to a daemon's alerts and print them",
-        description="Subscribe to ENDPOINT, fetch what was missed from the replay endpoint, drop "
-                    "duplicates and print each alert once, in seq order; reports any gap that "
-                    "could not be filled.")
-    p.add_argument("endpoint", metavar="ENDPOINT",
-                   help="the daemon's PUB endpoint, e.g. tcp://127.0.0.1:5557")
-    p.add_argument("--replay", metavar="ENDPOINT", default=None,
-                   help="the daemon's replay endpoint (default: the config's default, the PUB "
-                        "port + 1 on the same host)")
+        "alerts", help="subscribe to the alerts of daemons (or of a relay) and print them",
+        description="Subscribe to each ENDPOINT (several daemons, or one `vigil relay`), fetch "
+                    "what was missed from the replay endpoints, drop duplicates and print each "
+                    "alert once, in seq order per instance; reports any gap that could not be "
+                    "filled.")
+    p.add_argument("endpoint", metavar="ENDPOINT", nargs="+",
+                   help="a daemon's or relay's PUB endpoint, e.g. tcp://127.0.0.1:5557")
+    p.add_argument("--replay", metavar="ENDPOINT", default=None, action="append",
+                   help="the replay endpoint of each ENDPOINT, repeated in the same order "
+                        "(default: each one's PUB port + 1 on the same host)")
     p.add_argument("--since", type=int, default=None, metavar="SEQ",
-                   help="replay every alert with seq > SEQ first (default: only new ones)")
+                   help="replay every alert with seq > SEQ of every instance first (default: "
+                        "only new ones)")
     p.add_argument("--count", type=int, default=None, metavar="N",
                    help="exit after N alerts (default: run until interrupted)")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
@@ -51,6 +53,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--client", default=None, metavar="NAME",
                    help="client key name in --curve-keys (default: the only one there)")
     p.set_defaults(func=cmd_alerts)
+
+    p = subparsers.add_parser(
+        "relay", help="one alert stream for several daemons (ZeroMQ XSUB/XPUB proxy)",
+        description="Connect to the alert endpoint of each daemon of a fleet and republish "
+                    "their alerts and heartbeats on one endpoint (zmq.proxy); forward replay "
+                    "requests that name an instance to that daemon's replay endpoint. Runs "
+                    "until SIGTERM/SIGINT.")
+    p.add_argument("--daemon", action="append", required=True, metavar="ENDPOINT",
+                   help="a daemon's alert endpoint (repeat per daemon), e.g. "
+                        "tcp://10.0.0.11:5557")
+    p.add_argument("--replay", action="append", default=[], metavar="INSTANCE=ENDPOINT",
+                   help="where the daemon named INSTANCE answers replay requests (repeat per "
+                        "daemon), e.g. gpu1=tcp://10.0.0.11:5558")
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5567", metavar="ENDPOINT",
+                   help="where subscribers connect for alerts (default: %(default)s)")
+    p.add_argument("--replay-endpoint", default="tcp://127.0.0.1:5568", metavar="ENDPOINT",
+                   help="where subscribers send replay requests (default: %(default)s)")
+    p.add_argument("--hwm", type=int, default=10000, metavar="N",
+                   help="messages queued per peer on each side (default: %(default)s)")
+    p.add_argument("--curve-server-key", type=Path, default=None, metavar="FILE",
+                   help="CURVE towards subscribers: the relay's server.key_secret (with "
+                        "--curve-authorized DIR)")
+    p.add_argument("--curve-authorized", type=Path, default=None, metavar="DIR",
+                   help="CURVE towards subscribers: authorised client public keys")
+    p.add_argument("--curve-keys", type=Path, default=None, metavar="DIR",
+                   help="CURVE towards the daemons: their `vigil keys generate` directory "
+                        "(server.key and clients/NAME.key_secret; see --client)")
+    p.add_argument("--client", default=None, metavar="NAME",
+                   help="the relay's client key name in --curve-keys (default: the only one)")
+    p.set_defaults(func=cmd_relay)
 
     p = subparsers.add_parser("keys", help="manage the daemon's ZeroMQ CURVE keys")
     ksub = p.add_subparsers(dest="keys_verb", metavar="ACTION")
@@ -98,7 +130,8 @@ def _check_config(cfg) -> int:
     _, model_cfg, meta = load_model(cfg.model.checkpoint, torch.device("cpu"), threads=1)
     inp = model_cfg.input
     params = f"{meta['num_parameters']} parameters, " if "num_parameters" in meta else ""
-    print(f"config OK: {len(cfg.enabled_cameras)} of {len(cfg.cameras)} cameras enabled")
+    print(f"config OK: instance {cfg.instance}, {len(cfg.enabled_cameras)} of "
+          f"{len(cfg.cameras)} cameras enabled")
     print(f"model: {cfg.model.checkpoint} ({model_cfg.backbone.name}, {meta['runtime']}, "
           f"{params}classes {', '.join(model_cfg.class_names)},"
           f" input {inp.frames}x{inp.size[0]}x{inp.size[1]}, clip {inp.clip_seconds} s)")
@@ -137,7 +170,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from .protocol import format_alert
     from .subscriber import AlertSubscriber, ClientCurve
 
-    replay = args.replay or default_replay_endpoint(args.endpoint)
+    from detector.errors import ConfigError
+
+    replay = args.replay or [default_replay_endpoint(ep) for ep in args.endpoint]
+    if len(replay) != len(args.endpoint):
+        raise ConfigError(f"--replay: give one replay endpoint per ENDPOINT ({len(replay)} for "
+                          f"{len(args.endpoint)})")
     curve = _client_curve(args.curve_keys, args.client, ClientCurve) if args.curve_keys else None
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     received = 0
@@ -153,10 +191,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                     break
             msg = sub.poll(timeout=wait)
             # Gaps are what the journal could not supply either: say so, on stderr, once each.
-            for first, last in sub.gaps[gaps_reported:]:
-                print(f"gap: alerts {first}..{last} are lost (not on the wire, not in the "
+            for instance, first, last in sub.gap_log[gaps_reported:]:
+                where = f"instance {instance}: " if instance is not None else ""
+                print(f"gap: {where}alerts {first}..{last} are lost (not on the wire, not in the "
                       "journal)", file=sys.stderr, flush=True)
-            gaps_reported = len(sub.gaps)
+            gaps_reported = len(sub.gap_log)
             if args.heartbeats and sub.last_heartbeat_at != last_heartbeat_at:
                 last_heartbeat_at = sub.last_heartbeat_at
                 print(json.dumps(sub.last_heartbeat) if args.json
@@ -172,6 +211,44 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if args.count is not None and received < args.count:
         print(f"received {received} of {args.count} alerts before the timeout", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    """`vigil relay --daemon EP ... [--replay NAME=EP ...]`: run the fleet's alert relay until
+    SIGTERM/SIGINT (exit 0)."""
+    import signal
+    import threading
+
+    from .relay import (Relay, RelayConfig, RelayCurveClient, RelayCurveServer,
+                        parse_replay_map)
+    from .subscriber import ClientCurve
+
+    from detector.errors import ConfigError
+
+    front = None
+    if args.curve_server_key or args.curve_authorized:
+        if not (args.curve_server_key and args.curve_authorized):
+            raise ConfigError("--curve-server-key and --curve-authorized go together")
+        front = RelayCurveServer(args.curve_server_key, args.curve_authorized)
+    back = None
+    if args.curve_keys:
+        keys = _client_curve(args.curve_keys, args.client, ClientCurve)
+        back = RelayCurveClient(keys.server_public_key, keys.client_secret_key)
+    cfg = RelayConfig(daemons=args.daemon, replay=parse_replay_map(args.replay),
+                      endpoint=args.endpoint, replay_endpoint=args.replay_endpoint,
+                      hwm=args.hwm, frontend_curve=front, backend_curve=back)
+    relay = Relay(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    relay.start()
+    print(f"relay: alerts on {relay.endpoint}, replay on {relay.replay_endpoint}", flush=True)
+    try:
+        while not stop.is_set() and relay.running():
+            stop.wait(0.5)
+    finally:
+        relay.stop()
     return 0
 
 

@@ -350,6 +350,8 @@ class ServeConfig:
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # This daemon's name in a fleet (alerts, heartbeats, replay): `default_instance()` if unset.
+    instance: str = ""
     # Every credential in the config (see `CameraConfig.secrets`): the log filter masks them.
     secrets: frozenset[str] = field(default_factory=frozenset, repr=False, compare=False)
 
@@ -382,6 +384,17 @@ class _RawServe:
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    instance: Optional[str] = None
+
+
+def default_instance(hostname: str | None = None) -> str:
+    """The instance name when the config gives none: the host name, cut at the first dot, with
+    every character outside A-Z a-z 0-9 _ - replaced by `-` (at most 64; `vigil` if empty)."""
+    import socket
+
+    host = (socket.gethostname() if hostname is None else hostname).split(".")[0]
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", host)[:64]
+    return name or "vigil"
 
 
 _CAMERA_KEYS = ("name", "url", "enabled")
@@ -441,6 +454,10 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
     raw.alerts.validate("alerts")
     raw.evidence.validate("evidence")
     raw.metrics.validate("metrics")
+    instance = default_instance() if raw.instance is None else raw.instance
+    _check(isinstance(instance, str) and CAMERA_NAME.fullmatch(instance) is not None, "instance",
+           f"invalid instance name {instance!r}: use 1 to 64 of A-Z a-z 0-9 _ - (it names this "
+           "daemon in alerts, heartbeats and metrics)")
 
     _check(len(raw.cameras) >= 1, "cameras", "at least one camera is required")
     cameras: list[CameraConfig] = []
@@ -478,7 +495,7 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
     return ServeConfig(data_dir=raw.data_dir, model=raw.model, cameras=cameras,
                        defaults=raw.defaults, smoothing=raw.smoothing, alerts=raw.alerts,
                        evidence=raw.evidence, metrics=raw.metrics, logging=raw.logging,
-                       secrets=secrets)
+                       instance=instance, secrets=secrets)
 
 
 def data_dir_problem(path: Path) -> Optional[str]:

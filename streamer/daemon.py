@@ -281,7 +281,8 @@ class Daemon:
         self._publisher = AlertPublisher(
             cfg.alerts.endpoint, cfg.alerts.replay_endpoint, cfg.journal_path,
             metrics=self.metrics, sndhwm=cfg.alerts.sndhwm, curve=cfg.alerts.curve,
-            last_seq=self._journal.last_seq, journal_id=self._journal.journal_id)
+            last_seq=self._journal.last_seq, journal_id=self._journal.journal_id,
+            instance=cfg.instance)
         for msg in orphans:
             self._publisher.publish(msg)
         if cfg.evidence.enabled and (cfg.evidence.snapshot or cfg.evidence.clip):

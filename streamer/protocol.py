@@ -6,11 +6,19 @@ On the wire an alert is two ZeroMQ frames, `[b"alert.<camera>.<label>", JSON]`, 
 `[b"heartbeat", JSON]`. The event tracker drafts a `vigil.alert/1` message; the journal finalises
 it as `vigil.alert/2` (adding `seq`, `journal_id`, `published_at`, `latency_s`). Clients accept
 both (/1 from older daemons or stored before the upgrade). No server code is imported here.
+
+Identity (issue 15, fleets): a daemon stamps its instance name (`instance:` in its config, by
+default the host name) on every alert, heartbeat and replay reply it sends, as `"instance"`. A
+site runs several daemons behind one relay, and `seq` counts per instance (and within one
+`journal_id`). The field is optional, so alerts of daemons before it (and the journal's stored
+rows, which the publisher stamps on the way out) still parse; a client files them under
+instance `None`.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import unicodedata
 from typing import Any, Mapping, Sequence
@@ -46,6 +54,9 @@ def parse_iso_utc(text: str) -> float:
     base = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
     return base + (float("0." + frac) if frac else 0.0)
 
+
+# An instance name: what a camera name may be (it goes into file names and metric labels).
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 MAX_FRAME_BYTES = 1 << 20       # an alert is < 2 kB; refuse anything absurd before parsing
 
@@ -104,6 +115,8 @@ def validate_alert(msg: Any) -> dict:
     need(msg.get("schema") in ALERT_SCHEMAS, "schema", f"expected {ALERT_SCHEMA!r}")
     if msg["schema"] == ALERT_SCHEMA:
         need(_journal_id(msg.get("journal_id")), "journal_id", "expected a non-empty string")
+    need(msg.get("instance") is None or is_instance(msg["instance"]), "instance",
+         "expected 1 to 64 of A-Z a-z 0-9 _ -")
     need(is_int(msg.get("seq")) and msg["seq"] >= 1, "seq", "expected an integer >= 1")
     need(msg.get("type") in TYPES, "type", f"expected one of {', '.join(TYPES)}")
     for field in ("event_id", "camera", "label", "published_at"):
@@ -137,6 +150,11 @@ def validate_alert(msg: Any) -> dict:
     return msg
 
 
+def is_instance(value: Any) -> bool:
+    """A valid instance name (`INSTANCE_NAME`)."""
+    return isinstance(value, str) and INSTANCE_NAME.fullmatch(value) is not None
+
+
 def _journal_id(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 64
 
@@ -152,6 +170,9 @@ def validate_heartbeat(msg: Any) -> dict:
     if "journal_id" in msg and not _journal_id(msg["journal_id"]):
         raise AlertFormatError(f"heartbeat.journal_id: expected a non-empty string, got "
                                f"{repr(msg.get('journal_id'))[:40]}")
+    if msg.get("instance") is not None and not is_instance(msg["instance"]):
+        raise AlertFormatError(f"heartbeat.instance: expected 1 to 64 of A-Z a-z 0-9 _ -, got "
+                               f"{repr(msg.get('instance'))[:40]}")
     return msg
 
 
@@ -199,11 +220,13 @@ def printable(value: Any, width: int = 64) -> str:
 
 
 def format_alert(msg: Mapping[str, Any]) -> str:
-    """One readable line: time, seq, camera, type, label, score, event, reason, snapshot/clip."""
+    """One readable line: time, [instance/]seq, camera, type, label, score, event, reason,
+    snapshot/clip."""
     score = msg.get("score")
+    where = f"{printable(msg['instance'])}/" if msg.get("instance") else ""
     parts = [
         printable(msg.get("published_at") or msg.get("window", {}).get("end"), 24),
-        f"#{printable(msg.get('seq'), 12)}",
+        f"{where}#{printable(msg.get('seq'), 12)}",
         printable(msg.get("camera")),
         printable(msg.get("type"), 8).upper(),
         printable(msg.get("label")),

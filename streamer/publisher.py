@@ -47,6 +47,14 @@ Threads. ZeroMQ sockets are not thread-safe: the PUB socket is used only by the 
 calls `publish`/`heartbeat`/`emit` (the daemon's event thread). The replay thread owns the ROUTER
 socket and its own `Journal` connection. `close()` stops the replay thread within a second.
 
+Identity (fleets, issue 15). With `instance` set (the daemon passes its config's `instance:`),
+every alert and heartbeat sent carries `"instance": <name>`, and every replay reply carries it
+both at its top level and on each replayed alert (the journal stores alerts without it: the
+stamp is added on the way out, so renaming an instance needs no journal change). A request that
+names an instance (`"instance": "gpu1"`, as the relay forwards them) must name this one: any
+other name gets an error reply, so a relay with a wrong endpoint map cannot serve one daemon's
+alerts as another's.
+
 CURVE (when `curve` is given): both sockets are CURVE servers with the server's secret key, and a
 `zmq.auth` ThreadAuthenticator admits only clients whose public key is in the authorised clients
 directory. Keys are read at start-up: restart (or reload) the daemon after adding a client.
@@ -128,6 +136,7 @@ class AlertPublisher:
         page_size: most alerts per replay reply.
         last_seq, journal_id: where numbering stands (the daemon's `JournalWriter` knows, even on
             a full disk); None = read them from the journal now.
+        instance: this daemon's name in a fleet, stamped on what it sends; None = no stamp.
     Raises:
         PublishError: an endpoint cannot be bound. ConfigError: unreadable CURVE keys.
         JournalError: the journal cannot be opened.
@@ -137,7 +146,8 @@ class AlertPublisher:
                  metrics: Any = None, sndhwm: int = 1000, curve: Any = None,
                  context: Optional[zmq.Context] = None, heartbeat_ivl_s: float = 2.0,
                  page_size: int = PAGE_SIZE, last_seq: Optional[int] = None,
-                 journal_id: Optional[str] = None) -> None:
+                 journal_id: Optional[str] = None, instance: Optional[str] = None) -> None:
+        self.instance = instance
         self.journal_path = Path(journal_path)
         self.metrics = metrics
         self.page_size = max(int(page_size), 1)
@@ -235,6 +245,8 @@ class AlertPublisher:
             self.journal_id = str(msg["journal_id"])
         self._last_seq = max(self._last_seq, int(msg["seq"]))
         topic = f"alert.{msg['camera']}.{msg['label']}".encode()
+        if self.instance is not None:
+            msg = {**msg, "instance": self.instance}
         if not self._send(topic, msg):
             return False
         if self.metrics is not None:
@@ -266,6 +278,7 @@ class AlertPublisher:
             True if sent, False if refused by the high-water mark.
         """
         msg = {"schema": HEARTBEAT_SCHEMA, "seq": self._last_seq, "journal_id": self.journal_id,
+               **({"instance": self.instance} if self.instance is not None else {}),
                "uptime_s": round(time.monotonic() - self._started, 1),
                "sent_at": iso_utc(time.time())}
         msg.update(payload or {})
@@ -425,10 +438,14 @@ class AlertPublisher:
 
     def _error_reply(self, body: bytes, error: str) -> bytes:
         reply = {"schema": REPLAY_SCHEMA, "id": _request_id(body), "error": error}
+        if self.instance is not None:
+            reply["instance"] = self.instance
         return json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     def _answer(self, journal: Journal, body: bytes) -> bytes:
         reply: dict[str, Any] = {"schema": REPLAY_SCHEMA, "id": None}
+        if self.instance is not None:
+            reply["instance"] = self.instance
         try:
             if len(body) > MAX_REQUEST_BYTES:
                 raise ValueError(f"request of {len(body)} bytes (at most {MAX_REQUEST_BYTES})")
@@ -439,6 +456,10 @@ class AlertPublisher:
             if not isinstance(req, dict):
                 raise ValueError("request must be a JSON object")
             reply["id"] = _request_id(body, req)
+            asked = req.get("instance")
+            if asked is not None and asked != self.instance:
+                raise ValueError(f"this is instance {self.instance!r}, not "
+                                 f"{str(asked)[:64]!r}")
             since, limit = req.get("since"), req.get("limit", self.page_size)
             for name, value in (("since", since), ("limit", limit)):
                 if not isinstance(value, int) or isinstance(value, bool) \
@@ -446,7 +467,8 @@ class AlertPublisher:
                     raise ValueError(f"{name} must be an integer in [0, 2**63-1]")
             limit = min(limit, self.page_size)
             rows = journal.since(since, limit + 1)
-            reply["alerts"] = rows[:limit]
+            reply["alerts"] = ([{**row, "instance": self.instance} for row in rows[:limit]]
+                               if self.instance is not None else rows[:limit])
             reply["more"] = len(rows) > limit
             reply["last_seq"] = journal.last_seq()
             reply["journal_id"] = journal.journal_id

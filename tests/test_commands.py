@@ -42,11 +42,29 @@ def test_alerts_arguments_and_defaults():
     args = parser().parse_args(["alerts", "tcp://127.0.0.1:5557"])
     assert args.func is commands.cmd_alerts
     assert (args.endpoint, args.replay, args.since, args.count, args.timeout, args.json) == (
-        "tcp://127.0.0.1:5557", None, None, None, None, False)
+        ["tcp://127.0.0.1:5557"], None, None, None, None, False)
     args = parser().parse_args(["alerts", "tcp://h:1", "--replay", "tcp://h:2", "--since", "7",
                                 "--count", "3", "--timeout", "1.5", "--json"])
     assert (args.replay, args.since, args.count, args.timeout, args.json) == (
-        "tcp://h:2", 7, 3, 1.5, True)
+        ["tcp://h:2"], 7, 3, 1.5, True)
+    args = parser().parse_args(["alerts", "tcp://a:1", "tcp://b:1", "--replay", "tcp://a:2",
+                                "--replay", "tcp://b:2"])
+    assert (args.endpoint, args.replay) == (["tcp://a:1", "tcp://b:1"], ["tcp://a:2", "tcp://b:2"])
+
+
+def test_relay_arguments():
+    args = parser().parse_args(["relay", "--daemon", "tcp://a:5557", "--daemon", "tcp://b:5557",
+                                "--replay", "a=tcp://a:5558", "--replay", "b=tcp://b:5558"])
+    assert args.func is commands.cmd_relay
+    assert args.daemon == ["tcp://a:5557", "tcp://b:5557"]
+    assert (args.endpoint, args.replay_endpoint) == ("tcp://127.0.0.1:5567",
+                                                     "tcp://127.0.0.1:5568")
+    from streamer.relay import parse_replay_map
+
+    assert parse_replay_map(args.replay) == {"a": "tcp://a:5558", "b": "tcp://b:5558"}
+    for bad in (["a"], ["a=x", "a=y"]):
+        with pytest.raises(ConfigError):
+            parse_replay_map(bad)
 
 
 def test_keys_generate_arguments():

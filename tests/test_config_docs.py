@@ -41,6 +41,7 @@ def _schema_keys() -> dict[str, object]:
             and f.name != "curve"}
     keys.update({f"cameras[].{name}": _default(CameraConfig, name) for name in CAMERA_KEYS})
     keys["data_dir"] = "required"
+    keys["instance"] = None           # top level: None = the host name (config.default_instance)
     return keys
 
 

@@ -204,6 +204,9 @@ def test_heartbeats_arrive_on_a_zmq_subscriber(daemon):
         assert topic == b"heartbeat"
         assert isinstance(hb["seq"], int) and hb["seq"] >= 0
         assert hb["uptime_s"] > 0
+        from streamer.config import default_instance
+
+        assert hb["instance"] == default_instance()   # no `instance:` in its config: host name
         assert set(hb["cameras"]) == {"fightcam", "emptycam"}
         assert all(isinstance(st["up"], bool) for st in hb["cameras"].values())
     finally:

@@ -75,3 +75,51 @@ def test_promtool_accepts_the_rules():
                          timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout
+
+
+# ---- a fleet of shards (issue 15) --------------------------------------------------------------
+FLEET_CONFIG = ROOT / "configs/prometheus/prometheus-fleet.yml"
+SHARDS = ROOT / "configs/prometheus/vigil-shards.json"
+RULES_TEST = ROOT / "configs/prometheus/vigil-rules.test.yml"
+
+
+def test_dashboard_has_an_instance_variable_used_by_every_query():
+    dash = json.loads(DASHBOARD.read_text())
+    names = [v["name"] for v in dash["templating"]["list"]]
+    assert "instance" in names and names.index("instance") < names.index("camera")
+    for expr in dashboard_exprs():
+        if "label_values(vigil_build_info" in expr:
+            continue
+        assert 'instance=~"$instance"' in expr, expr
+        assert "sum by (le)" not in expr, f"sums shards together: {expr}"
+
+
+def test_rules_never_sum_across_instances():
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    for rule in (r for g in groups for r in g["rules"]):
+        for by in re.findall(r"\bby \(([^)]*)\)", rule["expr"]):
+            assert "instance" in by, f"{rule['alert']} aggregates away the instance: {by}"
+
+
+def test_file_sd_example_names_each_shard_by_its_vigil_instance():
+    from streamer.protocol import is_instance
+
+    groups = json.loads(SHARDS.read_text())
+    names = [g["labels"]["instance"] for g in groups]
+    assert len(names) >= 2 and len(set(names)) == len(names) and all(map(is_instance, names))
+    config = yaml.safe_load(FLEET_CONFIG.read_text())
+    job = config["scrape_configs"][0]
+    assert job["job_name"] == "vigil"                     # what VigilDown matches
+    assert job["file_sd_configs"][0]["files"] == [SHARDS.name]
+
+
+@pytest.mark.parametrize("args", [["check", "config", str(FLEET_CONFIG)],
+                                  ["test", "rules", str(RULES_TEST)]])
+def test_promtool_accepts_the_fleet_config_and_the_per_instance_rule_tests(args):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package 'prometheus'; `make test` installs it)")
+    out = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60,
+                         cwd=FLEET_CONFIG.parent)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout + out.stderr

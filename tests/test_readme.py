@@ -163,6 +163,46 @@ def test_alerts_command_and_python_example_receive_a_published_alert(tmp_path):
     assert printed.split() == ["1", "start", "lobby", "fight", "0.91"], printed
 
 
+def test_fleet_relay_and_alerts_commands_as_in_the_readme(tmp_path):
+    """The README's `vigil relay` line in front of two publishers named as its shards, and the
+    fleet's `vigil alerts` line on the relay (ports substituted by free ones)."""
+    import re as _re
+
+    from streamer.publisher import AlertPublisher
+    from streamer.tools.harness import free_port
+
+    relay_cmd = next(c for c in readme_commands() if c.startswith("vigil relay"))
+    alerts_cmd = next(c for c in readme_commands() if c.startswith("vigil alerts")
+                      and ":5567" in c)
+    ports = {p: free_port() for p in sorted(set(_re.findall(r":(\d{4})\b",
+                                                            relay_cmd + " " + alerts_cmd)))}
+    sub = lambda c: _re.sub(r":(\d{4})\b", lambda m: f":{ports[m.group(1)]}", c)  # noqa: E731
+    relay_args = shlex.split(sub(relay_cmd))[1:]
+    if "--endpoint" not in relay_args:       # the README relies on the defaults 5567/5568
+        relay_args += ["--endpoint", f"tcp://127.0.0.1:{ports['5567']}",
+                       "--replay-endpoint", f"tcp://127.0.0.1:{ports['5568']}"]
+    shards = dict(_re.findall(r"--replay (\w+)=(\S+)", sub(relay_cmd)))
+    daemons = _re.findall(r"--daemon (\S+)", sub(relay_cmd))
+    assert list(shards) == ["gpu0", "gpu1"] and len(daemons) == 2
+    pubs = [AlertPublisher(ep, replay, tmp_path / f"{name}.sqlite3", instance=name)
+            for ep, (name, replay) in zip(daemons, shards.items())]
+    relay = subprocess.Popen([sys.executable, "-m", "streamer.cli", *relay_args], cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for pub in pubs:
+            pub.emit(_alert())
+        out = vigil(shlex.split(sub(alerts_cmd))[1:] + ["--count", "2", "--timeout", "20"],
+                    tmp_path)
+        lines = out.stdout.splitlines()
+        assert sorted(line.split()[1] for line in lines) == ["gpu0/#1", "gpu1/#1"], out.stdout
+    finally:
+        relay.terminate()
+        assert relay.wait(10) == 0, relay.stdout.read()
+        for pub in pubs:
+            pub.close()
+
+
 def _alert() -> dict:
     return {"schema": "vigil.alert/1", "type": "start", "event_id": "lobby-20261124T101502Z-0001",
             "camera": "lobby", "label": "fight", "score": 0.91, "box": [0.2, 0.3, 0.6, 0.9],
@@ -186,4 +226,4 @@ def _write_reference_state_dict(path: Path) -> None:
 
 # The verbs the tests above run; a README command with another verb fails the first test.
 RUNNERS = {"synth", "data", "train", "eval", "cv", "detect", "import-reference", "serve", "keys",
-           "alerts"}
+           "alerts", "relay"}

@@ -319,10 +319,10 @@ def test_every_config_key_is_in_the_readme_table():
                 "smoothing": sc.SmoothingConfig, "alerts": sc.AlertsConfig,
                 "evidence": sc.EvidenceConfig, "metrics": sc.MetricsConfig,
                 "logging": sc.LoggingConfig, "alerts.curve": sc.CurveConfig}
-    wanted = {"data_dir", "cameras[].name", "cameras[].url", "cameras[].enabled"}
+    wanted = {"data_dir", "instance", "cameras[].name", "cameras[].url", "cameras[].enabled"}
     for section, cls in sections.items():
         wanted |= {f"{section}.{f.name}" for f in dc.fields(cls) if f.name != "curve"}
-    assert {f.name for f in dc.fields(ServeConfig)} - {"cameras", "data_dir", "secrets"} == \
+    assert {f.name for f in dc.fields(ServeConfig)} - {"cameras", "data_dir", "instance", "secrets"} == \
         {s for s in sections if "." not in s}
     missing = sorted(wanted - documented)
     assert not missing, f"README.md's key table lacks {missing}"
@@ -351,3 +351,18 @@ def test_a_missing_default_model_is_a_config_error_naming_the_key(tmp_path, monk
     message = errors_of(tmp_path, MINIMAL.replace("checkpoint: model.pt", "checkpoint: vigil"),
                         checkpoint=False)
     assert "model.checkpoint: Vigil's default model" in message and "missing" in message
+
+
+def test_instance_defaults_to_the_sanitised_host_name_and_is_validated(tmp_path):
+    from streamer.config import CAMERA_NAME, default_instance
+
+    cfg = load_config(write(tmp_path, MINIMAL), environ={"CAM_PASS": PASSWORD})
+    assert cfg.instance == default_instance() and CAMERA_NAME.fullmatch(cfg.instance)
+    assert default_instance("gpu node#3.site.example") == "gpu-node-3"
+    assert default_instance("") == "vigil"
+    cfg = load_config(write(tmp_path, "instance: gpu1\n" + textwrap.dedent(MINIMAL)),
+                      environ={"CAM_PASS": PASSWORD})
+    assert cfg.instance == "gpu1"
+    for bad in ("'gpu 1'", "a.b", "''"):
+        message = errors_of(tmp_path, f"instance: {bad}\n" + textwrap.dedent(MINIMAL))
+        assert "instance:" in message, message

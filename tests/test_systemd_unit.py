@@ -138,3 +138,56 @@ def test_example_config_loads_and_its_credentials_never_show_when_masked():
     lobby = cfg.camera("lobby")
     assert env["CAM_LOBBY_PASSWORD"] in lobby.url
     assert env["CAM_LOBBY_PASSWORD"] not in mask_url(lobby.url)
+
+
+# ---- the fleet: vigil@.service (one shard per instance name) and vigil-relay.service --------
+TEMPLATE = ROOT / "systemd" / "vigil@.service"
+RELAY_UNIT = ROOT / "systemd" / "vigil-relay.service"
+SHARD_EXAMPLE = ROOT / "configs" / "fleet" / "shard.yaml"
+
+
+def test_template_unit_runs_one_shard_per_instance_name():
+    d = _directives(TEMPLATE)
+    assert d["ExecStart"] == ["/opt/vigil/.venv/bin/vigil serve --config /etc/vigil/%i.yaml"]
+    assert d["EnvironmentFile"] == ["-/etc/vigil/vigil.env", "-/etc/vigil/%i.env"]
+    assert "VIGIL_INSTANCE=%i" in d["Environment"]
+    assert d["StateDirectory"] == ["vigil/%i"] and d["CacheDirectory"] == ["vigil/%i"]
+    # Everything else is the single-instance unit's: watchdog, restart, hardening.
+    single = _directives(UNIT)
+    for key in ("Type", "WatchdogSec", "Restart", "ExecReload", "DynamicUser", "ProtectSystem",
+                "SystemCallFilter", "CapabilityBoundingSet", "RestrictAddressFamilies"):
+        assert d[key] == single[key], key
+    assert set(single["DeviceAllow"]) <= set(d["DeviceAllow"])
+
+
+def test_shard_example_names_itself_after_the_unit_instance():
+    from streamer.config import load_config
+
+    env = {"VIGIL_INSTANCE": "gpu1", "CAM_DOCK_PASSWORD": "x"}
+    cfg = load_config(SHARD_EXAMPLE, environ=env, check_paths=False)
+    assert cfg.instance == "gpu1" and str(cfg.data_dir) == "/var/lib/vigil/gpu1"
+
+
+def test_relay_unit_runs_vigil_relay_with_arguments_from_its_environment_file():
+    d = _directives(RELAY_UNIT)
+    assert d["ExecStart"] == ["/opt/vigil/.venv/bin/vigil relay $VIGIL_RELAY_ARGS"]
+    assert d["EnvironmentFile"] == ["/etc/vigil/relay.env"]
+    assert d["DynamicUser"] == ["yes"] and d["Restart"] == ["always"]
+
+
+@pytest.mark.parametrize("unit,name", [(TEMPLATE, "vigil@gpu1.service"),
+                                       (RELAY_UNIT, "vigil-relay.service")])
+def test_systemd_analyze_verify_finds_nothing_wrong_in_the_fleet_units(tmp_path, unit, name):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed (Debian package `systemd`)")
+    text = re.sub(r"(?m)^ExecStart=/opt/vigil/\.venv/bin/vigil.*$", "ExecStart=/bin/true",
+                  unit.read_text())
+    (tmp_path / "vigil@.service").write_text(text)
+    copy = tmp_path / name
+    if name != "vigil@.service":
+        copy.write_text(text)
+    proc = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
+                          text=True, timeout=60)
+    complaints = [line for line in (proc.stdout + proc.stderr).splitlines()
+                  if "vigil" in line or str(tmp_path) in line]
+    assert proc.returncode == 0 and not complaints, proc.stdout + proc.stderr
