@@ -89,6 +89,11 @@ class DataConfig:
             line 2 read literally: "indices of samples with annotations") = the sample's video
             has any annotation, whatever part of it the sample shows. With whole-video samples
             (`window_seconds: 0`) and no time segments the two are the same.
+        weak_positives: how a video labelled as an action for the whole clip (no time segment)
+            but longer than a window is sampled: `whole` (the reference) squeezes the whole clip
+            into T frames; `mil` treats it as a bag of windows and trains, each epoch, on the
+            window the model then scores highest for the clip's class (`train.mil`), so the
+            model learns the action at the time scale the daemon's windows show.
     """
     batch_size: int = 4
     num_workers: int = 2
@@ -101,10 +106,14 @@ class DataConfig:
     class_folders: dict[str, str] = field(default_factory=dict)
     label_id_base: Optional[int] = None
     positive: Literal["action", "annotated"] = "action"
+    weak_positives: Literal["whole", "mil"] = "whole"
 
     def __post_init__(self) -> None:
         if self.positive not in ("action", "annotated"):
             raise ValueError(f"data.positive must be action or annotated, got {self.positive!r}")
+        if self.weak_positives not in ("whole", "mil"):
+            raise ValueError(f"data.weak_positives must be whole or mil, "
+                             f"got {self.weak_positives!r}")
         if self.batch_size < 1 or self.num_workers < 0:
             raise ValueError("data: need batch_size >= 1 and num_workers >= 0")
         if not 0.0 < self.val_fraction < 1.0:

@@ -16,6 +16,11 @@ class, optional box, optional time segment), group, source and split. Splits and
 * a video without any action that is much longer than a window (`> 1.5 * window_s`) is sampled
   by windows too (any stretch of it is "no action"), so its samples look like what the daemon
   sees; window starts lie on a grid of `window_s / 2` so decoded windows can be cached.
+* with `weak_positives="mil"`, a video whose action holds for the whole clip but that is longer
+  than a window (`> 1.25 * window_s`) is a *bag* of windows (the same grid) instead of one
+  squeezed sample: which window it shows is chosen from outside (`choose_bag_window`, by
+  `train.mil` from the model's own scores: multiple-instance learning), so the model learns the
+  action at the daemon's time scale, not a whole clip compressed into T frames.
 
 With temporal jitter (training), a "pool" of `pool_factor * T` frames spread uniformly over the
 sample's span is decoded, cached as one entry, and T of them are drawn with per-segment random
@@ -203,7 +208,10 @@ def scan_dataset_lenient(root: str | Path, num_classes: int = 2, require_positiv
     return records, problems
 
 
-SampleKind = Literal["whole", "inside", "outside", "window"]
+SampleKind = Literal["whole", "inside", "outside", "window", "bag"]
+
+# A positive video without segments longer than this many windows is a bag under MIL.
+BAG_MIN_WINDOWS = 1.25
 
 
 @dataclass(frozen=True)
@@ -214,7 +222,7 @@ class Sample:
 
 
 def plan_samples(records: Sequence[VideoRecord], window_s: Optional[float], train: bool,
-                 margin_s: float = 1.0) -> list[Sample]:
+                 margin_s: float = 1.0, weak_positives: str = "whole") -> list[Sample]:
     """The samples of a list of records (see the module docstring for the rules).
 
     Args:
@@ -223,6 +231,9 @@ def plan_samples(records: Sequence[VideoRecord], window_s: Optional[float], trai
             whole video, as in the reference implementation.
         train: add the outside-the-segment negatives (evaluation takes one sample per video).
         margin_s: an outside window keeps at least this far from every segment.
+        weak_positives: `whole` (the reference: a positive without segments is one sample over
+            the whole video) or `mil` (such a video longer than `BAG_MIN_WINDOWS` windows is a
+            `bag` of grid windows, one of them shown per epoch).
     Returns:
         Samples in record order.
     """
@@ -236,6 +247,9 @@ def plan_samples(records: Sequence[VideoRecord], window_s: Optional[float], trai
                 out.append(Sample(i, "outside"))
         elif not rec.is_positive and rec.duration_s > 1.5 * window_s:
             out.append(Sample(i, "window"))
+        elif (weak_positives == "mil" and rec.is_positive
+              and rec.duration_s > BAG_MIN_WINDOWS * window_s):
+            out.append(Sample(i, "bag"))
         else:
             out.append(Sample(i, "whole"))
     return out
@@ -273,12 +287,16 @@ class ClipDataset(Dataset):
         train: plan training samples (outside-the-segment negatives, random window positions);
             default: whether augmentation is on.
         margin_s: how far an outside window keeps from every segment.
+        weak_positives: `whole` or `mil` (see `plan_samples`). A bag shows the window
+            `choose_bag_window` last chose for it; before any choice, a random grid window in
+            training and the middle one otherwise.
     """
 
     def __init__(self, records: Sequence[VideoRecord], input_cfg: InputConfig,
                  augment: Optional[AugmentConfig] = None, cache: Optional[ClipCache] = None,
                  seed: int = 0, pool_factor: int = 2, window_s: Optional[float] = None,
-                 train: Optional[bool] = None, margin_s: float = 1.0) -> None:
+                 train: Optional[bool] = None, margin_s: float = 1.0,
+                 weak_positives: str = "whole") -> None:
         self.records = list(records)
         self.frames = int(input_cfg.frames)
         self.size = (int(input_cfg.size[0]), int(input_cfg.size[1]))
@@ -290,7 +308,13 @@ class ClipDataset(Dataset):
         self.window_s = (input_cfg.clip_seconds if window_s is None else window_s) or None
         self.train = self.augment is not None if train is None else bool(train)
         self.margin_s = float(margin_s)
-        self.samples = plan_samples(self.records, self.window_s, self.train, self.margin_s)
+        self.samples = plan_samples(self.records, self.window_s, self.train, self.margin_s,
+                                    weak_positives)
+        # The chosen window of each bag, per record (-1 = none yet). Shared memory, so that
+        # DataLoader workers (persistent ones included) see a choice made in the main process.
+        import multiprocessing
+        self._bag_choice = multiprocessing.get_context().Array("i", [-1] * len(self.records),
+                                                               lock=False)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -303,6 +327,38 @@ class ClipDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch that seeds augmentation and jitter."""
         self.epoch = int(epoch)
+
+    def bag_indices(self) -> list[int]:
+        """Indices of the samples that are bags (see `plan_samples`)."""
+        return [i for i, s in enumerate(self.samples) if s.kind == "bag"]
+
+    def bag_windows(self, index: int) -> list[tuple[int, int]]:
+        """(first frame, frame count) of every grid window of bag sample `index`, in time order."""
+        return self._grid_windows(self.records[self.samples[index].record])
+
+    def _grid_windows(self, rec: VideoRecord) -> list[tuple[int, int]]:
+        fps = rec.fps if rec.fps > 0 else 25.0
+        w = float(self.window_s)
+        out = []
+        for start in window_starts(rec.duration_s, w):
+            first = min(int(round(start * fps)), rec.frames - 1)
+            out.append((first, max(min(int(round(w * fps)), rec.frames - first), 1)))
+        return out
+
+    def choose_bag_window(self, index: int, k: int) -> None:
+        """Make bag sample `index` show its `k`-th grid window (from `bag_windows`) from now on.
+
+        Raises:
+            IndexError: `index` is not a bag or `k` is not one of its windows.
+        """
+        sample = self.samples[index]
+        if sample.kind != "bag" or not 0 <= k < len(self.bag_windows(index)):
+            raise IndexError(f"sample {index} ({sample.kind}) has no bag window {k}")
+        self._bag_choice[sample.record] = int(k)
+
+    def bag_choice(self, index: int) -> int:
+        """The grid window bag sample `index` shows now (-1: none chosen yet)."""
+        return int(self._bag_choice[self.samples[index].record])
 
     def _decode(self, record: VideoRecord, indices: np.ndarray) -> np.ndarray:
         if self.cache is not None:
@@ -320,6 +376,14 @@ class ClipDataset(Dataset):
         every = np.arange(len(rec.annotations))
         if sample.kind == "whole":
             return 0, rec.frames, every
+        if sample.kind == "bag":
+            windows = self._grid_windows(rec)
+            k = int(self._bag_choice[sample.record])
+            if k < 0:
+                k = (int(rng.integers(len(windows))) if self.train and rng is not None
+                     else len(windows) // 2)
+            first, count = windows[k]
+            return first, count, every
         fps = rec.fps if rec.fps > 0 else 25.0
         w = float(self.window_s)
         whole_clip = np.isnan(rec.segments).any(axis=1)

@@ -42,6 +42,7 @@ from detector.schema import to_dict
 from . import distributed as D
 from . import engine
 from . import metrics as M
+from . import mil
 from .cache import ClipCache
 from .config import TrainConfig
 from .dataset import ClipDataset, VideoRecord, collate, scan_dataset_lenient, split_records
@@ -139,7 +140,8 @@ def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     window = cfg.data.window_seconds
     train_ds = EpochSharedDataset(ClipDataset(train_records, input_cfg, augment=cfg.augment,
                                               cache=cache, seed=cfg.train.seed, window_s=window,
-                                              train=True, margin_s=cfg.data.segment_margin_s))
+                                              train=True, margin_s=cfg.data.segment_margin_s,
+                                              weak_positives=cfg.data.weak_positives))
     sampler = BalancedBatchSampler(sampler_positives(train_ds.dataset, cfg.data.positive),
                                    cfg.data.batch_size, seed=cfg.train.seed, rank=ctx.rank,
                                    world_size=ctx.world_size)
@@ -153,7 +155,8 @@ def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     val_loader = None
     if val_records:
         val_ds = ClipDataset(val_records, input_cfg, augment=None, cache=cache,
-                             seed=cfg.train.seed, window_s=window, train=False)
+                             seed=cfg.train.seed, window_s=window, train=False,
+                             weak_positives=cfg.data.weak_positives)
         shard = D.ShardSampler(len(val_ds), ctx.rank, ctx.world_size) if ctx.enabled else None
         val_loader = DataLoader(val_ds, batch_size=cfg.data.batch_size, shuffle=False,
                                 sampler=shard,
@@ -399,6 +402,11 @@ def _fit(cfg: TrainConfig, ctx: D.DistContext, train_records: Sequence[VideoReco
             # resumed run continues it (the checkpoint holds rank 0's generators only).
             seed_everything(int(np.random.SeedSequence(
                 [cfg.train.seed, ctx.rank, epoch]).generate_state(1)[0]))
+        if cfg.data.weak_positives == "mil":
+            picked = mil.choose_bag_windows(net, train_ds.dataset, device, amp)
+            log.info("epoch %d: MIL chose the best of %d windows for %d bags (mean position "
+                     "%.2f, mean score %.3f)", epoch, picked["windows"], picked["bags"],
+                     picked["mean_position"], picked["mean_score"])
         train_stats = engine.train_one_epoch(
             net, criterion, train_loader, optimizer,
             scheduler if cfg.optim.schedule == "step" else None, device, epoch,
@@ -413,6 +421,9 @@ def _fit(cfg: TrainConfig, ctx: D.DistContext, train_records: Sequence[VideoReco
         validate = val_loader is not None and is_validation_epoch(epoch, cfg)
         if validate:
             criterion.cast_float = True     # validation computes its loss in float32
+            if cfg.data.weak_positives == "mil":
+                # A bag is judged by its best window, as the daemon alerts on any window.
+                mil.choose_bag_windows(net, val_loader.dataset, device, amp)
             val_metrics, val_preds = _validate(model, criterion, val_loader, cfg, ctx, amp)
             criterion.cast_float = not loss_autocast
             val_metrics.pop("per_video", None)

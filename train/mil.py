@@ -1,0 +1,89 @@
+"""Multiple-instance selection: which window of a weakly labelled clip to train on.
+
+Most real footage is labelled per clip ("this 8-second clip shows a fall"), while the daemon
+judges 2-second windows. Squeezing the whole clip into T frames (the reference's sampling)
+teaches the model a time scale the daemon never shows it, and a random window of the clip may
+miss the action. Multiple-instance learning treats the clip as a *bag* of windows of which at
+least one holds the action (Sultani, Chen and Shah, "Real-world Anomaly Detection in
+Surveillance Videos", CVPR 2018; here the top-1 instance, as in their MIL ranking loss): before
+each epoch, every bag shows the window the current model scores highest for the clip's class.
+
+`ClipDataset(weak_positives="mil")` plans the bags; `choose_bag_windows` makes the choice.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from detector.precision import autocast
+from detector.preprocess import normalize_clips
+
+from .dataset import ClipDataset
+from .distributed import unwrap
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def choose_bag_windows(model: nn.Module, dataset: ClipDataset, device: torch.device,
+                       amp: torch.dtype | None = None, batch_size: int = 16) -> dict[str, Any]:
+    """Point every bag of `dataset` at its window the model scores highest for the bag's class.
+
+    A window's score for class c is the best query's softmax probability of c (as the daemon's
+    `class_scores`). Windows are loaded without augmentation. The model is put in eval mode for
+    the pass and given back in the mode it was in.
+
+    Args:
+        model: a `VideoDETR` (or one wrapped by DDP); its `cfg.input` gives the normalisation.
+        dataset: the dataset whose bags to point (`dataset.bag_indices()`); others are untouched.
+        device: where the model lives.
+        amp: autocast dtype, or None for float32.
+        batch_size: windows per forward pass.
+    Returns:
+        {"bags": how many, "windows": windows scored, "mean_position": mean of the chosen
+        window's index / (windows in its bag - 1) (0 = first window, 1 = last; nan without bags),
+        "mean_score": mean chosen score}.
+    """
+    bags = dataset.bag_indices()
+    if not bags:
+        return {"bags": 0, "windows": 0, "mean_position": float("nan"), "mean_score": float("nan")}
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    inp = net.cfg.input  # type: ignore[attr-defined]
+    # (bag, window k, first, count, class) for every window of every bag.
+    jobs = []
+    for i in bags:
+        record = dataset.records[dataset.samples[i].record]
+        label = int(record.annotations[0, 0])
+        for k, (first, count) in enumerate(dataset.bag_windows(i)):
+            jobs.append((i, k, first, count, label))
+    scores = np.zeros(len(jobs), np.float32)
+    for b in range(0, len(jobs), batch_size):
+        chunk = jobs[b:b + batch_size]
+        clips = torch.stack([torch.from_numpy(np.ascontiguousarray(
+            dataset.load_window(dataset.records[dataset.samples[i].record], first, count)))
+            for i, _, first, count, _ in chunk])
+        x = normalize_clips(clips.to(device), inp.mean, inp.std)
+        with autocast(device, amp):
+            logits = net(x)["pred_logits"]
+        probs = logits.float().softmax(-1)
+        labels = torch.tensor([job[4] for job in chunk], device=probs.device)
+        per_query = probs.gather(-1, labels.view(-1, 1, 1).expand(-1, probs.shape[1], 1))
+        scores[b:b + len(chunk)] = per_query.amax(dim=(1, 2)).cpu().numpy()
+    net.train(was_training)
+    positions, chosen = [], []
+    start = 0
+    for i in bags:
+        n = len(dataset.bag_windows(i))
+        k = int(np.argmax(scores[start:start + n]))
+        dataset.choose_bag_window(i, k)
+        positions.append(k / max(n - 1, 1))
+        chosen.append(float(scores[start + k]))
+        start += n
+    return {"bags": len(bags), "windows": len(jobs), "mean_position": float(np.mean(positions)),
+            "mean_score": float(np.mean(chosen))}
