@@ -275,10 +275,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cache_dir = data_cfg.resolved_cache_dir()
     from .cache import ClipCache
     cache = ClipCache(cache_dir) if cache_dir is not None else None
-    loader = DataLoader(ClipDataset(records, mcfg.input, cache=cache), batch_size=args.batch,
-                        shuffle=False, num_workers=args.workers, collate_fn=collate)
-    criterion = build_criterion(loss_cfg, mcfg.num_classes).to(device)
+    dataset = ClipDataset(records, mcfg.input, cache=cache,
+                          weak_positives=data_cfg.weak_positives)
     amp = engine.resolve_amp("auto", device)
+    if dataset.bag_indices():
+        # A model trained with data.weak_positives: mil is judged as its validation was: a
+        # clip labelled as a whole by its best window.
+        from .mil import choose_bag_windows
+        choose_bag_windows(model, dataset, device, amp)
+    loader = DataLoader(dataset, batch_size=args.batch, shuffle=False, num_workers=args.workers,
+                        collate_fn=collate)
+    criterion = build_criterion(loss_cfg, mcfg.num_classes).to(device)
     metrics, preds = engine.evaluate(model, criterion, loader, device, mcfg.class_names,
                                      threshold, amp, run_cfg.iou_threshold, progress=True)
     losses = {k: metrics[k] for k in ("loss", "loss_ce", "loss_bbox", "loss_giou")

@@ -38,7 +38,8 @@ def choose_bag_windows(model: nn.Module, dataset: ClipDataset, device: torch.dev
     the pass and given back in the mode it was in.
 
     Args:
-        model: a `VideoDETR` (or one wrapped by DDP); its `cfg.input` gives the normalisation.
+        model: a `VideoDETR` (or one wrapped by DDP, or an exported `OnnxModel`); its
+            `cfg.input` gives the normalisation.
         dataset: the dataset whose bags to point (`dataset.bag_indices()`); others are untouched.
         device: where the model lives.
         amp: autocast dtype, or None for float32.
@@ -52,7 +53,7 @@ def choose_bag_windows(model: nn.Module, dataset: ClipDataset, device: torch.dev
     if not bags:
         return {"bags": 0, "windows": 0, "mean_position": float("nan"), "mean_score": float("nan")}
     net = unwrap(model)
-    was_training = net.training
+    was_training = getattr(net, "training", False)     # an exported OnnxModel has no mode
     net.eval()
     inp = net.cfg.input  # type: ignore[attr-defined]
     # (bag, window k, first, count, class) for every window of every bag.
@@ -75,7 +76,8 @@ def choose_bag_windows(model: nn.Module, dataset: ClipDataset, device: torch.dev
         labels = torch.tensor([job[4] for job in chunk], device=probs.device)
         per_query = probs.gather(-1, labels.view(-1, 1, 1).expand(-1, probs.shape[1], 1))
         scores[b:b + len(chunk)] = per_query.amax(dim=(1, 2)).cpu().numpy()
-    net.train(was_training)
+    if was_training:
+        net.train(True)
     positions, chosen = [], []
     start = 0
     for i in bags:
