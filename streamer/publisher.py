@@ -79,6 +79,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from detector.errors import ConfigError, VigilError
 
 from .journal import Journal, JournalError
+from .curve_keys import load_server_keys
 from .protocol import HEARTBEAT_SCHEMA, REPLAY_SCHEMA, iso_utc
 
 log = logging.getLogger(__name__)
@@ -105,19 +106,6 @@ def _curve_paths(curve: Any) -> tuple[Path, Path]:
     if isinstance(curve, Mapping):
         return Path(curve["server_secret_key"]), Path(curve["authorized_clients"])
     return Path(curve.server_secret_key), Path(curve.authorized_clients)
-
-
-def load_server_keys(secret_key_file: Path) -> tuple[bytes, bytes]:
-    """(public, secret) Z85 keys from a `.key_secret` file written by `generate_keys`."""
-    try:
-        public, secret = zmq.auth.load_certificate(str(secret_key_file))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"alerts.curve.server_secret_key: cannot read {secret_key_file}: {exc}"
-                          ) from None
-    if not secret:
-        raise ConfigError(f"alerts.curve.server_secret_key: {secret_key_file} holds no secret "
-                          "key (give the .key_secret file, not the public .key)")
-    return public, secret
 
 
 class AlertPublisher:

@@ -55,6 +55,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from detector.errors import ConfigError, VigilError
 
+from .curve_keys import load_client_keys, load_server_keys
 from .protocol import REPLAY_SCHEMA, is_instance
 
 log = logging.getLogger(__name__)
@@ -217,12 +218,7 @@ class Relay:
         curve = self.cfg.frontend_curve
         if curve is None:
             return None
-        try:
-            public, secret = zmq.auth.load_certificate(str(curve.server_secret_key))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"relay: cannot read {curve.server_secret_key}: {exc}") from None
-        if not secret:
-            raise ConfigError(f"relay: {curve.server_secret_key} holds no secret key")
+        public, secret = load_server_keys(curve.server_secret_key, "relay")
         if not Path(curve.authorized_clients).is_dir():
             raise ConfigError(f"relay: not a directory: {curve.authorized_clients}")
         self._auth = ThreadAuthenticator(self.context, log=logging.getLogger("vigil.zmq.auth"))
@@ -234,14 +230,7 @@ class Relay:
         curve = self.cfg.backend_curve
         if curve is None:
             return None
-        try:
-            server_public, _ = zmq.auth.load_certificate(str(curve.server_public_key))
-            public, secret = zmq.auth.load_certificate(str(curve.client_secret_key))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"relay: cannot read CURVE keys: {exc}") from None
-        if not secret:
-            raise ConfigError(f"relay: {curve.client_secret_key} holds no secret key")
-        return server_public, public, secret
+        return load_client_keys(curve.server_public_key, curve.client_secret_key, "relay")
 
     def _socket(self, kind: int, side: str) -> zmq.Socket:
         sock = self.context.socket(kind)

@@ -45,6 +45,7 @@ import zmq.auth
 
 from detector.errors import ConfigError
 
+from .curve_keys import load_client_keys
 from .protocol import (MAX_FRAME_BYTES, AlertFormatError, is_int, load_json, parse_alert,
                        parse_heartbeat, printable, validate_alert)
 
@@ -325,15 +326,7 @@ class AlertSubscriber:
     def _curve_keys(curve: Any) -> tuple[bytes, bytes, bytes]:
         if isinstance(curve, Mapping):
             curve = ClientCurve(Path(curve["server_public_key"]), Path(curve["client_secret_key"]))
-        try:
-            server_public, _ = zmq.auth.load_certificate(str(curve.server_public_key))
-            public, secret = zmq.auth.load_certificate(str(curve.client_secret_key))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read CURVE keys: {exc}") from None
-        if not secret:
-            raise ConfigError(f"{curve.client_secret_key}: holds no secret key "
-                              "(give the client's .key_secret file)")
-        return server_public, public, secret
+        return load_client_keys(curve.server_public_key, curve.client_secret_key)
 
     # ---- single-instance view ------------------------------------------------------------------
     def _only(self) -> Optional[_Stream]:
