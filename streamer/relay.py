@@ -253,6 +253,13 @@ class Relay:
             raise RelayError(f"relay: {what}: cannot bind {endpoint}: {exc}") from None
         return sock.getsockopt(zmq.LAST_ENDPOINT).decode()
 
+    def _setup_failed(self, exc: BaseException, sockets: list[zmq.Socket]) -> None:
+        """A thread could not set its sockets up: close them and let `start` raise `exc`."""
+        self._error = exc
+        self._ready.set()
+        for sock in sockets:
+            sock.close(linger=0)
+
     # ---- the proxy (own thread) ----------------------------------------------------------------
     def _proxy_loop(self) -> None:
         sockets: list[zmq.Socket] = []
@@ -268,10 +275,7 @@ class Relay:
             self.endpoint = self._bind(xpub, self.cfg.endpoint, "--endpoint")
             control.connect(self._control_addr)
         except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            for sock in sockets:
-                sock.close(linger=0)
+            self._setup_failed(exc, sockets)
             return
         self._ready.set()
         try:
@@ -304,10 +308,7 @@ class Relay:
                 dealer.connect(endpoint)
                 dealers[name] = dealer
         except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            for sock in sockets:
-                sock.close(linger=0)
+            self._setup_failed(exc, sockets)
             return
         self._ready.set()
         poller = zmq.Poller()
