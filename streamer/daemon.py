@@ -32,10 +32,9 @@ import queue
 import signal
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -55,7 +54,7 @@ from .notify import Notifier
 from .publisher import AlertPublisher
 from .retention import RetentionClock
 from .ringbuffer import RingBuffer
-from .scheduler import CameraWindow, Scheduler
+from .scheduler import BatchPolicy, CameraWindow, Scheduler
 from .sources import CaptureThread, decode_threads_per_camera
 from .types import WindowResult
 from .windows import required_capacity, window_span
@@ -101,11 +100,16 @@ def unknown_clip_length_message(frames: int) -> str:
 
 @dataclass
 class _Camera:
-    """A running camera: its config, capture thread and bookkeeping of the event loop."""
+    """A running camera: its config, capture thread and bookkeeping of the event loop.
+
+    `window` (stride included) is set by the capture thread when the source first opens, with
+    its real fps; the scheduler reads it from the daemon's camera snapshot.
+    """
     cfg: CameraConfig
     thread: CaptureThread
     clip_seconds: Optional[float]
     reported_skipped: int = 0
+    window: Optional[CameraWindow] = None
 
 
 def _make_data_dir(cfg: ServeConfig) -> None:
@@ -150,8 +154,6 @@ class Daemon:
         self.class_names: list[str] = []
         # name -> _Camera. Replaced, never mutated, so other threads can read it without a lock.
         self._cams: dict[str, _Camera] = {}
-        # Scheduler changes are applied by the worker thread (the scheduler is not thread-safe).
-        self._scheduler_ops: deque[Callable[[Scheduler], None]] = deque()
         self._results: queue.Queue[list[WindowResult]] = queue.Queue(maxsize=RESULT_QUEUE)
         self._metrics_server = None
         self._publisher: Optional[AlertPublisher] = None
@@ -248,8 +250,9 @@ class Daemon:
         # `auto` follows the checkpoint where it asks for a precision (fp16 for a reference model).
         precision = (checkpoint_precision(meta) if cfg.model.precision == "auto"
                      else cfg.model.precision)
+        batching = BatchPolicy(cfg.model.max_batch, cfg.model.max_wait_ms)
         worker = InferenceWorker(model, mcfg.input, self.class_names, device=self.device,
-                                 precision=precision, max_batch=cfg.model.max_batch)
+                                 precision=precision, policy=batching)
         log.info("model %s (%s, %d frames of %dx%d, classes %s) on %s via %s, %s autocast, "
                  "%d threads", cfg.model.checkpoint.name, mcfg.backbone.name, mcfg.input.frames,
                  mcfg.input.size[1], mcfg.input.size[0], ", ".join(self.class_names), self.device,
@@ -294,7 +297,7 @@ class Daemon:
         # them unique across restarts (each run assigns at least one seq per event).
         self._tracker = EventTracker(cfg.smoothing, self.class_names, metrics=self.metrics,
                                      counter_start=self._journal.last_seq + 1)
-        self._scheduler = Scheduler({}, cfg.model.max_batch, cfg.model.max_wait_ms)
+        self._scheduler = Scheduler(self._windows, batching)
 
         self._wd_interval = self.notifier.watchdog_interval()
         self._cams = {}
@@ -310,6 +313,10 @@ class Daemon:
 
     def _rings(self) -> dict[str, Optional[RingBuffer]]:
         return {name: cam.thread.ring for name, cam in self._cams.items()}
+
+    def _windows(self) -> dict[str, Optional[CameraWindow]]:
+        """The scheduler's view of the camera snapshot (None: the source has not opened yet)."""
+        return {name: cam.window for name, cam in self._cams.items()}
 
     def _clip_seconds(self, cam: CameraConfig) -> Optional[float]:
         assert self.model_cfg is not None
@@ -337,9 +344,7 @@ class Daemon:
             ring = RingBuffer(capacity, inp.size[0], inp.size[1])
             spec = CameraWindow(fps=fps, clip_seconds=clip_seconds, frames=inp.frames,
                                 stride=s.stride)
-            me = holder["cam"]
-            if self._cams.get(cam.name) is me:   # not replaced by a reload meanwhile
-                self._scheduler_ops.append(lambda sch: sch.add_camera(cam.name, spec))
+            holder["cam"].window = spec    # the scheduler picks it up from the snapshot
             log.info("camera %s: %.1f fps, window of %d frames over %d, ring of %d frames",
                      cam.name, fps, inp.frames, window_span(fps, clip_seconds, inp.frames),
                      capacity)
@@ -379,8 +384,7 @@ class Daemon:
             return
         assert self._tracker is not None
         self._emit(self._tracker.close_camera(name, reason))
-        self._cams = {k: v for k, v in self._cams.items() if k != name}
-        self._scheduler_ops.append(lambda sch: sch.remove_camera(name))
+        self._cams = {k: v for k, v in self._cams.items() if k != name}   # unscheduled with it
         if not cam.thread.stop(STOP_CAPTURE_S):
             log.error("camera %s: capture thread did not stop within %.0f s (stuck in native "
                       "code); abandoning it", name, STOP_CAPTURE_S)
@@ -389,10 +393,7 @@ class Daemon:
 
     # ================================================================== worker thread side
     def _worker_heartbeat(self) -> None:
-        """Called by the worker loop once per iteration: scheduler changes, then the watchdog."""
-        sched = self._scheduler
-        while self._scheduler_ops and sched is not None:
-            self._scheduler_ops.popleft()(sched)
+        """Called by the worker loop once per iteration: the watchdog."""
         now = time.monotonic()
         if self._wd_interval is None:
             # No systemd watchdog: still say (once) when a capture thread hangs.
