@@ -55,7 +55,8 @@ from .publisher import AlertPublisher
 from .retention import RetentionClock
 from .ringbuffer import RingBuffer
 from .scheduler import BatchPolicy, CameraWindow, Scheduler
-from .sources import CaptureThread, decode_threads_per_camera
+from .capture import CaptureThread
+from .sources import decode_threads_per_camera
 from .types import WindowResult
 from .windows import required_capacity, window_span
 from .worker import InferenceWorker, WorkerThread
@@ -352,15 +353,11 @@ class Daemon:
 
         m = self.metrics
         thread = CaptureThread(
-            cam.name, cam.url, ring_factory=ring_factory, fps_hint=s.fps,
-            open_timeout_s=s.open_timeout_s, read_timeout_s=s.read_timeout_s,
-            stall_timeout_s=s.stall_timeout_s, backoff_initial_s=s.backoff_initial_s,
-            backoff_max_s=s.backoff_max_s, loop=s.loop,
+            cam.name, cam.url, settings=s, ring_factory=ring_factory,
             on_state=lambda name, up: m.camera_up.labels(camera=name).set(1 if up else 0),
             on_frame=lambda name: m.frames.labels(camera=name).inc(),
             on_drop=lambda name: m.frames_dropped.labels(camera=name).inc(),
             on_reconnect=lambda name: m.camera_reconnects.labels(camera=name).inc(),
-            roi=tuple(s.roi) if s.roi is not None else None,
             display_max_width=EVIDENCE_MAX_WIDTH if display_seconds > 0 else 0,
             display_seconds=display_seconds,
             decode_threads=decode_threads_per_camera(len(self.cfg.enabled_cameras)))
