@@ -78,8 +78,8 @@ class CameraRuntime:
         if keep_evidence:
             # A window's span, then pre-roll + clip tail for the evidence, plus slack.
             span_s = clip_seconds if clip_seconds is not None else frames / (s.fps or 15.0)
-            display_seconds = (span_s + (evidence.pre_roll_s + CLIP_TAIL_S if evidence.clip else 0.0)
-                               + RING_SLACK_S)
+            tail_s = evidence.pre_roll_s + CLIP_TAIL_S if evidence.clip else 0.0
+            display_seconds = span_s + tail_s + RING_SLACK_S
         rt = cls(cfg, None, clip_seconds, metrics, tuple(labels))
         m = metrics
 

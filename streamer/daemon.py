@@ -129,7 +129,8 @@ class Daemon:
         self.device: Optional[torch.device] = None
         self.model_cfg = None
         self.class_names: list[str] = []
-        # name -> CameraRuntime. Replaced, never mutated, so other threads can read it without a lock.
+        # name -> CameraRuntime. Replaced, never mutated, so other threads (the worker's ring
+        # lookup, the scheduler) read it without a lock.
         self._cams: dict[str, CameraRuntime] = {}
         self._results: queue.Queue[list[WindowResult]] = queue.Queue(maxsize=RESULT_QUEUE)
         self._metrics_server = None

@@ -76,9 +76,10 @@ class InferenceWorker:
         device: "cpu", "cuda", "cuda:1", or a `torch.device`.
         precision: "auto" (bf16 on CUDA when supported, else fp16; fp32 on CPU), "fp32",
             "bf16" or "fp16" (fp16 on CPU falls back to fp32).
-        policy: the `BatchPolicy` shared with the `Scheduler` (an int is `BatchPolicy(max_batch=n)`):
-            `max_batch` is the largest batch `infer` is given (sizes the pinned host buffer), its
-            out-of-memory rule splits batches; how long a batch waits is the scheduler's part.
+        policy: the `BatchPolicy` shared with the `Scheduler` (an int n is
+            `BatchPolicy(max_batch=n)`): `max_batch` is the largest batch `infer` is given
+            (sizes the pinned host buffer), its out-of-memory rule splits batches; how long a
+            batch waits is the scheduler's part.
     Attributes:
         batch_limit: largest batch sent to the device in one call (`policy.limit`); lowered
             after an OOM.
