@@ -3,6 +3,12 @@
 `from_dict(Cls, mapping)` builds a (nested) dataclass from YAML data and rejects unknown keys and
 wrong types with a message that names the dotted key. `apply_overrides` implements the command
 line's `--set a.b=value` (the value parsed as YAML, so `--set loss.giou=0` gives an int).
+
+One validation idiom: a field states its own range and its description with `setting(default,
+doc=..., ge=/gt=/le=)` (kept in the field's metadata); `check_fields(obj, where)` checks every
+declared range (`ConfigError("<where>.<field>: must be >= 1, got 0")`), then the class's one
+`_check_cross_fields(where)` for rules between fields or beyond a range; `Validated` gives a
+dataclass a `validate(where)` doing both. The YAML of every config is read by `load_yaml`.
 Shared by the training config (`train/config.py`) and the daemon config (`streamer/config.py`).
 """
 from __future__ import annotations
@@ -13,7 +19,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar, Union
+from typing import Any, ClassVar, Mapping, Optional, TypeVar, Union
 
 import yaml
 
@@ -23,6 +29,73 @@ from .yaml_loader import safe_load_unique
 T = TypeVar("T")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def setting(default: Any = dataclasses.MISSING, *, doc: str = "",
+            ge: Optional[float] = None, gt: Optional[float] = None, le: Optional[float] = None,
+            or_null: bool = False, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its description and range in its metadata.
+
+    Args:
+        default, default_factory: as `dataclasses.field` (neither: a required key).
+        doc: what the key means (the README's table of keys states the same text).
+        ge, gt: lower bound, inclusive or exclusive; le: inclusive upper bound.
+        or_null: the message says the key may also be null (None is never range-checked).
+    """
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le)) if v is not None}
+    metadata: dict[str, Any] = {"doc": doc}
+    if bounds:
+        metadata["range"] = {**bounds, "or_null": or_null}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def range_problem(value: Any, ge: Optional[float] = None, gt: Optional[float] = None,
+                  le: Optional[float] = None, or_null: bool = False) -> Optional[str]:
+    """What is wrong with `value` against the bounds (e.g. `must be in (0, 1], got 2`), or None."""
+    if ((ge is None or value >= ge) and (gt is None or value > gt)
+            and (le is None or value <= le)):
+        return None
+    if le is not None:
+        low = f"[{ge}" if ge is not None else f"({gt}" if gt is not None else "(-inf"
+        return f"must be in {low}, {le}], got {value}"
+    op = f">= {ge}" if ge is not None else f"> {gt}"
+    return f"must be {op}{' or null' if or_null else ''}, got {value}"
+
+
+def check_fields(obj: Any, where: str) -> None:
+    """Check every range declared with `setting` (in field order), then the object's
+    `_check_cross_fields(where)` when it has one.
+
+    Raises:
+        ConfigError: `<where>.<field>: <problem>`.
+    """
+    for f in dataclasses.fields(obj):
+        bounds = f.metadata.get("range")
+        value = getattr(obj, f.name)
+        if bounds is None or value is None:
+            continue
+        problem = range_problem(value, **bounds)
+        if problem is not None:
+            raise ConfigError(f"{_join(where, f.name)}: {problem}")
+    cross = getattr(obj, "_check_cross_fields", None)
+    if cross is not None:
+        cross(where)
+
+
+def field_doc(cls: type, name: str) -> str:
+    """The `doc` a field was declared with (`setting`), or ""."""
+    return next((f.metadata.get("doc", "") for f in dataclasses.fields(cls) if f.name == name), "")
+
+
+class Validated:
+    """Mixin for a config section: `validate(where)` = `check_fields(self, where)`; `SECTION` is
+    the section's dotted key when `where` is not given."""
+    SECTION: ClassVar[str] = ""
+
+    def validate(self, where: Optional[str] = None) -> None:
+        """Raise ConfigError naming `<where>.<field>` for a value outside its declared range or
+        breaking a cross-field rule."""
+        check_fields(self, self.SECTION if where is None else where)
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -123,7 +123,7 @@ def score_records(ckpt: Path, records: list, stride: int, loop_s: float) -> tupl
     model, cfg, _ = load_checkpoint(ckpt)
     model.eval()
     classes = list(cfg.class_names)
-    worker = InferenceWorker(model, cfg.input, classes, "cpu", "fp32", max_batch=16)
+    worker = InferenceWorker(model, cfg.input, classes, "cpu", "fp32", policy=16)
     clips = []
     t0 = time.monotonic()
     for n, rec in enumerate(records, 1):

@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import queue
 import signal
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -43,6 +41,7 @@ from detector.errors import ConfigError, VigilError
 from detector.precision import checkpoint_precision
 from detector.runtime import load_model, resolve_device, torch_threads
 
+from .camera_runtime import CameraRuntime
 from .config import CameraConfig, ServeConfig, load_config
 from .events import EventTracker, end_message
 from .event_evidence import EventEvidence
@@ -55,22 +54,13 @@ from .notify import Notifier
 from .publisher import AlertPublisher
 from .retention import RetentionClock
 from .ringbuffer import RingBuffer
-from .scheduler import CameraWindow, Scheduler
-from .sources import CaptureThread, decode_threads_per_camera
+from .scheduler import BatchPolicy, CameraWindow, Scheduler
+from .sources import decode_threads_per_camera
 from .types import WindowResult
-from .windows import required_capacity, window_span
 from .worker import InferenceWorker, WorkerThread
 
 log = logging.getLogger(__name__)
 
-# Evidence frames are kept at most this wide (the camera's aspect): readable, and ~0.4 MB a frame.
-EVIDENCE_MAX_WIDTH = 480
-# Seconds of an event kept for its clip after the start (plus the pre-roll copied at the start):
-# a clip shows the pre-roll, then the last CLIP_TAIL_S seconds before the end.
-CLIP_TAIL_S = 6.0
-# Extra ring time so a due window or a snapshot frame is still there when the worker or the
-# event loop gets to it (batching delay plus one batch's inference on a slow CPU).
-RING_SLACK_S = 2.0
 # How often camera metrics/state are refreshed and lost cameras' events closed.
 REFRESH_S = 0.5
 # The event loop's longest sleep; bounds how long a signal waits to be acted on.
@@ -97,15 +87,6 @@ def unknown_clip_length_message(frames: int) -> str:
     `input.clip_seconds`, e.g. one imported from the reference implementation."""
     return ("the checkpoint does not say how long its training clips were (input.clip_seconds): "
             f"windows are {frames} consecutive frames unless a camera sets window_seconds")
-
-
-@dataclass
-class _Camera:
-    """A running camera: its config, capture thread and bookkeeping of the event loop."""
-    cfg: CameraConfig
-    thread: CaptureThread
-    clip_seconds: Optional[float]
-    reported_skipped: int = 0
 
 
 def _make_data_dir(cfg: ServeConfig) -> None:
@@ -148,10 +129,9 @@ class Daemon:
         self.device: Optional[torch.device] = None
         self.model_cfg = None
         self.class_names: list[str] = []
-        # name -> _Camera. Replaced, never mutated, so other threads can read it without a lock.
-        self._cams: dict[str, _Camera] = {}
-        # Scheduler changes are applied by the worker thread (the scheduler is not thread-safe).
-        self._scheduler_ops: deque[Callable[[Scheduler], None]] = deque()
+        # name -> CameraRuntime. Replaced, never mutated, so other threads (the worker's ring
+        # lookup, the scheduler) read it without a lock.
+        self._cams: dict[str, CameraRuntime] = {}
         self._results: queue.Queue[list[WindowResult]] = queue.Queue(maxsize=RESULT_QUEUE)
         self._metrics_server = None
         self._publisher: Optional[AlertPublisher] = None
@@ -248,8 +228,9 @@ class Daemon:
         # `auto` follows the checkpoint where it asks for a precision (fp16 for a reference model).
         precision = (checkpoint_precision(meta) if cfg.model.precision == "auto"
                      else cfg.model.precision)
+        batching = BatchPolicy(cfg.model.max_batch, cfg.model.max_wait_ms)
         worker = InferenceWorker(model, mcfg.input, self.class_names, device=self.device,
-                                 precision=precision, max_batch=cfg.model.max_batch)
+                                 precision=precision, policy=batching)
         log.info("model %s (%s, %d frames of %dx%d, classes %s) on %s via %s, %s autocast, "
                  "%d threads", cfg.model.checkpoint.name, mcfg.backbone.name, mcfg.input.frames,
                  mcfg.input.size[1], mcfg.input.size[0], ", ".join(self.class_names), self.device,
@@ -295,7 +276,7 @@ class Daemon:
         # them unique across restarts (each run assigns at least one seq per event).
         self._tracker = EventTracker(cfg.smoothing, self.class_names, metrics=self.metrics,
                                      counter_start=self._journal.last_seq + 1)
-        self._scheduler = Scheduler({}, cfg.model.max_batch, cfg.model.max_wait_ms)
+        self._scheduler = Scheduler(self._windows, batching)
 
         self._wd_interval = self.notifier.watchdog_interval()
         self._cams = {}
@@ -310,68 +291,28 @@ class Daemon:
         log.info("ready: %s", status)
 
     def _rings(self) -> dict[str, Optional[RingBuffer]]:
-        return {name: cam.thread.ring for name, cam in self._cams.items()}
+        return {name: cam.ring for name, cam in self._cams.items()}
+
+    def _windows(self) -> dict[str, Optional[CameraWindow]]:
+        """The scheduler's view of the camera snapshot (None: the source has not opened yet)."""
+        return {name: cam.window for name, cam in self._cams.items()}
 
     def _clip_seconds(self, cam: CameraConfig) -> Optional[float]:
         assert self.model_cfg is not None
         return cam.settings.window_seconds or self.model_cfg.input.clip_seconds
 
     def _start_camera(self, cam: CameraConfig) -> None:
-        """Create the camera's capture thread (its ring follows the source's real fps) and start it."""
+        """Create the camera's runtime (capture thread, its ring follows the source's real fps)
+        and start it."""
         assert self.model_cfg is not None
         inp = self.model_cfg.input
-        s = cam.settings
-        clip_seconds = self._clip_seconds(cam)
-        ev = self.cfg.evidence
-        display_seconds = 0.0
-        if self._evidence is not None:
-            # A window's span, then pre-roll + clip tail for the evidence, plus slack.
-            span_s = clip_seconds if clip_seconds is not None else inp.frames / (s.fps or 15.0)
-            display_seconds = span_s + (ev.pre_roll_s + CLIP_TAIL_S if ev.clip else 0.0) + RING_SLACK_S
-        holder: dict[str, _Camera] = {}
-
-        def ring_factory(fps: float) -> RingBuffer:
-            # Called once by the capture thread when the source first opens, with its real fps.
-            capacity = required_capacity(fps, clip_seconds, inp.frames,
-                                         pre_roll_s=0.0 if self._evidence is not None else ev.pre_roll_s,
-                                         slack_s=RING_SLACK_S)
-            ring = RingBuffer(capacity, inp.size[0], inp.size[1])
-            spec = CameraWindow(fps=fps, clip_seconds=clip_seconds, frames=inp.frames,
-                                stride=s.stride)
-            me = holder["cam"]
-            if self._cams.get(cam.name) is me:   # not replaced by a reload meanwhile
-                self._scheduler_ops.append(lambda sch: sch.add_camera(cam.name, spec))
-            log.info("camera %s: %.1f fps, window of %d frames over %d, ring of %d frames",
-                     cam.name, fps, inp.frames, window_span(fps, clip_seconds, inp.frames),
-                     capacity)
-            return ring
-
-        m = self.metrics
-        thread = CaptureThread(
-            cam.name, cam.url, ring_factory=ring_factory, fps_hint=s.fps,
-            open_timeout_s=s.open_timeout_s, read_timeout_s=s.read_timeout_s,
-            stall_timeout_s=s.stall_timeout_s, backoff_initial_s=s.backoff_initial_s,
-            backoff_max_s=s.backoff_max_s, loop=s.loop,
-            on_state=lambda name, up: m.camera_up.labels(camera=name).set(1 if up else 0),
-            on_frame=lambda name: m.frames.labels(camera=name).inc(),
-            on_drop=lambda name: m.frames_dropped.labels(camera=name).inc(),
-            on_reconnect=lambda name: m.camera_reconnects.labels(camera=name).inc(),
-            roi=tuple(s.roi) if s.roi is not None else None,
-            display_max_width=EVIDENCE_MAX_WIDTH if display_seconds > 0 else 0,
-            display_seconds=display_seconds,
+        rt = CameraRuntime.create(
+            cam, frames=inp.frames, size=tuple(inp.size), clip_seconds=self._clip_seconds(cam),
+            metrics=self.metrics, labels=tuple(self.class_names), evidence=self.cfg.evidence,
+            keep_evidence=self._evidence is not None,
             decode_threads=decode_threads_per_camera(len(self.cfg.enabled_cameras)))
-        state = _Camera(cam, thread, clip_seconds)
-        holder["cam"] = state
-        m.add_camera(cam.name, tuple(self.class_names))
-
-        def last_frame_mono(t: CaptureThread = thread) -> Optional[float]:
-            age = t.last_frame_age()
-            return None if math.isinf(age) else time.monotonic() - age
-
-        m.track_frame_age(cam.name, last_frame_mono)
-        self._cams = {**self._cams, cam.name: state}
-        thread.start()
-        log.info("camera %s: started (%s)", cam.name, cam.masked_url)
+        self._cams = {**self._cams, cam.name: rt}
+        rt.start()
 
     def _stop_camera(self, name: str, reason: str) -> None:
         """End the camera's open events with `reason`, stop its thread, drop its metrics."""
@@ -380,20 +321,16 @@ class Daemon:
             return
         assert self._tracker is not None
         self._emit(self._tracker.close_camera(name, reason))
-        self._cams = {k: v for k, v in self._cams.items() if k != name}
-        self._scheduler_ops.append(lambda sch: sch.remove_camera(name))
-        if not cam.thread.stop(STOP_CAPTURE_S):
+        self._cams = {k: v for k, v in self._cams.items() if k != name}   # unscheduled with it
+        if not cam.stop(STOP_CAPTURE_S):
             log.error("camera %s: capture thread did not stop within %.0f s (stuck in native "
                       "code); abandoning it", name, STOP_CAPTURE_S)
-        self.metrics.remove_camera(name, tuple(self.class_names))
+        cam.forget_metrics()
         log.info("camera %s: stopped (%s)", name, reason)
 
     # ================================================================== worker thread side
     def _worker_heartbeat(self) -> None:
-        """Called by the worker loop once per iteration: scheduler changes, then the watchdog."""
-        sched = self._scheduler
-        while self._scheduler_ops and sched is not None:
-            self._scheduler_ops.popleft()(sched)
+        """Called by the worker loop once per iteration: the watchdog."""
         now = time.monotonic()
         if self._wd_interval is None:
             # No systemd watchdog: still say (once) when a capture thread hangs.
@@ -500,14 +437,14 @@ class Daemon:
     # ---- evidence
     def _display_ring(self, camera: str) -> Optional[RingBuffer]:
         cam = self._cams.get(camera)
-        return cam.thread.display_ring if cam is not None else None
+        return cam.display_ring if cam is not None else None
 
     def _attach_evidence(self, msg: dict) -> None:
         if self._event_evidence is None:
             return
         cam = self._cams.get(msg["camera"])
         self._event_evidence.attach(msg, self._display_ring(msg["camera"]),
-                                    cam.thread.fps if cam is not None else None, self.cfg.evidence)
+                                    cam.fps if cam is not None else None, self.cfg.evidence)
 
     # ---- periodic
     def _refresh_cameras(self) -> None:
@@ -520,7 +457,7 @@ class Daemon:
         skipped = self._scheduler.skipped if self._scheduler is not None else {}
         up = 0
         for name, cam in self._cams.items():
-            is_up = cam.thread.up
+            is_up = cam.up
             up += is_up
             m.camera_up.labels(camera=name).set(1 if is_up else 0)
             total = skipped.get(name, 0) + unavailable.get(name, 0)
@@ -548,14 +485,7 @@ class Daemon:
 
     def camera_states(self) -> dict[str, dict]:
         """name -> {"up", "last_frame_age_s", "reconnects", "fps"} for heartbeats."""
-        out = {}
-        for name, cam in self._cams.items():
-            age = cam.thread.last_frame_age()
-            out[name] = {"up": bool(cam.thread.up),
-                         "last_frame_age_s": None if math.isinf(age) else round(age, 2),
-                         "reconnects": int(cam.thread.reconnects),
-                         "fps": round(float(cam.thread.fps), 2)}
-        return out
+        return {name: cam.state() for name, cam in self._cams.items()}
 
     def _heartbeat(self) -> None:
         assert self._publisher is not None and self._journal is not None
@@ -617,9 +547,9 @@ class Daemon:
         self.notifier.stopping(status="stopping")
         cams = list(self._cams.values())
         for cam in cams:                       # ask all at once, then wait for each
-            cam.thread.stop(timeout=0)
+            cam.stop(timeout=0)
         for cam in cams:
-            if not cam.thread.stop(STOP_CAPTURE_S):
+            if not cam.stop(STOP_CAPTURE_S):
                 log.error("camera %s: capture thread did not stop within %.0f s", cam.cfg.name,
                           STOP_CAPTURE_S)
         worker = self._worker

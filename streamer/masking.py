@@ -1,7 +1,7 @@
 """Credential masking for camera URLs and any text that may quote one (logs, errors, `--check`).
 
-One module, used by the config (`streamer/config.py`), the sources (`streamer/sources.py`) and the
-logging set-up (`streamer/logs.py`), so every path out of the daemon masks the same way.
+One module, used by the config (`streamer/config.py`), the sources (`streamer/sources.py`), the
+capture thread (`streamer/capture.py`) and the logging set-up (`streamer/logs.py`), so every path out of the daemon masks the same way.
 
 Two layers, applied in this order:
 

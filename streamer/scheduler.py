@@ -5,15 +5,64 @@ which cameras are due, keeps only each camera's NEWEST due window (an older one 
 taken in time is superseded and counted as skipped, never queued), and releases a batch when it
 is full or the oldest pending window has waited `max_wait_ms`. `streamer.worker.WorkerThread`
 polls it.
+
+`BatchPolicy` is the one object holding the batching rules both sides follow: `max_batch` (the
+scheduler releases at most that many windows, the worker sizes its host buffer for it),
+`max_wait_ms` (the scheduler's) and the out-of-memory split (the worker's: halve the batch, and
+send at most that many windows per device call from then on).
+
+The scheduler follows the daemon's camera snapshot: given a callable returning camera name ->
+`CameraWindow` (None while the camera has not opened yet), each `update` starts, restarts (a new
+`CameraWindow` object) or stops scheduling cameras to match it. Nothing is queued between the
+threads; a static mapping plus `add_camera`/`remove_camera` is the unit tests' way.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Union
 
 import numpy as np
 
 from .windows import DueTracker, window_seqs, window_span
+
+
+@dataclass
+class BatchPolicy:
+    """How windows are batched, for the scheduler and the worker alike.
+
+    Args:
+        max_batch: windows per batch at most (the config's `model.max_batch`).
+        max_wait_ms: how long the oldest pending window may wait for the batch to fill
+            (`model.max_wait_ms`).
+    Attributes:
+        limit: most windows sent to the device in one call; starts at `max_batch` and is lowered
+            by `after_oom` (the scheduler still releases up to `max_batch`; the worker sends them
+            in chunks of `limit`).
+    """
+    max_batch: int = 8
+    max_wait_ms: float = 50.0
+    limit: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        self.max_batch = int(self.max_batch)
+        self.limit = self.max_batch
+
+    @property
+    def max_wait_s(self) -> float:
+        """`max_wait_ms` in seconds (negative = 0)."""
+        return max(0.0, float(self.max_wait_ms)) / 1000.0
+
+    def after_oom(self, size: int) -> Optional[int]:
+        """The device ran out of memory on a batch of `size`: how many windows the first half
+        gets (the rest the second), `limit` lowered to it; None for a single window (dropped)."""
+        if size <= 1:
+            return None
+        half = (size + 1) // 2
+        self.limit = min(self.limit, half)
+        return half
+
 
 @dataclass
 class CameraWindow:
@@ -56,28 +105,45 @@ class Scheduler:
     """Decides which windows run, newest-only per camera, batched across cameras.
 
     Args:
-        cameras: camera name -> `CameraWindow`.
-        max_batch: windows per batch at most.
-        max_wait_ms: how long the oldest pending window may wait for the batch to fill.
+        cameras: camera name -> `CameraWindow`, or a callable returning that mapping (the
+            daemon's camera snapshot, read at each `update`; a None spec = not scheduled yet).
+        policy: the `BatchPolicy` (`max_batch`, `max_wait_ms`).
     Attributes:
         skipped: camera -> due windows superseded before the worker took them (exact).
         released: camera -> windows released for inference.
     """
 
-    def __init__(self, cameras: Mapping[str, CameraWindow], max_batch: int,
-                 max_wait_ms: float) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.max_batch = int(max_batch)
-        self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
+    def __init__(self, cameras: Union[Mapping[str, CameraWindow],
+                                      Callable[[], Mapping[str, Optional[CameraWindow]]]],
+                 policy: BatchPolicy) -> None:
+        self.policy = policy
+        self._follow = cameras if callable(cameras) else None
         self._cams: dict[str, CameraWindow] = {}
         self._due: dict[str, DueTracker] = {}
         self._pending: dict[str, _Pending] = {}
         self._counts: dict[str, int] = {}
         self.skipped: dict[str, int] = {}
         self.released: dict[str, int] = {}
+        if self._follow is None:
+            for name, spec in cameras.items():
+                self.add_camera(name, spec)
+
+    @property
+    def max_batch(self) -> int:
+        return self.policy.max_batch
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.policy.max_wait_s
+
+    def sync(self, cameras: Mapping[str, Optional[CameraWindow]]) -> None:
+        """Match the scheduled cameras to a snapshot: a camera missing (or None) is removed, one
+        whose `CameraWindow` is a new object is (re)started with it, the others are untouched."""
+        for name in [n for n in self._cams if cameras.get(n) is None]:
+            self.remove_camera(name)
         for name, spec in cameras.items():
-            self.add_camera(name, spec)
+            if spec is not None and self._cams.get(name) is not spec:
+                self.add_camera(name, spec)
 
     def add_camera(self, name: str, spec: CameraWindow) -> None:
         """Start scheduling a camera (or reset it with a new spec)."""
@@ -117,6 +183,8 @@ class Scheduler:
             now: current time (any monotonic clock, the same for every call).
             counts: camera -> frames written so far (missing cameras are left as they are).
         """
+        if self._follow is not None:
+            self.sync(self._follow())
         for name, count in counts.items():
             tracker = self._due.get(name)
             if tracker is None:

@@ -25,7 +25,7 @@ from detector.precision import PRECISIONS, autocast, autocast_dtype
 from detector.preprocess import normalize_clips
 
 from .ringbuffer import FramesUnavailableError, RingBuffer
-from .scheduler import DueWindow, Scheduler
+from .scheduler import BatchPolicy, DueWindow, Scheduler
 from .types import ClassScore, WindowResult
 from .windows import window_span
 
@@ -76,25 +76,28 @@ class InferenceWorker:
         device: "cpu", "cuda", "cuda:1", or a `torch.device`.
         precision: "auto" (bf16 on CUDA when supported, else fp16; fp32 on CPU), "fp32",
             "bf16" or "fp16" (fp16 on CPU falls back to fp32).
-        max_batch: largest batch `infer` is given (sizes the pinned host buffer); how long a
-            batch waits to fill is the `Scheduler`'s business.
+        policy: the `BatchPolicy` shared with the `Scheduler` (an int n is
+            `BatchPolicy(max_batch=n)`): `max_batch` is the largest batch `infer` is given
+            (sizes the pinned host buffer), its out-of-memory rule splits batches; how long a
+            batch waits is the scheduler's part.
     Attributes:
-        batch_limit: largest batch sent to the device in one call; lowered after an OOM.
+        batch_limit: largest batch sent to the device in one call (`policy.limit`); lowered
+            after an OOM.
         oom_splits: batches split after CUDA ran out of memory.
         oom_dropped: single windows dropped because even they did not fit.
     """
 
     def __init__(self, model: torch.nn.Module, input_cfg, class_names: Sequence[str],
                  device: str | torch.device = "cpu", precision: str = "auto",
-                 max_batch: int = 8) -> None:
+                 policy: BatchPolicy | int = 8) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.input_cfg = input_cfg
         self.class_names = list(class_names)
-        self.max_batch = int(max_batch)
-        self.batch_limit = self.max_batch
+        self.policy = policy if isinstance(policy, BatchPolicy) else BatchPolicy(max_batch=policy)
+        self.max_batch = self.policy.max_batch
         self.oom_splits = 0
         self.oom_dropped = 0
         self.autocast_dtype = autocast_dtype(self.device, precision)
@@ -103,6 +106,10 @@ class InferenceWorker:
         # One preallocated host staging buffer; pinned on CUDA so the copy is a single async DMA.
         self._host = torch.empty(shape, dtype=torch.uint8,
                                  pin_memory=self.device.type == "cuda")
+
+    @property
+    def batch_limit(self) -> int:
+        return self.policy.limit
 
     def _forward(self, clips_host: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One device call.
@@ -144,13 +151,12 @@ class InferenceWorker:
         if scores is None:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            if B == 1:
+            half = self.policy.after_oom(B)
+            if half is None:
                 self.oom_dropped += 1
                 log.error("inference: out of device memory on a single window; window dropped")
                 return [None]
-            half = (B + 1) // 2
             self.oom_splits += 1
-            self.batch_limit = min(self.batch_limit, half)
             log.warning("inference: out of device memory on a batch of %d; splitting into %d + %d "
                         "and limiting batches to %d", B, half, B - half, self.batch_limit)
             return self._run(frames[:half]) + self._run(frames[half:])

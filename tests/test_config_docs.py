@@ -1,5 +1,6 @@
 """The README's table of `vigil serve` config keys is the schema's: every key of a section is
-listed, and every default the table states is the dataclass default (`streamer.config`)."""
+listed, every default the table states is the dataclass default, and every description is the
+one the field declares (`setting(..., doc=...)` in `streamer.config`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,9 +9,10 @@ from pathlib import Path
 
 import yaml
 
+from detector.schema import field_doc
 from streamer.config import (AlertsConfig, CameraConfig, CameraSettings, CurveConfig,
-                             EvidenceConfig, LoggingConfig, MetricsConfig, ServeModelConfig,
-                             SmoothingConfig)
+                             EvidenceConfig, LoggingConfig, MetricsConfig, ServeConfig,
+                             ServeModelConfig, SmoothingConfig)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTIONS = {"defaults": CameraSettings, "model": ServeModelConfig, "smoothing": SmoothingConfig,
@@ -24,6 +26,20 @@ def readme_keys() -> dict[str, str]:
     """`| \\`key\\` | default | meaning |` rows of the README: key -> default cell."""
     return {m.group(1): m.group(2).strip() for m in
             re.finditer(r"^\| `([a-z_.\[\]]+)` \| ([^|]+) \|", README.read_text(), re.M)}
+
+
+def readme_descriptions() -> dict[str, str]:
+    """`| \\`key\\` | default | meaning |` rows of the README: key -> meaning cell."""
+    return {m.group(1): m.group(2).strip() for m in
+            re.finditer(r"^\| `([a-z_.\[\]]+)` \| [^|]+ \| (.*) \|$", README.read_text(), re.M)}
+
+
+def _field_of(key: str) -> tuple[type, str]:
+    """README key -> (dataclass, field name)."""
+    if key.startswith("cameras[]."):
+        return CameraConfig, key.split(".", 1)[1]
+    section, _, name = key.rpartition(".")
+    return (SECTIONS[section], name) if section else (ServeConfig, name)
 
 
 def _default(cls, name: str):
@@ -61,4 +77,15 @@ def test_the_readme_states_the_schemas_defaults():
             ok = stated == expected or (isinstance(expected, Path) and Path(stated) == expected)
         if not ok:
             wrong.append(f"{key}: README {cell}, schema {expected!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_readme_states_the_schemas_descriptions():
+    described = readme_descriptions()
+    assert set(described) == set(readme_keys())
+    wrong = []
+    for key, cell in described.items():
+        doc = field_doc(*_field_of(key))
+        if cell != doc:
+            wrong.append(f"{key}:\n  README {cell!r}\n  schema {doc!r}")
     assert not wrong, "\n".join(wrong)

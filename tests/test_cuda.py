@@ -93,7 +93,7 @@ def cpu_case():
     clips = synth_clips(6, cfg.input.frames, cfg.input.size)
     windows = windows_of(clips)
     worker = InferenceWorker(copy.deepcopy(model), cfg.input, CLASSES, "cpu", "fp32",
-                             max_batch=len(windows))
+                             policy=len(windows))
     return model, windows, worker.infer(windows)
 
 
@@ -103,7 +103,7 @@ def test_worker_batch_on_cuda_agrees_with_the_cpu_in_fp32(cpu_case, precision):
         pytest.skip("this GPU has no bf16")
     model, windows, reference = cpu_case
     worker = InferenceWorker(copy.deepcopy(model), model.cfg.input, CLASSES, "cuda", precision,
-                             max_batch=len(windows))
+                             policy=len(windows))
     assert worker._host.is_pinned(), "the host staging buffer must be pinned on CUDA"
     assert worker.autocast_dtype == AUTOCAST[precision]
     calls = []
@@ -137,7 +137,7 @@ def test_a_real_out_of_memory_error_splits_the_batch(caplog):
     windows = windows_of(clips)
     # With an index: set_per_process_memory_fraction refuses a bare "cuda" (seen on the H200).
     device = torch.device("cuda", torch.cuda.current_device())
-    uncapped = InferenceWorker(model, inp, CLASSES, device, "fp32", max_batch=8)
+    uncapped = InferenceWorker(model, inp, CLASSES, device, "fp32", policy=8)
     expected = uncapped.infer(windows)          # also warms up cuDNN and the allocator
     assert uncapped.oom_splits == 0
 
@@ -151,7 +151,7 @@ def test_a_real_out_of_memory_error_splits_the_batch(caplog):
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(device).total_memory
     cap = torch.cuda.memory_reserved(device) + 3 * per_window
-    worker = InferenceWorker(model, inp, CLASSES, device, "fp32", max_batch=8)
+    worker = InferenceWorker(model, inp, CLASSES, device, "fp32", policy=8)
     try:
         torch.cuda.set_per_process_memory_fraction(cap / total, device)
         with caplog.at_level(logging.WARNING, logger="streamer.worker"):

@@ -58,7 +58,7 @@ def _bare_daemon(tmp_path, notifier=None):
 
 
 def test_watchdog_pings_stop_while_a_capture_thread_is_stuck_and_resume_after(tmp_path, caplog):
-    from streamer.daemon import _Camera
+    from streamer.camera_runtime import CameraRuntime
     from streamer.notify import Notifier
 
     ns = NotifyListener()
@@ -66,7 +66,7 @@ def test_watchdog_pings_stop_while_a_capture_thread_is_stuck_and_resume_after(tm
         d = _bare_daemon(tmp_path, Notifier(ns.path, watchdog_usec="20000"))   # ping every 10 ms
         d._wd_interval = d.notifier.watchdog_interval()
         fake = FakeCapture(stuck=True)
-        d._cams = {"cam": _Camera(d.cfg.cameras[0], fake, None)}
+        d._cams = {"cam": CameraRuntime(d.cfg.cameras[0], fake, None)}
         with caplog.at_level("ERROR", logger="streamer.daemon"):
             for _ in range(3):
                 time.sleep(0.015)
@@ -101,7 +101,7 @@ def test_watchdog_pings_stop_when_the_event_loop_is_wedged(tmp_path):
 
 
 def test_a_camera_going_down_ends_its_open_events_with_reason_camera_lost(tmp_path):
-    from streamer.daemon import _Camera
+    from streamer.camera_runtime import CameraRuntime
     from streamer.events import EventTracker
     from streamer.journal import Journal
     from streamer.journal_writer import JournalWriter
@@ -121,7 +121,7 @@ def test_a_camera_going_down_ends_its_open_events_with_reason_camera_lost(tmp_pa
     d._publisher = AlertPublisher(f"tcp://127.0.0.1:{free_port()}",
                                   f"tcp://127.0.0.1:{free_port()}", tmp_path / "j.sqlite3")
     fake = FakeCapture(up=True)
-    d._cams = {"cam": _Camera(d.cfg.cameras[0], fake, None)}
+    d._cams = {"cam": CameraRuntime(d.cfg.cameras[0], fake, None)}
     try:
         now = time.time()
         d._handle([WindowResult("cam", {"fight": ClassScore("fight", 0.9, (0.1, 0.1, 0.4, 0.4)),

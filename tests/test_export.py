@@ -142,9 +142,9 @@ def test_the_daemons_worker_scores_windows_the_same_from_the_exported_model(expo
     windows = [(f"cam{i}", rng.integers(0, 256, (8, 40, 40, 3), dtype=np.uint8),
                 WindowMeta(end_seq=i, t_start_wall=0.0, t_end_wall=1.0, t_end_mono=1.0,
                            frame_size=(640, 360))) for i in range(3)]
-    by_torch = InferenceWorker(model, cfg.input, cfg.class_names, max_batch=4).infer(windows)
+    by_torch = InferenceWorker(model, cfg.input, cfg.class_names, policy=4).infer(windows)
     by_onnx = InferenceWorker(onnx_model, onnx_cfg.input, onnx_cfg.class_names,
-                              max_batch=4).infer(windows)
+                              policy=4).infer(windows)
     assert len(by_onnx) == 3
     for a, b in zip(by_torch, by_onnx):
         for name in cfg.class_names:

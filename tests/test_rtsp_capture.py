@@ -11,12 +11,17 @@ from streamer.tools.harness import wait_until as wait_for
 
 from streamer import sources  # noqa: F401  (sets OPENCV_FFMPEG_CAPTURE_OPTIONS on import)
 from streamer.ringbuffer import RingBuffer
-from streamer.sources import CaptureThread
+from streamer.capture import CaptureThread
+from streamer.config import CameraSettings
 
 pytestmark = pytest.mark.integration
 
 TIMEOUTS = dict(open_timeout_s=3.0, read_timeout_s=2.0, stall_timeout_s=3.0,
                 backoff_initial_s=0.2, backoff_max_s=1.0)
+
+
+def _settings(**kw):
+    return CameraSettings(**{**TIMEOUTS, **kw})
 
 
 def test_opencv_reads_the_stream_over_tcp(rtsp_server):
@@ -39,7 +44,7 @@ def test_capture_thread_survives_server_crash_and_restart(rtsp_server):
     states = []
     ring = RingBuffer(32, 64, 64)
     cap = CaptureThread("rtsp", server.url, ring, on_state=lambda n, up: states.append(up),
-                        seed=0, **TIMEOUTS)
+                        seed=0, settings=_settings())
     cap.start()
     try:
         assert wait_for(lambda: cap.up and cap.frames >= 5, 15), "never came up"
@@ -61,7 +66,7 @@ def test_capture_thread_survives_server_crash_and_restart(rtsp_server):
 def test_frozen_server_is_detected_as_a_stall_and_recovered(rtsp_server):
     server = rtsp_server()
     ring = RingBuffer(32, 64, 64)
-    cap = CaptureThread("rtsp", server.url, ring, seed=0, **TIMEOUTS)
+    cap = CaptureThread("rtsp", server.url, ring, seed=0, settings=_settings())
     cap.start()
     try:
         assert wait_for(lambda: cap.up and cap.frames >= 5, 15), "never came up"
@@ -88,7 +93,7 @@ def test_a_synthetic_fight_video_streams_through_the_server(rtsp_server, tmp_pat
         vw.write(scene.render(i))
     vw.release()
     server = rtsp_server(file=str(path))
-    cap = CaptureThread("fight", server.url, RingBuffer(32, 64, 64), loop=False, seed=0, **TIMEOUTS)
+    cap = CaptureThread("fight", server.url, RingBuffer(32, 64, 64), seed=0, settings=_settings(loop=False))
     cap.start()
     try:
         assert wait_for(lambda: cap.frames >= 15, 15), f"only {cap.frames} frames"

@@ -1,7 +1,7 @@
 """The batching policy (`streamer.scheduler.Scheduler`): a batch waits until it is full or the
 oldest window has waited `max_wait_ms`, only each camera's newest due window is kept, and under
 overload no backlog grows."""
-from streamer.scheduler import CameraWindow, Scheduler
+from streamer.scheduler import BatchPolicy, CameraWindow, Scheduler
 from streamer.windows import window_span
 
 T = 4
@@ -13,7 +13,7 @@ def _cams(n, fps=15.0, stride=2, clip_seconds=0.5):
 
 
 def test_scheduler_waits_for_a_full_batch_or_max_wait():
-    sched = Scheduler(_cams(3), max_batch=2, max_wait_ms=40)
+    sched = Scheduler(_cams(3), BatchPolicy(max_batch=2, max_wait_ms=40))
     n = window_span(15.0, 0.5, T)
     assert sched.poll(0.0, {"c0": n - 1}) == []                       # not enough frames yet
     assert sched.poll(0.0, {"c0": n}) == []                           # due, waiting for company
@@ -27,7 +27,7 @@ def test_scheduler_waits_for_a_full_batch_or_max_wait():
 
 
 def test_scheduler_keeps_only_the_newest_window_and_counts_the_rest():
-    sched = Scheduler(_cams(1, stride=2), max_batch=4, max_wait_ms=1000)
+    sched = Scheduler(_cams(1, stride=2), BatchPolicy(max_batch=4, max_wait_ms=1000))
     n = window_span(15.0, 0.5, T)
     sched.poll(0.0, {"c0": n})                 # due point 1, pending
     sched.poll(0.1, {"c0": n + 2})             # due point 2 supersedes 1
@@ -42,7 +42,7 @@ def test_overload_grows_no_backlog_and_accounts_for_every_due_window():
     """Four 15 fps cameras due every 2 frames; the (fake) worker needs 300 ms per batch of 2."""
     fps, stride, busy_s, max_wait_s = 15.0, 2, 0.3, 0.05
     cams = _cams(4, fps=fps, stride=stride)
-    sched = Scheduler(cams, max_batch=2, max_wait_ms=max_wait_s * 1000)
+    sched = Scheduler(cams, BatchPolicy(max_batch=2, max_wait_ms=max_wait_s * 1000))
     n = window_span(fps, 0.5, T)
     dt = 1 / fps / 4
     busy_until, last_counts, last_release = 0.0, {}, {}

@@ -11,9 +11,11 @@ import pytest
 from streamer.tools.harness import wait_until as wait_for
 
 from detector.errors import ConfigError
-from streamer import sources
+from streamer import capture, sources
 from streamer.ringbuffer import RingBuffer
-from streamer.sources import CaptureThread, parse_source
+from streamer.capture import CaptureThread
+from streamer.config import CameraSettings
+from streamer.sources import parse_source
 
 SECRET = "hunter2"
 
@@ -73,7 +75,7 @@ def _video(path, n, fps, w=64, h=48):
 def test_file_source_is_paced_at_its_own_fps_and_ends_when_not_looping(tmp_path):
     path = _video(tmp_path / "clip.mp4", 12, 20)
     ring = RingBuffer(32, 16, 16)
-    cap = CaptureThread("f", str(path), ring, loop=False)
+    cap = CaptureThread("f", str(path), ring, settings=CameraSettings(loop=False))
     t0 = time.monotonic()
     cap.start()
     assert wait_for(lambda: cap.ended, 5)
@@ -103,7 +105,7 @@ def test_a_file_decodes_with_the_decoding_threads_asked_for(tmp_path):
     finally:
         reader.release()
     assert all(ok and f.shape == (48, 64, 3) for ok, f in frames)
-    cap = CaptureThread("f", str(path), RingBuffer(8, 16, 16), loop=False, decode_threads=1)
+    cap = CaptureThread("f", str(path), RingBuffer(8, 16, 16), settings=CameraSettings(loop=False), decode_threads=1)
     cap.start()
     assert wait_for(lambda: cap.ended, 5) and cap.frames == 5
     assert cap.stop(2)
@@ -112,7 +114,7 @@ def test_a_file_decodes_with_the_decoding_threads_asked_for(tmp_path):
 def test_looping_file_keeps_going_without_counting_reconnects(tmp_path):
     path = _video(tmp_path / "clip.mp4", 6, 30)
     ring = RingBuffer(8, 16, 16)
-    cap = CaptureThread("f", f"file://{path}", ring, loop=True)
+    cap = CaptureThread("f", f"file://{path}", ring, settings=CameraSettings(loop=True))
     cap.start()
     assert wait_for(lambda: cap.frames > 15, 5)
     assert cap.up and cap.reconnects == 0 and not cap.ended
@@ -126,7 +128,7 @@ def test_looping_file_rewinds_instead_of_reopening(tmp_path, monkeypatch):
     opens = []
     original = CaptureThread._open
     monkeypatch.setattr(CaptureThread, "_open", lambda self: opens.append(1) or original(self))
-    cap = CaptureThread("f", str(path), RingBuffer(8, 16, 16), loop=True)
+    cap = CaptureThread("f", str(path), RingBuffer(8, 16, 16), settings=CameraSettings(loop=True))
     cap.start()
     assert wait_for(lambda: cap.frames > 20, 5)       # past three loops of 6 frames
     assert cap.stop(2)
@@ -136,7 +138,7 @@ def test_looping_file_rewinds_instead_of_reopening(tmp_path, monkeypatch):
 def test_display_ring_keeps_whole_frames_with_the_same_sequence_numbers(tmp_path):
     path = _video(tmp_path / "clip.mp4", 6, 30, w=320, h=180)
     ring = RingBuffer(8, 16, 16)
-    cap = CaptureThread("f", str(path), ring, loop=False, display_max_width=64, display_seconds=1)
+    cap = CaptureThread("f", str(path), ring, settings=CameraSettings(loop=False), display_max_width=64, display_seconds=1)
     cap.start()
     assert wait_for(lambda: cap.ended, 5)
     disp = cap.display_ring
@@ -183,7 +185,7 @@ def _patch_open(monkeypatch, readers):
             raise OSError(f"cannot open stream rtsp://admin:{SECRET}@cam/x")
         return reader
 
-    monkeypatch.setattr(sources, "open_source", fake_open)
+    monkeypatch.setattr(capture, "open_source", fake_open)
     return calls
 
 
@@ -191,11 +193,11 @@ def _frames(n, w, h, value=0):
     return [np.full((h, w, 3), value, np.uint8) for _ in range(n)]
 
 
-def _live(**kw):
+def _live(seed=0, **kw):
     args = dict(open_timeout_s=0.2, read_timeout_s=1.0, stall_timeout_s=0.5,
-                backoff_initial_s=0.05, backoff_max_s=0.2, seed=0)
+                backoff_initial_s=0.05, backoff_max_s=0.2)
     args.update(kw)
-    return args
+    return {"settings": CameraSettings(**args), "seed": seed}
 
 
 def test_first_open_failure_retries_with_backoff_and_logs_once(monkeypatch, caplog):
@@ -205,7 +207,7 @@ def test_first_open_failure_retries_with_backoff_and_logs_once(monkeypatch, capl
     ring = RingBuffer(8, 16, 16)
     cap = CaptureThread("cam", f"rtsp://admin:{SECRET}@cam/x", ring,
                         on_state=lambda name, up: states.append((name, up)), **_live())
-    with caplog.at_level(logging.DEBUG, logger="streamer.sources"):
+    with caplog.at_level(logging.DEBUG, logger="streamer.capture"):
         cap.start()
         assert wait_for(lambda: cap.up, 5)
     assert cap.reconnects == 3 and len(calls) == 4
@@ -219,8 +221,8 @@ def test_first_open_failure_retries_with_backoff_and_logs_once(monkeypatch, capl
 
 
 def test_backoff_doubles_with_jitter_up_to_the_maximum():
-    cap = CaptureThread("cam", "rtsp://cam/x", RingBuffer(2, 8, 8), backoff_initial_s=0.5,
-                        backoff_max_s=8, seed=3)
+    cap = CaptureThread("cam", "rtsp://cam/x", RingBuffer(2, 8, 8),
+                        settings=CameraSettings(backoff_initial_s=0.5, backoff_max_s=8), seed=3)
     delays = [cap._backoff_delay(a) for a in range(12)]
     for a, d in enumerate(delays):
         base = min(8, 0.5 * 2 ** a)
@@ -288,7 +290,7 @@ def test_roi_is_cropped_before_the_resize(monkeypatch):
     frame[:, 40:] = 255                                   # right half white
     _patch_open(monkeypatch, [FakeReader([frame] * 3)])
     ring = RingBuffer(4, 16, 16)
-    cap = CaptureThread("cam", "rtsp://cam/x", ring, roi=(0.5, 0.0, 1.0, 1.0), **_live())
+    cap = CaptureThread("cam", "rtsp://cam/x", ring, **_live(roi=[0.5, 0.0, 1.0, 1.0]))
     cap.start()
     assert wait_for(lambda: cap.frames == 3, 3)
     assert ring.gather([2])[0].min() == 255 and ring.roi == (0.5, 0.0, 1.0, 1.0)
@@ -311,11 +313,11 @@ def test_bgr_frames_are_stored_rgb(monkeypatch):
 def test_missing_webcam_is_retried_and_logged_once(caplog):
     ring = RingBuffer(4, 8, 8)
     cap = CaptureThread("desk", "webcam:97", ring, **_live(backoff_max_s=0.1))
-    with caplog.at_level(logging.WARNING, logger="streamer.sources"):
+    with caplog.at_level(logging.WARNING, logger="streamer.capture"):
         cap.start()
         assert wait_for(lambda: cap.reconnects >= 3, 5)
     assert not cap.up and cap.frames == 0
-    assert len([r for r in caplog.records if r.name == "streamer.sources"]) == 1
+    assert len([r for r in caplog.records if r.name == "streamer.capture"]) == 1
     assert cap.stop(2)
 
 

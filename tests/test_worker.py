@@ -15,7 +15,7 @@ from detector.postprocess import class_scores
 from detector.preprocess import normalize_clips
 from streamer.ringbuffer import RingBuffer
 from streamer.types import WindowResult
-from streamer.scheduler import CameraWindow, Scheduler
+from streamer.scheduler import BatchPolicy, CameraWindow, Scheduler
 from streamer.worker import InferenceWorker, WindowMeta, WorkerThread
 
 T, H, W = 4, 32, 32
@@ -60,7 +60,7 @@ class FixedOutput(nn.Module):
 
 # ----------------------------------------------------------------------------- InferenceWorker
 def test_batched_results_match_each_window_run_alone(tiny_model):
-    worker = InferenceWorker(tiny_model, _input_cfg(), CLASSES, "cpu", "fp32", max_batch=4)
+    worker = InferenceWorker(tiny_model, _input_cfg(), CLASSES, "cpu", "fp32", policy=4)
     windows = _windows(3)
     results = worker.infer(windows)
     assert [r.camera for r in results] == ["cam0", "cam1", "cam2"]
@@ -81,7 +81,7 @@ def test_batched_results_match_each_window_run_alone(tiny_model):
 def test_box_becomes_normalised_xyxy_of_the_whole_frame_even_with_roi():
     logits = [[3.0, 0.0, 0.0], [0.0, 2.0, 0.0]]
     model = FixedOutput(logits, [[0.5, 0.5, 0.5, 0.5], [0.2, 0.3, 0.2, 0.2]])
-    worker = InferenceWorker(model, _input_cfg(), CLASSES, "cpu", "fp32", max_batch=2)
+    worker = InferenceWorker(model, _input_cfg(), CLASSES, "cpu", "fp32", policy=2)
     frames = np.zeros((T, H, W, 3), np.uint8)
     full, cropped = worker.infer([("a", frames, _meta(0)), ("b", frames, _meta(1, roi=(0.5, 0.0, 1.0, 0.5)))])
     p = torch.tensor(logits).softmax(-1)
@@ -94,13 +94,13 @@ def test_box_becomes_normalised_xyxy_of_the_whole_frame_even_with_roi():
 
 
 def test_wrong_window_shape_is_refused(tiny_model):
-    worker = InferenceWorker(tiny_model, _input_cfg(), CLASSES, "cpu", "fp32", max_batch=2)
+    worker = InferenceWorker(tiny_model, _input_cfg(), CLASSES, "cpu", "fp32", policy=2)
     with pytest.raises(ValueError, match="cam"):
         worker.infer([("cam", np.zeros((T, H + 1, W, 3), np.uint8), _meta(0))])
 
 
 def test_cuda_oom_splits_the_batch_and_retries(tiny_model, caplog):
-    worker = InferenceWorker(tiny_model, _input_cfg(), CLASSES, "cpu", "fp32", max_batch=8)
+    worker = InferenceWorker(tiny_model, _input_cfg(), CLASSES, "cpu", "fp32", policy=8)
     real_forward = worker._forward
     sizes = []
 
@@ -135,7 +135,7 @@ def test_the_retry_after_oom_runs_once_the_failed_call_is_released(tiny_model):
     import sys
     import weakref
 
-    worker = InferenceWorker(tiny_model, _input_cfg(), CLASSES, "cpu", "fp32", max_batch=4)
+    worker = InferenceWorker(tiny_model, _input_cfg(), CLASSES, "cpu", "fp32", policy=4)
     real_forward = worker._forward
     failed: list[weakref.ref] = []
     seen_at_retry = []
@@ -155,7 +155,7 @@ def test_the_retry_after_oom_runs_once_the_failed_call_is_released(tiny_model):
 
 
 def test_oom_on_a_single_window_drops_it_without_crashing(tiny_model):
-    worker = InferenceWorker(tiny_model, _input_cfg(), CLASSES, "cpu", "fp32", max_batch=4)
+    worker = InferenceWorker(tiny_model, _input_cfg(), CLASSES, "cpu", "fp32", policy=4)
     real_forward = worker._forward
 
     def forward(clips):
@@ -197,7 +197,7 @@ def test_worker_thread_under_overload_heartbeats_and_keeps_latency_bounded():
     fps, max_wait_ms, delay = 100.0, 20, 0.08
     cams = {f"c{i}": CameraWindow(fps=fps, clip_seconds=0.08, frames=T, stride=2) for i in range(4)}
     rings = {name: RingBuffer(64, 8, 8) for name in cams}
-    sched = Scheduler(cams, max_batch=2, max_wait_ms=max_wait_ms)
+    sched = Scheduler(cams, BatchPolicy(max_batch=2, max_wait_ms=max_wait_ms))
     fake = SlowFakeWorker(delay)
     latencies, pendings, beats = [], [], []
 
@@ -243,7 +243,7 @@ def test_worker_thread_does_not_infer_a_window_across_a_reconnect_gap():
         ring.write(frame, t, t)
     called = []
     fake = SlowFakeWorker(0.0)
-    wt = WorkerThread(Scheduler(cams, 1, 0), fake, {"c0": ring}, lambda r, s: called.append(r))
+    wt = WorkerThread(Scheduler(cams, BatchPolicy(1, 0)), fake, {"c0": ring}, lambda r, s: called.append(r))
     assert wt.step()
     assert called == [[]] and wt.stats.gaps == {"c0": 1}
 

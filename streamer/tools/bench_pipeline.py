@@ -507,7 +507,7 @@ class _Snapshot:
 
 
 def _snapshot(daemon: Any, names: Sequence[str]) -> _Snapshot:
-    from streamer.sources import CaptureThread
+    from streamer.capture import CaptureThread
     from streamer.worker import WorkerThread
 
     reg = daemon.metrics.registry
