@@ -58,10 +58,13 @@ def choose_bag_windows(model: nn.Module, dataset: ClipDataset, device: torch.dev
     inp = net.cfg.input  # type: ignore[attr-defined]
     # (bag, window k, first, count, class) for every window of every bag.
     jobs = []
+    sizes = []                      # windows per bag, in `bags` order
     for i in bags:
         record = dataset.records[dataset.samples[i].record]
         label = int(record.annotations[0, 0])
-        for k, (first, count) in enumerate(dataset.bag_windows(i)):
+        windows = dataset.bag_windows(i)
+        sizes.append(len(windows))
+        for k, (first, count) in enumerate(windows):
             jobs.append((i, k, first, count, label))
     scores = np.zeros(len(jobs), np.float32)
     for b in range(0, len(jobs), batch_size):
@@ -80,8 +83,7 @@ def choose_bag_windows(model: nn.Module, dataset: ClipDataset, device: torch.dev
         net.train(True)
     positions, chosen = [], []
     start = 0
-    for i in bags:
-        n = len(dataset.bag_windows(i))
+    for i, n in zip(bags, sizes):
         k = int(np.argmax(scores[start:start + n]))
         dataset.choose_bag_window(i, k)
         positions.append(k / max(n - 1, 1))
