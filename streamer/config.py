@@ -248,6 +248,10 @@ class SmoothingConfig(Validated):
         min_score_delta, min_box_iou: ...and only when material: the score moved by >= delta or
             the box's IoU with the last published box fell below min_box_iou.
         box_alpha: EMA weight of the newest box.
+        classes: per-class overrides of any key above, e.g. `{"collapse": {"on_threshold": 0.5,
+            "min_windows": 1}}`: a fall lasts a window or two, a fight goes on, so one setting
+            rarely suits both (`scripts/alert-check.py --sweep` measures each class's trade-off).
+            `for_class(label)` gives one class's settings.
     """
     method: Literal["ema", "kofn"] = setting("ema",
         doc="`ema` or `kofn` (EMA measured 4.6x fewer false starts, see "
@@ -267,15 +271,41 @@ class SmoothingConfig(Validated):
     min_box_iou: float = setting(0.7, ge=0, le=1,
         doc="... or the box moved (IoU with the last published box below this)")
     box_alpha: float = setting(0.5, gt=0, le=1, doc="EMA weight of the newest box")
+    classes: dict[str, dict[str, Any]] = setting(default_factory=dict,
+        doc="per-class overrides of the keys above, e.g. `collapse: {on_threshold: 0.5, "
+            "min_windows: 1}`")
 
     SECTION = "smoothing"
 
+    def for_class(self, label: str, where: Optional[str] = None) -> "SmoothingConfig":
+        """This section with `classes[label]`'s overrides applied (itself when it has none).
+
+        Args:
+            label: a class name, e.g. "collapse".
+            where: dotted key for messages (default `smoothing.classes.<label>`).
+        Returns:
+            A `SmoothingConfig` without `classes`; not validated (`validate` does that).
+        Raises:
+            ConfigError: `<where>.<key>` for an unknown key or a wrong type in the overrides.
+        """
+        overrides = self.classes.get(label)
+        if not overrides:
+            return self
+        where = where or f"{self.SECTION}.classes.{label}"
+        _check("classes" not in overrides, f"{where}.classes", "overrides do not nest")
+        base = {k: v for k, v in to_dict(self).items() if k != "classes"}
+        return from_dict(SmoothingConfig, {**base, **overrides}, where)
+
     def _check_cross_fields(self, where: str) -> None:
-        """k within [1, n]; off_threshold below on_threshold (hysteresis)."""
+        """k within [1, n]; off_threshold below on_threshold (hysteresis); each class's
+        overrides give a valid section too."""
         _check(1 <= self.k <= self.n, f"{where}.k", f"must be in [1, n={self.n}], got {self.k}")
         _check(0.0 <= self.off_threshold < self.on_threshold, f"{where}.off_threshold",
                f"must be >= 0 and below on_threshold ({self.on_threshold}), "
                f"got {self.off_threshold}")
+        for label in self.classes:
+            self.for_class(label, f"{where}.classes.{label}").validate(
+                f"{where}.classes.{label}")
 
 
 @dataclass

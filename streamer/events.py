@@ -79,7 +79,7 @@ class EventTracker:
     """Turns a stream of `WindowResult`s into alert messages.
 
     Args:
-        smoothing_cfg: the `smoothing:` section.
+        smoothing_cfg: the `smoothing:` section; its `classes` overrides apply to their class.
         class_names: the model's classes, e.g. ["fight", "collapse"]; others are ignored.
         clock: wall clock (epoch seconds), used for event ids.
         metrics: optional `VigilMetrics`; `vigil_events_active` is kept in step.
@@ -92,6 +92,11 @@ class EventTracker:
         smoothing_cfg.validate("smoothing")
         self.cfg = smoothing_cfg
         self.class_names = list(class_names)
+        for label in sorted(set(smoothing_cfg.classes) - set(self.class_names)):
+            log.warning("smoothing.classes.%s: the model has no class %r (its classes: %s); "
+                        "those settings are unused", label, label, ", ".join(self.class_names))
+        # One section per class: `smoothing.classes` overrides apply to that class only.
+        self._class_cfg = {label: smoothing_cfg.for_class(label) for label in self.class_names}
         self.clock = clock
         self.metrics = metrics
         self._counter = counter_start
@@ -109,7 +114,7 @@ class EventTracker:
         """The (camera, label) smoother (created on first use)."""
         key = (camera, label)
         if key not in self._smoothers:
-            self._smoothers[key] = ScoreSmoother(self.cfg)
+            self._smoothers[key] = ScoreSmoother(self._class_cfg.get(label, self.cfg))
         return self._smoothers[key]
 
     # ---- input ---------------------------------------------------------------------------------
@@ -121,7 +126,6 @@ class EventTracker:
         Returns:
             `vigil.alert/1` messages without seq/published_at/latency_s.
         """
-        cfg = self.cfg
         t = result.t_end_mono       # durations on the monotonic clock; wall time is only shown
         self._last[result.camera] = result
         out: list[dict] = []
@@ -131,6 +135,7 @@ class EventTracker:
                 continue
             key = (result.camera, label)
             sm = self.smoother(*key)
+            cfg = sm.cfg
             score = sm.update(cs.score, cs.box)
             box = sm.box if sm.box is not None else tuple(cs.box)
             self._last_score[key] = (score, box)

@@ -64,6 +64,24 @@ def test_start_message_follows_the_alert_schema():
     assert m["_t_end_mono"] == pytest.approx(1002.0)
 
 
+def test_each_class_starts_by_its_own_smoothing_settings():
+    # A fall is over in a window or two; a fight goes on: collapse starts on one window.
+    tr = EventTracker(cfg(alpha=1.0, min_windows=2,
+                          classes={"collapse": {"min_windows": 1, "on_threshold": 0.5}}),
+                      CLASSES, clock=lambda: T0)
+    first = tr.observe(window("a", 0.0, fight=0.9, collapse=0.55))
+    assert [(m["type"], m["label"]) for m in first] == [("start", "collapse")]
+    second = tr.observe(window("a", 1.0, fight=0.9, collapse=0.55))
+    assert [(m["type"], m["label"]) for m in second] == [("start", "fight")]
+    assert tr.smoother("a", "collapse").cfg.min_windows == 1
+    assert tr.smoother("a", "fight").cfg.min_windows == 2
+
+
+def test_overrides_for_a_class_the_model_lacks_are_reported(caplog):
+    EventTracker(cfg(classes={"falling": {"min_windows": 1}}), CLASSES)
+    assert "smoothing.classes.falling: the model has no class 'falling'" in caplog.text
+
+
 def test_iso_utc_has_two_decimals_and_round_trips():
     assert iso_utc(0.0) == "1970-01-01T00:00:00.00Z"
     assert iso_utc(59.999) == "1970-01-01T00:01:00.00Z"

@@ -108,6 +108,15 @@ def test_camera_names_outside_the_safe_alphabet_are_refused(tmp_path, name):
     ("smoothing: {on_threshold: 0.5, off_threshold: 0.5}", "smoothing.off_threshold"),
     ("smoothing: {on_threshold: 0.5, off_threshold: 0.7}", "smoothing.off_threshold"),
     ("smoothing: {method: median}", "smoothing.method: must be one of"),
+    ("smoothing: {classes: {collapse: {on_threshld: 0.5}}}",
+     "smoothing.classes.collapse.on_threshld: unknown key"),
+    ("smoothing: {classes: {collapse: {min_windows: 0}}}",
+     "smoothing.classes.collapse.min_windows: must be >= 1"),
+    ("smoothing: {classes: {collapse: {on_threshold: 0.3}}}",   # below the global off 0.4
+     "smoothing.classes.collapse.off_threshold: must be >= 0 and below on_threshold (0.3)"),
+    ("smoothing: {classes: {collapse: 0.5}}", "smoothing.classes.collapse: expected a mapping"),
+    ("smoothing: {classes: {collapse: {classes: {}}}}",
+     "smoothing.classes.collapse.classes: overrides do not nest"),
     ("metrics: {port: 70000}", "metrics.port"),
     ("model_typo: {}", "model_typo: unknown key"),
     ("defaults: {stride: 0}", "defaults.stride"),
@@ -119,6 +128,19 @@ def test_bad_values_name_the_dotted_key(tmp_path, body, key):
     message = errors_of(tmp_path, MINIMAL + "    " + body + "\n")
     assert message.startswith(str(tmp_path / "vigil.yaml") + ": ")
     assert key in message
+
+
+def test_a_class_overrides_only_the_smoothing_keys_it_names(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL + """\
+    smoothing:
+      on_threshold: 0.7
+      classes:
+        collapse: {on_threshold: 0.5, min_windows: 1}
+    """), environ={"CAM_PASS": PASSWORD})
+    collapse, fight = cfg.smoothing.for_class("collapse"), cfg.smoothing.for_class("fight")
+    assert (collapse.on_threshold, collapse.min_windows, collapse.off_threshold) == (0.5, 1, 0.4)
+    assert collapse.classes == {}
+    assert fight is cfg.smoothing and (fight.on_threshold, fight.min_windows) == (0.7, 2)
 
 
 def test_unknown_camera_key_and_bad_override_are_refused(tmp_path):
