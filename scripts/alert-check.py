@@ -187,18 +187,21 @@ def sweep_table(clips: list[ClipScores], base: SmoothingConfig, classes: list[st
 
     Each (camera, label) is smoothed on its own, so one class's setting does not change another
     class's alerts: a row here is what that class would do with its own thresholds.
-    off_threshold keeps its distance below on_threshold (min 0.05).
+    off_threshold keeps its distance below on_threshold (min 0.05); the other keys are the
+    class's own (`smoothing.classes` applied).
     """
     quiet_sources = sorted({c.source for c in clips if c.label is None})
     lines = ["| class | on | min windows | " + " | ".join(f"{s} /10 min" for s in quiet_sources)
              + f" | all quiet /10 min | recall within {within:g} s | found at all | "
                "median latency s |",
              "|---|---|---|" + "---|" * (len(quiet_sources) + 4)]
-    gap = base.on_threshold - base.off_threshold
     for label in classes:
+        # The class's own settings (`smoothing.classes`) with the grid's values in their place.
+        own = replace(base.for_class(label), classes={})
+        gap = own.on_threshold - own.off_threshold
         for on in on_grid:
             for mw in min_windows_grid:
-                sm = replace(base, on_threshold=on, off_threshold=max(0.05, on - gap),
+                sm = replace(own, on_threshold=on, off_threshold=max(0.05, on - gap),
                              min_windows=mw)
                 false = defaultdict(int)
                 minutes = defaultdict(float)
@@ -314,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
                 pickle.dump({"clips": clips, "classes": classes, "what": what}, f)
 
     lines = [f"{what}; smoothing {smoothing.method} on {smoothing.on_threshold} off "
-             f"{smoothing.off_threshold} min_windows {smoothing.min_windows}; "
-             f"{time.monotonic() - t0:.0f} s", ""]
+             f"{smoothing.off_threshold} min_windows {smoothing.min_windows}"
+             + "".join(f", {label}: {over}" for label, over in smoothing.classes.items())
+             + f"; {time.monotonic() - t0:.0f} s", ""]
     lines += alert_table(clips, smoothing, classes, args.within)
     if args.sweep:
         lines += ["", f"Sweep ({smoothing.method}, alpha {smoothing.alpha}):", ""]
