@@ -6,8 +6,8 @@ import pytest
 
 from detector.errors import ConfigError
 from detector.schema import from_dict
-from train.augment import (AugmentConfig, augment_clip, burn_timestamp, crop_window, hflip,
-                           random_timestamps, shake_offsets)
+from train.augment import (CAMERA_STEPS, AugmentConfig, augment_clip, burn_timestamp,
+                           crop_window, hflip, perturbation, random_timestamps, shake_offsets)
 
 T, H, W = 4, 48, 64
 
@@ -329,3 +329,34 @@ def test_the_whole_chain_keeps_boxes_valid_and_clips_whole(size: tuple[int, int,
         assert np.all((boxes >= 0) & (boxes <= 1))
         assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
     np.testing.assert_array_equal(clip, before)
+
+
+def test_a_perturbation_applies_its_camera_transforms_to_every_clip_and_nothing_else() -> None:
+    cfg = perturbation(["greyscale", "low_light"])
+    assert (cfg.greyscale, cfg.low_light, cfg.blur, cfg.hflip, cfg.resized_crop,
+            cfg.color_jitter, cfg.temporal_jitter) == (1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    box = np.array([[0.25, 0.25, 0.75, 0.75]], np.float32)
+    source = np.random.default_rng(0).integers(0, 256, (T, H, W, 3), dtype=np.uint8)
+    for seed in range(5):
+        clip, boxes = augment_clip(source.copy(), box, cfg, np.random.default_rng(seed))
+        assert np.array_equal(clip[..., 0], clip[..., 1])        # greyscale, every time
+        assert clip.mean() < source.mean()                       # darker, every time
+        np.testing.assert_allclose(boxes, box)                   # no geometry changed
+    again, _ = augment_clip(source.copy(), box, cfg, np.random.default_rng(4))
+    assert np.array_equal(again, clip)                           # seeded: the same clip
+
+
+def test_an_unknown_perturbation_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="'fog'.*known: shake, blur"):
+        perturbation(["fog"])
+
+
+def test_vigil_eval_offers_every_camera_transform_as_a_perturbation() -> None:
+    import argparse
+
+    from train.cli import register
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    known = [name for name, _ in CAMERA_STEPS]
+    args = parser.parse_args(["eval", "--checkpoint", "x", "--data", "y", "--perturb", *known])
+    assert args.perturb == known

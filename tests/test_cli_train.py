@@ -84,6 +84,15 @@ def test_train_then_eval_writes_checkpoints_metrics_and_pngs(tmp_path, capsys):
         assert (run / "eval" / png).stat().st_size > 1000
     assert len((run / "eval" / "predictions.jsonl").read_text().splitlines()) == 12
 
+    # The same videos as a dark infrared camera would show them.
+    code = vigil(["eval", "--checkpoint", str(run / "best.pt"), "--data", str(data),
+                  "--split", "all", "--out", str(run / "eval-ir"), "--workers", "0",
+                  "--perturb", "low_light", "greyscale"])
+    assert code == 0
+    assert "perturbed: low_light greyscale" in capsys.readouterr().out
+    ir = json.loads((run / "eval-ir" / "metrics.json").read_text())
+    assert ir["num_videos"] == 12 and ir["loss"] != metrics["loss"]
+
 
 def test_a_bad_override_is_reported_without_a_traceback(tmp_path, capsys):
     code = vigil(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"),

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from statistics import NormalDist
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -446,6 +447,26 @@ CAMERA_STEPS = (
     ("jpeg", _jpeg_step),
     ("frame_drop", _frame_drop_step),
 )
+
+
+def perturbation(names: Sequence[str]) -> AugmentConfig:
+    """An `AugmentConfig` that applies the named camera transforms to every clip and nothing
+    else: for evaluating a model as if the footage came from a worse camera (`vigil eval
+    --perturb low_light greyscale`: a dark infrared picture). The draws are seeded per clip, so
+    two models see the same perturbed clips.
+
+    Args:
+        names: names from `CAMERA_STEPS` (shake, blur, low_light, greyscale, timestamp, jpeg,
+            frame_drop).
+    Raises:
+        ValueError: an unknown name.
+    """
+    known = [name for name, _ in CAMERA_STEPS]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown camera perturbation {unknown[0]!r} (known: {', '.join(known)})")
+    return AugmentConfig(enabled=True, temporal_jitter=0.0, hflip=0.0, color_jitter=0.0,
+                         resized_crop=0.0, **{name: 1.0 for name in names})
 
 
 def augment_clip(clip: np.ndarray, boxes: np.ndarray, cfg: AugmentConfig,

@@ -66,6 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="decoding processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--worst", type=int, default=6, help="videos on the worst-predictions sheet")
+    p.add_argument("--perturb", nargs="+", default=[], metavar="NAME",
+                   choices=("shake", "blur", "low_light", "greyscale", "timestamp", "jpeg",
+                            "frame_drop"),
+                   help="score every clip as a worse camera would show it (the training "
+                        "augmentation's camera transforms, each applied to every clip, seeded "
+                        "per clip), e.g. --perturb low_light greyscale for infrared at night")
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser(
@@ -275,8 +281,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cache_dir = data_cfg.resolved_cache_dir()
     from .cache import ClipCache
     cache = ClipCache(cache_dir) if cache_dir is not None else None
+    from .augment import perturbation
     dataset = ClipDataset(records, mcfg.input, cache=cache,
-                          weak_positives=data_cfg.weak_positives)
+                          weak_positives=data_cfg.weak_positives, train=False,
+                          augment=perturbation(args.perturb) if args.perturb else None)
     amp = engine.resolve_amp("auto", device)
     if dataset.bag_indices():
         # A model trained with data.weak_positives: mil is judged as its validation was: a
@@ -292,6 +300,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
               if k in metrics}
     print(format_table(metrics, losses, title=f"{args.checkpoint} on {args.data} "
                                               f"({args.split} split, {len(records)} videos"
+                                              + (f", perturbed: {' '.join(args.perturb)}"
+                                                 if args.perturb else "")
                                               + (f", {len(skipped)} skipped, see the log"
                                                  if skipped else "") + ")"))
     metrics["per_source"] = report_from_predictions(preds, mcfg.class_names)
