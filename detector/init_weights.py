@@ -8,6 +8,8 @@ on real footage and synthetic scenes (`detector/weights/<name>.pt`, each with a 
 
 - `scratch`: random initialisation (and the backbone's `pretrained` weights, if any);
 - `vigil`: the shipped weights whose architecture matches the recipe's model;
+- the name of shipped weights, e.g. `synth-cpu-v1` (pretrained on synthetic scenes only, the
+  start of the real-footage recipe) or `real-cpu-v1`;
 - a path: any Vigil checkpoint (or a reference `best_model.pth`).
 
 Weights are copied by name where the shapes agree; everything else keeps its fresh
@@ -98,13 +100,18 @@ def find_shipped(cfg: ModelConfig) -> Path:
                           f"them, train.init=scratch, or a checkpoint path")
 
 
+def shipped_by_name(name: str) -> Path | None:
+    """The shipped weights called `name` (`detector/weights/<name>.pt`), or None."""
+    return next((p for p in shipped_weights() if p.stem == name), None)
+
+
 def initialise(model: nn.Module, cfg: ModelConfig, init: str) -> str | None:
     """Copy starting weights into `model` as `init` says.
 
     Args:
         model: a freshly built detector of config `cfg`.
         cfg: its config.
-        init: `scratch`, `vigil`, or a checkpoint path.
+        init: `scratch`, `vigil`, the name of shipped weights, or a checkpoint path.
     Returns:
         The path the weights came from, or None for `scratch`.
     Raises:
@@ -112,7 +119,8 @@ def initialise(model: nn.Module, cfg: ModelConfig, init: str) -> str | None:
     """
     if init == "scratch":
         return None
-    path = find_shipped(cfg) if init == "vigil" else Path(init).expanduser()
+    path = (find_shipped(cfg) if init == "vigil"
+            else shipped_by_name(init) or Path(init).expanduser())
     source, _, _ = load_checkpoint(path)
     theirs = source.state_dict()
     ours = model.state_dict()

@@ -89,3 +89,14 @@ def test_vigil_finds_the_shipped_weights_of_the_same_architecture(tmp_path, monk
     assert find_shipped(same_arch) == path
     model = build_model(same_arch)
     assert initialise(model, same_arch, "vigil") == str(path)
+
+
+def test_shipped_weights_are_also_chosen_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(init_weights, "WEIGHTS_DIR", tmp_path)
+    first, _ = saved(tmp_path, TINY, "tiny-a.pt")
+    second, _ = saved(tmp_path, TINY, "tiny-b.pt")
+    model = build_model(TINY)
+    assert initialise(model, TINY, "tiny-a") == str(first)
+    assert initialise(model, TINY, "tiny-b") == str(second)
+    with pytest.raises(CheckpointError):
+        initialise(model, TINY, "tiny-c")          # neither shipped nor a file
