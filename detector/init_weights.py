@@ -9,7 +9,7 @@ on real footage and synthetic scenes (`detector/weights/<name>.pt`, each with a 
 - `scratch`: random initialisation (and the backbone's `pretrained` weights, if any);
 - `vigil`: the shipped weights whose architecture matches the recipe's model;
 - the name of shipped weights, e.g. `synth-cpu-v1` (pretrained on synthetic scenes only, the
-  start of the real-footage recipe) or `real-cpu-v1`;
+  start of the real-footage recipe) or `real-cpu-v2`;
 - a path: any Vigil checkpoint (or a reference `best_model.pth`).
 
 Weights are copied by name where the shapes agree; everything else keeps its fresh
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_DIR = Path(str(files("detector") / "weights"))
 # The model `model.checkpoint: vigil` serves and `vigil demo` shows: the newest shipped weights
 # trained on real footage (and synthetic scenes, so that its boxes are trained too).
-DEFAULT_MODEL = "real-cpu-v1"
+DEFAULT_MODEL = "real-cpu-v2"
 # The name a config gives for it.
 DEFAULT_MODEL_ALIAS = "vigil"
 # Below this share of the model's values copied, a checkpoint is refused as another architecture.

@@ -200,7 +200,7 @@ class ServeModelConfig(Validated):
         threads: torch CPU threads (null = every core but one, kept for decoding).
     """
     checkpoint: Path = setting(
-        doc="`vigil` (the shipped default model, `docs/models/real-cpu-v1.md`), or a file "
+        doc="`vigil` (the shipped default model, `docs/models/real-cpu-v2.md`), or a file "
             "from `vigil train` or `vigil import-reference` (or a reference "
             "`best_model.pth`), or an `.onnx` file from `vigil export --format onnx`, run by "
             "onnxruntime on the CPU in fp32")
