@@ -30,6 +30,20 @@ REAL_TRAINED = [p for p in EVERY if trained_on_real(p)]
 SYNTH_ONLY = [p for p in EVERY if not trained_on_real(p)]
 
 
+def clips_right(model, cfg, ds: ClipDataset) -> int:
+    """How many of `ds`'s clips the model calls right by the report's clip decision (threshold
+    0.3; none below it)."""
+    right = 0
+    with torch.inference_mode():
+        for i in range(len(ds)):
+            clip, target = ds[i]
+            out = model(normalize_clips(clip[None], cfg.input.mean, cfg.input.std))
+            probs = out["pred_logits"].softmax(-1)[0].numpy()
+            label, _, _ = clip_decision(probs, out["pred_boxes"][0].numpy(), 0.3)
+            right += int(label == true_class(target["labels"].numpy(), len(cfg.class_names)))
+    return right
+
+
 def test_the_default_model_is_the_newest_real_footage_model():
     assert SHIPPED == WEIGHTS_DIR / f"{DEFAULT_MODEL}.pt" and SHIPPED in EVERY
     assert SHIPPED.stem == "real-cpu-v2"
@@ -59,15 +73,7 @@ def test_on_real_clips_it_never_trained_on_it_is_right_well_above_chance(path):
     heldout = split_records(records, REAL, "val", data["val_fraction"], data["split_seed"])
     assert 15 <= len(heldout) <= 40
     ds = ClipDataset(heldout, cfg.input, window_s=data["window_seconds"], train=False)
-    right = 0
-    with torch.inference_mode():
-        for i in range(len(ds)):
-            clip, target = ds[i]
-            x = normalize_clips(clip[None], cfg.input.mean, cfg.input.std)
-            out = model(x)
-            probs = out["pred_logits"].softmax(-1)[0].numpy()
-            label, _, _ = clip_decision(probs, out["pred_boxes"][0].numpy(), 0.3)
-            right += int(label == true_class(target["labels"].numpy(), len(cfg.class_names)))
+    right = clips_right(model, cfg, ds)
     accuracy = right / len(ds)
     assert accuracy >= 0.7, f"{right}/{len(ds)} right on held-out real clips"
 
@@ -82,14 +88,7 @@ def test_the_synthetic_pretrained_weights_tell_synthetic_scenes_apart(path, tmp_
     write_dataset(tmp_path, 12, seed=99, width=128, height=96, fps=25, frames=48, vary=False)
     records, _ = scan_dataset_lenient(tmp_path, class_names=cfg.class_names)
     ds = ClipDataset(records, cfg.input, train=False)
-    right = 0
-    with torch.inference_mode():
-        for i in range(len(ds)):
-            clip, target = ds[i]
-            out = model(normalize_clips(clip[None], cfg.input.mean, cfg.input.std))
-            probs = out["pred_logits"].softmax(-1)[0].numpy()
-            label, _, _ = clip_decision(probs, out["pred_boxes"][0].numpy(), 0.3)
-            right += int(label == true_class(target["labels"].numpy(), len(cfg.class_names)))
+    right = clips_right(model, cfg, ds)
     assert right >= 9, f"{right}/{len(ds)} right on unseen synthetic scenes"
 
 
