@@ -233,7 +233,9 @@ def sweep_table(clips: list[ClipScores], base: SmoothingConfig, classes: list[st
 def fold_jobs(folds_dir: Path, records: list) -> list[tuple[Path, list]]:
     """(fold checkpoint, that fold's held-out records) for a `vigil cv` output directory.
 
-    A fold's held-out clips are the stems in its `val_predictions.jsonl`; its model is `best.pt`.
+    A fold's held-out clips are the stems in its `val_predictions.jsonl`; its model is
+    `last.pt`, the model `vigil cv` scores (`best.pt` was chosen on these very clips, which
+    would flatter the check).
     Raises SystemExit when the directory holds no fold.
     """
     by_stem = {r.stem: r for r in records}
@@ -241,7 +243,7 @@ def fold_jobs(folds_dir: Path, records: list) -> list[tuple[Path, list]]:
     for fold in sorted(folds_dir.glob("fold*/")):
         stems = [json.loads(line)["stem"]
                  for line in (fold / "val_predictions.jsonl").read_text().splitlines() if line]
-        jobs.append((fold / "best.pt", [by_stem[s] for s in stems if s in by_stem]))
+        jobs.append((fold / "last.pt", [by_stem[s] for s in stems if s in by_stem]))
     if not jobs:
         raise SystemExit(f"--folds {folds_dir}: no fold*/ directories with val_predictions.jsonl")
     return jobs
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         clips, classes, what = cached["clips"], cached["classes"], cached["what"]
     else:
         if args.folds:
-            _, cfg, _ = load_checkpoint(next(args.folds.glob("fold*/best.pt")))
+            _, cfg, _ = load_checkpoint(fold_jobs(args.folds, [])[0][0])
         else:
             ckpt = resolve_model_path(args.checkpoint)
             _, cfg, meta = load_checkpoint(ckpt)

@@ -51,3 +51,29 @@ def test_a_score_cache_replays_the_smoothing_without_the_model_and_sweeps_thresh
     assert table_rows(a) == table_rows(b)[:len(table_rows(a))]
     sweep = [l for l in b.splitlines() if l.startswith(("| fight |", "| collapse |"))]
     assert len(sweep) == 2 * 2 * 2      # classes x on values x min_windows values
+
+
+def test_folds_are_checked_with_the_last_epoch_model_that_the_cross_validation_scores(tmp_path):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("alert_check", REPO / "scripts" / "alert-check.py")
+    alert_check = importlib.util.module_from_spec(spec)
+    sys.modules["alert_check"] = alert_check      # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(alert_check)
+    finally:
+        del sys.modules["alert_check"]
+
+    class Rec:
+        def __init__(self, stem):
+            self.stem = stem
+
+    for k, stems in ((1, ["a", "b"]), (2, ["c"])):
+        fold = tmp_path / f"fold{k}"
+        fold.mkdir()
+        (fold / "val_predictions.jsonl").write_text(
+            "".join(json.dumps({"stem": s}) + "\n" for s in stems))
+    jobs = alert_check.fold_jobs(tmp_path, [Rec(s) for s in "abc"])
+    assert [(ckpt.relative_to(tmp_path).as_posix(), [r.stem for r in recs])
+            for ckpt, recs in jobs] == [("fold1/last.pt", ["a", "b"]), ("fold2/last.pt", ["c"])]
