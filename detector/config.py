@@ -33,19 +33,21 @@ class BackboneConfig:
             with [32, 64, 128, 256].
         pool: adaptive average pool of the feature map to (T', H', W'); null = no pooling.
         motion: what the first layer sees (`detector.motion`): `none` (RGB), `diff` (frame
-            differences) or `rgb+diff` (both; small3d only).
+            differences), `rgb+diff` (both), `diff+dev` or `rgb+diff+dev` (with each frame's
+            deviation from the clip's mean over time); the last three small3d only.
     """
     name: Literal["r2plus1d_18", "r3d_18", "mc3_18", "small3d"] = "r2plus1d_18"
     pretrained: Optional[Literal["kinetics400"]] = None
     freeze: Literal["none", "stem", "layer1", "layer2", "layer3", "all"] = "none"
     channels: list[int] = field(default_factory=lambda: [16, 64, 128, 256])
     pool: Optional[list[int]] = field(default_factory=lambda: [2, 7, 7])
-    motion: Literal["none", "diff", "rgb+diff"] = "none"
+    motion: Literal["none", "diff", "rgb+diff", "diff+dev", "rgb+diff+dev"] = "none"
 
     def __post_init__(self) -> None:
-        if self.motion == "rgb+diff" and self.name != "small3d":
-            raise ValueError("backbone.motion: rgb+diff needs 6 input channels, which only "
-                             "small3d has; use diff (3 channels) with a ResNet")
+        if self.motion not in ("none", "diff") and self.name != "small3d":
+            width = 3 * len(self.motion.split("+"))
+            raise ValueError(f"backbone.motion: {self.motion} needs {width} input channels, "
+                             "which only small3d has; use diff (3 channels) with a ResNet")
         if len(self.channels) != 4 or min(self.channels) < 1:
             raise ValueError("backbone.channels must be 4 positive widths")
         if self.pool is not None and (len(self.pool) != 3 or min(self.pool) < 1):

@@ -12,7 +12,13 @@ Modes (`model.backbone.motion`):
 - `diff`: x[t] - x[t-1] per channel, the first frame's difference repeated from the second
   (3 channels, so a 3-channel stem works unchanged);
 - `rgb+diff`: both, concatenated (6 channels; `small3d` only, since a pretrained ResNet stem
-  takes 3).
+  takes 3);
+- `diff+dev` and `rgb+diff+dev`: the differences, and each frame's deviation from the clip's
+  mean over time, x[t] - mean_t(x) (with the clip: 9 channels; without it: 6; `small3d` only).
+  The deviation is a background subtraction with the window itself as the background: what
+  stands still for the whole window is zero, and a person who moved in it stays visible, even
+  in the frames where they hold still (a fallen person lying on the floor), where the frame
+  difference is zero.
 """
 from __future__ import annotations
 
@@ -21,13 +27,18 @@ from typing import Literal
 import torch
 from torch import nn
 
-MotionMode = Literal["none", "diff", "rgb+diff"]
-MOTION_MODES = ("none", "diff", "rgb+diff")
+MotionMode = Literal["none", "diff", "rgb+diff", "diff+dev", "rgb+diff+dev"]
+MOTION_MODES = ("none", "diff", "rgb+diff", "diff+dev", "rgb+diff+dev")
+
+
+def _parts(mode: str) -> list[str]:
+    """The 3-channel components of `mode`, in channel order (`none` is the RGB clip alone)."""
+    return ["rgb"] if mode == "none" else mode.split("+")
 
 
 def motion_channels(mode: str) -> int:
     """Channels the backbone's first layer receives in `mode`."""
-    return 6 if mode == "rgb+diff" else 3
+    return 3 * len(_parts(mode))
 
 
 class MotionInput(nn.Module):
@@ -45,13 +56,18 @@ class MotionInput(nn.Module):
         self.mode = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "none" or x.shape[2] < 2:
-            if self.mode == "rgb+diff":
-                return torch.cat([x, torch.zeros_like(x)], dim=1)
-            return x if self.mode == "none" else torch.zeros_like(x)
-        diff = x[:, :, 1:] - x[:, :, :-1]                       # (B, 3, T-1, H, W)
-        diff = torch.cat([diff[:, :, :1], diff], dim=2)         # first frame: repeat the second
-        return diff if self.mode == "diff" else torch.cat([x, diff], dim=1)
+        parts = []
+        for part in _parts(self.mode):
+            if part == "rgb":
+                parts.append(x)
+            elif part == "dev":
+                parts.append(x - x.mean(dim=2, keepdim=True))
+            elif x.shape[2] < 2:                                 # one frame: nothing moved
+                parts.append(torch.zeros_like(x))
+            else:
+                diff = x[:, :, 1:] - x[:, :, :-1]                # (B, 3, T-1, H, W)
+                parts.append(torch.cat([diff[:, :, :1], diff], dim=2))  # first frame: the second's
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}"
