@@ -63,6 +63,36 @@ def test_only_long_positives_without_segments_become_bags(tmp_path):
         ["whole", "whole", "window"]
 
 
+def test_in_evaluation_every_long_clip_is_a_bag_whatever_its_label(tmp_path):
+    long_pos = record(tmp_path / "fall.mp4", 40, 1)
+    long_neg = record(tmp_path / "walk.mp4", 40, None)
+    short_neg = record(tmp_path / "still.mp4", 11, None)
+    assert [s.kind for s in plan_samples([long_pos, long_neg, short_neg], 1.0, train=False,
+                                         weak_positives="mil")] == ["bag", "bag", "whole"]
+
+
+def test_evaluation_judges_positives_and_negatives_by_their_highest_scoring_window(tmp_path):
+    """Label-blind max pooling: the window with the highest score of ANY class is chosen, so a
+    negative is judged by the window most likely to raise a false alarm, and a positive's label
+    does not pick its window."""
+    walk = record(ramp_video(tmp_path / "walk.mp4", 40), 40, None)
+    fall = record(ramp_video(tmp_path / "fall.mp4", 40), 40, 1)
+    ds = ClipDataset([walk, fall], INPUT, window_s=1.0, train=False, weak_positives="mil")
+    assert ds.bag_indices() == [0, 1]
+
+    class DarkForFightBrightForCollapse(BrightnessModel):
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 1, 3)
+            logits[:, 0, 0] = 1.0 - x.mean(dim=(1, 2, 3, 4)) * 10 / 255   # fight: darkest
+            logits[:, 0, 1] = -5.0 + x.mean(dim=(1, 2, 3, 4)) * 10 / 255   # collapse: brightest
+            return {"pred_logits": logits}
+
+    choose_bag_windows(DarkForFightBrightForCollapse(label=0), ds, torch.device("cpu"))
+    # Both clips are looked at by their most fight-like window, the fall's label notwithstanding.
+    assert ds.bag_choice(0) == 0 and ds.bag_choice(1) == 0
+    assert ds[0][1]["labels"].tolist() == [] and ds[1][1]["labels"].tolist() == [1]
+
+
 def test_each_bag_shows_the_window_the_model_scores_highest(tmp_path):
     fall = record(ramp_video(tmp_path / "fall.mp4", 40), 40, 1)
     ds = ClipDataset([fall], INPUT, window_s=1.0, train=True, weak_positives="mil")

@@ -233,7 +233,8 @@ def plan_samples(records: Sequence[VideoRecord], window_s: Optional[float], trai
         margin_s: an outside window keeps at least this far from every segment.
         weak_positives: `whole` (the reference: a positive without segments is one sample over
             the whole video) or `mil` (such a video longer than `BAG_MIN_WINDOWS` windows is a
-            `bag` of grid windows, one of them shown per epoch).
+            `bag` of grid windows, one of them shown per epoch; in evaluation every video
+            without segments longer than that is a bag, negatives too).
     Returns:
         Samples in record order.
     """
@@ -245,11 +246,13 @@ def plan_samples(records: Sequence[VideoRecord], window_s: Optional[float], trai
             out.append(Sample(i, "inside"))
             if train and outside_starts(rec, window_s, margin_s).size:
                 out.append(Sample(i, "outside"))
+        elif (weak_positives == "mil" and (rec.is_positive or not train)
+              and rec.duration_s > BAG_MIN_WINDOWS * window_s):
+            # In evaluation every long clip is a bag, whatever its label, so that a clip is
+            # judged by its highest-scoring window (`train.mil`) without the label choosing how.
+            out.append(Sample(i, "bag"))
         elif not rec.is_positive and rec.duration_s > 1.5 * window_s:
             out.append(Sample(i, "window"))
-        elif (weak_positives == "mil" and rec.is_positive
-              and rec.duration_s > BAG_MIN_WINDOWS * window_s):
-            out.append(Sample(i, "bag"))
         else:
             out.append(Sample(i, "whole"))
     return out

@@ -8,7 +8,9 @@ least one holds the action (Sultani, Chen and Shah, "Real-world Anomaly Detectio
 Surveillance Videos", CVPR 2018; here the top-1 instance, as in their MIL ranking loss): before
 each epoch, every bag shows the window the current model scores highest for the clip's class.
 
-`ClipDataset(weak_positives="mil")` plans the bags; `choose_bag_windows` makes the choice.
+`ClipDataset(weak_positives="mil")` plans the bags; `choose_bag_windows` makes the choice. In
+evaluation every long clip, negatives too, is judged by its highest-scoring window, so the label
+never decides how a clip is looked at.
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def choose_bag_windows(model: nn.Module, dataset: ClipDataset, device: torch.device,
                        amp: torch.dtype | None = None, batch_size: int = 16) -> dict[str, Any]:
-    """Point every bag of `dataset` at its window the model scores highest for the bag's class.
+    """Point every bag of `dataset` at its window the model scores highest for the bag's class
+    (a training dataset) or for any class (an evaluation dataset, whose bags include negatives:
+    max pooling over the windows, as MIL infers a bag's label).
 
     A window's score for class c is the best query's softmax probability of c (as the daemon's
     `class_scores`). Windows are loaded without augmentation. The model is put in eval mode for
@@ -61,7 +65,9 @@ def choose_bag_windows(model: nn.Module, dataset: ClipDataset, device: torch.dev
     sizes = []                      # windows per bag, in `bags` order
     for i in bags:
         record = dataset.records[dataset.samples[i].record]
-        label = int(record.annotations[0, 0])
+        # Training looks for the label's window; evaluation may not use the label, so it takes
+        # the window with the highest score of any class (-1), for positives and negatives alike.
+        label = int(record.annotations[0, 0]) if dataset.train else -1
         windows = dataset.bag_windows(i)
         sizes.append(len(windows))
         for k, (first, count) in enumerate(windows):
@@ -77,8 +83,9 @@ def choose_bag_windows(model: nn.Module, dataset: ClipDataset, device: torch.dev
             logits = net(x)["pred_logits"]
         probs = logits.float().softmax(-1)
         labels = torch.tensor([job[4] for job in chunk], device=probs.device)
-        per_query = probs.gather(-1, labels.view(-1, 1, 1).expand(-1, probs.shape[1], 1))
-        scores[b:b + len(chunk)] = per_query.amax(dim=(1, 2)).cpu().numpy()
+        own = probs.gather(-1, labels.clamp(min=0).view(-1, 1, 1).expand(-1, probs.shape[1], 1))
+        best = torch.where(labels >= 0, own.amax(dim=(1, 2)), probs[..., :-1].amax(dim=(1, 2)))
+        scores[b:b + len(chunk)] = best.cpu().numpy()
     if was_training:
         net.train(True)
     positions, chosen = [], []
