@@ -8,7 +8,7 @@ on real footage and synthetic scenes (`detector/weights/<name>.pt`, each with a 
 
 - `scratch`: random initialisation (and the backbone's `pretrained` weights, if any);
 - `vigil`: the shipped weights whose architecture matches the recipe's model;
-- the name of shipped weights, e.g. `synth-cpu-v1` (pretrained on synthetic scenes only, the
+- the name of shipped weights, e.g. `synth-cpu-v2` (pretrained on synthetic scenes only, the
   start of the real-footage recipe) or `real-cpu-v2`;
 - a path: any Vigil checkpoint (or a reference `best_model.pth`).
 

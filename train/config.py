@@ -147,7 +147,7 @@ class RunConfig:
         iou_threshold: det-acc IoU threshold (report: 0.5).
         log_every: log a line every this many steps when the progress bar is off.
         init: starting weights (`detector.init_weights`): `scratch`, `vigil` (Vigil's shipped
-            weights for this architecture), the name of shipped weights (`synth-cpu-v1`) or a
+            weights for this architecture), the name of shipped weights (`synth-cpu-v2`) or a
             checkpoint path. A resumed run ignores it.
         loss_autocast: compute the loss inside the autocast region, on the model's fp16
             outputs (the reference implementation); false = in float32 (Vigil: fp16 logits
