@@ -45,9 +45,10 @@ class BackboneConfig:
 
     def __post_init__(self) -> None:
         if self.motion not in ("none", "diff") and self.name != "small3d":
-            width = 3 * len(self.motion.split("+"))
-            raise ValueError(f"backbone.motion: {self.motion} needs {width} input channels, "
-                             "which only small3d has; use diff (3 channels) with a ResNet")
+            from .motion import motion_channels    # here: the config module stays torch-free
+            raise ValueError(f"backbone.motion: {self.motion} needs "
+                             f"{motion_channels(self.motion)} input channels, which only small3d "
+                             "has; use diff (3 channels) with a ResNet")
         if len(self.channels) != 4 or min(self.channels) < 1:
             raise ValueError("backbone.channels must be 4 positive widths")
         if self.pool is not None and (len(self.pool) != 3 or min(self.pool) < 1):

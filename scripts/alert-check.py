@@ -49,6 +49,7 @@ from streamer.windows import window_seqs, window_span  # noqa: E402
 from streamer.worker import InferenceWorker, WindowMeta  # noqa: E402
 from train.dataset import scan_dataset_lenient  # noqa: E402
 from train.splits import split_records  # noqa: E402
+from train.trainer import LAST  # noqa: E402
 
 log = logging.getLogger("alert-check")
 
@@ -230,22 +231,31 @@ def sweep_table(clips: list[ClipScores], base: SmoothingConfig, classes: list[st
     return lines
 
 
+def fold_dirs(folds_dir: Path) -> list[Path]:
+    """The fold run folders of a `vigil cv` output directory, in order.
+
+    Raises SystemExit when the directory holds none.
+    """
+    folds = sorted(folds_dir.glob("fold*/"))
+    if not folds:
+        raise SystemExit(f"--folds {folds_dir}: no fold*/ directories with val_predictions.jsonl")
+    return folds
+
+
 def fold_jobs(folds_dir: Path, records: list) -> list[tuple[Path, list]]:
     """(fold checkpoint, that fold's held-out records) for a `vigil cv` output directory.
 
-    A fold's held-out clips are the stems in its `val_predictions.jsonl`; its model is
-    `last.pt`, the model `vigil cv` scores (`best.pt` was chosen on these very clips, which
-    would flatter the check).
+    A fold's held-out clips are the stems in its `val_predictions.jsonl`; its model is its last
+    epoch (`train.trainer.LAST`), the model `vigil cv` scores (`best.pt` was chosen on these very
+    clips, which would flatter the check).
     Raises SystemExit when the directory holds no fold.
     """
     by_stem = {r.stem: r for r in records}
     jobs = []
-    for fold in sorted(folds_dir.glob("fold*/")):
+    for fold in fold_dirs(folds_dir):
         stems = [json.loads(line)["stem"]
                  for line in (fold / "val_predictions.jsonl").read_text().splitlines() if line]
-        jobs.append((fold / "last.pt", [by_stem[s] for s in stems if s in by_stem]))
-    if not jobs:
-        raise SystemExit(f"--folds {folds_dir}: no fold*/ directories with val_predictions.jsonl")
+        jobs.append((fold / LAST, [by_stem[s] for s in stems if s in by_stem]))
     return jobs
 
 
@@ -288,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         clips, classes, what = cached["clips"], cached["classes"], cached["what"]
     else:
         if args.folds:
-            _, cfg, _ = load_checkpoint(fold_jobs(args.folds, [])[0][0])
+            _, cfg, _ = load_checkpoint(fold_dirs(args.folds)[0] / LAST)
         else:
             ckpt = resolve_model_path(args.checkpoint)
             _, cfg, meta = load_checkpoint(ckpt)
