@@ -63,12 +63,16 @@ def test_only_long_positives_without_segments_become_bags(tmp_path):
         ["whole", "whole", "window"]
 
 
-def test_in_evaluation_every_long_clip_is_a_bag_whatever_its_label(tmp_path):
+@pytest.mark.parametrize("weak_positives", ["mil", "whole"])
+def test_in_evaluation_every_long_clip_is_a_bag_whatever_its_label_and_recipe(tmp_path,
+                                                                              weak_positives):
+    """A model trained on whole clips is judged as the daemon sees it too: window by window,
+    not a positive squeezed whole and a negative through its middle window."""
     long_pos = record(tmp_path / "fall.mp4", 40, 1)
     long_neg = record(tmp_path / "walk.mp4", 40, None)
     short_neg = record(tmp_path / "still.mp4", 11, None)
     assert [s.kind for s in plan_samples([long_pos, long_neg, short_neg], 1.0, train=False,
-                                         weak_positives="mil")] == ["bag", "bag", "whole"]
+                                         weak_positives=weak_positives)] == ["bag", "bag", "whole"]
 
 
 def test_evaluation_judges_positives_and_negatives_by_their_highest_scoring_window(tmp_path):

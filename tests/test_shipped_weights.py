@@ -74,9 +74,8 @@ def test_on_real_clips_it_never_trained_on_it_is_right_well_above_chance(path):
     heldout = split_records(records, REAL, "val", data["val_fraction"], data["split_seed"])
     assert 15 <= len(heldout) <= 40
     # Sampled as the run's own evaluation samples them (`vigil eval` reads the same keys).
-    ds = ClipDataset(heldout, cfg.input, window_s=data["window_seconds"], train=False,
-                     weak_positives=data.get("weak_positives", "whole"))
-    choose_bag_windows(model, ds, torch.device("cpu"))   # a long clip: its best window (mil)
+    ds = ClipDataset(heldout, cfg.input, window_s=data["window_seconds"], train=False)
+    choose_bag_windows(model, ds, torch.device("cpu"))   # a long clip: its best window
     right = clips_right(model, cfg, ds)
     accuracy = right / len(ds)
     assert accuracy >= 0.7, f"{right}/{len(ds)} right on held-out real clips"

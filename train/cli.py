@@ -282,15 +282,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .cache import ClipCache
     cache = ClipCache(cache_dir) if cache_dir is not None else None
     from .augment import perturbation
-    dataset = ClipDataset(records, mcfg.input, cache=cache,
-                          weak_positives=data_cfg.weak_positives, train=False,
+    dataset = ClipDataset(records, mcfg.input, cache=cache, train=False,
                           augment=perturbation(args.perturb) if args.perturb else None)
     amp = engine.resolve_amp("auto", device)
-    if dataset.bag_indices():
-        # A model trained with data.weak_positives: mil is judged as its validation was: a
-        # clip labelled as a whole by its best window.
-        from .mil import choose_bag_windows
-        choose_bag_windows(model, dataset, device, amp)
+    # A long clip is judged by its best window (label-blind), as validation judged it.
+    from .mil import choose_bag_windows
+    choose_bag_windows(model, dataset, device, amp)
     loader = DataLoader(dataset, batch_size=args.batch, shuffle=False, num_workers=args.workers,
                         collate_fn=collate)
     criterion = build_criterion(loss_cfg, mcfg.num_classes).to(device)

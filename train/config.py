@@ -90,10 +90,11 @@ class DataConfig:
             has any annotation, whatever part of it the sample shows. With whole-video samples
             (`window_seconds: 0`) and no time segments the two are the same.
         weak_positives: how a video labelled as an action for the whole clip (no time segment)
-            but longer than a window is sampled: `whole` (the reference) squeezes the whole clip
-            into T frames; `mil` treats it as a bag of windows and trains, each epoch, on the
-            window the model then scores highest for the clip's class (`train.mil`), so the
-            model learns the action at the time scale the daemon's windows show.
+            but longer than a window is sampled in training: `whole` (the reference) squeezes
+            the whole clip into T frames; `mil` treats it as a bag of windows and trains, each
+            epoch, on the window the model then scores highest for the clip's class
+            (`train.mil`), so the model learns the action at the time scale the daemon's windows
+            show. Evaluation does not depend on it (`train.dataset.plan_samples`).
     """
     batch_size: int = 4
     num_workers: int = 2

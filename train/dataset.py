@@ -21,6 +21,10 @@ class, optional box, optional time segment), group, source and split. Splits and
   squeezed sample: which window it shows is chosen from outside (`choose_bag_window`, by
   `train.mil` from the model's own scores: multiple-instance learning), so the model learns the
   action at the daemon's time scale, not a whole clip compressed into T frames.
+* in evaluation, whatever `weak_positives`, every video without segments that is longer than
+  `1.25 * window_s` is a bag, negatives too, judged by its highest-scoring window of any class
+  (`train.mil`): the label never decides how a clip is looked at, and a long quiet clip is
+  looked at everywhere, as the daemon would.
 
 With temporal jitter (training), a "pool" of `pool_factor * T` frames spread uniformly over the
 sample's span is decoded, cached as one entry, and T of them are drawn with per-segment random
@@ -231,10 +235,11 @@ def plan_samples(records: Sequence[VideoRecord], window_s: Optional[float], trai
             whole video, as in the reference implementation.
         train: add the outside-the-segment negatives (evaluation takes one sample per video).
         margin_s: an outside window keeps at least this far from every segment.
-        weak_positives: `whole` (the reference: a positive without segments is one sample over
-            the whole video) or `mil` (such a video longer than `BAG_MIN_WINDOWS` windows is a
-            `bag` of grid windows, one of them shown per epoch; in evaluation every video
-            without segments longer than that is a bag, negatives too).
+        weak_positives: how training samples a positive without segments: `whole` (the
+            reference: one sample over the whole video) or `mil` (such a video longer than
+            `BAG_MIN_WINDOWS` windows is a `bag` of grid windows, one of them shown per epoch).
+            Evaluation ignores it: there every video without segments longer than
+            `BAG_MIN_WINDOWS` windows is a bag, negatives too, whichever way the model trained.
     Returns:
         Samples in record order.
     """
@@ -246,10 +251,11 @@ def plan_samples(records: Sequence[VideoRecord], window_s: Optional[float], trai
             out.append(Sample(i, "inside"))
             if train and outside_starts(rec, window_s, margin_s).size:
                 out.append(Sample(i, "outside"))
-        elif (weak_positives == "mil" and (rec.is_positive or not train)
+        elif (((weak_positives == "mil" and rec.is_positive) or not train)
               and rec.duration_s > BAG_MIN_WINDOWS * window_s):
-            # In evaluation every long clip is a bag, whatever its label, so that a clip is
-            # judged by its highest-scoring window (`train.mil`) without the label choosing how.
+            # In evaluation every long clip is a bag, whatever its label and however the model
+            # was trained, so that a clip is judged as the daemon sees it, by its
+            # highest-scoring window (`train.mil`), without the label choosing how.
             out.append(Sample(i, "bag"))
         elif not rec.is_positive and rec.duration_s > 1.5 * window_s:
             out.append(Sample(i, "window"))

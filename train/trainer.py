@@ -155,8 +155,7 @@ def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     val_loader = None
     if val_records:
         val_ds = ClipDataset(val_records, input_cfg, augment=None, cache=cache,
-                             seed=cfg.train.seed, window_s=window, train=False,
-                             weak_positives=cfg.data.weak_positives)
+                             seed=cfg.train.seed, window_s=window, train=False)
         shard = D.ShardSampler(len(val_ds), ctx.rank, ctx.world_size) if ctx.enabled else None
         val_loader = DataLoader(val_ds, batch_size=cfg.data.batch_size, shuffle=False,
                                 sampler=shard,
@@ -421,9 +420,8 @@ def _fit(cfg: TrainConfig, ctx: D.DistContext, train_records: Sequence[VideoReco
         validate = val_loader is not None and is_validation_epoch(epoch, cfg)
         if validate:
             criterion.cast_float = True     # validation computes its loss in float32
-            if cfg.data.weak_positives == "mil":
-                # A bag is judged by its best window, as the daemon alerts on any window.
-                mil.choose_bag_windows(net, val_loader.dataset, device, amp)
+            # A long clip is judged by its best window, as the daemon alerts on any window.
+            mil.choose_bag_windows(net, val_loader.dataset, device, amp)
             val_metrics, val_preds = _validate(model, criterion, val_loader, cfg, ctx, amp)
             criterion.cast_float = not loss_autocast
             val_metrics.pop("per_video", None)
