@@ -61,7 +61,9 @@ def test_alert_rules_name_exported_metrics():
     groups = yaml.safe_load(RULES.read_text())["groups"]
     rules = [r for g in groups for r in g["rules"]]
     assert {r["alert"] for r in rules} >= {"VigilCameraDown", "VigilWindowsSkipped",
-                                           "VigilAlertLatencyHigh", "VigilDown"}
+                                           "VigilAlertLatencyHigh", "VigilDown",
+                                           "VigilJournalNotWritable", "VigilJournalLost",
+                                           "VigilReplayDown"}
     for rule in rules:
         for name in METRIC_RE.findall(rule["expr"]):
             assert name in exported, f"rule {rule['alert']}: {name} is not exported"
