@@ -42,6 +42,25 @@ def test_the_shipped_model_sees_the_fight_and_the_collapse_and_nothing_on_the_qu
         assert re.search(rf"check {cam}\s+PASS", out.stdout), cam
 
 
+def test_the_demo_serves_the_shipped_model_with_the_alert_settings_of_the_example_config(
+        tmp_path):
+    """The demo of the shipped model runs as a user's `vigil serve --config configs/vigil.yaml`
+    would: the same per-class smoothing; other models get the daemon's defaults."""
+    import yaml
+
+    from streamer.tools.demo import SHIPPED_SMOOTHING_CLASSES, DemoPorts, demo_config
+
+    example = yaml.safe_load((ROOT / "configs" / "vigil.yaml").read_text())
+    assert example["model"]["checkpoint"] == "vigil"
+    assert example["smoothing"]["classes"] == SHIPPED_SMOOTHING_CLASSES
+    from detector.init_weights import default_weights
+
+    cfg = demo_config(tmp_path, default_weights(), DemoPorts(1, 2, 3), SHIPPED_SMOOTHING_CLASSES)
+    assert cfg["smoothing"]["classes"] == SHIPPED_SMOOTHING_CLASSES
+    assert demo_config(tmp_path, default_weights(), DemoPorts(1, 2, 3))["smoothing"] == \
+        {"classes": {}}
+
+
 def test_a_missing_model_file_is_one_line_not_a_traceback(tmp_path):
     out = run_demo(tmp_path, "--model", str(tmp_path / "nope.pt"))
     assert out.returncode != 0 and "no such checkpoint file" in out.stderr

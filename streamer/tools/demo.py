@@ -78,6 +78,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_demo)
 
 
+# The per-class alert settings configs/vigil.yaml gives the shipped model
+# (docs/models/real-cpu-v2.md, "Alert settings"): a fall is over in a window or two, so a
+# collapse starts on one confident window. The demo serves the shipped model with them, as a
+# user's daemon would; any other model with the daemon's defaults.
+SHIPPED_SMOOTHING_CLASSES = {"collapse": {"on_threshold": 0.9, "min_windows": 1}}
+
+
 def demo_model(choice: str, cache_dir: Optional[Path]) -> tuple[Path, str]:
     """The checkpoint the demo serves and how it was obtained (printed).
 
@@ -111,7 +118,8 @@ def run_demo(args: argparse.Namespace) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vigil-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     ports = DemoPorts(_port_or_free(args.metrics_port), _port_or_free(5557), _port_or_free(5558))
-    daemon = DaemonProcess(workdir, demo_config(workdir, checkpoint, ports))
+    classes = SHIPPED_SMOOTHING_CLASSES if how == "shipped" else {}
+    daemon = DaemonProcess(workdir, demo_config(workdir, checkpoint, ports, classes))
     print(f"vigil demo: 2/3 starting `vigil serve --config {daemon.config_path}`", flush=True)
     try:
         daemon.start()
@@ -144,8 +152,10 @@ def quiet_seed(params: dict, start: int = 22) -> int:
     return seed
 
 
-def demo_config(workdir: Path, checkpoint: Path, ports: DemoPorts) -> dict:
-    """The daemon config of the demo: three looping synthetic cameras on loopback ports."""
+def demo_config(workdir: Path, checkpoint: Path, ports: DemoPorts,
+                smoothing_classes: Optional[dict] = None) -> dict:
+    """The daemon config of the demo: three looping synthetic cameras on loopback ports, and
+    `smoothing_classes` as `smoothing.classes` (none: the daemon's defaults)."""
     from detector.checkpoint import load_checkpoint
 
     _, model_cfg, _ = load_checkpoint(checkpoint)
@@ -161,6 +171,7 @@ def demo_config(workdir: Path, checkpoint: Path, ports: DemoPorts) -> dict:
         "alerts": {"endpoint": f"tcp://127.0.0.1:{ports.alerts}",
                    "replay_endpoint": f"tcp://127.0.0.1:{ports.replay}", "heartbeat_s": 2.0},
         "metrics": {"host": "127.0.0.1", "port": ports.metrics},
+        "smoothing": {"classes": dict(smoothing_classes or {})},
     }
     return cfg
 
