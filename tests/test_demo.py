@@ -48,13 +48,12 @@ def test_the_demo_serves_the_shipped_model_with_the_alert_settings_of_the_exampl
     would: the same per-class smoothing; other models get the daemon's defaults."""
     import yaml
 
+    from detector.init_weights import default_weights
     from streamer.tools.demo import SHIPPED_SMOOTHING_CLASSES, DemoPorts, demo_config
 
     example = yaml.safe_load((ROOT / "configs" / "vigil.yaml").read_text())
     assert example["model"]["checkpoint"] == "vigil"
     assert example["smoothing"]["classes"] == SHIPPED_SMOOTHING_CLASSES
-    from detector.init_weights import default_weights
-
     cfg = demo_config(tmp_path, default_weights(), DemoPorts(1, 2, 3), SHIPPED_SMOOTHING_CLASSES)
     assert cfg["smoothing"]["classes"] == SHIPPED_SMOOTHING_CLASSES
     assert demo_config(tmp_path, default_weights(), DemoPorts(1, 2, 3))["smoothing"] == \
