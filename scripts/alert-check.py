@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 from detector.checkpoint import load_checkpoint  # noqa: E402
 from detector.init_weights import resolve_model_path  # noqa: E402
-from streamer.config import SmoothingConfig, load_config  # noqa: E402
+from detector.errors import VigilError  # noqa: E402
+from streamer.config import SmoothingConfig, load_smoothing  # noqa: E402
 from streamer.events import EventTracker  # noqa: E402
 from streamer.windows import window_seqs, window_span  # noqa: E402
 from streamer.worker import InferenceWorker, WindowMeta  # noqa: E402
@@ -142,7 +143,7 @@ def score_records(ckpt: Path, records: list, stride: int, loop_s: float) -> tupl
                                 score_clip(worker, frames, fps, cfg.input.clip_seconds,
                                            cfg.input.frames, stride)))
         if n % 25 == 0:
-            log.warning("%s: %d/%d clips, %.0f s", ckpt.name, n, len(records),
+            log.info("%s: %d/%d clips, %.0f s", ckpt.name, n, len(records),
                         time.monotonic() - t0)
     return clips, classes
 
@@ -266,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a `vigil cv` output directory: score each clip with the fold model that "
                         "held it out (out-of-fold alerts for the recipe); replaces --checkpoint")
     p.add_argument("--data", required=True, help="labelled dataset (any layout vigil reads)")
-    p.add_argument("--config", default=None, help="a vigil.yaml whose smoothing: to use")
+    p.add_argument("--config", default=None,
+                   help="a vigil.yaml whose smoothing: to use (only that section is read)")
     p.add_argument("--stride", type=int, default=8, help="frames between windows (default 8)")
     p.add_argument("--within", type=float, default=3.0, help="seconds allowed after the action")
     p.add_argument("--out", type=Path, default=None, help="also write the table here")
@@ -288,9 +290,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-windows-grid", type=int, nargs="+", default=[1, 2, 3, 4])
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)           # its own progress; the libraries' INFO stays quiet
+    try:
+        return run(args, p)
+    except VigilError as exc:            # a bad file or path: one line, as `vigil` says it
+        print(f"alert-check: {exc}", file=sys.stderr)
+        return 2
 
-    smoothing = (load_config(args.config, check_paths=False).smoothing if args.config
-                 else SmoothingConfig())
+
+def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
+    """Score (or read the cached scores), replay the smoothing, print the tables."""
+    smoothing = load_smoothing(args.config) if args.config else SmoothingConfig()
     t0 = time.monotonic()
     if args.scores and args.scores.exists():
         with args.scores.open("rb") as f:
@@ -316,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
                             "split")
                 records = split_records(records, args.data, args.split, data["val_fraction"],
                                         data.get("split_seed", 0))
+            if args.split != "val":
+                log.warning("scoring %s clips of %s: any the model trained on flatter it; "
+                            "--split val keeps the clips its run held out, --folds scores each "
+                            "clip with the `vigil cv` fold model that did not train on it",
+                            args.split, args.data)
             jobs = [(ckpt, records[:args.limit] if args.limit else records)]
             what = f"checkpoint {ckpt.name}"
         clips = []

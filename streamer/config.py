@@ -618,11 +618,40 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None,
         ConfigError: naming the file and the dotted key; never containing a password.
     """
     path = Path(path)
+    return parse_config(_read_yaml(path), source=str(path), base_dir=path.resolve().parent,
+                        environ=environ, check_paths=check_paths)
+
+
+def load_smoothing(path: str | Path) -> SmoothingConfig:
+    """Only the `smoothing:` section of a daemon config file, validated as `load_config`
+    validates it. Nothing else in the file is read, so an offline tool
+    (`scripts/alert-check.py --config`) can replay a config's alert settings without its
+    cameras' `${VARIABLES}` set.
+
+    Raises:
+        ConfigError: `<file>: smoothing.<key>: <problem>`, or the file is not a YAML mapping.
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
     try:
-        data = load_yaml(path)
+        smoothing = from_dict(SmoothingConfig, data.get("smoothing"), "smoothing")
+        smoothing.validate("smoothing")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return smoothing
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML tree of `path` (`load_yaml`: duplicate keys refused).
+
+    Raises:
+        ConfigError: unreadable or invalid YAML, without quoting the offending line.
+    """
+    try:
+        return load_yaml(path)
     except ConfigError as exc:
         # A YAML syntax error quotes the offending line, which may hold a URL with a password
         # (cut anywhere, so masking cannot be trusted): report the problem and position only.
         raise ConfigError(_yaml_error_without_snippet(path) or mask_secrets(str(exc))) from None
-    return parse_config(data, source=str(path), base_dir=path.resolve().parent, environ=environ,
-                        check_paths=check_paths)

@@ -77,3 +77,17 @@ def test_folds_are_checked_with_the_last_epoch_model_that_the_cross_validation_s
     jobs = alert_check.fold_jobs(tmp_path, [Rec(s) for s in "abc"])
     assert [(ckpt.relative_to(tmp_path).as_posix(), [r.stem for r in recs])
             for ckpt, recs in jobs] == [("fold1/last.pt", ["a", "b"]), ("fold2/last.pt", ["c"])]
+
+
+def test_a_bad_file_is_one_line_not_a_traceback(tmp_path):
+    script = [sys.executable, str(REPO / "scripts" / "alert-check.py"), "--data", str(tmp_path)]
+    proc = subprocess.run(script + ["--checkpoint", str(tmp_path / "nope.pt")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"alert-check: {tmp_path / 'nope.pt'}: no such checkpoint file"
+    config = tmp_path / "vigil.yaml"
+    config.write_text("smoothing:\n  classes:\n    collapse: {on_treshold: 0.9}\n")
+    proc = subprocess.run(script + ["--config", str(config)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "smoothing.classes.collapse.on_treshold: unknown key" in proc.stderr

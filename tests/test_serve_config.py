@@ -8,7 +8,7 @@ import pytest
 
 from detector.errors import ConfigError
 from streamer.config import (CameraSettings, ServeConfig, SmoothingConfig, load_config,
-                             mask_url, parse_config)
+                             load_smoothing, mask_url, parse_config)
 
 PASSWORD = "hunter2-Secret"
 
@@ -141,6 +141,25 @@ def test_a_class_overrides_only_the_smoothing_keys_it_names(tmp_path):
     assert (collapse.on_threshold, collapse.min_windows, collapse.off_threshold) == (0.5, 1, 0.4)
     assert collapse.classes == {}
     assert fight is cfg.smoothing and (fight.on_threshold, fight.min_windows) == (0.7, 2)
+
+
+def test_the_smoothing_section_alone_loads_without_the_cameras_secrets(tmp_path):
+    """Offline tools replay a config's alert settings; the cameras' ${VARIABLES} need not be set
+    and the checkpoint need not exist, but the section is validated as the daemon validates it."""
+    path = write(tmp_path, MINIMAL + """    smoothing:
+      classes:
+        collapse: {on_threshold: 0.9, min_windows: 1}
+    """, checkpoint=False)
+    smoothing = load_smoothing(path)
+    assert smoothing.for_class("collapse").on_threshold == 0.9
+    assert smoothing.for_class("fight") == SmoothingConfig(classes=smoothing.classes)
+    with pytest.raises(ConfigError, match="CAM_PASS"):
+        load_config(path, environ={})
+    bad = write(tmp_path, "smoothing:\n  classes:\n    collapse: {on_treshold: 0.9}\n")
+    with pytest.raises(ConfigError, match=r"vigil.yaml: smoothing.classes.collapse.on_treshold: "
+                                          r"unknown key"):
+        load_smoothing(bad)
+    assert load_smoothing(write(tmp_path, "data_dir: d\n")) == SmoothingConfig()
 
 
 def test_unknown_camera_key_and_bad_override_are_refused(tmp_path):
