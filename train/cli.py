@@ -26,8 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", formatter_class=fmt,
         help="train the detector on a labelled dataset",
-        description="Train the detector on DATA (videos/ labels/ [splits/ or split.json], or a "
-                    "folder with action_challenge.csv). Writes OUT/last.pt after every epoch, "
+        description="Train the detector on DATA: any layout `vigil data check` reads (videos/ "
+                    "labels/ [splits/ or split.json]; a labels.csv or other CSV manifest; "
+                    "class folders such as fight/ none/ fall/; a folder with "
+                    "action_challenge.csv). Writes OUT/last.pt after every epoch, "
                     "OUT/best.pt for the best validation det-acc@0.5 (train.select_by; "
                     "reference.yaml: video acc + 0.2 x det-acc), OUT/metrics.jsonl; resumes "
                     "from OUT/last.pt when it exists. Runs unchanged under torchrun "
