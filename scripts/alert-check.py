@@ -338,7 +338,7 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             clips.extend(score_records(ckpt_path, recs, args.stride, args.loop_s)[0])
         what += (f", data {args.data} ({'folds' if args.folds else args.split}), stride "
                  f"{args.stride}, action clips looped to {args.loop_s:g} s, {len(clips)} clips, "
-                 f"{len(problems)} not readable")
+                 f"{len(problems)} skipped (unreadable or badly labelled, see the warnings)")
         if args.scores:
             with args.scores.open("wb") as f:
                 pickle.dump({"clips": clips, "classes": classes, "what": what}, f)
