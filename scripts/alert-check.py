@@ -144,7 +144,7 @@ def score_records(ckpt: Path, records: list, stride: int, loop_s: float) -> tupl
                                            cfg.input.frames, stride)))
         if n % 25 == 0:
             log.info("%s: %d/%d clips, %.0f s", ckpt.name, n, len(records),
-                        time.monotonic() - t0)
+                     time.monotonic() - t0)
     return clips, classes
 
 
