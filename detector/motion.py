@@ -22,13 +22,13 @@ Modes (`model.backbone.motion`):
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 MotionMode = Literal["none", "diff", "rgb+diff", "diff+dev", "rgb+diff+dev"]
-MOTION_MODES = ("none", "diff", "rgb+diff", "diff+dev", "rgb+diff+dev")
+MOTION_MODES: tuple[str, ...] = get_args(MotionMode)
 
 
 def _parts(mode: str) -> list[str]:
