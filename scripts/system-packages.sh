@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the integration tests start: GStreamer's RTSP server (run under
-# Debian's own python3, which python3-gi is built for), Prometheus with promtool, systemd-analyze.
+# Debian's own python3, which python3-gi is built for), Prometheus with promtool, systemd-analyze,
+# the mosquitto MQTT broker, and Chromium with its driver for the review page's browser tests.
 # Without root it only reports what is missing; the tests that need it then skip with a reason.
 set -euo pipefail
 packages=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-          gstreamer1.0-plugins-ugly prometheus systemd)
+          gstreamer1.0-plugins-ugly prometheus systemd mosquitto chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
