@@ -15,6 +15,13 @@ the clip's own (frame index / fps), so the result does not depend on
 how busy this machine is; what it leaves out is real-time capture (dropped frames, skipped
 windows), which `vigil bench pipeline` measures.
 
+A pose collapse checkpoint (`vigil train --config configs/train/pose-collapse.yaml`) is scored
+as the daemon's pose path scores a camera: each clip's BlazePose sequence (about 8 frames a
+second, cached), a window of the model's `window_s` ending every `--pose-stride-s`, the window's
+score and the person's box. `--checkpoint vigil` is what the daemon serves by default: the
+shipped video detector for fights and the shipped pose model for collapse (`--pose none` leaves
+the pose path out and scores collapse with the video detector, as before the pose path).
+
 Reported per source and overall:
 - clips without an action: minutes of footage, `start` alerts, starts per 10 minutes;
 - clips with an action: how many got a `start` of the right label, how many within
@@ -44,11 +51,16 @@ sys.path.insert(0, str(ROOT))
 from detector.checkpoint import load_checkpoint  # noqa: E402
 from detector.init_weights import resolve_model_path  # noqa: E402
 from detector.errors import VigilError  # noqa: E402
+from detector.pose.collapse import is_pose_checkpoint, load_pose_checkpoint  # noqa: E402
+from detector.pose.sequence import PoseSequence  # noqa: E402
 from streamer.config import SmoothingConfig, load_smoothing  # noqa: E402
 from streamer.events import EventTracker  # noqa: E402
+from streamer.types import ClassScore, WindowResult  # noqa: E402
 from streamer.windows import window_seqs, window_span  # noqa: E402
 from streamer.worker import InferenceWorker, WindowMeta  # noqa: E402
 from train.dataset import scan_dataset_lenient  # noqa: E402
+from train.pose_data import PoseCache  # noqa: E402
+from train.pose_trainer import PoseDataConfig  # noqa: E402
 from train.splits import split_records  # noqa: E402
 from train.trainer import LAST  # noqa: E402
 
@@ -120,30 +132,85 @@ def clip_starts(results: list, smoothing: SmoothingConfig, classes: list[str]
     return starts
 
 
-def score_records(ckpt: Path, records: list, stride: int, loop_s: float) -> tuple[list, list]:
-    """Score every record's windows with checkpoint `ckpt`; returns (ClipScores list, classes)."""
-    model, cfg, _ = load_checkpoint(ckpt)
-    model.eval()
-    classes = list(cfg.class_names)
-    worker = InferenceWorker(model, cfg.input, classes, "cpu", "fp32", policy=16)
+def looped(seq: PoseSequence, duration: float, loop_s: float) -> tuple[PoseSequence, float]:
+    """The sequence of a clip played on a loop to at least `loop_s` seconds, and its length."""
+    if loop_s <= 0 or duration <= 0 or duration >= loop_s or not len(seq):
+        return seq, duration
+    reps = int(np.ceil(loop_s / duration))
+    return PoseSequence(np.concatenate([seq.t + k * duration for k in range(reps)]),
+                        np.concatenate([seq.points] * reps), np.concatenate([seq.world] * reps),
+                        np.concatenate([seq.presence] * reps), seq.frame_size), duration * reps
+
+
+def score_pose_clip(model, seq: PoseSequence, duration: float, stride_s: float,
+                    frame_size: tuple[int, int], fps: float) -> list:
+    """The pose path's `WindowResult`s of one clip: a window ending every `stride_s` seconds."""
+    out = []
+    w = model.cfg.window_s
+    for t_end in np.arange(min(w, duration), duration + 1e-6, stride_s):
+        score, box = model.score_window(seq.between(t_end - w, t_end))
+        out.append(WindowResult("clip", {model.cfg.label: ClassScore(
+            model.cfg.label, score, box or (0.0, 0.0, 1.0, 1.0))}, frame_size,
+            t_end - w, float(t_end), float(t_end), int(t_end * fps)))
+    return out
+
+
+def _clip_label(rec, classes: list[str]) -> tuple[str | None, float]:
+    """The clip's action label (or None) and where in it the action starts."""
+    if not rec.is_positive:
+        return None, 0.0
+    seg = rec.segments[0]
+    return classes[int(rec.annotations[0, 0])], 0.0 if np.isnan(seg[0]) else float(seg[0])
+
+
+def score_records(ckpt: Path | None, records: list, stride: int, loop_s: float,
+                  pose: Path | None = None, pose_stride_s: float = 0.5,
+                  dataset_classes: list[str] | None = None) -> tuple[list, list]:
+    """Score every record's windows with the video checkpoint `ckpt` and/or the pose collapse
+    checkpoint `pose` (the pose model's class is then taken from the pose path only, as the
+    daemon does); returns (ClipScores list, classes)."""
+    model = cfg = None
+    classes: list[str] = []
+    if ckpt is not None:
+        model, cfg, _ = load_checkpoint(ckpt)
+        model.eval()
+        classes = list(cfg.class_names)
+        worker = InferenceWorker(model, cfg.input, classes, "cpu", "fp32", policy=16)
+    pose_model = pose_cache = None
+    if pose is not None:
+        pose_model, _ = load_pose_checkpoint(pose)
+        pose_cache = PoseCache(PoseDataConfig().resolved_cache_dir(), pose_model.cfg.fps)
+        if pose_model.cfg.label not in classes:
+            classes.append(pose_model.cfg.label)
+    names = dataset_classes or classes
     clips = []
     t0 = time.monotonic()
     for n, rec in enumerate(records, 1):
-        frames = decode(rec.video, tuple(cfg.input.size))
         fps = rec.fps or 25.0                    # as probed; 0.0 means the container has none
-        if rec.is_positive and len(frames) and loop_s > 0:
-            frames = np.concatenate([frames] * max(1, int(np.ceil(loop_s * fps / len(frames)))))
-        label, t_action = None, 0.0
-        if rec.is_positive:
-            label = classes[int(rec.annotations[0, 0])]
-            seg = rec.segments[0]
-            t_action = 0.0 if np.isnan(seg[0]) else float(seg[0])
-        clips.append(ClipScores(rec.stem, rec.source, label, t_action,
-                                len(frames) / fps / 60.0,   # quiet clips are never looped
-                                score_clip(worker, frames, fps, cfg.input.clip_seconds,
-                                           cfg.input.frames, stride)))
+        label, t_action = _clip_label(rec, names)
+        loop = loop_s if rec.is_positive else 0.0
+        results: list = []
+        minutes = rec.duration_s / 60.0
+        if model is not None:
+            frames = decode(rec.video, tuple(cfg.input.size))
+            if loop and len(frames):
+                frames = np.concatenate([frames] * max(1, int(np.ceil(loop * fps / len(frames)))))
+            minutes = len(frames) / fps / 60.0   # quiet clips are never looped
+            results = score_clip(worker, frames, fps, cfg.input.clip_seconds, cfg.input.frames,
+                                 stride)
+            if pose_model is not None:           # the pose path owns its class
+                results = [replace(r, scores={k: v for k, v in r.scores.items()
+                                              if k != pose_model.cfg.label}) for r in results]
+        if pose_model is not None:
+            seq, duration = looped(pose_cache.get(rec.video), rec.duration_s, loop)
+            results = sorted(results + score_pose_clip(pose_model, seq, duration, pose_stride_s,
+                                                       (rec.width, rec.height), fps),
+                             key=lambda r: r.t_end_mono)
+            if model is None:
+                minutes = duration / 60.0
+        clips.append(ClipScores(rec.stem, rec.source, label, t_action, minutes, results))
         if n % 25 == 0:
-            log.info("%s: %d/%d clips, %.0f s", ckpt.name, n, len(records),
+            log.info("%s: %d/%d clips, %.0f s", (ckpt or pose).name, n, len(records),
                      time.monotonic() - t0)
     return clips, classes
 
@@ -262,7 +329,15 @@ def fold_jobs(folds_dir: Path, records: list) -> list[tuple[Path, list]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default="vigil", help="checkpoint file, or vigil (shipped)")
+    p.add_argument("--checkpoint", default="vigil",
+                   help="checkpoint file (video or pose collapse), or vigil: what the daemon "
+                        "serves by default (the shipped video detector and pose path)")
+    p.add_argument("--pose", default=None, metavar="CHECKPOINT",
+                   help="also run this pose collapse checkpoint (vigil: the shipped one) and "
+                        "take collapse from it; none: no pose path. Default: vigil with "
+                        "--checkpoint vigil, else none")
+    p.add_argument("--pose-stride-s", type=float, default=0.5,
+                   help="seconds between the pose path's windows (the daemon's default)")
     p.add_argument("--folds", type=Path, default=None, metavar="CV_DIR",
                    help="a `vigil cv` output directory: score each clip with the fold model that "
                         "held it out (out-of-fold alerts for the recipe); replaces --checkpoint")
@@ -307,12 +382,25 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             cached = pickle.load(f)
         clips, classes, what = cached["clips"], cached["classes"], cached["what"]
     else:
+        pose_arg = args.pose if args.pose is not None else (
+            "vigil" if str(args.checkpoint) == "vigil" and not args.folds else "none")
+        pose = None if pose_arg == "none" else Path(pose_arg)
         if args.folds:
-            _, cfg, _ = load_checkpoint(fold_dirs(args.folds)[0] / LAST)
+            first = fold_dirs(args.folds)[0] / LAST
+            if is_pose_checkpoint(first):
+                _, meta = load_pose_checkpoint(first)
+                classes = list(meta["train_config"]["data"]["class_names"])
+            else:
+                _, cfg, _ = load_checkpoint(first)
+                classes = list(cfg.class_names)
         else:
             ckpt = resolve_model_path(args.checkpoint)
-            _, cfg, meta = load_checkpoint(ckpt)
-        classes = list(cfg.class_names)
+            if is_pose_checkpoint(ckpt):
+                _, meta = load_pose_checkpoint(ckpt)
+                classes = list(meta["train_config"]["data"]["class_names"])
+            else:
+                _, cfg, meta = load_checkpoint(ckpt)
+                classes = list(cfg.class_names)
         records, problems = scan_dataset_lenient(args.data, len(classes),
                                                  require_positives=False, class_names=classes)
         if args.folds:
@@ -335,8 +423,21 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             what = f"checkpoint {ckpt.name}"
         clips = []
         for ckpt_path, recs in jobs:
-            clips.extend(score_records(ckpt_path, recs, args.stride, args.loop_s)[0])
-        what += (f", data {args.data} ({'folds' if args.folds else args.split}), stride "
+            if is_pose_checkpoint(ckpt_path):
+                scored = score_records(None, recs, args.stride, args.loop_s, pose=ckpt_path,
+                                       pose_stride_s=args.pose_stride_s, dataset_classes=classes)
+            else:
+                scored = score_records(ckpt_path, recs, args.stride, args.loop_s, pose=pose,
+                                       pose_stride_s=args.pose_stride_s, dataset_classes=classes)
+            clips.extend(scored[0])
+        classes = [c for c in classes if any(c in r.scores for clip in clips
+                                             for r in clip.results)]
+        other = [c for c in clips if c.label is not None and c.label not in classes]
+        if other:   # e.g. fight clips for a pose collapse model: neither quiet nor its events
+            clips = [c for c in clips if c not in other]
+            what += f", {len(other)} clips of classes no model here scores left out"
+        what += (f"{', pose path ' + str(pose) if pose is not None and not args.folds else ''}"
+                 f", data {args.data} ({'folds' if args.folds else args.split}), stride "
                  f"{args.stride}, action clips looped to {args.loop_s:g} s, {len(clips)} clips, "
                  f"{len(problems)} skipped (unreadable or badly labelled, see the warnings)")
         if args.scores:

@@ -138,7 +138,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(clothed silhouettes, furnished rooms, a high camera, bystanders, lighting "
                     "changes, IR greyscale) for pretraining that transfers to real CCTV; "
                     "--style other is a second, different generator (capsule figures outdoors, "
-                    "shoving and slumping) for few-shot fine-tuning tests.")
+                    "shoving and slumping) for few-shot fine-tuning tests; --style photo moves "
+                    "a photographed person (collapse and none only), which the pose path can "
+                    "see.")
     p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
     p.add_argument("--videos", type=int, default=240, help="number of videos")
     p.add_argument("--seed", type=int, default=0, help="the dataset is a function of the seed")
@@ -151,9 +153,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--variety", action="store_true",
                    help="many looks per scene (stick style only); off: the plain default, "
                         "unchanged for a given seed")
-    p.add_argument("--style", choices=("stick", "other"), default="stick",
+    p.add_argument("--style", choices=("stick", "other", "photo"), default="stick",
                    help="stick: the default generator; other: capsule figures outdoors, "
-                        "pushing/grappling fights, fainting/slumping collapses")
+                        "pushing/grappling fights, fainting/slumping collapses; photo: a "
+                        "photographed person falling or standing (no fights)")
     p.set_defaults(func=cmd_synth)
 
     p = subparsers.add_parser("data", help="dataset tools (check)",
@@ -227,10 +230,54 @@ def _load_config(args: argparse.Namespace):
 
 
 # --------------------------------------------------------------------------- train
+def _pose_recipe(args: argparse.Namespace):
+    """The pose recipe `--config` names (`model.kind: pose-collapse`), or None for a video one.
+
+    Raises:
+        ConfigError: a bad key of a pose recipe, naming it.
+    """
+    from detector.schema import load_yaml
+
+    from .pose_trainer import is_pose_recipe, load_pose_config
+    from .recipes import resolve_recipe
+
+    if args.config is None:
+        return None
+    path = resolve_recipe(args.config)
+    if not path.is_file():
+        return None                 # the video loader names the missing file
+    data = load_yaml(path)
+    if not is_pose_recipe(data):
+        return None
+    if getattr(args, "epochs", None) is not None or getattr(args, "device", None) is not None:
+        log.warning("%s is a pose recipe: --epochs and --device do not apply (it is fitted "
+                    "in one go, on the CPU)", path)
+    return load_pose_config(data, args.overrides, str(path))
+
+
+def _print_pose_report(report: dict, label: str, threshold: float, title: str) -> None:
+    from .report import format_source_table
+
+    print(title)
+    print(format_source_table(report, [label], threshold))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .metrics import format_table
     from .trainer import fit
 
+    pose = _pose_recipe(args)
+    if pose is not None:
+        from .pose_trainer import fit as fit_pose
+
+        result = fit_pose(pose, args.data, args.out, progress=not args.no_progress)
+        if result["report"]:
+            _print_pose_report(result["report"], pose.model.label, pose.train.threshold,
+                               f"pose collapse model: {result['windows']} training windows "
+                               f"({result['positives']} positive, {result['bags']} videos "
+                               f"labelled as a whole), validation videos:")
+        print(f"\ncheckpoints: {Path(args.out) / 'best.pt'}  {Path(args.out) / 'last.pt'}")
+        return 0
     cfg = _load_config(args)
     result = fit(cfg, args.data, args.out, resume=not args.no_resume,
                  progress=not args.no_progress)
@@ -248,6 +295,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
+
+    from detector.pose.collapse import is_pose_checkpoint
+
+    if is_pose_checkpoint(args.checkpoint):
+        return _eval_pose(args)
     from torch.utils.data import DataLoader
 
     from detector.runtime import load_model, model_device, resolve_device
@@ -322,6 +374,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_pose(args: argparse.Namespace) -> int:
+    """`vigil eval` of a pose collapse checkpoint: per-source table, predictions.jsonl."""
+    from detector.pose.collapse import load_pose_checkpoint
+
+    from .metrics import to_jsonable
+    from .pose_trainer import evaluate_checkpoint
+
+    model, meta = load_pose_checkpoint(args.checkpoint)
+    rows, report, cfg = evaluate_checkpoint(model, meta, args.data, args.split, args.threshold)
+    _print_pose_report(report, cfg.model.label, cfg.train.threshold,
+                       f"{args.checkpoint} on {args.data} ({args.split} split, {len(rows)} "
+                       f"videos; each judged by its best {cfg.model.window_s:g} s window):")
+    if args.out is not None:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        body = {"per_source": report, "checkpoint": str(args.checkpoint), "data": str(args.data),
+                "split": args.split, "threshold": cfg.train.threshold}
+        (out / "metrics.json").write_text(json.dumps(to_jsonable(body), indent=2) + "\n",
+                                          encoding="utf-8")
+        with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(to_jsonable(r)) + "\n")
+        print(f"\nwrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
+    return 0
+
+
 def _eval_plots(metrics: dict[str, Any], preds: list[dict[str, Any]], records: list,
                 args: argparse.Namespace, out: Path) -> None:
     from .plots import plot_confusion_matrix, plot_contact_sheet, plot_training_curves
@@ -376,6 +454,20 @@ def _sheet_item(p: dict[str, Any], frames: Any) -> dict[str, Any]:
 def cmd_cv(args: argparse.Namespace) -> int:
     from .cv import cross_validate, format_cv_table
 
+    pose = _pose_recipe(args)
+    if pose is not None:
+        from .pose_trainer import cross_validate as cross_validate_pose
+
+        if args.also_train:
+            print("--also-train: not for a pose recipe", file=sys.stderr)
+            return 2
+        result = cross_validate_pose(pose, args.data, args.out, folds=args.folds,
+                                     seed=args.seed, progress=not args.no_progress)
+        _print_pose_report(result["per_source"], pose.model.label, pose.train.threshold,
+                           f"out-of-fold predictions of {args.folds} grouped folds, pooled "
+                           f"({result['seconds']:.0f} s):")
+        print(f"\nwrote {Path(args.out) / 'cv.json'}")
+        return 0
     cfg = _load_config(args)
     result = cross_validate(cfg, args.data, args.out, folds=args.folds, seed=args.seed,
                             progress=not args.no_progress, also_train=args.also_train)
@@ -502,6 +594,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         return 2
     stems = write_dataset(args.out, args.videos, args.seed, width=args.width,
                           height=args.height, fps=args.fps, frames=args.frames,
+                          mix=(0, 1, 1) if args.style == "photo" else (1, 1, 1),
                           vary=not args.no_vary, progress=sys.stderr.isatty(),
                           variety=args.variety, style=args.style)
     kinds: dict[str, int] = {}
