@@ -4,7 +4,9 @@ Sources (`parse_source`):
     rtsp://, rtsps://, http(s)://  network stream, OpenCV's FFmpeg backend, TCP transport;
     /dev/videoN, webcam:N, N       a V4L2 device;
     path, file://path              a video file, paced in real time at its own fps, looping or once;
-    synth://fight?seed=1&...       a live `train.synth.Scene` (kinds fight, collapse, none), looping.
+    synth://fight?seed=1&...       a live `train.synth.Scene` (kinds fight, collapse, none), looping;
+                                   `photo=1`: a photographed person instead (`train.synth_photo`,
+                                   collapse and none), which the pose path can see.
 
 FFmpeg options: OpenCV reads `OPENCV_FFMPEG_CAPTURE_OPTIONS` when a capture opens. Setting it
 *replaces* OpenCV's own default (`rtsp_transport;tcp`-like `prefer_tcp`), so the value must name
@@ -38,7 +40,7 @@ FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 FFMPEG_OPTIONS = "rtsp_transport;tcp"
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp")
 SYNTH_KINDS = ("fight", "collapse", "none")
-SYNTH_PARAMS = {"seed": 1, "width": 640, "height": 360, "fps": 15, "frames": 96}
+SYNTH_PARAMS = {"seed": 1, "width": 640, "height": 360, "fps": 15, "frames": 96, "photo": 0}
 # OpenCV's FFmpeg backend holds one process-wide mutex for the whole of `VideoCapture.open`,
 # timeouts included: measured (OpenCV 4.14), three unreachable RTSP servers with a 2 s open
 # timeout, opened from three threads, return after 2, 4 and 6 s. A thread waiting there is not
@@ -177,10 +179,13 @@ def parse_source(url: Union[str, int]) -> SourceSpec:
             except ValueError:
                 raise ConfigError(f"camera url {mask_url(text)!r}: parameter {key!r} must be an "
                                   f"integer, got {value!r}") from None
-            low = {"seed": 0, "width": 16, "height": 16}.get(key, 1)
+            low = {"seed": 0, "width": 16, "height": 16, "photo": 0}.get(key, 1)
             if params[key] < low:
                 raise ConfigError(f"camera url {mask_url(text)!r}: parameter {key!r} must be "
                                   f">= {low}")
+        if params["photo"] not in (0, 1) or (params["photo"] and kind == "fight"):
+            raise ConfigError(f"camera url {mask_url(text)!r}: photo must be 0 or 1, and photo "
+                              f"scenes are collapse or none")
         return SourceSpec("synth", kind, params, url=text)
     if scheme:
         raise ConfigError(f"camera url {mask_url(text)!r}: unsupported scheme {scheme!r} "
@@ -212,9 +217,11 @@ class _SynthReader:
     """Renders a synthetic scene frame after frame, looping over its length."""
 
     def __init__(self, params: dict[str, int], kind: str) -> None:
-        from train.synth import Scene   # heavy-ish and optional: only synthetic cameras need it
-        self.scene = Scene(kind, params["seed"], params["width"], params["height"],
-                           params["fps"], params["frames"])
+        # heavy-ish and optional: only synthetic cameras need it
+        from train.synth_dataset import make_scene
+        self.scene = make_scene(kind, params["seed"], params["width"], params["height"],
+                                params["fps"], params["frames"],
+                                style="photo" if params["photo"] else "stick")
         self.frames = params["frames"]
         self.fps: Optional[float] = float(params["fps"])
         self.i = 0

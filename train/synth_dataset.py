@@ -1,5 +1,6 @@
-"""Synthetic datasets: scenes of either style (`train.synth` stick figures,
-`train.synth_styles` capsule figures) written in Vigil's folder layout (`videos/`, `labels/`).
+"""Synthetic datasets: scenes of any style (`train.synth` stick figures, `train.synth_styles`
+capsule figures, `train.synth_photo` a photographed person for the pose path) written in
+Vigil's folder layout (`videos/`, `labels/`).
 
 Its own module so that the two renderers stay below it: `synth_styles` builds on `synth`, and
 this module picks between them.
@@ -13,17 +14,19 @@ from typing import Sequence
 import numpy as np
 
 from .synth import KINDS, Scene, write_video
+from .synth_photo import PHOTO_KINDS, PhotoScene
 from .synth_styles import OtherScene
 
 log = logging.getLogger(__name__)
 
-STYLES = ("stick", "other")
+STYLES = ("stick", "other", "photo")
 
 
 def make_scene(kind: str, seed: int, width: int = 320, height: int = 240, fps: float = 25,
                frames: int = 64, style: str = "stick", variety: bool = False) -> Scene:
-    """A scene of the given style: "stick" (`Scene`, optionally with `variety`) or "other"
-    (`train.synth_styles.OtherScene`: capsule figures outdoors, shoving and slumping).
+    """A scene of the given style: "stick" (`Scene`, optionally with `variety`), "other"
+    (`train.synth_styles.OtherScene`: capsule figures outdoors, shoving and slumping) or
+    "photo" (`train.synth_photo.PhotoScene`: a photographed person; collapse and none only).
 
     Raises:
         ValueError: unknown style, or `variety` with a style other than "stick".
@@ -34,6 +37,10 @@ def make_scene(kind: str, seed: int, width: int = 320, height: int = 240, fps: f
         if variety:
             raise ValueError("variety applies to the stick style only")
         return OtherScene(kind, seed, width, height, fps, frames)
+    if style == "photo":
+        if variety:
+            raise ValueError("variety applies to the stick style only")
+        return PhotoScene(kind, seed, width, height, fps, frames)
     raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
 
 
@@ -69,7 +76,8 @@ def write_dataset(out: str | Path, videos: int, seed: int, width: int = 320, hei
             frame rates (base, 0.8x, 0.6x), so per-video normalisation is exercised.
         progress: show a tqdm progress bar.
         variety: stick scenes in many looks (see `Scene`); off: exactly the plain default.
-        style: "stick" or "other" (see `make_scene`).
+        style: "stick", "other" or "photo" (see `make_scene`; photo has no fights, so its
+            fight share of `mix` must be 0).
     Returns:
         The stems written, in order.
     """
@@ -79,6 +87,9 @@ def write_dataset(out: str | Path, videos: int, seed: int, width: int = 320, hei
         raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     if variety and style != "stick":
         raise ValueError("variety applies to the stick style only")
+    if style == "photo" and any(m > 0 for k, m in zip(KINDS, mix) if k not in PHOTO_KINDS):
+        raise ValueError(f"photo scenes are {', '.join(PHOTO_KINDS)} only: give fights a mix "
+                         f"of 0, e.g. mix (0, 1, 1)")
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
