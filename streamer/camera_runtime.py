@@ -20,16 +20,22 @@ from .ringbuffer import RingBuffer
 from .scheduler import CameraWindow
 from .windows import required_capacity, window_span
 
+from detector.pose.sequence import POSE_MAX_WIDTH
+
 log = logging.getLogger(__name__)
 
 # Evidence frames are kept at most this wide (the camera's aspect): readable, and ~0.4 MB a frame.
-EVIDENCE_MAX_WIDTH = 480
+# The pose path reads the same frames, and its model was trained on frames this wide (480).
+EVIDENCE_MAX_WIDTH = POSE_MAX_WIDTH
 # Seconds of an event kept for its clip after the start (plus the pre-roll copied at the start):
 # a clip shows the pre-roll, then the last CLIP_TAIL_S seconds before the end.
 CLIP_TAIL_S = 6.0
 # Extra ring time so a due window or a snapshot frame is still there when the worker or the
 # event loop gets to it (batching delay plus one batch's inference on a slow CPU).
 RING_SLACK_S = 2.0
+# The pose path reads only the newest frame of the display ring; this much keeps it safe from
+# the capture thread's next writes (seconds).
+POSE_RING_S = 2.0
 
 
 @dataclass
@@ -58,7 +64,7 @@ class CameraRuntime:
     def create(cls, cfg: CameraConfig, *, frames: int, size: tuple[int, int],
                clip_seconds: Optional[float], metrics: VigilMetrics, labels: tuple[str, ...],
                evidence: EvidenceConfig, keep_evidence: bool,
-               decode_threads: int) -> "CameraRuntime":
+               decode_threads: int, pose: bool = False) -> "CameraRuntime":
         """Build a camera's runtime and its capture thread (not started).
 
         Args:
@@ -71,6 +77,8 @@ class CameraRuntime:
             keep_evidence: evidence is written: a display-size ring is kept for snapshots and
                 clips (else the model ring also holds the pre-roll).
             decode_threads: FFmpeg decoding threads for this camera.
+            pose: the pose path watches this camera: it reads the display-size ring, which is
+                then kept even without evidence (`POSE_RING_S` at least).
         """
         s = cfg.settings
         display_seconds = 0.0
@@ -80,6 +88,8 @@ class CameraRuntime:
             span_s = clip_seconds if clip_seconds is not None else frames / (s.fps or 15.0)
             tail_s = evidence.pre_roll_s + CLIP_TAIL_S if evidence.clip else 0.0
             display_seconds = span_s + tail_s + RING_SLACK_S
+        if pose:
+            display_seconds = max(display_seconds, POSE_RING_S)
         rt = cls(cfg, None, clip_seconds, metrics, tuple(labels))
         m = metrics
 

@@ -120,14 +120,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(cfg) -> int:
-    """`vigil serve --check`: what the daemon would run, without running it."""
+    """`vigil serve --check`: what the daemon would run, without running it.
+
+    Loads both models, so a camera watching an event no model detects is refused here
+    (`ConfigError` naming `cameras[i].events`), as the daemon would refuse it at start.
+    """
     import torch
 
+    from detector.pose.collapse import load_pose_checkpoint
     from detector.runtime import load_model
 
     from .daemon import unknown_clip_length_message
+    from .routing import EventRouting
 
     _, model_cfg, meta = load_model(cfg.model.checkpoint, torch.device("cpu"), threads=1)
+    pose = None
+    if cfg.model.pose is not None:
+        pose, _ = load_pose_checkpoint(cfg.model.pose.checkpoint)
+    routing = EventRouting(tuple(model_cfg.class_names), pose.cfg.label if pose else None)
+    routing.check(cfg.cameras)
     inp = model_cfg.input
     params = f"{meta['num_parameters']} parameters, " if "num_parameters" in meta else ""
     print(f"config OK: instance {cfg.instance}, {len(cfg.enabled_cameras)} of "
@@ -135,6 +146,13 @@ def _check_config(cfg) -> int:
     print(f"model: {cfg.model.checkpoint} ({model_cfg.backbone.name}, {meta['runtime']}, "
           f"{params}classes {', '.join(model_cfg.class_names)},"
           f" input {inp.frames}x{inp.size[0]}x{inp.size[1]}, clip {inp.clip_seconds} s)")
+    if pose is not None:
+        print(f"pose path: {cfg.model.pose.checkpoint} ({pose.cfg.label} from BlazePose "
+              f"landmarks, {pose.cfg.window_s:g} s windows every {cfg.model.pose.stride_s:g} s, "
+              f"{cfg.model.pose.workers} thread(s)); it scores {pose.cfg.label} for every "
+              f"camera that watches it")
+    else:
+        print("pose path: off (model.pose: null)")
     if inp.clip_seconds is None:
         print(f"warning: {unknown_clip_length_message(inp.frames)}")
     for cam in cfg.cameras:
@@ -142,8 +160,12 @@ def _check_config(cfg) -> int:
         seconds = cam.settings.window_seconds or inp.clip_seconds
         window = (f"window {seconds:g} s" if seconds else
                   f"window {inp.frames} consecutive frames")
+        events = cam.settings.events
+        paths = [p for p, on in (("video", routing.needs_video(events)),
+                                 ("pose", routing.needs_pose(events))) if on]
         print(f"  {cam.name:<20} {state:<8} {cam.masked_url}  stride {cam.settings.stride}, "
-              f"{window}")
+              f"{window}; watches {', '.join(routing.watched(events))} "
+              f"({' + '.join(paths) or 'nothing'})")
     print(f"alerts: {cfg.alerts.endpoint} (replay {cfg.alerts.replay_endpoint}); metrics: "
           f"{'http://%s:%d/metrics' % (cfg.metrics.host, cfg.metrics.port) if cfg.metrics.enabled else 'off'}")
     return 0

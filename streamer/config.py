@@ -33,6 +33,7 @@ from typing import Any, Literal, Mapping, Optional
 
 from detector.errors import CheckpointError, ConfigError
 from detector.init_weights import resolve_model_path
+from detector.pose.paths import resolve_pose_path
 from detector.runtime import is_onnx_model
 from detector.schema import Validated, expand_env, from_dict, load_yaml, setting, to_dict
 from detector.yaml_loader import safe_load_unique
@@ -44,6 +45,7 @@ from .sources import parse_source
 log = logging.getLogger(__name__)
 
 CAMERA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+EVENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")   # what `expand_env` substitutes
 
 
@@ -121,6 +123,9 @@ class CameraSettings(Validated):
         open_timeout_s, read_timeout_s: OpenCV open/read timeouts for network sources.
         stall_timeout_s: no frame for this long = the camera is down, reconnect.
         backoff_initial_s, backoff_max_s: reconnect delay, doubling with jitter up to the max.
+        events: the event classes the camera watches (`[collapse]` for a care room, `[fight]`
+            for a street); null = every class the models detect. A class the models cannot
+            detect is refused when the models are loaded (`vigil serve --check` says so).
     """
     stride: int = setting(8, ge=1, doc="run the model every this many new frames of a camera")
     window_seconds: Optional[float] = setting(None, gt=0, or_null=True,
@@ -139,6 +144,8 @@ class CameraSettings(Validated):
     backoff_initial_s: float = setting(0.5, gt=0,
         doc="first reconnect delay, doubling with jitter ...")
     backoff_max_s: float = setting(30, gt=0, doc="... up to this, forever")
+    events: Optional[list[str]] = setting(None,
+        doc="event classes watched, e.g. `[collapse]`; null = all the models detect")
 
     SECTION = "defaults"
 
@@ -153,6 +160,14 @@ class CameraSettings(Validated):
                    f"needs x1 < x2 and y1 < y2, got {r}")
         _check(self.backoff_initial_s <= self.backoff_max_s, f"{where}.backoff_initial_s",
                f"must be <= backoff_max_s ({self.backoff_max_s}), got {self.backoff_initial_s}")
+        if self.events is not None:
+            _check(len(self.events) >= 1, f"{where}.events",
+                   "name at least one event class (or null for all the models detect)")
+            for name in self.events:
+                _check(isinstance(name, str) and EVENT_NAME.fullmatch(name) is not None,
+                       f"{where}.events", f"invalid event class {name!r}")
+            dup = sorted({e for e in self.events if self.events.count(e) > 1})
+            _check(not dup, f"{where}.events", f"{dup[0] if dup else ''!r} is listed twice")
 
 
 @dataclass
@@ -185,6 +200,33 @@ class CameraConfig:
 
 
 @dataclass
+class PoseServeConfig(Validated):
+    """The `model.pose:` section: the pose path that scores collapse (issue 24).
+
+    BlazePose (MediaPipe's models, run offline) tracks one person per camera at about 8 frames
+    a second; every `stride_s` the pose collapse model scores the last window of their landmarks,
+    and that score, with the person's box, is the camera's collapse score. It runs only for
+    cameras that watch collapse (`events`).
+
+    Args:
+        checkpoint: `vigil` (the shipped pose collapse model, `docs/models/pose-collapse-v1.md`)
+            or a file from `vigil train --config configs/train/pose-collapse.yaml`.
+        workers: pose threads; the cameras are shared among them (each thread is about one
+            core at its busiest: ~20 ms a frame, 8 frames a second a camera).
+        threads: CPU threads of each BlazePose model call.
+        stride_s: seconds between a camera's pose windows.
+    """
+    checkpoint: Path = setting(Path("vigil"),
+        doc="`vigil` (the shipped pose collapse model) or a file from `vigil train --config "
+            "configs/train/pose-collapse.yaml`")
+    workers: int = setting(1, ge=1, doc="pose threads, sharing the cameras")
+    threads: int = setting(1, ge=1, doc="CPU threads of each BlazePose model call")
+    stride_s: float = setting(0.5, gt=0, le=10, doc="seconds between a camera's pose windows")
+
+    SECTION = "model.pose"
+
+
+@dataclass
 class ServeModelConfig(Validated):
     """The `model:` section of the daemon config (which checkpoint, where it runs, batching).
 
@@ -198,6 +240,8 @@ class ServeModelConfig(Validated):
         max_batch: most windows per forward pass.
         max_wait_ms: how long the worker waits for more due windows to fill a batch.
         threads: torch CPU threads (null = every core but one, kept for decoding).
+        pose: the pose path for collapse (`PoseServeConfig`); null = collapse from the video
+            model alone.
     """
     checkpoint: Path = setting(
         doc="`vigil` (the shipped default model, `docs/models/real-cpu-v2.md`), or a file "
@@ -212,6 +256,9 @@ class ServeModelConfig(Validated):
     max_wait_ms: float = setting(50, ge=0, doc="how long a due window may wait for a batch to fill")
     threads: Optional[int] = setting(None, ge=1,
         doc="torch CPU threads; null = all cores but one (kept for decoding)")
+    pose: Optional[PoseServeConfig] = setting(default_factory=PoseServeConfig,
+        doc="the pose path that scores collapse (BlazePose + a pose model); null = collapse "
+            "from the video model")
 
     SECTION = "model"
 
@@ -492,6 +539,8 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
     raw = from_dict(_RawServe, data)
     raw.defaults.validate("defaults")
     raw.model.validate("model")
+    if raw.model.pose is not None:
+        raw.model.pose.validate("model.pose")
     raw.smoothing.validate("smoothing")
     raw.alerts.validate("alerts")
     raw.evidence.validate("evidence")
@@ -519,6 +568,12 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
     except CheckpointError as exc:
         raise ConfigError(f"model.checkpoint: {exc}") from None
     raw.model.checkpoint = _resolve_path(raw.model.checkpoint, base_dir)
+    if raw.model.pose is not None:
+        try:
+            pose_path = resolve_pose_path(raw.model.pose.checkpoint)   # `vigil` -> the file
+        except CheckpointError as exc:
+            raise ConfigError(f"model.pose.checkpoint: {exc}") from None
+        raw.model.pose.checkpoint = _resolve_path(pose_path, base_dir)
     if raw.alerts.curve is not None:
         curve = raw.alerts.curve
         curve.server_secret_key = _resolve_path(curve.server_secret_key, base_dir)
@@ -526,6 +581,9 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
     if check_paths:
         ckpt = raw.model.checkpoint
         _check(ckpt.is_file(), "model.checkpoint", f"checkpoint file not found: {ckpt}")
+        if raw.model.pose is not None:
+            _check(raw.model.pose.checkpoint.is_file(), "model.pose.checkpoint",
+                   f"pose model file not found: {raw.model.pose.checkpoint}")
         problem = data_dir_problem(raw.data_dir)
         _check(problem is None, "data_dir", problem or "")
         if raw.alerts.curve is not None:

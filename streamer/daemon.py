@@ -6,6 +6,10 @@ Threads (design.md's data flow):
   evidence is on, a display-size ring with the same frame numbers (snapshots and clips);
 * the `WorkerThread`: scheduler -> gather -> model -> `WindowResult`s into a bounded queue. Its
   per-iteration `heartbeat` sends systemd's WATCHDOG=1, so a hung model call stops the pings;
+* `model.pose.workers` `PoseWorker`s (the pose path, `streamer/pose/worker.py`): BlazePose on the
+  display ring of each camera that watches collapse, the pose collapse model every `stride_s`,
+  their `WindowResult`s into the same queue. Which path scores which class for which camera is
+  `routing.EventRouting`'s decision (a camera's `events`);
 * the main thread: the event loop. It owns the `EventTracker`, the journal connection and the PUB
   socket (ZeroMQ sockets and sqlite3 connections belong to one thread), so every message is
   committed then published from here, in order. It also refreshes camera metrics, sends
@@ -25,7 +29,9 @@ WATCHDOG pings, so systemd restarts the whole service: the only cure.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import logging
 import queue
 import signal
@@ -39,6 +45,7 @@ import torch
 
 from detector.errors import ConfigError, VigilError
 from detector.precision import checkpoint_precision
+from detector.pose.collapse import load_pose_checkpoint
 from detector.runtime import load_model, resolve_device, torch_threads
 
 from .camera_runtime import CameraRuntime
@@ -52,8 +59,10 @@ from .masking import install_log_filter
 from .metrics import VigilMetrics
 from .notify import Notifier
 from .publisher import AlertPublisher
+from .pose.worker import PoseWorker, worker_of
 from .retention import RetentionClock
 from .ringbuffer import RingBuffer
+from .routing import EventRouting
 from .scheduler import BatchPolicy, CameraWindow, Scheduler
 from .sources import decode_threads_per_camera
 from .types import WindowResult
@@ -145,6 +154,8 @@ class Daemon:
         self._tracker: Optional[EventTracker] = None
         self._scheduler: Optional[Scheduler] = None
         self._worker: Optional[WorkerThread] = None
+        self._pose_workers: list[PoseWorker] = []
+        self.routing: Optional[EventRouting] = None
         self._stopping = threading.Event()
         # Watchdog state (worker thread).
         self._wd_interval: Optional[float] = None
@@ -237,6 +248,16 @@ class Daemon:
                  meta["runtime"], worker.autocast_dtype or "no", threads)
         if mcfg.input.clip_seconds is None:
             log.warning("%s", unknown_clip_length_message(mcfg.input.frames))
+        pose_model = None
+        if cfg.model.pose is not None:
+            pose_model, _ = load_pose_checkpoint(cfg.model.pose.checkpoint)
+            log.info("pose path: %s (%s, %g s windows every %g s), %d thread(s)",
+                     cfg.model.pose.checkpoint.name, pose_model.cfg.label,
+                     pose_model.cfg.window_s, cfg.model.pose.stride_s, cfg.model.pose.workers)
+        self.routing = EventRouting(tuple(mcfg.class_names),
+                                    pose_model.cfg.label if pose_model is not None else None)
+        self.routing.check(cfg.cameras)          # a camera watching what nothing detects
+        self.class_names = self.routing.classes
 
         # Journal first: seq continues from it, and events an unclean stop left open are ended.
         # A full disk does not stop the start (the writer reads the journal and holds new
@@ -285,6 +306,16 @@ class Daemon:
         self._worker = WorkerThread(self._scheduler, worker, rings=self._rings,
                                     on_results=self._on_results, heartbeat=self._worker_heartbeat)
         self._worker.start()
+        if pose_model is not None:
+            n = cfg.model.pose.workers
+            self._pose_workers = [
+                PoseWorker(copy.deepcopy(pose_model), cameras=functools.partial(self._pose_rings, i),
+                           on_results=self._on_pose_results, stride_s=cfg.model.pose.stride_s,
+                           threads=cfg.model.pose.threads, on_frame=self._on_pose_frame,
+                           name=f"vigil-pose-{i}")
+                for i in range(n)]
+            for w in self._pose_workers:
+                w.start()
         status = (f"serving {len(self._cams)} camera(s) on {self.device}; alerts on "
                   f"{self._publisher.endpoint}")
         self.notifier.ready(status=status)
@@ -294,8 +325,20 @@ class Daemon:
         return {name: cam.ring for name, cam in self._cams.items()}
 
     def _windows(self) -> dict[str, Optional[CameraWindow]]:
-        """The scheduler's view of the camera snapshot (None: the source has not opened yet)."""
-        return {name: cam.window for name, cam in self._cams.items()}
+        """The scheduler's view of the camera snapshot (None: the source has not opened yet, or
+        the camera watches nothing the video detector scores)."""
+        assert self.routing is not None
+        return {name: cam.window for name, cam in self._cams.items()
+                if self.routing.needs_video(cam.cfg.settings.events)}
+
+    def _pose_rings(self, worker: int) -> dict[str, Optional[RingBuffer]]:
+        """Pose thread `worker`'s cameras (those watching the pose class) and their display
+        rings."""
+        assert self.routing is not None
+        n = len(self._pose_workers)
+        return {name: cam.display_ring for name, cam in self._cams.items()
+                if self.routing.needs_pose(cam.cfg.settings.events)
+                and worker_of(name, n) == worker}
 
     def _clip_seconds(self, cam: CameraConfig) -> Optional[float]:
         assert self.model_cfg is not None
@@ -306,11 +349,14 @@ class Daemon:
         and start it."""
         assert self.model_cfg is not None
         inp = self.model_cfg.input
+        assert self.routing is not None
+        events = cam.settings.events
         rt = CameraRuntime.create(
             cam, frames=inp.frames, size=tuple(inp.size), clip_seconds=self._clip_seconds(cam),
-            metrics=self.metrics, labels=tuple(self.class_names), evidence=self.cfg.evidence,
-            keep_evidence=self._evidence is not None,
-            decode_threads=decode_threads_per_camera(len(self.cfg.enabled_cameras)))
+            metrics=self.metrics, labels=tuple(self.routing.watched(events)),
+            evidence=self.cfg.evidence, keep_evidence=self._evidence is not None,
+            decode_threads=decode_threads_per_camera(len(self.cfg.enabled_cameras)),
+            pose=self.routing.needs_pose(events))
         self._cams = {**self._cams, cam.name: rt}
         rt.start()
 
@@ -359,12 +405,34 @@ class Daemon:
         return problem
 
     def _on_results(self, results: list[WindowResult], elapsed: float) -> None:
-        """Worker thread: metrics, then hand the batch to the event loop (waiting if it is behind)."""
+        """Worker thread: metrics, then the classes the video detector owns for each camera,
+        then hand the batch to the event loop (waiting if it is behind)."""
         m = self.metrics
         m.inference_seconds.observe(elapsed)
         m.batch_size.observe(len(results))
         for r in results:
             m.windows.labels(camera=r.camera).inc()
+        assert self.routing is not None
+        cams = self._cams
+        results = [v for v in (self.routing.video_result(r, cams[r.camera].cfg.settings.events)
+                               for r in results if r.camera in cams) if v is not None]
+        self._queue_results(results)
+
+    def _on_pose_frame(self, camera: str, seconds: float, person: bool) -> None:
+        """Pose thread: one frame tracked."""
+        m = self.metrics
+        m.pose_seconds.observe(seconds)
+        m.pose_frames.labels(camera=camera).inc()
+        m.pose_person.labels(camera=camera).set(1 if person else 0)
+
+    def _on_pose_results(self, results: list[WindowResult], elapsed: float) -> None:
+        """Pose thread: its windows go to the event loop like the video worker's."""
+        for r in results:
+            self.metrics.pose_windows.labels(camera=r.camera).inc()
+        self._queue_results(results)
+
+    def _queue_results(self, results: list[WindowResult]) -> None:
+        """Hand a batch to the event loop, waiting while it is behind (never dropping)."""
         if not results:
             return
         while True:
@@ -409,6 +477,11 @@ class Daemon:
             if self._worker is not None and not self._worker.is_alive():
                 log.error("inference worker died (%s): stopping so systemd restarts the service",
                           self._worker.error)
+                return 1
+            dead = [w for w in self._pose_workers if not w.is_alive()]
+            if dead:
+                log.error("pose worker %s died (%s): stopping so systemd restarts the service",
+                          dead[0].name, dead[0].error)
                 return 1
         log.info("stopping (%s)", self.flags.signal_name or "requested")
         return 0
@@ -512,6 +585,12 @@ class Daemon:
                 log.error("reload: %s; keeping the running config", exc)
                 return False
             install_log_filter(new.secrets)
+            assert self.routing is not None
+            try:
+                self.routing.check(new.cameras)
+            except ConfigError as exc:
+                log.error("reload: %s; keeping the running config", exc)
+                return False
             for section in ("model", "alerts", "metrics", "data_dir", "smoothing", "evidence"):
                 if getattr(new, section) != getattr(self.cfg, section):
                     log.warning("reload: %s changed; this takes effect at the next restart "
@@ -552,6 +631,11 @@ class Daemon:
             if not cam.stop(STOP_CAPTURE_S):
                 log.error("camera %s: capture thread did not stop within %.0f s", cam.cfg.name,
                           STOP_CAPTURE_S)
+        for pw in self._pose_workers:
+            pw.stop(timeout=0)
+        for pw in self._pose_workers:
+            if not pw.stop(STOP_WORKER_S):
+                log.error("pose worker %s did not stop within %.0f s", pw.name, STOP_WORKER_S)
         worker = self._worker
         if worker is not None and worker.is_alive():
             worker.stop(timeout=0)             # ends after the batch in flight

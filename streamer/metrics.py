@@ -24,6 +24,8 @@ INFERENCE_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0
 # Windows per batch: powers of two up to 64 (max_batch is usually 8).
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 # Last frame captured -> start published: the service promises "a second or two".
+# One frame through BlazePose: ~20 ms on one core (35-50 ms when re-detecting).
+POSE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0)
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 # design.md's metric names, as they appear in the exposition.
@@ -125,6 +127,18 @@ class VigilMetrics:
             "Times the replay server was restarted after an unexpected error.", registry=r)
         self.replay_up = Gauge("vigil_replay_up",
                                "1 while the replay server's thread runs.", registry=r)
+        # The pose path (issue 24): its cost per frame and the rate each camera gets.
+        self.pose_frames = Counter("vigil_pose_frames_total",
+                                   "Frames the pose path tracked (about 8 a second a camera).",
+                                   cam, registry=r)
+        self.pose_windows = Counter("vigil_pose_windows_total",
+                                    "Windows the pose collapse model scored.", cam, registry=r)
+        self.pose_person = Gauge("vigil_pose_person",
+                                 "1 when the pose path's last frame of the camera showed a "
+                                 "person, else 0.", cam, registry=r)
+        self.pose_seconds = Histogram("vigil_pose_seconds",
+                                      "Wall time of one frame through BlazePose.", registry=r,
+                                      buckets=POSE_BUCKETS)
         self.build_info = Gauge("vigil_build_info", "Constant 1, labelled with the build.",
                                 ["version", "model", "device"], registry=r)
 
@@ -159,7 +173,8 @@ class VigilMetrics:
     def remove_camera(self, camera: str, labels: tuple[str, ...] = ()) -> None:
         """Drop a removed camera's series (after a reload), so they do not linger at old values."""
         for metric in (self.frames, self.frames_dropped, self.camera_up, self.camera_reconnects,
-                       self.camera_last_frame_age, self.windows, self.windows_skipped):
+                       self.camera_last_frame_age, self.windows, self.windows_skipped,
+                       self.pose_frames, self.pose_windows, self.pose_person):
             try:
                 metric.remove(camera)
             except KeyError:

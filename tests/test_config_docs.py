@@ -11,11 +11,12 @@ import yaml
 
 from detector.schema import field_doc
 from streamer.config import (AlertsConfig, CameraConfig, CameraSettings, CurveConfig,
-                             EvidenceConfig, LoggingConfig, MetricsConfig, ServeConfig,
-                             ServeModelConfig, SmoothingConfig)
+                             EvidenceConfig, LoggingConfig, MetricsConfig, PoseServeConfig,
+                             ServeConfig, ServeModelConfig, SmoothingConfig)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = {"defaults": CameraSettings, "model": ServeModelConfig, "smoothing": SmoothingConfig,
+SECTIONS = {"defaults": CameraSettings, "model": ServeModelConfig,
+            "model.pose": PoseServeConfig, "smoothing": SmoothingConfig,
             "alerts": AlertsConfig, "alerts.curve": CurveConfig, "evidence": EvidenceConfig,
             "metrics": MetricsConfig, "logging": LoggingConfig}
 # Fields of the camera entries a user writes (settings come from `defaults`, secrets are derived).
@@ -54,7 +55,7 @@ def _default(cls, name: str):
 def _schema_keys() -> dict[str, object]:
     keys = {f"{section}.{f.name}": _default(cls, f.name) for section, cls in SECTIONS.items()
             for f in dataclasses.fields(cls) if f.init and not dataclasses.is_dataclass(f.type)
-            and f.name != "curve"}
+            and f.name not in ("curve", "pose")}
     keys.update({f"cameras[].{name}": _default(CameraConfig, name) for name in CAMERA_KEYS})
     keys["data_dir"] = "required"
     keys["instance"] = None           # top level: None = the host name (config.default_instance)

@@ -1,0 +1,1 @@
+"""The daemon's pose path: BlazePose per camera and the pose collapse model (`worker.py`)."""

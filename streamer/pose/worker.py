@@ -1,0 +1,181 @@
+"""The pose path's thread: BlazePose on each collapse-watching camera, windows scored by the pose
+collapse model, `WindowResult`s handed to the event loop like the video worker's.
+
+One `PoseWorker` serves a share of the cameras (`model.pose.workers` threads, a camera always in
+the same one). For each camera it looks at the newest frame of the camera's display-size ring
+about `fps` times a second (`detector.pose.sequence.POSE_FPS`, the rate the model was trained
+at), tracks the person with the camera's own `BlazePose` (the models are loaded once per
+thread), and keeps the last few seconds of landmarks. Every `stride_s` of camera time the last
+`window_s` of them go to the collapse model; the result carries the collapse score and the
+person's box, and 0 when nobody was seen (no person, no collapse).
+
+When the thread cannot keep up (too many cameras for one core), every camera still gets its
+newest frame in turn: the pose rate drops, nothing queues. `vigil_pose_frames_total` says the
+rate each camera gets, `vigil_pose_seconds` what a frame costs.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional
+
+from detector.pose.blazepose import BlazePose
+from detector.pose.collapse import PoseCollapseModel
+from detector.pose.sequence import POSE_FPS, PoseSequence
+
+from ..ringbuffer import FramesUnavailableError, RingBuffer
+from ..types import ClassScore, WindowResult
+
+log = logging.getLogger(__name__)
+
+# Landmarks kept per camera beyond the model's window (seconds).
+HISTORY_SLACK_S = 1.0
+# A box for a window where nobody was seen (its score is 0; the box is never shown).
+NO_BOX = (0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass
+class _Camera:
+    """One camera's pose state, owned by the pose thread."""
+    ring: RingBuffer
+    tracker: BlazePose
+    history: deque = field(default_factory=deque)   # (t_mono, t_wall, seq, landmarks or None)
+    last_t: float = -math.inf                        # capture time of the last frame looked at
+    next_window: Optional[float] = None              # camera time of the next window's end
+    last_box: tuple[float, float, float, float] = NO_BOX
+
+
+class PoseWorker(threading.Thread):
+    """BlazePose + the pose collapse model over a share of the cameras.
+
+    Args:
+        model: the pose collapse model (its `cfg.window_s`, `cfg.fps`, `cfg.label`).
+        cameras: callable returning {camera: its display-size ring or None} for the cameras
+            this thread serves (read each iteration: reloads add and remove cameras).
+        on_results: called with (results, seconds) from this thread after each window batch.
+        stride_s: camera seconds between a camera's windows.
+        threads: CPU threads of each BlazePose model call.
+        model_dir: BlazePose's files (default: the shipped ones).
+        on_frame: called with (camera, seconds, person seen) after each pose frame (metrics).
+        clock: monotonic clock; poll_s: sleep when no camera has a new frame due.
+    Raises:
+        CheckpointError: a BlazePose file is missing or unreadable (from the constructor).
+    """
+
+    def __init__(self, model: PoseCollapseModel,
+                 cameras: Callable[[], Mapping[str, Optional[RingBuffer]]],
+                 on_results: Callable[[list[WindowResult], float], None],
+                 stride_s: float = 0.5, threads: int = 1, model_dir=None,
+                 on_frame: Optional[Callable[[str, float, bool], None]] = None,
+                 clock: Callable[[], float] = time.monotonic, poll_s: float = 0.01,
+                 name: str = "vigil-pose") -> None:
+        super().__init__(name=name, daemon=True)
+        self.model = model
+        self.cameras = cameras
+        self.on_results = on_results
+        self.stride_s = float(stride_s)
+        self.period = 1.0 / (model.cfg.fps or POSE_FPS)
+        self.on_frame = on_frame
+        self.clock = clock
+        self.poll_s = float(poll_s)
+        self._models = BlazePose(model_dir, threads=threads)   # loaded once, shared per camera
+        self._state: dict[str, _Camera] = {}
+        self._stop_event = threading.Event()
+        self.error: Optional[BaseException] = None
+        self.beat = clock()          # last loop iteration (health: a hung thread stops it)
+        self.frames = 0
+
+    def stop(self, timeout: Optional[float] = None) -> bool:
+        """Ask the loop to end after the current frame; True when it ended within `timeout`."""
+        self._stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+        return not self.is_alive()
+
+    def _camera(self, name: str, ring: RingBuffer) -> _Camera:
+        st = self._state.get(name)
+        if st is None or st.ring is not ring:       # new camera, or its ring was replaced
+            st = _Camera(ring, self._models.sharing_models())
+            self._state[name] = st
+        return st
+
+    def step(self) -> bool:
+        """Look at every camera once; True when some camera had a frame due."""
+        self.beat = self.clock()
+        rings = dict(self.cameras())
+        for gone in [n for n in self._state if rings.get(n) is None]:
+            del self._state[gone]
+        results: list[WindowResult] = []
+        busy = 0.0
+        did = False
+        for name, ring in rings.items():
+            if ring is None or ring.count == 0 or self._stop_event.is_set():
+                continue
+            st = self._camera(name, ring)
+            seq = ring.count - 1
+            try:
+                frame, t_mono, t_wall = ring.gather([seq])
+            except FramesUnavailableError:
+                continue
+            t = float(t_mono[0])
+            if t - st.last_t < self.period * 0.9:
+                continue
+            did = True
+            t0 = self.clock()
+            found = st.tracker(frame[0])
+            spent = self.clock() - t0
+            busy += spent
+            self.frames += 1
+            st.last_t = t
+            st.history.append((t, float(t_wall[0]), seq, found))
+            horizon = t - self.model.cfg.window_s - HISTORY_SLACK_S
+            while st.history and st.history[0][0] < horizon:
+                st.history.popleft()
+            if self.on_frame is not None:
+                self.on_frame(name, spent, found is not None)
+            if st.next_window is None:
+                st.next_window = t + self.stride_s
+            if t >= st.next_window:
+                results.append(self._window(name, st, ring, t, float(t_wall[0]), seq))
+                # far behind (a stalled thread): the next window is a stride from now
+                st.next_window = max(st.next_window + self.stride_s, t + 0.5 * self.stride_s)
+        if results:
+            self.on_results(results, busy)
+        if not did:
+            self._stop_event.wait(self.poll_s)
+        return did
+
+    def _window(self, name: str, st: _Camera, ring: RingBuffer, t_end: float, t_wall: float,
+                seq: int) -> WindowResult:
+        """Score the window of `st.history` ending at `t_end`."""
+        w = self.model.cfg.window_s
+        items = [h for h in st.history if t_end - w < h[0] <= t_end]
+        window = PoseSequence.from_frames([h[0] for h in items], [h[3] for h in items],
+                                          (ring.width, ring.height))
+        score, box = self.model.score_window(window)
+        if box is not None:
+            st.last_box = box
+        label = self.model.cfg.label
+        size = ring.source_size or (ring.width, ring.height)
+        return WindowResult(name, {label: ClassScore(label, score, box or st.last_box)}, size,
+                            t_wall - w, t_wall, t_end, seq)
+
+    def run(self) -> None:
+        try:
+            while not self._stop_event.is_set():
+                self.step()
+        except BaseException as exc:   # the service's problem: the daemon sees it and exits
+            self.error = exc
+            log.exception("pose worker failed")
+            raise
+
+
+def worker_of(camera: str, workers: int) -> int:
+    """Which of `workers` pose threads serves `camera`: a stable hash of its name, so a reload
+    never moves a camera (and its tracked person) to another thread."""
+    return zlib.crc32(camera.encode()) % max(1, workers)
