@@ -37,6 +37,10 @@ CAMERAS = {
     "hall-collapse": ("collapse", "collapse"),
     "lobby-quiet": ("none", None),
 }
+# The collapse camera shows a photographed person falling (`train.synth_photo`): collapse is the
+# pose path's (BlazePose), which finds no person in stick figures. It watches collapse only, as
+# a care room would; a 6.4 s loop: standing, a fall, lying.
+PHOTO_COLLAPSE = {"width": 320, "height": 240, "fps": 15, "frames": 96, "photo": 1}
 
 def scene_params(clip_seconds: float) -> dict:
     """Live scenes drawn as the training videos were (the quick-start recipe's size and frame
@@ -78,11 +82,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_demo)
 
 
-# The per-class alert settings configs/vigil.yaml gives the shipped model
-# (docs/models/real-cpu-v2.md, "Alert settings"): a fall is over in a window or two, so a
-# collapse starts on one confident window. The demo serves the shipped model with them, as a
-# user's daemon would; any other model with the daemon's defaults.
-SHIPPED_SMOOTHING_CLASSES = {"collapse": {"on_threshold": 0.9, "min_windows": 1}}
+# The per-class alert settings configs/vigil.yaml gives the shipped models (collapse from the
+# pose path: docs/models/pose-collapse-v1.md, "Alert settings"). The demo serves the shipped
+# models with them, as a user's daemon would; any other model with the daemon's defaults.
+SHIPPED_SMOOTHING_CLASSES = {"collapse": {"on_threshold": 0.5, "off_threshold": 0.3,
+                                          "min_windows": 2}}
 
 
 def demo_model(choice: str, cache_dir: Optional[Path]) -> tuple[Path, str]:
@@ -162,8 +166,17 @@ def demo_config(workdir: Path, checkpoint: Path, ports: DemoPorts,
     params = scene_params(model_cfg.input.clip_seconds or 2.0)
     query = "&".join(f"{k}={v}" for k, v in params.items())
     seeds = {"fight": 20, "collapse": 21, "none": quiet_seed(params)}
-    cameras = [{"name": name, "url": f"synth://{kind}?seed={seeds[kind]}&{query}"}
-               for name, (kind, _) in CAMERAS.items()]
+    photo = "&".join(f"{k}={v}" for k, v in PHOTO_COLLAPSE.items())
+    cameras = []
+    for name, (kind, _) in CAMERAS.items():
+        if kind == "collapse":
+            cameras.append({"name": name, "url": f"synth://{kind}?seed={seeds[kind]}&{photo}",
+                            "events": ["collapse"]})
+        elif kind == "fight":      # a street: fights only, so BlazePose does not run there
+            cameras.append({"name": name, "url": f"synth://{kind}?seed={seeds[kind]}&{query}",
+                            "events": ["fight"]})
+        else:
+            cameras.append({"name": name, "url": f"synth://{kind}?seed={seeds[kind]}&{query}"})
     cfg = {
         "data_dir": str(workdir / "data"),
         "cameras": cameras,
