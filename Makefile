@@ -7,7 +7,7 @@ SYSSTAMP := $(VENV)/.system-packages
 # The `slow` tests (a real soak of a few minutes) run with `make test-slow`, not in CI's budget.
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install system-packages test test-slow demo train-demo clean
+.PHONY: install system-packages test test-slow demo train-demo pose-reference clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,5 +42,14 @@ train-demo: $(STAMP)
 	$(VENV)/bin/vigil train --config configs/train/cpu-small.yaml --data runs/demo-data --out runs/demo
 	$(VENV)/bin/vigil eval --checkpoint runs/demo/best.pt --data runs/demo-data --split val --out runs/demo/eval
 
+# MediaPipe's own landmarks on the pose tests' sample frames (tests/pose_reference.py), recorded
+# in tests/fixtures/pose/. mediapipe needs jax and a second OpenCV: it gets its own venv.
+.venv-mediapipe/bin/python:
+	$(PYTHON) -m venv .venv-mediapipe
+	.venv-mediapipe/bin/python -m pip install --disable-pip-version-check -q mediapipe==0.10.14
+
+pose-reference: $(STAMP) .venv-mediapipe/bin/python
+	$(PY) scripts/pose-reference.py --python .venv-mediapipe/bin/python
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) .venv-mediapipe runs build *.egg-info

@@ -23,7 +23,8 @@ shipped video detector for fights and the shipped pose model for collapse (`--po
 the pose path out and scores collapse with the video detector, as before the pose path).
 
 Reported per source and overall:
-- clips without an action: minutes of footage, `start` alerts, starts per 10 minutes;
+- clips without an action: minutes of footage, `start` alerts, starts per 10 minutes, and how
+  many of those clips got any `start`;
 - clips with an action: how many got a `start` of the right label, how many within
   `--within` seconds of the action's start (the segment's start, or the clip's first frame when
   the whole clip is the action), the median latency, and starts of the wrong label.
@@ -51,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 from detector.checkpoint import load_checkpoint  # noqa: E402
 from detector.init_weights import resolve_model_path  # noqa: E402
 from detector.errors import VigilError  # noqa: E402
+from detector.schema import from_dict  # noqa: E402
 from detector.pose.collapse import is_pose_checkpoint, load_pose_checkpoint  # noqa: E402
 from detector.pose.sequence import PoseSequence  # noqa: E402
 from streamer.config import SmoothingConfig, load_smoothing  # noqa: E402
@@ -178,8 +180,11 @@ def score_records(ckpt: Path | None, records: list, stride: int, loop_s: float,
         worker = InferenceWorker(model, cfg.input, classes, "cpu", "fp32", policy=16)
     pose_model = pose_cache = None
     if pose is not None:
-        pose_model, _ = load_pose_checkpoint(pose)
-        pose_cache = PoseCache(PoseDataConfig().resolved_cache_dir(), pose_model.cfg.fps)
+        pose_model, pose_meta = load_pose_checkpoint(pose)
+        # the run's own pose cache (data.cache_dir of its recipe), so nothing is tracked twice
+        data_cfg = from_dict(PoseDataConfig,
+                             (pose_meta.get("train_config") or {}).get("data"), "data")
+        pose_cache = PoseCache(data_cfg.resolved_cache_dir(), pose_model.cfg.fps)
         if pose_model.cfg.label not in classes:
             classes.append(pose_model.cfg.label)
     names = dataset_classes or classes
@@ -226,15 +231,17 @@ def alert_table(clips: list[ClipScores], smoothing: SmoothingConfig, classes: li
             if c.label is None:
                 bucket["none_minutes"].append(c.minutes)
                 bucket["none_starts"].append(len(starts))
+                bucket["none_alarmed"].append(bool(starts))
             else:
                 right = [t for t, lab in starts if lab == c.label]
                 bucket["action_clips"].append(c.stem)
                 bucket["wrong"].append(sum(lab != c.label for _, lab in starts))
                 if right:
                     bucket["latency"].append(right[0] - c.t_action)
-    lines = ["| source | none clips | none minutes | starts on none | per 10 min | action clips "
-             f"| right start | within {within:g} s | median latency s | wrong-label starts |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| source | none clips | none minutes | starts on none | per 10 min | none clips "
+             f"with a start | action clips | right start | within {within:g} s | median latency "
+             "s | wrong-label starts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for src in sorted(per, key=lambda s: (s == "all", s)):
         b = per[src]
         mins = sum(b["none_minutes"])
@@ -243,7 +250,8 @@ def alert_table(clips: list[ClipScores], smoothing: SmoothingConfig, classes: li
         n_within = sum(x <= within for x in lat)     # early starts count as found
         lines.append(
             f"| {src} | {len(b['none_minutes'])} | {mins:.1f} | {starts} | "
-            f"{(10 * starts / mins) if mins else float('nan'):.2f} | {len(b['action_clips'])} | "
+            f"{(10 * starts / mins) if mins else float('nan'):.2f} | {sum(b['none_alarmed'])} | "
+            f"{len(b['action_clips'])} | "
             f"{len(lat)} | {n_within} | {statistics.median(lat) if lat else float('nan'):.2f} | "
             f"{sum(b['wrong'])} |")
     return lines

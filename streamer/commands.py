@@ -136,7 +136,10 @@ def _check_config(cfg) -> int:
     _, model_cfg, meta = load_model(cfg.model.checkpoint, torch.device("cpu"), threads=1)
     pose = None
     if cfg.model.pose is not None:
+        from detector.pose.blazepose import BlazePose
+
         pose, _ = load_pose_checkpoint(cfg.model.pose.checkpoint)
+        BlazePose(threads=1)              # its two model files load (else: one line naming one)
     routing = EventRouting(tuple(model_cfg.class_names), pose.cfg.label if pose else None)
     routing.check(cfg.cameras)
     inp = model_cfg.input

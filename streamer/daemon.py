@@ -299,14 +299,9 @@ class Daemon:
                                      counter_start=self._journal.last_seq + 1)
         self._scheduler = Scheduler(self._windows, batching)
 
-        self._wd_interval = self.notifier.watchdog_interval()
-        self._cams = {}
-        for cam in cfg.enabled_cameras:
-            self._start_camera(cam)
-        self._worker = WorkerThread(self._scheduler, worker, rings=self._rings,
-                                    on_results=self._on_results, heartbeat=self._worker_heartbeat)
-        self._worker.start()
         if pose_model is not None:
+            # Built before any camera opens: a missing or damaged BlazePose file stops the
+            # start with one line naming it.
             n = cfg.model.pose.workers
             self._pose_workers = [
                 PoseWorker(copy.deepcopy(pose_model), cameras=functools.partial(self._pose_rings, i),
@@ -314,8 +309,16 @@ class Daemon:
                            threads=cfg.model.pose.threads, on_frame=self._on_pose_frame,
                            name=f"vigil-pose-{i}")
                 for i in range(n)]
-            for w in self._pose_workers:
-                w.start()
+
+        self._wd_interval = self.notifier.watchdog_interval()
+        self._cams = {}
+        for cam in cfg.enabled_cameras:
+            self._start_camera(cam)
+        self._worker = WorkerThread(self._scheduler, worker, rings=self._rings,
+                                    on_results=self._on_results, heartbeat=self._worker_heartbeat)
+        self._worker.start()
+        for w in self._pose_workers:
+            w.start()
         status = (f"serving {len(self._cams)} camera(s) on {self.device}; alerts on "
                   f"{self._publisher.endpoint}")
         self.notifier.ready(status=status)

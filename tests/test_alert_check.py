@@ -22,7 +22,7 @@ def test_it_tabulates_starts_on_quiet_clips_and_latency_on_action_clips(tmp_path
     assert "| source | none clips | none minutes | starts on none |" in table
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| all |")]
     assert len(rows) == 1
-    none_clips, action_clips = int(rows[0][1]), int(rows[0][5])
+    none_clips, action_clips = int(rows[0][1]), int(rows[0][6])
     assert none_clips + action_clips == 6 and action_clips >= 1
     assert ", 6 clips," in table
 

@@ -99,7 +99,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "its time span. Folders are searched for .mp4/.avi/.mkv/.mov files.")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="video files or folders")
     p.add_argument("--checkpoint", type=Path, required=True,
-                   help="a .pt checkpoint, or an .onnx export (run on the CPU)")
+                   help="a .pt checkpoint, an .onnx export (run on the CPU), or vigil: what "
+                        "the daemon serves by default (the shipped video detector with the "
+                        "pose path for collapse)")
+    p.add_argument("--pose", default=None, metavar="CHECKPOINT",
+                   help="score collapse with this pose collapse model (vigil: the shipped "
+                        "one), as the daemon's model.pose does; none: the video detector "
+                        "alone. Default: vigil with --checkpoint vigil, else none")
     p.add_argument("--out", type=Path, default=None, help="write JSON lines here, not stdout")
     p.add_argument("--csv", type=Path, default=None, help="write CSV here ('-' = stdout)")
     p.add_argument("--csv-format", choices=("vigil", "reference"), default="vigil",
@@ -519,7 +525,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         for row in detect(args.paths, args.checkpoint, windows=args.windows,
                           window_seconds=args.window_seconds, batch=args.batch,
                           workers=args.workers, threshold=args.threshold, device=args.device,
-                          precision=args.precision, queries=reference_csv):
+                          precision=args.precision, queries=reference_csv,
+                          pose=_detect_pose(args)):
             if reference_csv:
                 reference_rows.append(row)
                 row = {k: v for k, v in row.items() if k != "queries"}
@@ -566,6 +573,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if failed:
         log.error("%d video(s) could not be read", failed)
     return 1 if failed else 0
+
+
+def _detect_pose(args: argparse.Namespace) -> str | None:
+    """The pose checkpoint `vigil detect` runs: --pose, else the shipped one with the shipped
+    detector (`--checkpoint vigil` is exactly the daemon's default), else none."""
+    choice = args.pose if args.pose is not None else (
+        "vigil" if str(args.checkpoint) == "vigil" else "none")
+    return None if choice == "none" else choice
 
 
 def _detect_summary(rows_by_video: dict[str, list[dict[str, Any]]], truths: dict,

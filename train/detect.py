@@ -200,15 +200,77 @@ def _collate(batch: list[tuple[torch.Tensor | None, dict]]) -> tuple[torch.Tenso
     return clips, [i for _, i in good], errors
 
 
+class PosePath:
+    """The daemon's pose path over whole videos: each video's BlazePose sequence (as
+    `train.pose_data.track_video` samples it) and the pose collapse model's windows.
+
+    Args:
+        checkpoint: a pose collapse checkpoint, or `vigil` (the shipped one).
+    """
+
+    def __init__(self, checkpoint: str | Path):
+        from detector.pose.blazepose import BlazePose
+        from detector.pose.collapse import load_pose_checkpoint
+
+        self.model, _ = load_pose_checkpoint(checkpoint)
+        self.label = self.model.cfg.label
+        self._tracker = BlazePose()
+        # Rows of a few videos interleave (one decoding worker each): keep their sequences.
+        self._seqs: dict[Path, Any] = {}
+
+    def sequence(self, video: Path):
+        """The video's pose sequence (tracked once per video)."""
+        from .pose_data import track_video
+
+        if video not in self._seqs:
+            if len(self._seqs) >= 8:
+                self._seqs.pop(next(iter(self._seqs)))
+            self._seqs[video] = track_video(video, self._tracker, self.model.cfg.fps)
+        return self._seqs[video]
+
+    def window(self, video: Path, end_s: float) -> tuple[float, Any]:
+        """(score, normalised xyxy box or None) of the window ending at `end_s`."""
+        w = self.model.cfg.window_s
+        return self.model.score_window(self.sequence(video).between(end_s - w, end_s))
+
+    def best(self, video: Path, duration: float, stride_s: float = 0.5) -> tuple[float, Any]:
+        """The highest-scoring window of the whole video (the clip-mode verdict)."""
+        w = self.model.cfg.window_s
+        ends = np.arange(min(w, duration), duration + 1e-6, stride_s)
+        scored = [self.window(video, float(t)) for t in ends] or [(0.0, None)]
+        return max(scored, key=lambda sb: sb[0])
+
+
+def _bundle_row(row: dict[str, Any], video_scores: dict[str, tuple[float, Any]],
+                pose: tuple[float, Any], label: str, threshold: float) -> dict[str, Any]:
+    """A row's verdict with the pose path owning `label`: the best of the video detector's
+    other classes and the pose score, when it reaches `threshold` (as the daemon decides)."""
+    cands = {k: v for k, v in video_scores.items() if k != label}
+    cands[label] = pose
+    name, (score, box) = max(cands.items(), key=lambda kv: kv[1][0])
+    size = (row["width"], row["height"])
+    if score < threshold or box is None:
+        return {**row, "class": "none", "score": None, "box": None}
+    px = [round(box[0] * size[0]), round(box[1] * size[1]), round(box[2] * size[0]),
+          round(box[3] * size[1])]
+    return {**row, "class": name, "score": round(float(score), 4), "box": px}
+
+
 def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float | None = None,
            window_seconds: float | None = None, batch: int = 8, workers: int | None = None,
            threshold: float = 0.3, device: str = "auto",
-           precision: str = "auto", queries: bool = False) -> Iterator[dict[str, Any]]:
+           precision: str = "auto", queries: bool = False,
+           pose: str | Path | None = None) -> Iterator[dict[str, Any]]:
     """Run the detector over videos, yielding one row per video (or per window).
 
     Args:
         paths: video files and folders.
-        checkpoint: a Vigil checkpoint (or a reference `best_model.pth`).
+        checkpoint: a Vigil checkpoint (or a reference `best_model.pth`), or `vigil`: the
+            shipped default, which with `pose="vigil"` is exactly what the daemon serves by
+            default.
+        pose: a pose collapse checkpoint (or `vigil`): its class is then scored by the pose
+            path, as the daemon's `model.pose` does (the video detector keeps the others);
+            None: the video detector alone.
         windows: stride in seconds between windows; None = one clip per video.
         window_seconds: window length; default the checkpoint's `input.clip_seconds`.
         batch: clips per forward pass.
@@ -225,14 +287,19 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
          "width", "height"} plus "start_s", "end_s" in window mode; a failed file yields
         {"video", "error"}.
     """
-    from detector.postprocess import clip_predictions
+    from detector.postprocess import boxes_xyxy, clip_predictions
     from detector.precision import autocast, autocast_dtype
     from detector.preprocess import normalize_clips
     from detector.runtime import load_model, model_device, resolve_device
 
+    from detector.init_weights import resolve_model_path
+    from detector.postprocess import class_scores
+
     files = find_videos(paths)
     dev = resolve_device(device)
-    model, cfg, meta = load_model(checkpoint, dev, threads=torch.get_num_threads())
+    model, cfg, meta = load_model(resolve_model_path(checkpoint), dev,
+                                  threads=torch.get_num_threads())
+    pose_path = PosePath(pose) if pose is not None else None
     dev = model_device(meta, dev)  # an .onnx model runs on the CPU, in fp32
     if precision == "auto":
         precision = checkpoint_precision(meta)
@@ -261,7 +328,10 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
             dets = clip_predictions(outputs, cfg.class_names, threshold)
             per_query = (query_detections(outputs, cfg.class_names, threshold) if queries
                          else [None] * len(dets))
-            for info, det, qd in zip(infos, dets, per_query):
+            if pose_path is not None:
+                scores, boxes = class_scores(outputs)
+                boxes = boxes_xyxy(boxes)
+            for b, (info, det, qd) in enumerate(zip(infos, dets, per_query)):
                 row: dict[str, Any] = {"video": info["video"]}
                 if windows is not None:
                     row.update(start_s=info["start_s"], end_s=info["end_s"])
@@ -274,6 +344,13 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
                 row.update(width=size[0], height=size[1])
                 if qd is not None:
                     row["queries"] = qd
+                if pose_path is not None:
+                    video = Path(info["video"])
+                    verdict = (pose_path.window(video, info["end_s"]) if windows is not None
+                               else pose_path.best(video, info["frames"] / (info["fps"] or 25.0)))
+                    own = {name: (float(scores[b, c]), boxes[b, c].tolist())
+                           for c, name in enumerate(cfg.class_names)}
+                    row = _bundle_row(row, own, verdict, pose_path.label, threshold)
                 yield row
 
 
@@ -682,9 +759,10 @@ def checkpoint_label_options(checkpoint: str | Path) -> dict[str, Any]:
     Raises:
         CheckpointError: from `detector.checkpoint.load_checkpoint`.
     """
+    from detector.init_weights import resolve_model_path
     from detector.runtime import load_model
 
-    _, cfg, meta = load_model(checkpoint, torch.device("cpu"))
+    _, cfg, meta = load_model(resolve_model_path(checkpoint), torch.device("cpu"))
     data = (meta.get("train_config") or {}).get("data") or {}
     return {"class_names": tuple(cfg.class_names),
             "class_folders": dict(data.get("class_folders") or {}),

@@ -9,7 +9,9 @@ from ..errors import CheckpointError
 
 # The shipped pose collapse model (package data): what `model.pose.checkpoint: vigil` serves.
 DEFAULT_POSE_MODEL = "pose-collapse-v1"
-POSE_WEIGHTS_DIR = Path(str(files("detector") / "weights"))
+# Beside, not among, the video detector's weights (`detector/weights/*.pt`, which
+# `init_weights.shipped_weights` lists as starting points for video recipes).
+POSE_WEIGHTS_DIR = Path(str(files("detector") / "weights" / "pose"))
 ALIAS = "vigil"
 
 

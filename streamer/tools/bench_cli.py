@@ -4,6 +4,7 @@
     vigil bench pipeline [--quick] [--device D] [--out FILE] [--cameras N ...] ...
     vigil bench offline  [--quick] [--device D] [--out FILE] [--data DIR] ...
     vigil bench train    [--quick] [--device D] [--out FILE] [--config YAML] ...
+    vigil bench pose     [--quick] [--out FILE] [--threads N,...] [--size WxH]
 
 Each benchmark prints its Markdown tables on stdout (the environment line above them states the
 device, versions and this command line) and writes them to --out as Markdown or JSON (by the
@@ -140,6 +141,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "events: production smoothing")
     q.add_argument("--workdir", default=None,
                    help="keep videos, checkpoint and journals here (default: a temporary folder)")
+    q.add_argument("--pose", choices=("off", "both", "only"), default="off",
+                   help="the pose path: off (model.pose null), both (every camera watches "
+                        "fight and collapse), only (every camera watches collapse: BlazePose "
+                        "alone); on: the camera files show a photographed person")
+    q.add_argument("--pose-workers", type=int, default=1, help="model.pose.workers")
     q.set_defaults(func=cmd_bench_pipeline)
 
     o = sub.add_parser(
@@ -180,6 +186,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--workdir", default=None,
                    help="keep data and run here (default: a temporary folder)")
     t.set_defaults(func=cmd_bench_train)
+
+    s = sub.add_parser(
+        "pose", formatter_class=fmt, help="milliseconds per frame of the pose path",
+        description="One frame through BlazePose on this CPU (tracked, found afresh, nobody in "
+                    "view) at the size the daemon's pose path sees a camera, and a window's "
+                    "features plus the pose collapse model.")
+    _common(s)
+    s.add_argument("--threads", type=_ints, default=[1, 2], metavar="N[,N...]",
+                   help="LiteRT threads per model call")
+    s.add_argument("--size", type=_resolution, default=(640, 360), metavar="WxH",
+                   help="the camera's size (shrunk to at most 480 wide, as the daemon does)")
+    s.set_defaults(func=cmd_bench_pose)
 
 
 def _emit(report: Any, out: Path | None) -> None:
@@ -231,7 +249,7 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
         model=args.model, checkpoint=args.checkpoint, precision=args.precision,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads,
         alerts=args.alerts, start_timeout_s=args.start_timeout, workdir=args.workdir,
-        command=command_line())
+        command=command_line(), pose=args.pose, pose_workers=args.pose_workers)
     _emit(run_pipeline_bench(opts), args.out)
     return 0
 
@@ -247,6 +265,18 @@ def cmd_bench_offline(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, batch=args.batch, workers=args.workers,
         precision=args.precision, repeats=args.repeats, command=command_line())
     _emit(run_offline_bench(opts), args.out)
+    return 0
+
+
+def cmd_bench_pose(args: argparse.Namespace) -> int:
+    """`vigil bench pose`."""
+    _check_out(args.out)
+    from .bench_pose import PoseBenchOptions, run_pose_bench
+    from .kit import command_line
+
+    opts = PoseBenchOptions(quick=args.quick, threads=tuple(args.threads), size=args.size,
+                            command=command_line())
+    _emit(run_pose_bench(opts), args.out)
     return 0
 
 

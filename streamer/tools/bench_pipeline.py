@@ -19,6 +19,14 @@ For each number of cameras N (and each resolution), the benchmark:
 4. finds the largest N that holds real time (`holds_real_time`) by bisection
    (`find_max_cameras`), reusing every point measured.
 
+The pose path (`pose`): `off` (the default here, `model.pose: null`: what the rows before issue
+24 measured), `both` (the daemon's default: every camera watches fight and collapse, so the
+video detector and BlazePose both run) or `only` (every camera watches collapse only, as a care
+room: BlazePose alone). With the pose path on, the camera files show a photographed person
+(`train.synth_photo`), so BlazePose tracks someone in every frame it looks at (the costly case:
+an empty room is looked at half as often), and a point holds real time only if every camera's
+pose path also got at least 95% of its 8 frames a second.
+
 Alert load: the weights are random, so no real event would ever start. With `alerts=
 "every-window"` (default) the smoothing thresholds are set so that each camera/class opens an
 event at its first window and every later window publishes an `update` (update interval 0, no
@@ -44,6 +52,8 @@ from typing import Any, Callable, Optional, Sequence
 from detector.errors import ConfigError, VigilError
 from detector.runtime import resolve_device
 from detector.timing import median, percentile, ratio
+
+from detector.pose.sequence import POSE_FPS
 
 from .harness import SYSTEM_PYTHON, free_port, system_python_env
 from .kit import BenchReport, Section, bench_env
@@ -124,6 +134,9 @@ class PointStats:
         batches, batch_windows, batch_seconds: batches run, windows in them, their total time.
         alert_latencies: `latency_s` of the alerts received (capture -> published).
         window_latencies: capture of a window's last frame -> its result at the event loop.
+        pose: the pose path's mode (`off`, `both`, `only`).
+        pose_frames: frames the pose path tracked per camera; pose_cpu_s: CPU seconds of the
+            pose threads.
         error: why the point could not be measured (counts as not holding).
     """
     cameras: int
@@ -145,11 +158,17 @@ class PointStats:
     batch_seconds: float = 0.0
     alert_latencies: list[float] = field(default_factory=list)
     window_latencies: list[float] = field(default_factory=list)
+    pose: str = "off"
+    pose_frames: list[int] = field(default_factory=list)
+    pose_cpu_s: float = 0.0
     error: str = ""
 
     @property
     def expected_windows_per_s(self) -> float:
-        return self.cameras * self.fps / self.stride
+        return 0.0 if self.pose == "only" else self.cameras * self.fps / self.stride
+
+    def pose_fps(self) -> list[float]:
+        return [f / self.duration_s for f in self.pose_frames] if self.duration_s > 0 else []
 
     @property
     def windows_per_s(self) -> float:
@@ -164,8 +183,9 @@ def holds_real_time(p: PointStats, tolerance: float = 0.95) -> tuple[bool, str]:
 
     Holds when: no skipped window, no dropped frame, every camera captured at least
     `tolerance` of its frame rate (a starved capture thread falls behind instead of dropping),
-    and the windows inferred reached `tolerance` of those due (minus one per camera for the
-    measurement's edges).
+    the windows inferred reached `tolerance` of those due (minus one per camera for the
+    measurement's edges), and, with the pose path on, every camera's pose path tracked at least
+    `tolerance` of `POSE_FPS` frames a second (of the camera's rate when it is lower).
 
     Returns:
         (holds, the first reason it does not, or "").
@@ -183,6 +203,12 @@ def holds_real_time(p: PointStats, tolerance: float = 0.95) -> tuple[bool, str]:
     due = p.expected_windows_per_s * p.duration_s
     if p.windows < tolerance * due - p.cameras:
         return False, f"{p.windows} windows inferred of {due:.0f} due"
+    if p.pose != "off":
+        want = min(POSE_FPS, p.fps)
+        pose = p.pose_fps()
+        if not pose or min(pose) < tolerance * want:
+            return False, (f"pose path behind: slowest camera {min(pose) if pose else 0.0:.1f} "
+                           f"of {want:g} frames/s")
     return True, ""
 
 
@@ -211,6 +237,10 @@ def point_row(p: PointStats) -> dict[str, Any]:
         "capture CPU % per camera": (100.0 * median(p.capture_cpu_s) / p.duration_s
                                      if p.capture_cpu_s and p.duration_s > 0 else None),
         "worker CPU %": 100.0 * p.worker_cpu_s / p.duration_s if p.duration_s > 0 else None,
+        "pose": p.pose,
+        "pose fps (min)": min(p.pose_fps()) if p.pose_frames else None,
+        "pose CPU % per camera": (100.0 * p.pose_cpu_s / p.duration_s / p.cameras
+                                  if p.pose != "off" and p.duration_s > 0 else None),
         "batch (mean)": ratio(p.batch_windows, p.batches),
         "ms/batch": (1e3 * p.batch_seconds / p.batches) if p.batches else None,
         "alerts": len(p.alert_latencies),
@@ -222,7 +252,8 @@ def point_row(p: PointStats) -> dict[str, Any]:
 
 POINT_COLUMNS = ["cameras", "resolution", "codec", "fps", "stride", "seconds", "windows/s",
                  "due/s", "skipped", "dropped", "capture fps (min)", "CPU % per camera",
-                 "capture CPU % per camera", "worker CPU %", "batch (mean)", "ms/batch", "alerts",
+                 "capture CPU % per camera", "worker CPU %", "pose", "pose fps (min)",
+                 "pose CPU % per camera", "batch (mean)", "ms/batch", "alerts",
                  "alert p50 s", "alert p95 s", "alert p99 s", "window p50 s", "window p95 s",
                  "window p99 s", "holds"]
 
@@ -312,18 +343,18 @@ def choose_encoder(directory: str | Path) -> Encoder:
 
 
 def write_camera_video(path: str | Path, width: int, height: int, fps: int, frames: int,
-                       kind: str, seed: int, encoder: Encoder) -> Path:
-    """Render a synthetic scene to a camera file.
+                       kind: str, seed: int, encoder: Encoder, style: str = "stick") -> Path:
+    """Render a synthetic scene (`train.synth_dataset.make_scene` of `style`) to a camera file.
 
     Raises:
         VigilError: the encoder failed.
     """
     import cv2
 
-    from train.synth import Scene
+    from train.synth_dataset import make_scene
 
     path = Path(path)
-    scene = Scene(kind, seed, width=width, height=height, fps=fps, frames=frames)
+    scene = make_scene(kind, seed, width, height, fps, frames, style=style)
     if encoder.kind == "gstreamer":
         # stderr to a file, not a pipe: a chatty encoder must not block while we feed stdin.
         with tempfile.TemporaryFile() as err:
@@ -358,19 +389,22 @@ def write_camera_video(path: str | Path, width: int, height: int, fps: int, fram
 
 
 def make_camera_videos(directory: str | Path, width: int, height: int, fps: int, seconds: float,
-                       variants: int, encoder: Encoder) -> list[Path]:
-    """`variants` different scenes (fight/collapse/none in turn); cameras cycle through them."""
+                       variants: int, encoder: Encoder, person: bool = False) -> list[Path]:
+    """`variants` different scenes (fight/collapse/none in turn; with `person`, a photographed
+    person falling or standing, whom the pose path tracks); cameras cycle through them."""
     from train.synth import KINDS
+    from train.synth_photo import PHOTO_KINDS
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     frames = max(16, int(round(seconds * fps)))
+    kinds, style = (PHOTO_KINDS, "photo") if person else (KINDS, "stick")
     out = []
     for v in range(variants):
-        path = directory / f"cam{v}_{width}x{height}_{fps}fps.mp4"
+        path = directory / f"cam{v}_{width}x{height}_{fps}fps{'_person' if person else ''}.mp4"
         if not path.exists():
-            write_camera_video(path, width, height, fps, frames, KINDS[v % len(KINDS)], 100 + v,
-                               encoder)
+            write_camera_video(path, width, height, fps, frames, kinds[v % len(kinds)], 100 + v,
+                               encoder, style=style)
         out.append(path)
     return out
 
@@ -404,7 +438,8 @@ def bench_checkpoint(directory: str | Path, model: str, clip_seconds: float = 2.
 
 def pipeline_config(data_dir: Path, checkpoint: Path, videos: Sequence[Path], cameras: int,
                     stride: int, device: str, precision: str, max_batch: int, max_wait_ms: float,
-                    threads: Optional[int], alerts: str) -> dict[str, Any]:
+                    threads: Optional[int], alerts: str, pose: str = "off",
+                    pose_workers: int = 1) -> dict[str, Any]:
     """The daemon config of one measurement, as the YAML mapping `parse_config` takes."""
     data: dict[str, Any] = {
         "data_dir": str(data_dir),
@@ -420,6 +455,14 @@ def pipeline_config(data_dir: Path, checkpoint: Path, videos: Sequence[Path], ca
         "evidence": {"enabled": True, "snapshot": True, "clip": False},
         "metrics": {"enabled": False},
     }
+    if pose == "off":
+        data["model"]["pose"] = None
+    elif pose in ("both", "only"):
+        data["model"]["pose"] = {"checkpoint": "vigil", "workers": pose_workers}
+        if pose == "only":
+            data["defaults"]["events"] = ["collapse"]
+    else:
+        raise ConfigError(f"--pose: {pose!r} (off, both, only)")
     if alerts == "every-window":
         data["smoothing"] = {"on_threshold": 0.001, "off_threshold": 0.0, "min_windows": 1,
                              "cooldown_s": 3600.0, "update_interval_s": 0.0,
@@ -497,6 +540,7 @@ class _Snapshot:
     t: float
     cpu: float
     frames: dict[str, float]
+    pose_frames: dict[str, float]
     dropped: float
     windows: float
     skipped: float
@@ -508,6 +552,7 @@ class _Snapshot:
 
 def _snapshot(daemon: Any, names: Sequence[str]) -> _Snapshot:
     from streamer.capture import CaptureThread
+    from streamer.pose.worker import PoseWorker
     from streamer.worker import WorkerThread
 
     reg = daemon.metrics.registry
@@ -517,9 +562,12 @@ def _snapshot(daemon: Any, names: Sequence[str]) -> _Snapshot:
             threads[f"capture:{t.camera}"] = thread_cpu_seconds(t.native_id)
         elif isinstance(t, WorkerThread):
             threads["worker"] = thread_cpu_seconds(t.native_id)
+        elif isinstance(t, PoseWorker):
+            threads[f"pose:{t.name}"] = thread_cpu_seconds(t.native_id)
     return _Snapshot(
         t=time.monotonic(), cpu=process_cpu_seconds(),
         frames={n: _sample(reg, "vigil_frames_total", {"camera": n}) for n in names},
+        pose_frames={n: _sample(reg, "vigil_pose_frames_total", {"camera": n}) for n in names},
         dropped=sum(_sample(reg, "vigil_frames_dropped_total", {"camera": n}) for n in names),
         windows=sum(_sample(reg, "vigil_windows_total", {"camera": n}) for n in names),
         skipped=sum(_sample(reg, "vigil_windows_skipped_total", {"camera": n}) for n in names),
@@ -571,9 +619,9 @@ def measure_point(cfg_data: dict[str, Any], point: PointStats, warmup_s: float,
         # bench checkpoint): the warm-up starts when every camera has had one.
         reg = daemon.metrics.registry
         waiting = list(names)
+        first = "vigil_pose_windows_total" if point.pose == "only" else "vigil_windows_total"
         while waiting and runner.is_alive() and time.monotonic() < deadline:
-            waiting = [n for n in waiting
-                       if _sample(reg, "vigil_windows_total", {"camera": n}) < 1]
+            waiting = [n for n in waiting if _sample(reg, first, {"camera": n}) < 1]
             time.sleep(0.1)
         if waiting:
             point.error = (f"{len(waiting)} camera(s) had no window within "
@@ -594,6 +642,9 @@ def measure_point(cfg_data: dict[str, Any], point: PointStats, warmup_s: float,
         point.capture_cpu_s = [b.thread_cpu[k] - a.thread_cpu.get(k, 0.0)
                                for k in b.thread_cpu if k.startswith("capture:")]
         point.worker_cpu_s = b.thread_cpu.get("worker", 0.0) - a.thread_cpu.get("worker", 0.0)
+        point.pose_frames = [int(b.pose_frames[n] - a.pose_frames[n]) for n in names]
+        point.pose_cpu_s = sum(b.thread_cpu[k] - a.thread_cpu.get(k, 0.0)
+                               for k in b.thread_cpu if k.startswith("pose:"))
         point.batches = int(b.batches - a.batches)
         point.batch_windows = int(b.batch_windows - a.batch_windows)
         point.batch_seconds = b.batch_seconds - a.batch_seconds
@@ -636,6 +687,8 @@ class PipelineBenchOptions:
             the daemon starts does not hold real time (far above the limit, a point would
             otherwise spend minutes starting up).
         workdir: where files, checkpoint and journal go (default: a temporary folder, removed).
+        pose, pose_workers: the pose path (`off`, `both`, `only`; module docstring) and its
+            threads (`model.pose.workers`).
     """
     device: str = "auto"
     quick: bool = False
@@ -659,6 +712,8 @@ class PipelineBenchOptions:
     start_timeout_s: float = 120.0
     workdir: Optional[str] = None
     command: Optional[str] = None
+    pose: str = "off"
+    pose_workers: int = 1
 
 
 def run_pipeline_bench(opts: PipelineBenchOptions) -> BenchReport:
@@ -686,7 +741,8 @@ def run_pipeline_bench(opts: PipelineBenchOptions) -> BenchReport:
         limits, rows = [], []
         for width, height in opts.resolutions:
             videos = make_camera_videos(work / "videos", width, height, opts.fps,
-                                        opts.video_seconds, variants, encoder)
+                                        opts.video_seconds, variants, encoder,
+                                        person=opts.pose != "off")
             measured: dict[int, PointStats] = {}
 
             def point(n: int, width: int = width, height: int = height,
@@ -696,9 +752,10 @@ def run_pipeline_bench(opts: PipelineBenchOptions) -> BenchReport:
                     shutil.rmtree(data_dir, ignore_errors=True)
                     cfg = pipeline_config(data_dir, ckpt, videos, n, opts.stride, str(device),
                                           opts.precision, max_batch, opts.max_wait_ms,
-                                          opts.threads, opts.alerts)
+                                          opts.threads, opts.alerts, opts.pose,
+                                          opts.pose_workers)
                     p = PointStats(n, width, height, float(opts.fps), opts.stride,
-                                   codec=encoder.label)
+                                   codec=encoder.label, pose=opts.pose)
                     log.info("pipeline: %d camera(s) at %dx%d for %.0f s", n, width, height,
                              duration)
                     measured[n] = measure_point(cfg, p, warmup, duration,
@@ -726,7 +783,9 @@ def run_pipeline_bench(opts: PipelineBenchOptions) -> BenchReport:
             "Pipeline: the real daemon on file cameras paced in real time", POINT_COLUMNS, rows,
             [f"model: {ckpt.name} ({model if not opts.checkpoint else 'given checkpoint'}), "
              f"device {device}, precision {opts.precision}, max_batch {max_batch}, "
-             f"max_wait_ms {opts.max_wait_ms:g}, alerts {opts.alerts}",
+             f"max_wait_ms {opts.max_wait_ms:g}, alerts {opts.alerts}, pose path "
+             f"{opts.pose}" + (f" ({opts.pose_workers} thread(s), cameras show a photographed "
+                               "person)" if opts.pose != "off" else ""),
              f"{warmup:g} s warm-up, then {duration:g} s measured per point; windows/s and CPU "
              "from metric and /proc deltas over that interval",
              "alert latency: `latency_s` of the start/update alerts received over ZeroMQ "
@@ -735,7 +794,8 @@ def run_pipeline_bench(opts: PipelineBenchOptions) -> BenchReport:
              "CPU % per camera: the whole process (decode, resize, inference, events) / N; "
              "capture CPU: median capture thread (decode + resize)",
              "holds: no skipped window, no dropped frame, every camera captured >= 95% of its "
-             "fps, and >= 95% of the due windows inferred"]))
+             "fps, >= 95% of the due windows inferred, and (pose path on) >= 95% of 8 pose "
+             "frames/s per camera"]))
         if limits:
             report.sections.append(Section(
                 "Largest number of cameras in real time (bisection)",

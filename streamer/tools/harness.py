@@ -413,7 +413,7 @@ def tiny_checkpoint(path: Path) -> Path:
 
 def base_config(data_dir: Path, checkpoint: Path, cameras: dict[str, str],
                 always_on: bool = True, updates: bool = False, stride: int = 4,
-                fast_timeouts: bool = True) -> dict:
+                fast_timeouts: bool = True, pose: bool = False) -> dict:
     """A daemon config on free loopback ports (fault tests, daemon tests, soak).
 
     Args:
@@ -427,6 +427,9 @@ def base_config(data_dir: Path, checkpoint: Path, cameras: dict[str, str],
         stride: run the model every `stride` frames.
         fast_timeouts: open 2 s, read 1.5 s, stall 3 s, backoff 0.3..2 s, so that camera faults
             play out in seconds; False keeps the daemon's own defaults (what a deployment gets).
+        pose: keep the pose path (the daemon's default); False (`model.pose: null`): every
+            class comes from the checkpoint, so `always_on` opens an event for each of them
+            and no BlazePose thread shares the CPU with what is measured.
     Returns:
         The config as the YAML mapping `DaemonProcess` writes.
     """
@@ -444,7 +447,7 @@ def base_config(data_dir: Path, checkpoint: Path, cameras: dict[str, str],
         "defaults": defaults,
         "cameras": [{"name": n, "url": u} for n, u in cameras.items()],
         "model": {"checkpoint": str(checkpoint), "device": "cpu", "threads": 1, "max_batch": 4,
-                  "max_wait_ms": 20},
+                  "max_wait_ms": 20, **({} if pose else {"pose": None})},
         "smoothing": smoothing,
         "alerts": {"endpoint": f"tcp://127.0.0.1:{free_port()}",
                    "replay_endpoint": f"tcp://127.0.0.1:{free_port()}", "heartbeat_s": 0.5},
