@@ -206,3 +206,24 @@ def test_a_bad_key_of_a_pose_recipe_is_named(tmp_path):
     done = vigil("train", "--config", "configs/train/pose-collapse.yaml", "--data",
                  str(tmp_path), "--out", str(tmp_path / "run"), "--set", "optim.l3=1", cwd=ROOT)
     assert done.returncode == 2 and "optim.l3: unknown key" in done.stderr
+
+
+def test_vigil_detect_with_the_alias_runs_what_the_daemon_serves(tmp_path):
+    """`--checkpoint vigil`: collapse from the pose path (a photographed person falling), the
+    video detector for the rest; `--pose none` leaves the pose path out."""
+    from train.synth import write_video
+    from train.synth_photo import PhotoScene
+
+    video = tmp_path / "fall.mp4"
+    write_video(video, PhotoScene("collapse", 21, 320, 240, fps=15, frames=96))
+    done = vigil("detect", str(video), "--checkpoint", "vigil", cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert row["class"] == "collapse" and row["score"] >= 0.5
+    x1, y1, x2, y2 = row["box"]                        # the person, lying, in pixels
+    assert 0 <= x1 < x2 <= 320 and 0 <= y1 < y2 <= 240 and (x2 - x1) > (y2 - y1)
+    done = vigil("detect", str(video), "--checkpoint", "vigil", "--pose", "none",
+                 "--windows", "1", cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    assert len(rows) >= 4 and all("start_s" in r for r in rows)
