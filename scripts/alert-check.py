@@ -307,6 +307,16 @@ def sweep_table(clips: list[ClipScores], base: SmoothingConfig, classes: list[st
     return lines
 
 
+def dataset_classes(ckpt: Path) -> tuple[list[str], dict]:
+    """The class names a checkpoint's dataset is read with (a pose model's run read the
+    dataset's own classes, of which it scores one), and the checkpoint's meta."""
+    if is_pose_checkpoint(ckpt):
+        _, meta = load_pose_checkpoint(ckpt)
+        return list(meta["train_config"]["data"]["class_names"]), meta
+    _, cfg, meta = load_checkpoint(ckpt)
+    return list(cfg.class_names), meta
+
+
 def fold_dirs(folds_dir: Path) -> list[Path]:
     """The fold run folders of a `vigil cv` output directory, in order.
 
@@ -394,21 +404,10 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             "vigil" if str(args.checkpoint) == "vigil" and not args.folds else "none")
         pose = None if pose_arg == "none" else Path(pose_arg)
         if args.folds:
-            first = fold_dirs(args.folds)[0] / LAST
-            if is_pose_checkpoint(first):
-                _, meta = load_pose_checkpoint(first)
-                classes = list(meta["train_config"]["data"]["class_names"])
-            else:
-                _, cfg, _ = load_checkpoint(first)
-                classes = list(cfg.class_names)
+            classes, _ = dataset_classes(fold_dirs(args.folds)[0] / LAST)
         else:
             ckpt = resolve_model_path(args.checkpoint)
-            if is_pose_checkpoint(ckpt):
-                _, meta = load_pose_checkpoint(ckpt)
-                classes = list(meta["train_config"]["data"]["class_names"])
-            else:
-                _, cfg, meta = load_checkpoint(ckpt)
-                classes = list(cfg.class_names)
+            classes, meta = dataset_classes(ckpt)
         records, problems = scan_dataset_lenient(args.data, len(classes),
                                                  require_positives=False, class_names=classes)
         if args.folds:

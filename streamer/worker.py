@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
@@ -24,6 +23,7 @@ from detector.postprocess import class_scores
 from detector.precision import PRECISIONS, autocast, autocast_dtype
 from detector.preprocess import normalize_clips
 
+from .loop_thread import LoopThread
 from .ringbuffer import FramesUnavailableError, RingBuffer
 from .scheduler import BatchPolicy, DueWindow, Scheduler
 from .types import ClassScore, WindowResult
@@ -213,7 +213,7 @@ class WorkerStats:
     batch_seconds: float = 0.0
 
 
-class WorkerThread(threading.Thread):
+class WorkerThread(LoopThread):
     """The inference loop: scheduler -> gather -> worker -> `on_results`.
 
     Args:
@@ -236,7 +236,7 @@ class WorkerThread(threading.Thread):
                  heartbeat: Optional[Callable[[], None]] = None, poll_s: float = 0.005,
                  max_gap_factor: float = 2.0, clock: Callable[[], float] = time.monotonic,
                  name: str = "vigil-worker") -> None:
-        super().__init__(name=name, daemon=True)
+        super().__init__(name)
         self.scheduler = scheduler
         self.worker = worker
         self.rings = rings
@@ -246,15 +246,6 @@ class WorkerThread(threading.Thread):
         self.max_gap_factor = float(max_gap_factor)
         self.clock = clock
         self.stats = WorkerStats()
-        self.error: Optional[BaseException] = None
-        self._stop_event = threading.Event()
-
-    def stop(self, timeout: Optional[float] = None) -> bool:
-        """Ask the loop to end after the current batch; True when it has ended within `timeout`."""
-        self._stop_event.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout)
-        return not self.is_alive()
 
     def _rings(self) -> Mapping[str, Optional[RingBuffer]]:
         return self.rings() if callable(self.rings) else self.rings
@@ -304,12 +295,3 @@ class WorkerThread(threading.Thread):
         self.stats.batch_seconds = elapsed
         self.on_results(results, elapsed)
         return True
-
-    def run(self) -> None:
-        try:
-            while not self._stop_event.is_set():
-                self.step()
-        except BaseException as exc:   # the service's problem: the daemon sees it and exits
-            self.error = exc
-            log.exception("inference worker failed")
-            raise

@@ -206,10 +206,11 @@ class TrainConfig:
     train: RunConfig = field(default_factory=RunConfig)
 
 
-def default_cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/vigil/clips`, falling back to `~/.cache/vigil/clips`."""
+def default_cache_dir(kind: str = "clips") -> Path:
+    """`$XDG_CACHE_HOME/vigil/<kind>`, falling back to `~/.cache/vigil/<kind>` (`clips`:
+    decoded clips; `pose`: pose sequences, `train.pose_data`)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "vigil" / "clips"
+    return Path(base) / "vigil" / kind
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None,

@@ -21,14 +21,13 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from detector.errors import DataError
 from detector.pose.blazepose import BlazePose
 from detector.pose.runner import BLAZEPOSE_DIR, DETECTOR_FILE, LANDMARK_FILE
 from detector.pose.sequence import (POSE_FPS, POSE_MAX_WIDTH, PoseSequence, pose_frame_size,
                                     sample_indices)
 
 from .cache import file_fingerprint
-from .video_io import probe
+from .video_io import open_video, probe
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +40,7 @@ def iter_frames(path: Path, indices: np.ndarray) -> Iterator[tuple[int, np.ndarr
     Raises:
         DataError: the file cannot be opened.
     """
-    if not path.is_file():
-        raise DataError(f"{path}: video file not found")
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        cap.release()
-        raise DataError(f"{path}: cannot open video (unsupported codec or corrupt file)")
+    cap = open_video(path)
     wanted = set(int(i) for i in indices)
     last = int(indices[-1]) if len(indices) else -1
     try:

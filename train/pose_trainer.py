@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from detector.pose.sequence import PoseSequence
 from detector.schema import Validated, apply_overrides, check_fields, from_dict, load_yaml, \
     setting, to_dict
 
+from .config import default_cache_dir
 from .metrics import NONE_NAME, to_jsonable
 from .pose_data import PoseCache
 from .records import VideoRecord
@@ -108,11 +110,8 @@ class PoseDataConfig(Validated):
     SECTION = "data"
 
     def resolved_cache_dir(self) -> Path:
-        import os
-        if self.cache_dir:
-            return Path(os.path.expanduser(self.cache_dir))
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        return Path(base) / "vigil" / "pose"
+        return (Path(os.path.expanduser(self.cache_dir)) if self.cache_dir
+                else default_cache_dir("pose"))
 
 
 @dataclass

@@ -41,7 +41,12 @@ class VideoInfo:
     height: int
 
 
-def _open(path: Path) -> cv2.VideoCapture:
+def open_video(path: Path) -> cv2.VideoCapture:
+    """An opened `cv2.VideoCapture` of a file.
+
+    Raises:
+        DataError: the file is missing or cannot be opened.
+    """
     if not path.is_file():
         raise DataError(f"{path}: video file not found")
     cap = cv2.VideoCapture(str(path))
@@ -64,7 +69,7 @@ def probe(path: str | Path, count: bool = False) -> VideoInfo:
         DataError: the file is missing, cannot be opened or holds no decodable frame.
     """
     path = Path(path)
-    cap = _open(path)
+    cap = open_video(path)
     try:
         frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -156,7 +161,7 @@ def read_frames(path: str | Path, indices: Sequence[int] | np.ndarray,
     out: Optional[np.ndarray] = None
     filled = np.zeros(idx.size, dtype=bool)
     last_good: Optional[np.ndarray] = None
-    cap = _open(path)
+    cap = open_video(path)
     try:
         frame_no = 0
         while frame_no <= last:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 import zlib
 from collections import deque
@@ -28,6 +27,7 @@ from detector.pose.blazepose import BlazePose
 from detector.pose.collapse import PoseCollapseModel
 from detector.pose.sequence import POSE_FPS, PoseSequence
 
+from ..loop_thread import LoopThread
 from ..ringbuffer import FramesUnavailableError, RingBuffer
 from ..types import ClassScore, WindowResult
 
@@ -56,7 +56,7 @@ class _Camera:
     person: bool = False                             # the last frame showed someone
 
 
-class PoseWorker(threading.Thread):
+class PoseWorker(LoopThread):
     """BlazePose + the pose collapse model over a share of the cameras.
 
     Args:
@@ -80,7 +80,7 @@ class PoseWorker(threading.Thread):
                  on_frame: Optional[Callable[[str, float, bool], None]] = None,
                  clock: Callable[[], float] = time.monotonic, poll_s: float = 0.01,
                  name: str = "vigil-pose") -> None:
-        super().__init__(name=name, daemon=True)
+        super().__init__(name)
         self.model = model
         self.cameras = cameras
         self.on_results = on_results
@@ -92,17 +92,8 @@ class PoseWorker(threading.Thread):
         self.poll_s = float(poll_s)
         self._models = BlazePose(model_dir, threads=threads)   # loaded once, shared per camera
         self._state: dict[str, _Camera] = {}
-        self._stop_event = threading.Event()
-        self.error: Optional[BaseException] = None
         self.beat = clock()          # last loop iteration (health: a hung thread stops it)
         self.frames = 0
-
-    def stop(self, timeout: Optional[float] = None) -> bool:
-        """Ask the loop to end after the current frame; True when it ended within `timeout`."""
-        self._stop_event.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout)
-        return not self.is_alive()
 
     def _camera(self, name: str, ring: RingBuffer) -> _Camera:
         st = self._state.get(name)
@@ -173,14 +164,6 @@ class PoseWorker(threading.Thread):
         return WindowResult(name, {label: ClassScore(label, score, box or st.last_box)}, size,
                             t_wall - w, t_wall, t_end, seq)
 
-    def run(self) -> None:
-        try:
-            while not self._stop_event.is_set():
-                self.step()
-        except BaseException as exc:   # the service's problem: the daemon sees it and exits
-            self.error = exc
-            log.exception("pose worker failed")
-            raise
 
 
 def worker_of(camera: str, workers: int) -> int:
