@@ -398,7 +398,7 @@ class Daemon:
         problem = health_problem(
             now, self._publisher.replay_problem() if self._publisher is not None else None,
             {name: cam.thread for name, cam in self._cams.items()}, self._wd_interval,
-            self._loop_beat)
+            self._loop_beat, beats={w.name: w.beat for w in self._pose_workers})
         if problem != self._wd_withheld:
             if problem is not None:
                 log.error("%s", problem)

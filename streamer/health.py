@@ -10,7 +10,8 @@ from typing import Any, Mapping, Optional
 
 
 def health_problem(now: float, replay_problem: Optional[str], captures: Mapping[str, Any],
-                   watchdog_interval_s: Optional[float], loop_beat: float) -> Optional[str]:
+                   watchdog_interval_s: Optional[float], loop_beat: float,
+                   beats: Optional[Mapping[str, float]] = None) -> Optional[str]:
     """Why the service must not ping the watchdog, or None when it is healthy.
 
     Args:
@@ -21,6 +22,9 @@ def health_problem(now: float, replay_problem: Optional[str], captures: Mapping[
         watchdog_interval_s: the systemd ping interval, None without a watchdog (then the event
             loop's silence is not judged).
         loop_beat: monotonic time of the event loop's last iteration.
+        beats: other loop threads (the pose threads) -> monotonic time of their last iteration;
+            judged like the event loop (a frame takes milliseconds, so silence is a hang in
+            native code).
     Returns:
         The first problem found, as the line to log, or None.
     """
@@ -39,4 +43,9 @@ def health_problem(now: float, replay_problem: Optional[str], captures: Mapping[
         if silent > max(2 * watchdog_interval_s, 10.0):
             return (f"event loop unresponsive for {silent:.0f} s: the watchdog pings stop "
                     "and systemd restarts the service")
+        for name, beat in (beats or {}).items():
+            silent = now - beat
+            if silent > max(2 * watchdog_interval_s, 10.0):
+                return (f"{name} unresponsive for {silent:.0f} s: the watchdog pings stop "
+                        "and systemd restarts the service")
     return None

@@ -1,5 +1,5 @@
 """The watchdog decision (`streamer.health.health_problem`): healthy unless the replay server
-ended, a capture thread hangs in native code, or the event loop fell silent."""
+ended, a capture thread hangs in native code, or the event loop or a pose thread fell silent."""
 from streamer.health import health_problem
 
 
@@ -29,3 +29,11 @@ def test_a_silent_event_loop_counts_only_under_a_watchdog():
     assert "event loop unresponsive for 11 s" in health_problem(111.0, None, {}, 5.0, 100.0)
     assert health_problem(109.0, None, {}, 5.0, 100.0) is None          # within max(2x5, 10) s
     assert health_problem(1000.0, None, {}, None, 100.0) is None        # no watchdog
+
+
+def test_a_silent_pose_thread_counts_like_the_event_loop():
+    beats = {"vigil-pose-0": 99.0, "vigil-pose-1": 80.0}
+    assert "vigil-pose-1 unresponsive for 20 s" in health_problem(100.0, None, {}, 5.0, 99.5,
+                                                                   beats=beats)
+    assert health_problem(100.0, None, {}, 5.0, 99.5, beats={"vigil-pose-0": 95.0}) is None
+    assert health_problem(100.0, None, {}, None, 99.5, beats=beats) is None   # no watchdog
