@@ -111,7 +111,7 @@ class CameraRuntime:
             on_drop=lambda name: m.frames_dropped.labels(camera=name).inc(),
             on_reconnect=lambda name: m.camera_reconnects.labels(camera=name).inc(),
             display_max_width=EVIDENCE_MAX_WIDTH if display_seconds > 0 else 0,
-            display_seconds=display_seconds, decode_threads=decode_threads)
+            display_seconds=display_seconds, decode_threads=decode_threads, mask=cfg.mask)
         return rt
 
     # ---------------------------------------------------------------- views

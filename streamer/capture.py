@@ -2,7 +2,8 @@
 
 `CaptureThread` is one daemon thread per camera owning its `cv2.VideoCapture` (opened by
 `streamer.sources.open_source`): it reads, stamps (monotonic and wall clock), resizes once to the
-model size straight into the ring's slot, and on failure or stall closes and reopens with
+model size, blanks the camera's masked areas (`streamer/regions/mask.py`, precomputed once) and
+writes into the ring's slot, and on failure or stall closes and reopens with
 exponential backoff and jitter, for ever. Its timeouts, backoff, fps hint, looping and region of
 interest come from the camera's `CameraSettings` (`streamer/config.py`). A thread stuck inside
 native code cannot be killed from Python; `stuck()` says so, so the daemon can stop its watchdog
@@ -15,13 +16,15 @@ import math
 import random
 import threading
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import cv2
 import numpy as np
 
 from .config import CameraSettings
 from .masking import mask_secrets, mask_url
+from .regions.mask import FrameMask, frame_mask
+from .regions.polygons import Polygon
 from .ringbuffer import RingBuffer
 from .sources import _FFMPEG_OPEN_LOCK, open_source, parse_source
 
@@ -64,6 +67,8 @@ class CaptureThread(threading.Thread):
             numbers as `ring` (evidence at a readable resolution).
         seed: seed of the backoff jitter (tests).
         decode_threads: FFmpeg decoding threads (see `open_source`); 0 = OpenCV's default.
+        mask: polygons (normalised, whole frame) blanked in every model-size frame before it
+            enters the ring; the display ring (evidence) keeps the whole picture.
     """
 
     def __init__(self, name: str, url: Union[str, int], ring: Optional[RingBuffer] = None, *,
@@ -74,7 +79,8 @@ class CaptureThread(threading.Thread):
                  on_drop: Optional[Callable[[str], None]] = None,
                  on_reconnect: Optional[Callable[[str], None]] = None,
                  display_max_width: int = 0, display_seconds: float = 0.0,
-                 seed: Optional[int] = None, decode_threads: int = 0) -> None:
+                 seed: Optional[int] = None, decode_threads: int = 0,
+                 mask: Sequence[Polygon] = ()) -> None:
         super().__init__(name=f"capture-{name}", daemon=True)
         if (ring is None) == (ring_factory is None):
             raise ValueError("give exactly one of ring and ring_factory")
@@ -107,6 +113,8 @@ class CaptureThread(threading.Thread):
         self.display_max_width = int(display_max_width)
         self.display_seconds = float(display_seconds)
         self.display_ring: Optional[RingBuffer] = None
+        self.mask_polygons = tuple(mask)
+        self._mask: Optional[FrameMask] = None     # built at model size with the first frame
         self._rng = random.Random(seed)
         self._stop_event = threading.Event()
 
@@ -250,6 +258,7 @@ class CaptureThread(threading.Thread):
             self._new_display_ring(w, h, ring.count)
         if self._scratch is None:
             self._scratch = np.empty((ring.height, ring.width, 3), np.uint8)
+            self._mask = frame_mask(self.mask_polygons, ring.height, ring.width, self.roi)
         disp = self.display_ring
         if disp is not None:
             cv2.resize(frame, (disp.width, disp.height), dst=self._display_scratch,
@@ -264,6 +273,8 @@ class CaptureThread(threading.Thread):
             src = frame[int(y1 * h):max(int(y1 * h) + 1, int(round(y2 * h))),
                         int(x1 * w):max(int(x1 * w) + 1, int(round(x2 * w)))]
         cv2.resize(src, (ring.width, ring.height), dst=self._scratch, interpolation=interp)
+        if self._mask is not None:
+            self._mask.apply(self._scratch)     # the model never sees the masked pixels
         cv2.cvtColor(self._scratch, cv2.COLOR_BGR2RGB, dst=ring.write_slot())
         ring.commit(t_mono, t_wall, (w, h))
 

@@ -1,4 +1,5 @@
-"""The serve-side verbs of the `vigil` command: `serve`, `alerts`, `relay`, `keys generate`.
+"""The serve-side verbs of the `vigil` command: `serve`, `alerts`, `relay`, `keys generate`,
+`snapshot`.
 
 `register(subparsers)` adds the parsers; each verb function takes the parsed arguments and returns
 an exit code. Heavy imports (torch, cv2, zmq) happen inside the verb functions so `vigil --help`
@@ -14,7 +15,8 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `serve`, `alerts`, `relay` and `keys` to the `vigil` command's sub-parsers."""
+    """Add `serve`, `alerts`, `relay`, `keys` and `snapshot` to the `vigil` command's
+    sub-parsers."""
     p = subparsers.add_parser(
         "serve", help="run the detection daemon on the cameras of a config file",
         description="Watch the configured cameras, publish alerts over ZeroMQ and metrics over "
@@ -24,7 +26,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true",
                    help="validate the config and load the checkpoint, print a summary, exit; "
                         "opens no camera and binds no socket")
+    p.add_argument("--explain", metavar="CAMERA", default=None,
+                   help="with --check: every effective setting of CAMERA (capture, smoothing per "
+                        "class, mask, zones, schedule, notification rules) and the config key "
+                        "it comes from")
     p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser(
+        "snapshot", help="write one frame of a camera as a JPEG, with its zones and masks drawn",
+        description="Open CAMERA's source from the config, read one frame and write it as a "
+                    "JPEG, so you can check the polygons of its mask and zones against the "
+                    "picture. Needs no running daemon.")
+    p.add_argument("--config", required=True, type=Path, metavar="FILE",
+                   help="daemon config (YAML)")
+    p.add_argument("--camera", required=True, metavar="NAME", help="the camera's name")
+    p.add_argument("--draw-zones", action="store_true",
+                   help="draw the camera's masks (shaded), zones (outlined, required ones "
+                        "thicker, named) and roi")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="where to write the JPEG (default: snapshot-NAME.jpg here)")
+    p.set_defaults(func=cmd_snapshot)
 
     p = subparsers.add_parser(
         "alerts", help="subscribe to the alerts of daemons (or of a relay) and print them",
@@ -109,18 +130,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .masking import install_log_filter
 
+    from detector.errors import ConfigError
+
     cfg = load_config(args.config)        # before torch is even imported: a bad key fails fast
     _apply_logging(args, cfg.logging)
     install_log_filter(cfg.secrets)       # every log line masks the config's credentials
+    if args.explain is not None:
+        if not args.check:
+            raise ConfigError("--explain goes with --check: vigil serve --config FILE --check "
+                              "--explain CAMERA")
+        names = [c.name for c in cfg.cameras]
+        if args.explain not in names:
+            raise ConfigError(f"--explain: no camera {args.explain!r} in {args.config} "
+                              f"(cameras: {', '.join(names)})")
     if args.check:
-        return _check_config(cfg)
+        return _check_config(cfg, explain=args.explain)
     from .daemon import Daemon
 
     return Daemon(cfg, config_path=args.config).run()
 
 
-def _check_config(cfg) -> int:
-    """`vigil serve --check`: what the daemon would run, without running it.
+def _check_config(cfg, explain: str | None = None) -> int:
+    """`vigil serve --check`: what the daemon would run, without running it (`--explain
+    CAMERA`: that camera's effective settings and where each comes from).
 
     Loads both models, so a camera watching an event no model detects is refused here
     (`ConfigError` naming `cameras[i].events`), as the daemon would refuse it at start.
@@ -130,6 +162,7 @@ def _check_config(cfg) -> int:
     from detector.pose.collapse import load_pose_checkpoint
     from detector.runtime import load_model
 
+    from .comms.notifications import Notifications
     from .daemon import unknown_clip_length_message
     from .routing import EventRouting
 
@@ -171,6 +204,23 @@ def _check_config(cfg) -> int:
               f"({' + '.join(paths) or 'nothing'})")
     print(f"alerts: {cfg.alerts.endpoint} (replay {cfg.alerts.replay_endpoint}); metrics: "
           f"{'http://%s:%d/metrics' % (cfg.metrics.host, cfg.metrics.port) if cfg.metrics.enabled else 'off'}")
+    if cfg.mqtt is not None:
+        m = cfg.mqtt
+        print(f"mqtt: {m.host}:{m.port}{' (TLS)' if m.tls else ''}, topics {m.topic_prefix}/"
+              f"{cfg.instance}/..., Home Assistant discovery "
+              f"{m.discovery.prefix + '/...' if m.discovery.enabled else 'off'}"
+              + (f", user {m.username}" if m.username else ""))
+    if cfg.notify.rules:
+        # apprise checks every URL here, as the daemon would at start (no notification sent).
+        Notifications(cfg.notify, cfg.instance, cfg.data_dir).close(timeout=0)
+        print(f"notify: {len(cfg.notify.rules)} rule(s): "
+              + ", ".join(f"{r.name} ({len(r.urls)} URL(s))" for r in cfg.notify.rules))
+    if explain is not None:
+        from .explain import explain_camera
+
+        print()
+        for line in explain_camera(cfg, explain, routing.watched(cfg.camera(explain).settings.events)):
+            print(line)
     return 0
 
 
@@ -329,6 +379,62 @@ def _client_curve(keys_dir: Path, client: str | None, ClientCurve):
     if not secret.is_file():
         raise ConfigError(f"--client: {secret} not found")
     return ClientCurve(server_public_key=server_public, client_secret_key=secret)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """`vigil snapshot --config FILE --camera NAME [--draw-zones]`: one frame as a JPEG.
+
+    Raises:
+        ConfigError: unknown camera; VigilError: the source gave no frame (message masked).
+    """
+    import time
+
+    import cv2
+
+    from detector.errors import ConfigError, VigilError
+
+    from .config import load_config
+    from .masking import install_log_filter, mask_secrets
+    from .regions.draw import draw_regions
+    from .sources import open_source
+
+    cfg = load_config(args.config, check_paths=False)
+    install_log_filter(cfg.secrets)
+    try:
+        cam = cfg.camera(args.camera)
+    except KeyError:
+        raise ConfigError(f"--camera: no camera {args.camera!r} in {args.config} (cameras: "
+                          f"{', '.join(c.name for c in cfg.cameras)})") from None
+    s = cam.settings
+    try:
+        reader = open_source(cam.url, s.open_timeout_s, s.read_timeout_s)
+    except OSError as exc:
+        raise VigilError(f"camera {cam.name}: cannot open {cam.masked_url}: "
+                         f"{mask_secrets(str(exc), cfg.secrets)}") from None
+    frame = None
+    try:
+        deadline = time.monotonic() + s.open_timeout_s + s.read_timeout_s
+        while frame is None and time.monotonic() < deadline:
+            ok, got = reader.read()
+            if ok and got is not None and got.size:
+                frame = got
+    finally:
+        reader.release()
+    if frame is None:
+        raise VigilError(f"camera {cam.name}: no frame from {cam.masked_url} within "
+                         f"{s.open_timeout_s + s.read_timeout_s:g} s")
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if args.draw_zones:
+        frame = draw_regions(frame, cam.mask, cam.zones, cam.required_zones, s.roi)
+    out = args.out or Path(f"snapshot-{cam.name}.jpg")
+    if not cv2.imwrite(str(out), frame, [cv2.IMWRITE_JPEG_QUALITY, 90]):
+        raise VigilError(f"--out: cannot write {out}")
+    h, w = frame.shape[:2]
+    drawn = (f", {len(cam.mask)} mask polygon(s) and {len(cam.zones)} zone(s) drawn"
+             if args.draw_zones else "")
+    print(f"{out}: camera {cam.name}, {w}x{h}{drawn}")
+    return 0
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:

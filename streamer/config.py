@@ -39,7 +39,11 @@ from detector.schema import Validated, expand_env, from_dict, load_yaml, setting
 from detector.yaml_loader import safe_load_unique
 
 # mask_url and mask_secrets are re-exported: callers import them from here too.
+from .comms.settings import MqttConfig, NotifyConfig, notify_url_secrets
 from .masking import mask_secrets, mask_url, url_secrets  # noqa: F401
+from .precedence import DEFAULT_SOURCE, Layer, values
+from .regions.polygons import WHOLE_FRAME, Polygon, coverage, parse_polygon, union
+from .schedule import CameraScheduleConfig
 from .sources import parse_source
 
 log = logging.getLogger(__name__)
@@ -68,9 +72,10 @@ def _substituted_secrets(value: Any, environ: Mapping[str, str], where: str = ""
     """The values `${NAME}` puts into camera URLs (masked as literal strings wherever they would
     appear); a warning naming the key for each `${NAME}` that is empty.
 
-    A value counts when it goes into a `url` key or into any string holding `scheme://` (a
-    password may be the whole URL); a camera's name or other settings from `${NAME}` are not
-    masked (names are in every log line).
+    A value counts when it goes into a `url` or `password` key (`mqtt.password`) or into any
+    string holding `scheme://` (a password may be the whole URL, a notification URL holds
+    tokens); a camera's name or other settings from `${NAME}` are not masked (names are in every
+    log line).
 
     Args:
         value: the YAML tree before expansion.
@@ -87,7 +92,7 @@ def _substituted_secrets(value: Any, environ: Mapping[str, str], where: str = ""
                 continue
             if environ[name] == "":
                 log.warning("%s: environment variable ${%s} is empty", where or "config", name)
-            elif where.endswith("url") or "://" in value:
+            elif where.endswith(("url", "password")) or "://" in value:
                 found.add(environ[name])
     elif isinstance(value, Mapping):
         for k, v in value.items():
@@ -95,6 +100,25 @@ def _substituted_secrets(value: Any, environ: Mapping[str, str], where: str = ""
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             found |= _substituted_secrets(v, environ, f"{where}[{i}]")
+    return found
+
+
+def _integration_secrets(data: Any) -> set[str]:
+    """`mqtt.password` and every notification URL's secret pieces (`notify.rules[].urls`),
+    whatever shape the tree has (a malformed one is reported by `_build`)."""
+    found: set[str] = set()
+    if not isinstance(data, Mapping):
+        return found
+    mqtt = data.get("mqtt")
+    if isinstance(mqtt, Mapping) and isinstance(mqtt.get("password"), str) and mqtt["password"]:
+        found.add(mqtt["password"])
+    notify = data.get("notify")
+    rules = notify.get("rules") if isinstance(notify, Mapping) else None
+    for rule in rules if isinstance(rules, list) else []:
+        urls = rule.get("urls") if isinstance(rule, Mapping) else None
+        for url in urls if isinstance(urls, list) else []:
+            if isinstance(url, str):
+                found |= notify_url_secrets(url)
     return found
 
 
@@ -126,6 +150,8 @@ class CameraSettings(Validated):
         events: the event classes the camera watches (`[collapse]` for a care room, `[fight]`
             for a street); null = every class the models detect. A class the models cannot
             detect is refused when the models are loaded (`vigil serve --check` says so).
+        zone_min_overlap: fraction of an event's box area inside the camera's required zones
+            for the event to count (`streamer/regions/zones.py`).
     """
     stride: int = setting(8, ge=1, doc="run the model every this many new frames of a camera")
     window_seconds: Optional[float] = setting(None, gt=0, or_null=True,
@@ -146,6 +172,9 @@ class CameraSettings(Validated):
     backoff_max_s: float = setting(30, gt=0, doc="... up to this, forever")
     events: Optional[list[str]] = setting(None,
         doc="event classes watched, e.g. `[collapse]`; null = all the models detect")
+    zone_min_overlap: float = setting(0.25, gt=0, le=1,
+        doc="share of an event's box area that must lie inside the required zones for it "
+            "to count")
 
     SECTION = "defaults"
 
@@ -178,6 +207,12 @@ class CameraConfig:
         name: `[A-Za-z0-9_-]{1,64}`; used in topics, file names and metric labels.
         url: rtsp://, http(s)://, a file path, `webcam:N`/an integer string, or `synthetic:...`.
             May hold credentials: log it only through `mask_url`.
+        mask: polygons blanked before the model (`streamer/regions/mask.py`).
+        zones, required_zones: named polygons and those an event must overlap
+            (`streamer/regions/zones.py`).
+        smoothing: raw overrides of the `smoothing:` keys (validated); `smoothing_for(label)`
+            resolves them (`streamer/precedence.py` gives the order).
+        schedule: when the camera is analysed and alerts (`streamer/schedule.py`).
     """
     name: str = setting(doc="`[A-Za-z0-9_-]{1,64}`: used in topics, file names, metric labels")
     url: str = setting(
@@ -185,9 +220,26 @@ class CameraConfig:
             "`synth://fight`")
     enabled: bool = setting(True, doc="a disabled camera is validated but not opened")
     settings: CameraSettings = field(default_factory=CameraSettings)
+    mask: list[Polygon] = setting(default_factory=list,
+        doc="polygons `[[x, y], ...]` (normalised, whole frame) the model never sees: blanked "
+            "before it")
+    zones: dict[str, Polygon] = setting(default_factory=dict,
+        doc="named polygons `{name: [[x, y], ...]}`; alerts name the zones their box overlaps")
+    required_zones: Optional[list[str]] = setting(None,
+        doc="zones an event's box must overlap (by `zone_min_overlap`) for it to count; null "
+            "= any zone, `[]` = none")
+    smoothing: dict[str, Any] = setting(default_factory=dict,
+        doc="this camera's overrides of any `smoothing` key, `classes` too, above the global "
+            "ones")
+    schedule: Optional[CameraScheduleConfig] = setting(None,
+        doc="when the camera is analysed and alerts (`timezone`, `when`, `outside`); null = "
+            "always")
     # Credentials of the whole config (URL userinfo, query values, `${VAR}` values), masked
     # wherever this camera is shown.
     secrets: frozenset[str] = field(default_factory=frozenset, repr=False, compare=False)
+    # Keys this camera's entry sets itself (`vigil serve --check --explain`); its index.
+    own: frozenset[str] = field(default_factory=frozenset, repr=False, compare=False)
+    index: int = field(default=0, repr=False, compare=False)
 
     @property
     def masked_url(self) -> str:
@@ -197,6 +249,11 @@ class CameraConfig:
         # The dataclass repr would print the password with the URL (e.g. `log.debug("%s", cfg)`).
         return (f"CameraConfig(name={self.name!r}, url={self.masked_url!r}, "
                 f"enabled={self.enabled!r}, settings={self.settings!r})")
+
+    @property
+    def where(self) -> str:
+        """This camera's dotted key, `cameras[i]`."""
+        return f"cameras[{self.index}]"
 
 
 @dataclass
@@ -343,6 +400,54 @@ class SmoothingConfig(Validated):
         base = {k: v for k, v in to_dict(self).items() if k != "classes"}
         return from_dict(SmoothingConfig, {**base, **overrides}, where)
 
+    def layers(self, label: Optional[str], camera: Optional[Mapping[str, Any]] = None,
+               camera_where: str = "cameras[i]", explicit: Optional[frozenset] = None
+               ) -> list[Layer]:
+        """The precedence of one camera's smoothing for one class, least specific first:
+        built-in default < `smoothing` < `smoothing.classes.<label>` < `cameras[i].smoothing`
+        < `cameras[i].smoothing.classes.<label>` (`streamer/precedence.py`).
+
+        Args:
+            label: the event class (None: no class overrides).
+            camera: the camera's raw `smoothing:` overrides (None: none).
+            camera_where: the camera's dotted key, for the sources.
+            explicit: the keys the `smoothing:` section set itself (None: all its values count
+                as set there); the others are shown as built-in defaults.
+        """
+        own = {k: v for k, v in to_dict(self).items() if k != "classes"}
+        default = {k: v for k, v in to_dict(SmoothingConfig()).items() if k != "classes"}
+        set_here = set(own) if explicit is None else set(explicit) - {"classes"}
+        layers = [Layer(DEFAULT_SOURCE, {k: v for k, v in default.items() if k not in set_here}),
+                  Layer(self.SECTION, {k: own[k] for k in own if k in set_here})]
+        if label is not None:
+            layers.append(Layer(f"{self.SECTION}.classes.{label}", self.classes.get(label) or {}))
+        camera = camera or {}
+        layers.append(Layer(f"{camera_where}.smoothing",
+                            {k: v for k, v in camera.items() if k != "classes"}))
+        if label is not None:
+            layers.append(Layer(f"{camera_where}.smoothing.classes.{label}",
+                                (camera.get("classes") or {}).get(label) or {}))
+        return layers
+
+    def resolve(self, label: Optional[str], camera: Optional[Mapping[str, Any]] = None,
+                camera_where: str = "cameras[i]") -> "SmoothingConfig":
+        """One camera's effective settings for one class (`layers`, applied in order).
+
+        Returns:
+            A validated `SmoothingConfig` without `classes`.
+        Raises:
+            ConfigError: `<camera_where>.smoothing...: ...` for an unknown key, a wrong type or a
+                rule broken by the combination.
+        """
+        if not camera and not (label is not None and self.classes.get(label)):
+            return self
+        where = f"{camera_where}.smoothing" if camera else f"{self.SECTION}.classes.{label}"
+        if camera and label is not None and (camera.get("classes") or {}).get(label):
+            where = f"{camera_where}.smoothing.classes.{label}"
+        cfg = from_dict(SmoothingConfig, values(self.layers(label, camera, camera_where)), where)
+        cfg.validate(where)
+        return cfg
+
     def _check_cross_fields(self, where: str) -> None:
         """k within [1, n]; off_threshold below on_threshold (hysteresis); each class's
         overrides give a valid section too."""
@@ -436,6 +541,8 @@ class ServeConfig:
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    mqtt: Optional[MqttConfig] = None
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     # Resolved at load: `default_instance()` when the YAML leaves it null.
     instance: str = setting("", doc=(
         "this daemon's name in a fleet, `[A-Za-z0-9_-]{1,64}`, on every alert, heartbeat and "
@@ -443,6 +550,8 @@ class ServeConfig:
         "other characters replaced by `-`"))
     # Every credential in the config (see `CameraConfig.secrets`): the log filter masks them.
     secrets: frozenset[str] = field(default_factory=frozenset, repr=False, compare=False)
+    # Section -> the keys the YAML set itself (`defaults`, `smoothing`), for `--explain`.
+    explicit: dict[str, frozenset] = field(default_factory=dict, repr=False, compare=False)
 
     def camera(self, name: str) -> CameraConfig:
         """The camera called `name` (KeyError if none)."""
@@ -450,6 +559,12 @@ class ServeConfig:
             if cam.name == name:
                 return cam
         raise KeyError(name)
+
+    def smoothing_for(self, camera: str, label: str) -> SmoothingConfig:
+        """The smoothing a camera's events of one class run with (`SmoothingConfig.layers`
+        gives the order: the camera's own class overrides win)."""
+        cam = self.camera(camera)
+        return self.smoothing.resolve(label, cam.smoothing, cam.where)
 
     @property
     def enabled_cameras(self) -> list[CameraConfig]:
@@ -474,6 +589,8 @@ class _RawServe:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     instance: Optional[str] = None
+    mqtt: Optional[MqttConfig] = None
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
 
 def default_instance(hostname: str | None = None) -> str:
@@ -486,10 +603,13 @@ def default_instance(hostname: str | None = None) -> str:
     return name or "vigil"
 
 
-_CAMERA_KEYS = ("name", "url", "enabled")
+# Keys only a camera entry takes; the others override `defaults` (CameraSettings).
+_CAMERA_KEYS = ("name", "url", "enabled", "mask", "zones", "required_zones", "smoothing",
+                "schedule")
 
 
-def _resolve_camera(raw: Any, index: int, defaults: CameraSettings) -> CameraConfig:
+def _resolve_camera(raw: Any, index: int, defaults: CameraSettings,
+                    smoothing: "SmoothingConfig") -> CameraConfig:
     """One `cameras[i]` entry -> CameraConfig with the defaults overridden by its own keys."""
     where = f"cameras[{index}]"
     # Never echo the entry itself: it usually holds a URL with a password.
@@ -524,7 +644,88 @@ def _resolve_camera(raw: Any, index: int, defaults: CameraSettings) -> CameraCon
     merged = {**to_dict(defaults), **overrides}
     settings = from_dict(CameraSettings, merged, where)
     settings.validate(where)
-    return CameraConfig(name=name, url=url, enabled=enabled, settings=settings)
+    mask, zones, required = _regions(raw, where)
+    cam_smoothing = _camera_smoothing(raw.get("smoothing"), where, smoothing)
+    schedule = None
+    if raw.get("schedule") is not None:
+        schedule = from_dict(CameraScheduleConfig, raw["schedule"], f"{where}.schedule")
+        schedule.validate(f"{where}.schedule")
+    cam = CameraConfig(name=name, url=url, enabled=enabled, settings=settings, mask=mask,
+                       zones=zones, required_zones=required, smoothing=cam_smoothing,
+                       schedule=schedule, own=frozenset(map(str, raw)), index=index)
+    _warn_regions(cam)
+    return cam
+
+
+def _regions(raw: Mapping[str, Any], where: str
+             ) -> tuple[list[Polygon], dict[str, Polygon], Optional[list[str]]]:
+    """A camera's `mask`, `zones` and `required_zones`, validated (`streamer/regions/`)."""
+    mask_raw = raw.get("mask") or []
+    _check(isinstance(mask_raw, list), f"{where}.mask",
+           "expected a list of polygons, each a list of [x, y] points")
+    if mask_raw and all(isinstance(p, (list, tuple)) and len(p) == 2
+                        and all(isinstance(v, (int, float)) for v in p) for p in mask_raw):
+        mask_raw = [mask_raw]          # one polygon given without the outer list
+    mask = [parse_polygon(p, f"{where}.mask[{i}]") for i, p in enumerate(mask_raw)]
+    zones_raw = raw.get("zones") or {}
+    _check(isinstance(zones_raw, Mapping), f"{where}.zones",
+           "expected a mapping {name: [[x, y], ...]}")
+    zones: dict[str, Polygon] = {}
+    for zname, poly in zones_raw.items():
+        _check(isinstance(zname, str) and CAMERA_NAME.fullmatch(zname) is not None,
+               f"{where}.zones", f"invalid zone name {zname!r}: use 1 to 64 of A-Z a-z 0-9 _ -")
+        zones[zname] = parse_polygon(poly, f"{where}.zones.{zname}")
+    required = raw.get("required_zones")
+    if required is not None:
+        _check(isinstance(required, list) and all(isinstance(z, str) for z in required),
+               f"{where}.required_zones", "expected a list of zone names, [] or null")
+        for z in required:
+            _check(z in zones, f"{where}.required_zones",
+                   f"unknown zone {z!r} (zones of this camera: {', '.join(zones) or 'none'})")
+    return mask, zones, required
+
+
+def _warn_regions(cam: CameraConfig) -> None:
+    """Warnings (not errors) for polygons that are valid but almost certainly not meant."""
+    where = cam.where
+    if cam.mask and coverage(cam.mask) >= WHOLE_FRAME:
+        log.warning("%s.mask covers %.0f%% of the frame: the model sees (almost) nothing of "
+                    "camera %s", where, 100 * coverage(cam.mask), cam.name)
+    needed = list(cam.zones) if cam.required_zones is None else cam.required_zones
+    if needed:
+        covered = coverage(cam.zones[z] for z in needed)
+        if covered >= WHOLE_FRAME:
+            log.warning("%s.zones: the required zones cover %.0f%% of the frame, so they filter "
+                        "nothing on camera %s", where, 100 * covered, cam.name)
+        if cam.mask:
+            open_area = union(cam.zones[z] for z in needed).difference(union(cam.mask)).area
+            if open_area <= 1e-4:
+                log.warning("%s.zones: the required zones lie under the mask: no event can "
+                            "start on camera %s", where, cam.name)
+
+
+def _camera_smoothing(raw: Any, where: str, smoothing: "SmoothingConfig") -> dict[str, Any]:
+    """A camera's `smoothing:` overrides, checked by resolving them for every class named
+    anywhere (and for none): an unknown key, a wrong type or a broken rule is refused here."""
+    if raw is None:
+        return {}
+    key = f"{where}.smoothing"
+    _check(isinstance(raw, Mapping), key, "expected a mapping of smoothing keys")
+    raw = {str(k): v for k, v in raw.items()}
+    classes = raw.get("classes") or {}
+    _check(isinstance(classes, Mapping), f"{key}.classes",
+           "expected a mapping {class: {key: value}}")
+    for label, over in classes.items():
+        _check(isinstance(over, Mapping), f"{key}.classes.{label}",
+               "expected a mapping of smoothing keys")
+        _check("classes" not in over, f"{key}.classes.{label}.classes", "overrides do not nest")
+    # Types and unknown keys, named where they are written.
+    from_dict(SmoothingConfig, {k: v for k, v in raw.items() if k != "classes"}, key)
+    for label, over in classes.items():
+        from_dict(SmoothingConfig, dict(over), f"{key}.classes.{label}")
+    for label in [None, *sorted(set(smoothing.classes) | set(map(str, classes)))]:
+        smoothing.resolve(label, raw, where)
+    return raw
 
 
 def _resolve_path(path: Path, base_dir: Path | None) -> Path:
@@ -545,6 +746,9 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
     raw.alerts.validate("alerts")
     raw.evidence.validate("evidence")
     raw.metrics.validate("metrics")
+    if raw.mqtt is not None:
+        raw.mqtt.validate("mqtt")
+    raw.notify.validate("notify")
     instance = default_instance() if raw.instance is None else raw.instance
     _check(isinstance(instance, str) and CAMERA_NAME.fullmatch(instance) is not None, "instance",
            f"invalid instance name {instance!r}: use 1 to 64 of A-Z a-z 0-9 _ - (it names this "
@@ -554,13 +758,18 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
     cameras: list[CameraConfig] = []
     seen: dict[str, int] = {}
     for i, entry in enumerate(raw.cameras):
-        cam = dataclasses.replace(_resolve_camera(entry, i, raw.defaults), secrets=secrets)
+        cam = dataclasses.replace(_resolve_camera(entry, i, raw.defaults, raw.smoothing),
+                                  secrets=secrets)
         _check(cam.name not in seen, f"cameras[{i}].name",
                f"duplicate camera name {cam.name!r} (also cameras[{seen.get(cam.name)}])")
         seen[cam.name] = i
         cameras.append(cam)
     if not any(c.enabled for c in cameras):
         log.warning("every camera is disabled: the daemon will run but watch nothing")
+    for i, rule in enumerate(raw.notify.rules):
+        for name in rule.cameras or []:
+            _check(name in seen, f"notify.rules[{i}].cameras",
+                   f"unknown camera {name!r} (cameras: {', '.join(seen)})")
 
     raw.data_dir = _resolve_path(raw.data_dir, base_dir)
     try:
@@ -578,6 +787,13 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
         curve = raw.alerts.curve
         curve.server_secret_key = _resolve_path(curve.server_secret_key, base_dir)
         curve.authorized_clients = _resolve_path(curve.authorized_clients, base_dir)
+    tls = raw.mqtt.tls if raw.mqtt is not None else None
+    if tls is not None:
+        for key in ("ca_file", "cert_file", "key_file"):
+            if getattr(tls, key) is not None:
+                setattr(tls, key, _resolve_path(getattr(tls, key), base_dir))
+        _check((tls.cert_file is None) == (tls.key_file is None), "mqtt.tls.key_file",
+               "cert_file and key_file go together")
     if check_paths:
         ckpt = raw.model.checkpoint
         _check(ckpt.is_file(), "model.checkpoint", f"checkpoint file not found: {ckpt}")
@@ -592,10 +808,19 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
                    f"key file not found: {curve.server_secret_key} (see `vigil keys generate`)")
             _check(curve.authorized_clients.is_dir(), "alerts.curve.authorized_clients",
                    f"directory not found: {curve.authorized_clients}")
+        if tls is not None:
+            for key in ("ca_file", "cert_file", "key_file"):
+                path = getattr(tls, key)
+                _check(path is None or path.is_file(), f"mqtt.tls.{key}",
+                       f"file not found: {path}")
+    explicit = {section: frozenset(map(str, data.get(section) or {}))
+                for section in ("defaults", "smoothing")
+                if isinstance(data.get(section) or {}, Mapping)}
     return ServeConfig(data_dir=raw.data_dir, model=raw.model, cameras=cameras,
                        defaults=raw.defaults, smoothing=raw.smoothing, alerts=raw.alerts,
                        evidence=raw.evidence, metrics=raw.metrics, logging=raw.logging,
-                       instance=instance, secrets=secrets)
+                       instance=instance, secrets=secrets, mqtt=raw.mqtt, notify=raw.notify,
+                       explicit=explicit)
 
 
 def data_dir_problem(path: Path) -> Optional[str]:
@@ -641,6 +866,7 @@ def parse_config(data: Mapping[str, Any], source: str = "config", base_dir: Path
         secrets |= _substituted_secrets(data, env)
         expanded = expand_env(data, environ=env)
         secrets |= _url_secrets(expanded)
+        secrets |= _integration_secrets(expanded)
         return _build(expanded, base_dir, check_paths, frozenset(secrets))
     except ConfigError as exc:
         raise ConfigError(_scrub(f"{source}: {exc}", secrets)) from None

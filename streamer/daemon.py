@@ -14,7 +14,19 @@ Threads (design.md's data flow):
   socket (ZeroMQ sockets and sqlite3 connections belong to one thread), so every message is
   committed then published from here, in order. It also refreshes camera metrics, sends
   heartbeats, closes the events of cameras that went down, and handles the signal flags;
-* the publisher's replay thread, the evidence writer and the metrics HTTP server (their own).
+* the publisher's replay thread, the evidence writer and the metrics HTTP server (their own);
+* integrations (`streamer/comms/`), each with its own threads: the MQTT bridge (paho's network
+  thread and its publishing thread) and one worker per notification rule. The event loop only
+  hands them journalled alerts through bounded queues (`offer`), so a slow or dead broker or
+  notification service never holds up the pipeline, the event loop or the journal.
+
+Gating (`streamer/regions/zones.py`, `streamer/schedule.py`): the event loop evaluates the
+cameras' schedules every `REFRESH_S`; a camera outside its schedule with `outside: skip` is left
+out of the scheduler's snapshot (not analysed) once its open events have ended, one with `mute`
+is analysed but no event starts (`vigil_camera_analysed`, `vigil_camera_alerting`). Before an
+event starts the tracker asks `_gate`: outside the schedule, or a box outside the camera's
+required zones, keeps it from starting (`vigil_events_suppressed_total{reason}`). Masks are
+applied by the capture thread, before the ring.
 
 Signals only set flags; the event loop acts on them within its poll interval:
 SIGTERM/SIGINT stop (capture first, then the batch in flight, then `end` reason `shutdown` for
@@ -49,6 +61,8 @@ from detector.pose.collapse import load_pose_checkpoint
 from detector.runtime import load_model, resolve_device, torch_threads
 
 from .camera_runtime import CameraRuntime
+from .comms.mqtt import MqttBridge
+from .comms.notifications import Notifications
 from .config import CameraConfig, ServeConfig, load_config
 from .events import EventTracker, end_message
 from .event_evidence import EventEvidence
@@ -60,9 +74,11 @@ from .metrics import VigilMetrics
 from .notify import Notifier
 from .publisher import AlertPublisher
 from .pose.worker import PoseWorker, worker_of
+from .regions.zones import CameraZones
 from .retention import RetentionClock
 from .ringbuffer import RingBuffer
 from .routing import EventRouting
+from .schedule import ON, SKIP, CameraSchedules
 from .scheduler import BatchPolicy, CameraWindow, Scheduler
 from .sources import decode_threads_per_camera
 from .types import WindowResult
@@ -81,6 +97,7 @@ PRUNE_EVERY_S = 3600.0
 # A stopping daemon waits this long for each part.
 STOP_CAPTURE_S = 2.0
 STOP_WORKER_S = 5.0
+STOP_INTEGRATIONS_S = 5.0
 
 
 def _version() -> str:
@@ -153,6 +170,13 @@ class Daemon:
         self._retention = RetentionClock()
         self._tracker: Optional[EventTracker] = None
         self._scheduler: Optional[Scheduler] = None
+        self._mqtt: Optional[MqttBridge] = None
+        self._notifications: Optional[Notifications] = None
+        self._schedules = CameraSchedules([])
+        self._zones: dict[str, CameraZones] = {}
+        # Cameras left out of the scheduler (outside a `skip` schedule). Replaced, never mutated:
+        # the worker thread reads it through `_windows`.
+        self._not_analysed: frozenset[str] = frozenset()
         self._worker: Optional[WorkerThread] = None
         self._pose_workers: list[PoseWorker] = []
         self.routing: Optional[EventRouting] = None
@@ -265,6 +289,7 @@ class Daemon:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self._journal = JournalWriter(cfg.journal_path, metrics=self.metrics).open()
         self._journal.prune(cfg.alerts.journal_retention_days, self._retention)
+        journal_before = (self._journal.journal_id, self._journal.last_seq)
         orphans = [self._journal.append(end_message(last, "restart"))
                    for last in self._journal.open_events()]
         if orphans:
@@ -285,8 +310,19 @@ class Daemon:
             metrics=self.metrics, sndhwm=cfg.alerts.sndhwm, curve=cfg.alerts.curve,
             last_seq=self._journal.last_seq, journal_id=self._journal.journal_id,
             instance=cfg.instance)
+        # Integrations before any camera: a notification URL apprise does not know stops the
+        # start here, with the key named; the broker is connected to in the background.
+        if cfg.notify.rules:
+            self._notifications = Notifications(cfg.notify, cfg.instance, cfg.data_dir,
+                                                metrics=self.metrics).start()
+        if cfg.mqtt is not None:
+            self._mqtt = MqttBridge(
+                cfg.mqtt, cfg.instance, cfg.journal_path, cfg.data_dir, self.class_names,
+                [c.name for c in cfg.enabled_cameras], start_seq=journal_before[1],
+                journal_id=journal_before[0], metrics=self.metrics, version=_version()).start()
         for msg in orphans:
             self._publisher.publish(msg)
+            self._offer(msg)
         if cfg.evidence.enabled and (cfg.evidence.snapshot or cfg.evidence.clip):
             self._evidence = EvidenceWriter(cfg.data_dir, max_age_days=cfg.evidence.max_age_days,
                                             max_bytes=cfg.evidence.max_bytes,
@@ -296,7 +332,9 @@ class Daemon:
         # Event ids end in a per-daemon counter; starting above every seq ever assigned keeps
         # them unique across restarts (each run assigns at least one seq per event).
         self._tracker = EventTracker(cfg.smoothing, self.class_names, metrics=self.metrics,
-                                     counter_start=self._journal.last_seq + 1)
+                                     counter_start=self._journal.last_seq + 1,
+                                     resolver=lambda cam, label: self.cfg.smoothing_for(cam, label))
+        self._set_gating(cfg.enabled_cameras)
         self._scheduler = Scheduler(self._windows, batching)
 
         if pose_model is not None:
@@ -314,6 +352,7 @@ class Daemon:
         self._cams = {}
         for cam in cfg.enabled_cameras:
             self._start_camera(cam)
+        self._apply_schedules()
         self._worker = WorkerThread(self._scheduler, worker, rings=self._rings,
                                     on_results=self._on_results, heartbeat=self._worker_heartbeat)
         self._worker.start()
@@ -329,19 +368,22 @@ class Daemon:
 
     def _windows(self) -> dict[str, Optional[CameraWindow]]:
         """The scheduler's view of the camera snapshot (None: the source has not opened yet, or
-        the camera watches nothing the video detector scores)."""
+        the camera watches nothing the video detector scores, or its schedule says it is not
+        analysed now)."""
         assert self.routing is not None
-        return {name: cam.window for name, cam in self._cams.items()
+        skip = self._not_analysed
+        return {name: None if name in skip else cam.window for name, cam in self._cams.items()
                 if self.routing.needs_video(cam.cfg.settings.events)}
 
     def _pose_rings(self, worker: int) -> dict[str, Optional[RingBuffer]]:
-        """Pose thread `worker`'s cameras (those watching the pose class) and their display
-        rings."""
+        """Pose thread `worker`'s cameras (those watching the pose class, and analysed now) and
+        their display rings."""
         assert self.routing is not None
         n = len(self._pose_workers)
+        skip = self._not_analysed
         return {name: cam.display_ring for name, cam in self._cams.items()
                 if self.routing.needs_pose(cam.cfg.settings.events)
-                and worker_of(name, n) == worker}
+                and worker_of(name, n) == worker and name not in skip}
 
     def _clip_seconds(self, cam: CameraConfig) -> Optional[float]:
         assert self.model_cfg is not None
@@ -469,6 +511,7 @@ class Daemon:
             if now >= next_refresh:
                 next_refresh = now + REFRESH_S
                 self._refresh_cameras()
+                self._apply_schedules()
             assert self._journal is not None
             self._journal.tick()          # lost/replaced file; held alerts once space returns
             if now >= next_heartbeat:
@@ -495,20 +538,66 @@ class Daemon:
         for r in results:
             if r.camera not in cams:
                 continue   # removed by a reload while the window was in flight
-            self._emit(self._tracker.observe(r))
+            self._emit(self._tracker.observe(r, gate=self._gate))
+
+    def _gate(self, camera: str, label: str, box) -> Optional[str]:
+        """Why an event of `label` on `camera` with this box may not start now, or None."""
+        if self._schedules.state(camera) != ON:
+            return "schedule"
+        zones = self._zones.get(camera)
+        if zones is not None and not zones.allows(box):
+            return "zone"
+        return None
 
     def _emit(self, messages: list[dict]) -> None:
-        """Evidence, then commit to the journal, then publish: nothing is on the wire unjournalled."""
+        """Evidence, then commit to the journal, then publish: nothing is on the wire unjournalled.
+        Then the integrations' queues (MQTT, notifications): they never wait."""
         assert self._journal is not None and self._publisher is not None
         for msg in messages:
+            zones = self._zones.get(msg["camera"])
+            if zones is not None:
+                msg["zones"] = zones.names(msg["box"])
             self._attach_evidence(msg)
             final = self._journal.append(msg)
             self._publisher.publish(final)
+            self._offer(final)
             if final["type"] != "update":
                 # The event's own log line comes from the tracker; this one adds seq and evidence.
                 log.debug("alert seq %d: %s %s on %s (%s, score %.2f)%s", final["seq"],
                          final["label"], final["type"], final["camera"], final["event_id"],
                          final["score"], f", reason {final['reason']}" if final.get("reason") else "")
+
+    def _offer(self, final: dict) -> None:
+        """Hand a journalled alert to the integrations (bounded queues, never blocking)."""
+        if self._mqtt is not None:
+            self._mqtt.offer(final)
+        if self._notifications is not None:
+            self._notifications.offer(final)
+
+    # ---- gating: zones and schedules
+    def _set_gating(self, cameras: list[CameraConfig]) -> None:
+        """The cameras' zones and schedules (at start and after a reload)."""
+        self._zones = {cam.name: CameraZones(cam.zones, cam.required_zones,
+                                             cam.settings.zone_min_overlap)
+                       for cam in cameras if cam.zones}
+        self._schedules.set_cameras(cameras)
+
+    def _apply_schedules(self) -> None:
+        """Evaluate the schedules; leave out of the scheduler the cameras a `skip` schedule
+        stops analysing (once their open events have ended), and set the gauges."""
+        self._schedules.tick()
+        assert self._tracker is not None
+        busy = {cam for cam, _ in self._tracker.open_events()}
+        skipped = frozenset(name for name in self._cams
+                            if self._schedules.state(name) == SKIP and name not in busy)
+        for name in skipped - self._not_analysed:
+            self._tracker.forget(name)     # no stale smoothing when analysis resumes
+        self._not_analysed = skipped
+        m = self.metrics
+        for name in self._cams:
+            m.camera_analysed.labels(camera=name).set(0 if name in skipped else 1)
+            m.camera_alerting.labels(camera=name).set(
+                1 if self._schedules.state(name) == ON else 0)
 
     # ---- evidence
     def _display_ring(self, camera: str) -> Optional[RingBuffer]:
@@ -543,6 +632,8 @@ class Daemon:
             if not is_up and name in open_cams:
                 log.warning("camera %s lost with open events: ending them (camera_lost)", name)
                 self._emit(self._tracker.close_camera(name, "camera_lost"))
+        if self._mqtt is not None:
+            self._mqtt.camera_states({name: cam.up for name, cam in self._cams.items()})
         ev = self._evidence
         if ev is not None:
             errors, dropped = ev.write_errors, ev.dropped
@@ -594,7 +685,8 @@ class Daemon:
             except ConfigError as exc:
                 log.error("reload: %s; keeping the running config", exc)
                 return False
-            for section in ("model", "alerts", "metrics", "data_dir", "smoothing", "evidence"):
+            for section in ("model", "alerts", "metrics", "data_dir", "smoothing", "evidence",
+                            "mqtt", "notify"):
                 if getattr(new, section) != getattr(self.cfg, section):
                     log.warning("reload: %s changed; this takes effect at the next restart "
                                 "(only the camera list is reloaded)", section)
@@ -611,6 +703,10 @@ class Daemon:
             for name in added:
                 self._start_camera(wanted[name])
             self.cfg = dataclasses.replace(self.cfg, cameras=new.cameras, defaults=new.defaults)
+            self._set_gating(new.enabled_cameras)
+            self._apply_schedules()
+            if self._mqtt is not None:
+                self._mqtt.set_cameras([c.name for c in new.enabled_cameras])
             log.info("reload: %d camera(s) added, %d removed, %d changed, %d unchanged",
                      len(added), len(removed), len(changed),
                      len(running) - len(removed) - len(changed))
@@ -664,6 +760,10 @@ class Daemon:
             self._emit(ended)
             if ended:
                 log.info("closed %d open event(s) (shutdown)", len(ended))
+        if self._notifications is not None:
+            self._notifications.close(timeout=STOP_INTEGRATIONS_S)
+        if self._mqtt is not None:
+            self._mqtt.close(timeout=STOP_INTEGRATIONS_S)
         if self._evidence is not None:
             if not self._evidence.close(timeout=5.0):
                 log.warning("evidence writer did not finish within 5 s")

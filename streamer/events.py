@@ -10,6 +10,16 @@ Per (camera, label) there is one `ScoreSmoother` and at most one open event:
   `close_camera` (`camera_lost`) and `close_all` (`shutdown`, `reload`) end open events at once;
   `end_message` builds the end of an event orphaned by an unclean stop (`restart`).
 
+Gating (zones, schedules). `observe(result, gate)` asks `gate(camera, label, box)` before an
+event starts; a reason (`"zone"`, `"schedule"`) keeps it from starting. Such an event is tracked
+SILENTLY: counted once in `vigil_events_suppressed_total{camera,label,reason}`, ended by the same
+cooldown as a real one (no message), and promoted to a real `start` if the gate opens while its
+evidence is still on (the action moved into a zone, the schedule began). An event that started
+is never gated: it runs to its end.
+
+Per-camera smoothing: `resolver(camera, label)` gives each (camera, class) its settings (the
+daemon passes `ServeConfig.smoothing_for`: defaults < classes < the camera's overrides).
+
 Durations of the state machine (cooldown, update interval) are measured between window capture
 times on the MONOTONIC clock (`WindowResult.t_end_mono`), so a backlog of windows processed late
 behaves as it would have live, and a step of the wall clock (NTP, a manual change, a box booting
@@ -65,6 +75,17 @@ def end_message(last: dict, reason: str) -> dict:
     return msg
 
 
+# gate(camera, label, smoothed box xyxy) -> None (may start) or why it may not.
+StartGate = Callable[[str, str, Sequence[float]], Optional[str]]
+
+
+@dataclass
+class _Silent:
+    """An event kept from starting by the gate: tracked without messages."""
+    reason: str
+    below_since: Optional[float] = None
+
+
 @dataclass
 class _Open:
     """An open event and what was last published for it."""
@@ -82,13 +103,17 @@ class EventTracker:
         smoothing_cfg: the `smoothing:` section; its `classes` overrides apply to their class.
         class_names: the model's classes, e.g. ["fight", "collapse"]; others are ignored.
         clock: wall clock (epoch seconds), used for event ids.
-        metrics: optional `VigilMetrics`; `vigil_events_active` is kept in step.
+        metrics: optional `VigilMetrics`; `vigil_events_active` and
+            `vigil_events_suppressed_total` are kept in step.
         counter_start: first per-daemon event counter value.
+        resolver: (camera, label) -> that camera's `SmoothingConfig` for the class; None = the
+            section's class overrides only.
     """
 
     def __init__(self, smoothing_cfg: SmoothingConfig, class_names: Iterable[str],
                  clock: Callable[[], float] = time.time, metrics: Any = None,
-                 counter_start: int = 1) -> None:
+                 counter_start: int = 1,
+                 resolver: Optional[Callable[[str, str], SmoothingConfig]] = None) -> None:
         smoothing_cfg.validate("smoothing")
         self.cfg = smoothing_cfg
         self.class_names = list(class_names)
@@ -97,11 +122,13 @@ class EventTracker:
                         "those settings are unused", label, label, ", ".join(self.class_names))
         # One section per class: `smoothing.classes` overrides apply to that class only.
         self._class_cfg = {label: smoothing_cfg.for_class(label) for label in self.class_names}
+        self._resolver = resolver
         self.clock = clock
         self.metrics = metrics
         self._counter = counter_start
         self._smoothers: dict[tuple[str, str], ScoreSmoother] = {}
         self._open: dict[tuple[str, str], _Open] = {}
+        self._silent: dict[tuple[str, str], _Silent] = {}
         self._last: dict[str, WindowResult] = {}
         self._last_score: dict[tuple[str, str], tuple[float, tuple[float, ...]]] = {}
 
@@ -110,19 +137,30 @@ class EventTracker:
         """(camera, label) -> event_id of every open event."""
         return {key: ev.event_id for key, ev in self._open.items()}
 
+    def silent_events(self) -> dict[tuple[str, str], str]:
+        """(camera, label) -> reason, for every event the gate keeps from starting."""
+        return {key: sil.reason for key, sil in self._silent.items()}
+
+    def settings(self, camera: str, label: str) -> SmoothingConfig:
+        """The smoothing of (camera, label): the resolver's, else the class's."""
+        if self._resolver is not None:
+            return self._resolver(camera, label)
+        return self._class_cfg.get(label, self.cfg)
+
     def smoother(self, camera: str, label: str) -> ScoreSmoother:
         """The (camera, label) smoother (created on first use)."""
         key = (camera, label)
         if key not in self._smoothers:
-            self._smoothers[key] = ScoreSmoother(self._class_cfg.get(label, self.cfg))
+            self._smoothers[key] = ScoreSmoother(self.settings(camera, label))
         return self._smoothers[key]
 
     # ---- input ---------------------------------------------------------------------------------
-    def observe(self, result: WindowResult) -> list[dict]:
+    def observe(self, result: WindowResult, gate: Optional[StartGate] = None) -> list[dict]:
         """Feed one window; returns the messages it caused (possibly none), in order.
 
         Args:
             result: the worker's verdict on one camera window.
+            gate: asked before an event starts (see the module docstring); None = always.
         Returns:
             `vigil.alert/1` messages without seq/published_at/latency_s.
         """
@@ -142,7 +180,9 @@ class EventTracker:
             ev = self._open.get(key)
             if ev is None:
                 if sm.active:
-                    out.append(self._start(result, label, score, box))
+                    msg = self._start_or_hold(key, result, score, box, gate, t)
+                    if msg is not None:
+                        out.append(msg)
                 continue
             if sm.off_candidate:
                 if ev.below_since is None:
@@ -158,6 +198,35 @@ class EventTracker:
                 ev.pub_t, ev.pub_score, ev.pub_box = t, score, box
         return out
 
+    def _start_or_hold(self, key: tuple[str, str], result: WindowResult, score: float,
+                       box: tuple[float, ...], gate: Optional[StartGate], t: float
+                       ) -> Optional[dict]:
+        """An active smoother without an open event: start it, or track it silently."""
+        sm = self._smoothers[key]
+        silent = self._silent.get(key)
+        reason = gate(key[0], key[1], box) if gate is not None else None
+        if reason is None and (silent is None or sm.on_condition):
+            self._silent.pop(key, None)
+            return self._start(result, key[1], score, box)
+        if silent is None:
+            silent = self._silent[key] = _Silent(reason or "gate")
+            if self.metrics is not None:
+                self.metrics.events_suppressed.labels(camera=key[0], label=key[1],
+                                                      reason=silent.reason).inc()
+            log.info("%s on %s (score %.2f) not alerted: %s", key[1], key[0], score,
+                     "outside the required zones" if silent.reason == "zone" else
+                     "outside the camera's schedule" if silent.reason == "schedule"
+                     else silent.reason)
+        if sm.off_candidate:
+            if silent.below_since is None:
+                silent.below_since = t
+            if t - silent.below_since >= sm.cfg.cooldown_s:
+                sm.deactivate()
+                del self._silent[key]
+        else:
+            silent.below_since = None
+        return None
+
     def close_camera(self, camera: str, reason: str = "camera_lost") -> list[dict]:
         """End the camera's open events (it stopped delivering frames) and forget its history.
 
@@ -169,7 +238,16 @@ class EventTracker:
         for key in [k for k in self._smoothers if k[0] == camera]:
             del self._smoothers[key]
             self._last_score.pop(key, None)
+            self._silent.pop(key, None)
         return out
+
+    def forget(self, camera: str) -> None:
+        """Drop the smoothing history of the camera's classes that have no open event (it stops
+        being analysed for a while: hours-old scores must not carry over)."""
+        for key in [k for k in self._smoothers if k[0] == camera and k not in self._open]:
+            del self._smoothers[key]
+            self._last_score.pop(key, None)
+            self._silent.pop(key, None)
 
     def close_all(self, reason: str = "shutdown") -> list[dict]:
         """End every open event (`shutdown`, `reload`) and forget all history."""

@@ -2,8 +2,9 @@
 
 `VigilMetrics` owns a fresh `CollectorRegistry`, so two daemons (or two tests) in one process
 never share counters, and nothing registers on prometheus_client's global registry. Labels are
-only `camera`, `label` and `type` (plus `version`, `model`, `device` on `vigil_build_info`):
-never a URL, a credential or free text.
+only `camera`, `label` and `type` (plus `version`, `model`, `device` on `vigil_build_info`,
+`reason` from a fixed set on `vigil_events_suppressed_total`, and a notification rule's validated
+`name` as `rule`): never a URL, a credential or free text.
 
 Thread-safety: prometheus_client metrics are safe to update from any thread.
 """
@@ -38,6 +39,13 @@ METRIC_NAMES = (
     "vigil_evidence_write_errors_total", "vigil_evidence_dropped_total",
     "vigil_journal_writable", "vigil_journal_held_alerts", "vigil_journal_write_errors_total",
     "vigil_journal_lost_total", "vigil_replay_restarts_total", "vigil_replay_up",
+    # Integrations (issue 28): gating, schedules, MQTT, notifications.
+    "vigil_events_suppressed_total", "vigil_camera_analysed", "vigil_camera_alerting",
+    "vigil_mqtt_connected", "vigil_mqtt_messages_total", "vigil_mqtt_dropped_total",
+    "vigil_mqtt_caught_up_total", "vigil_mqtt_pending_alerts", "vigil_mqtt_connect_errors_total",
+    "vigil_mqtt_lost_total", "vigil_notifications_sent_total", "vigil_notifications_failed_total",
+    "vigil_notifications_dropped_total", "vigil_notifications_rate_limited_total",
+    "vigil_notification_retries_total",
 )
 
 
@@ -141,6 +149,60 @@ class VigilMetrics:
                                       buckets=POSE_BUCKETS)
         self.build_info = Gauge("vigil_build_info", "Constant 1, labelled with the build.",
                                 ["version", "model", "device"], registry=r)
+        # Gating: events kept from starting (reason: zone, schedule), and schedules.
+        self.events_suppressed = Counter(
+            "vigil_events_suppressed_total",
+            "Events that did not start: their box was outside the required zones (reason zone) "
+            "or the camera was outside its schedule (reason schedule).",
+            ["camera", "label", "reason"], registry=r)
+        self.camera_analysed = Gauge(
+            "vigil_camera_analysed",
+            "1 while the camera's windows are inferred; 0 while its schedule skips it.", cam,
+            registry=r)
+        self.camera_alerting = Gauge(
+            "vigil_camera_alerting",
+            "1 while the camera's events may start; 0 outside its schedule (skipped or muted).",
+            cam, registry=r)
+        # MQTT (streamer/comms/mqtt.py).
+        self.mqtt_connected = Gauge("vigil_mqtt_connected",
+                                    "1 while connected to the MQTT broker.", registry=r)
+        self.mqtt_messages = Counter(
+            "vigil_mqtt_messages_total",
+            "Alerts the MQTT broker acknowledged (on <prefix>/<instance>/events).", registry=r)
+        self.mqtt_dropped = Counter(
+            "vigil_mqtt_dropped_total",
+            "Alerts the MQTT queue refused (broker away or slow); published later from the "
+            "journal.", registry=r)
+        self.mqtt_caught_up = Counter(
+            "vigil_mqtt_caught_up_total",
+            "Alerts published to MQTT from the journal (after an outage, a drop or a restart).",
+            registry=r)
+        self.mqtt_pending = Gauge(
+            "vigil_mqtt_pending_alerts",
+            "Alerts assigned a seq and not yet acknowledged by the MQTT broker.", registry=r)
+        self.mqtt_connect_errors = Counter(
+            "vigil_mqtt_connect_errors_total",
+            "Failed or refused MQTT connection attempts, and lost connections.", registry=r)
+        self.mqtt_lost = Counter(
+            "vigil_mqtt_lost_total",
+            "Alerts never published to MQTT: neither queued nor found in the journal "
+            "(pruned, or held in memory while the journal could not be written).", registry=r)
+        # Notifications (streamer/comms/notifications.py), per rule.
+        rule = ["rule"]
+        self.notifications_sent = Counter(
+            "vigil_notifications_sent_total", "Notifications sent (per URL).", rule, registry=r)
+        self.notifications_failed = Counter(
+            "vigil_notifications_failed_total",
+            "Notifications that failed after every retry (per URL).", rule, registry=r)
+        self.notifications_dropped = Counter(
+            "vigil_notifications_dropped_total",
+            "Notifications dropped because the rule's queue was full.", rule, registry=r)
+        self.notifications_rate_limited = Counter(
+            "vigil_notifications_rate_limited_total",
+            "Matching alerts not notified: within the rule's min_interval_s.", rule, registry=r)
+        self.notification_retries = Counter(
+            "vigil_notification_retries_total", "Notification send attempts after a failure.",
+            rule, registry=r)
 
     def set_build_info(self, version: str, model: str, device: str) -> None:
         """Publish `vigil_build_info{version,model,device} 1` (replacing any previous labels).
@@ -157,6 +219,8 @@ class VigilMetrics:
             metric.labels(camera=camera)
         for label in labels:
             self.events_active.labels(camera=camera, label=label).set(0)
+        self.camera_analysed.labels(camera=camera).set(1)
+        self.camera_alerting.labels(camera=camera).set(1)
 
     def track_frame_age(self, camera: str, last_frame_mono: Callable[[], Optional[float]]) -> None:
         """Compute `vigil_camera_last_frame_age_seconds{camera}` at scrape time.
@@ -174,7 +238,8 @@ class VigilMetrics:
         """Drop a removed camera's series (after a reload), so they do not linger at old values."""
         for metric in (self.frames, self.frames_dropped, self.camera_up, self.camera_reconnects,
                        self.camera_last_frame_age, self.windows, self.windows_skipped,
-                       self.pose_frames, self.pose_windows, self.pose_person):
+                       self.pose_frames, self.pose_windows, self.pose_person,
+                       self.camera_analysed, self.camera_alerting):
             try:
                 metric.remove(camera)
             except KeyError:
@@ -187,6 +252,11 @@ class VigilMetrics:
             for kind in ("start", "update", "end"):
                 try:
                     self.alerts.remove(camera, label, kind)
+                except KeyError:
+                    pass
+            for reason in ("zone", "schedule"):
+                try:
+                    self.events_suppressed.remove(camera, label, reason)
                 except KeyError:
                     pass
 
