@@ -26,7 +26,7 @@ journalled before a restart) is read from the journal by seq (its own read conne
 thread). The mark is saved in `data_dir/mqtt-hwm.json` (with the journal id and the broker), so
 a daemon restarted after a broker outage still publishes what the broker never acknowledged.
 Alerts published from the journal update the state topics only once the catch-up has reached
-the newest alert: Home Assistant then sees each camera's current state, not a replay of old
+the newest alert (live alerts update them at once): Home Assistant then sees each camera's current state, not a replay of old
 flips (the events topic carries them all, in order). With no mark yet (first start, another
 broker) it starts at the journal's end: the broker never gets old history.
 
@@ -186,6 +186,9 @@ class MqttBridge:
         client.on_publish = self._on_publish
         client.connect_timeout = min(5.0, float(cfg.keepalive_s))
         self._client = client
+        # Where this run starts, saved at once: a run that never reaches the broker (wrong
+        # password, broker away) still leaves the next run its starting point.
+        self._save(force=True)
         client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
         client.loop_start()
         self._thread = threading.Thread(target=self._run, name="vigil-mqtt", daemon=True)
@@ -457,12 +460,13 @@ class MqttBridge:
                 self._snapshots[key[0]] = (str(msg["snapshot"]),
                                            time.monotonic() + SNAPSHOT_WAIT_S)
         if not from_journal:
-            self._flush_states()
+            self._flush_states(live=True)
 
-    def _flush_states(self) -> None:
-        """Publish changed states and last events, unless a catch-up is still under way."""
+    def _flush_states(self, live: bool = False) -> None:
+        """Publish changed states and last events: at once for a live alert, at the end of a
+        catch-up from the journal (so Home Assistant sees the current state, not old flips)."""
         latest_id, latest = self._latest
-        if self._page or (latest_id == self._journal_id and latest > self._sent):
+        if not live and (self._page or (latest_id == self._journal_id and latest > self._sent)):
             return
         for key in sorted(self._dirty):
             self._publish(self.topics.state(*key), self._states[key])
@@ -573,7 +577,7 @@ class MqttBridge:
     def _save(self, force: bool = False) -> None:
         now = time.monotonic()
         mark = (self._journal_id, self._hwm)
-        if mark == self._saved or (not force and now < self._next_save):
+        if not force and (mark == self._saved or now < self._next_save):
             return
         self._next_save = now + SAVE_EVERY_S
         path = self.data_dir / HWM_FILE

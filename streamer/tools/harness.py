@@ -16,6 +16,10 @@ which runs the daemon in-process, takes only the small pieces):
 * `tiny_checkpoint` and `base_config`: a random-weight model and a config on free loopback
   ports whose thresholds open an event at every camera's first window (a lifecycle that does not
   depend on what a random model sees);
+* `Mosquitto`: Debian's MQTT broker on a loopback port with a generated config (users with
+  passwords, persistence in its own folder), started, stopped (SIGTERM: it saves its sessions),
+  killed, frozen (SIGSTOP) or restarted on the same port, as the MQTT tests need; no root and no
+  system service; `mosquitto_missing()` says why it cannot run here;
 * `free_port`, `wait_until`, `sample_process`, `system_python_env`: small pieces the above and
   their callers share.
 
@@ -595,3 +599,115 @@ class RtspServer:
         """Undo `pause` (SIGCONT)."""
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGCONT)
+
+
+# --------------------------------------------------------------------------- MQTT broker
+MOSQUITTO = "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
+
+
+def mosquitto_missing() -> Optional[str]:
+    """Why `Mosquitto` cannot run here (apt: mosquitto), or None when it can."""
+    for path in (MOSQUITTO, MOSQUITTO_PASSWD):
+        if not os.path.exists(path):
+            return f"{path} not found (apt: mosquitto; scripts/system-packages.sh installs it)"
+    return None
+
+
+class Mosquitto:
+    """Debian's mosquitto on 127.0.0.1:`port`, configured in `workdir` (nothing system-wide).
+
+    Args:
+        workdir: its config, password file, persistence database and log live here.
+        port: the port (default: a free one); kept across `stop`/`start`.
+        users: user -> password; None = anonymous clients allowed.
+        persistence: keep retained messages and persistent sessions across a restart (saved
+            when it stops on SIGTERM).
+    Attributes:
+        port, log_path.
+    """
+
+    def __init__(self, workdir: Path, port: Optional[int] = None,
+                 users: Optional[dict[str, str]] = None, persistence: bool = True) -> None:
+        import getpass
+
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.log_path = self.workdir / "mosquitto.log"
+        self.proc: Optional[subprocess.Popen] = None
+        lines = [f"user {getpass.getuser()}",          # as root it would switch to `mosquitto`
+                 f"listener {self.port} 127.0.0.1",
+                 f"log_dest file {self.log_path}", "log_type error", "log_type warning",
+                 "log_type notice", "log_type information", "connection_messages true"]
+        if users:
+            pw = self.workdir / "passwords"
+            pw.write_text("")
+            os.chmod(pw, 0o600)
+            for user, password in users.items():
+                subprocess.run([MOSQUITTO_PASSWD, "-b", str(pw), user, password], check=True,
+                               capture_output=True, timeout=30)
+            lines += ["allow_anonymous false", f"password_file {pw}"]
+        else:
+            lines += ["allow_anonymous true"]
+        if persistence:
+            lines += ["persistence true", f"persistence_location {self.workdir}/"]
+        self.config_path = self.workdir / "mosquitto.conf"
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 10.0) -> "Mosquitto":
+        """Start (or restart, same port and state) and wait until it accepts connections.
+
+        Raises:
+            RuntimeError: it exited (its log in the message) or did not listen in time.
+        """
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.config_path)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: "
+                                   f"{self.log()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"mosquitto not listening on {self.port} within {timeout} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (it saves its database) and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.resume()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL (a crash) and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.resume()
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): connections stay open, nothing is answered (a slow broker)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo `pause` (SIGCONT)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
