@@ -1,7 +1,7 @@
 """`cameras[].mask`: parts of the picture the model never sees.
 
 The polygons are rasterised ONCE, at the size the frames are resized to for the model (the ring
-buffer's), into a 3-channel keep-image (255 where the model may look, 0 under a mask). The
+buffer's; a pixel is masked when its centre lies in a polygon), into a 3-channel keep-image (255 where the model may look, 0 under a mask). The
 capture thread then blanks each frame with one `cv2.bitwise_and` into the buffer it already
 resizes into: no allocation per frame, a few microseconds at model size. Masked pixels are black
 (0) in every frame, so they show neither content nor motion (frame differences are 0 there).
@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from .polygons import Polygon, to_pixels
+from .polygons import Polygon
 
 
 class FrameMask:
@@ -33,11 +33,21 @@ class FrameMask:
 
     def __init__(self, polygons: Sequence[Polygon], height: int, width: int,
                  roi: Optional[Sequence[float]] = None) -> None:
-        blank = np.zeros((height, width), np.uint8)
-        for poly in polygons:
-            pts = np.asarray(to_pixels(poly, width, height, roi), np.int32)
-            cv2.fillPoly(blank, [pts], 255)
-        self.keep = np.repeat((255 - blank)[:, :, None], 3, axis=2)
+        import shapely
+
+        from .polygons import union
+
+        # A pixel is masked when its centre lies in a polygon (or on its edge): the centres of
+        # pixel row r, column c are at ((c + 0.5) / width, (r + 0.5) / height) of the image,
+        # mapped through the roi to whole-frame coordinates.
+        rx1, ry1, rx2, ry2 = roi if roi is not None else (0.0, 0.0, 1.0, 1.0)
+        xs = rx1 + (np.arange(width) + 0.5) / width * (rx2 - rx1)
+        ys = ry1 + (np.arange(height) + 0.5) / height * (ry2 - ry1)
+        gx, gy = np.meshgrid(xs, ys)
+        region = union(polygons)
+        blank = shapely.intersects_xy(region, gx, gy) if not region.is_empty else \
+            np.zeros((height, width), bool)
+        self.keep = np.repeat(np.where(blank, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
         self.fraction = float(np.count_nonzero(blank)) / blank.size
 
     def apply(self, frame: np.ndarray) -> np.ndarray:

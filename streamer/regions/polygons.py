@@ -57,14 +57,14 @@ def parse_polygon(value: Any, where: str) -> Polygon:
         raise ConfigError(f"{where}: a polygon needs at least 3 distinct points, got "
                           f"{len(set(points))}")
     shape = _shape(tuple(points))
+    if shape.convex_hull.area <= 1e-9:
+        raise ConfigError(f"{where}: the polygon has no area (its points are on one line)")
     if not shape.is_valid:
         from shapely.validation import explain_validity
 
         reason = explain_validity(shape)
         raise ConfigError(f"{where}: the polygon's edges cross or touch ({_describe(reason)}); "
                           "list the points in order around the outline")
-    if shape.area <= 1e-9:
-        raise ConfigError(f"{where}: the polygon has no area (its points are on one line)")
     return tuple(points)
 
 
