@@ -39,6 +39,16 @@ TEMPLATE_FIELDS = ("camera", "label", "type", "score", "event_id", "time", "zone
 MIN_SECRET_PIECE = 6
 
 
+def _masked_repr(obj: object, masked: dict[str, object]) -> str:
+    """The dataclass repr with some fields replaced (a `log.debug("%s", cfg)` must not print a
+    password or a token)."""
+    import dataclasses
+
+    parts = [f"{f.name}={masked.get(f.name, getattr(obj, f.name))!r}"
+             for f in dataclasses.fields(obj) if f.repr]
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
@@ -119,6 +129,9 @@ class MqttConfig(Validated):
 
     SECTION = "mqtt"
 
+    def __repr__(self) -> str:
+        return _masked_repr(self, {"password": None if self.password is None else MASK})
+
     def _check_cross_fields(self, where: str) -> None:
         _check(isinstance(self.host, str) and self.host.strip() != ""
                and not any(c.isspace() for c in self.host) and "/" not in self.host,
@@ -161,6 +174,9 @@ class NotifyRule(Validated):
         doc="body template (the same placeholders)")
 
     SECTION = "notify.rules[]"
+
+    def __repr__(self) -> str:
+        return _masked_repr(self, {"urls": [masked_notify_url(u) for u in self.urls]})
 
     def _check_cross_fields(self, where: str) -> None:
         _check(NAME.fullmatch(self.name) is not None, f"{where}.name",
