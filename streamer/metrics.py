@@ -222,6 +222,13 @@ class VigilMetrics:
         self.camera_analysed.labels(camera=camera).set(1)
         self.camera_alerting.labels(camera=camera).set(1)
 
+    def add_notification_rule(self, rule: str) -> None:
+        """Create a notification rule's series at 0 (dashboards and alert rules see them)."""
+        for metric in (self.notifications_sent, self.notifications_failed,
+                       self.notifications_dropped, self.notifications_rate_limited,
+                       self.notification_retries):
+            metric.labels(rule=rule)
+
     def track_frame_age(self, camera: str, last_frame_mono: Callable[[], Optional[float]]) -> None:
         """Compute `vigil_camera_last_frame_age_seconds{camera}` at scrape time.
 

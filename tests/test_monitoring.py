@@ -26,6 +26,7 @@ def exported_sample_names() -> set[str]:
     m.alerts.labels(camera="cam", label="fight", type="start").inc()
     m.set_build_info("0", "model", "cpu")
     m.track_frame_age("cam", lambda: None)
+    m.add_notification_rule("ops")          # a `notify:` rule's series, as the daemon makes them
     text = m.exposition().decode()
     return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
 

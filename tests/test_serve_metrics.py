@@ -62,11 +62,21 @@ def test_every_metric_of_the_design_is_exposed_with_its_type():
 
 def test_labels_are_only_camera_label_type_and_build_info():
     allowed = {"camera", "label", "type", "le"}
-    for fam in text_string_to_metric_families(populated().exposition().decode()):
+    # Besides: `reason` (zone, schedule) on vigil_events_suppressed_total and a notification
+    # rule's validated name as `rule`: fixed sets, never free text.
+    m = populated()
+    m.events_suppressed.labels(camera="lobby", label="fight", reason="zone").inc()
+    m.add_notification_rule("ops")
+    for fam in text_string_to_metric_families(m.exposition().decode()):
         for sample in fam.samples:
             extra = set(sample.labels) - allowed
             if fam.name == "vigil_build_info":
                 extra -= {"version", "model", "device"}
+            if fam.name.startswith("vigil_events_suppressed"):
+                extra -= {"reason"}
+                assert sample.labels["reason"] in ("zone", "schedule")
+            if fam.name.startswith(("vigil_notifications_", "vigil_notification_")):
+                extra -= {"rule"}
             assert not extra, (fam.name, extra)
 
 

@@ -245,6 +245,9 @@ class Notifications:
         make = make_target if make_target is not None else _apprise_target(cfg.timeout_s)
         self.rules = [_Rule(rule, i, cfg, instance, Path(data_dir), metrics, make)
                       for i, rule in enumerate(cfg.rules)]
+        if metrics is not None:
+            for rule in cfg.rules:
+                metrics.add_notification_rule(rule.name)
         self._started = False
 
     def start(self) -> "Notifications":
