@@ -45,7 +45,7 @@ _ENTRY = re.compile(r"\s*(?P<days>\S+)\s+(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>
 class ScheduleConfig(Validated):
     """When something is on: weekly local time ranges in a named time zone."""
     timezone: str = setting(doc="IANA time zone of the ranges, e.g. `Europe/London` (zoneinfo)")
-    when: list[str] = setting(default_factory=list,
+    when: list[str] = setting(
         doc='weekly ranges `DAYS HH:MM-HH:MM`, e.g. `"mon-fri 18:00-02:00"` (past midnight when '
             "the end is earlier); DAYS: `daily`, `weekdays`, `weekends`, `mon,wed`, `fri-sun`")
 

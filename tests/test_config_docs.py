@@ -10,17 +10,27 @@ from pathlib import Path
 import yaml
 
 from detector.schema import field_doc
+from streamer.comms.settings import (DiscoveryConfig, MqttConfig, MqttTlsConfig, NotifyConfig,
+                                     NotifyRule)
 from streamer.config import (AlertsConfig, CameraConfig, CameraSettings, CurveConfig,
                              EvidenceConfig, LoggingConfig, MetricsConfig, PoseServeConfig,
                              ServeConfig, ServeModelConfig, SmoothingConfig)
+from streamer.schedule import CameraScheduleConfig, ScheduleConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTIONS = {"defaults": CameraSettings, "model": ServeModelConfig,
             "model.pose": PoseServeConfig, "smoothing": SmoothingConfig,
             "alerts": AlertsConfig, "alerts.curve": CurveConfig, "evidence": EvidenceConfig,
-            "metrics": MetricsConfig, "logging": LoggingConfig}
-# Fields of the camera entries a user writes (settings come from `defaults`, secrets are derived).
-CAMERA_KEYS = {"name", "url", "enabled"}
+            "metrics": MetricsConfig, "logging": LoggingConfig, "mqtt": MqttConfig,
+            "mqtt.tls": MqttTlsConfig, "mqtt.discovery": DiscoveryConfig, "notify": NotifyConfig,
+            "notify.rules[]": NotifyRule, "notify.rules[].schedule": ScheduleConfig,
+            "cameras[].schedule": CameraScheduleConfig}
+# Fields of the camera entries a user writes (settings come from `defaults`, secrets, `own` and
+# `index` are derived).
+CAMERA_KEYS = {"name", "url", "enabled", "mask", "zones", "required_zones", "smoothing",
+               "schedule"}
+# Fields that are sections of their own (their keys are listed, not the field).
+NESTED = {"curve", "tls", "discovery", "pose"}
 
 
 def readme_keys() -> dict[str, str]:
@@ -37,9 +47,9 @@ def readme_descriptions() -> dict[str, str]:
 
 def _field_of(key: str) -> tuple[type, str]:
     """README key -> (dataclass, field name)."""
-    if key.startswith("cameras[]."):
-        return CameraConfig, key.split(".", 1)[1]
     section, _, name = key.rpartition(".")
+    if section == "cameras[]":
+        return CameraConfig, name
     return (SECTIONS[section], name) if section else (ServeConfig, name)
 
 
@@ -55,7 +65,7 @@ def _default(cls, name: str):
 def _schema_keys() -> dict[str, object]:
     keys = {f"{section}.{f.name}": _default(cls, f.name) for section, cls in SECTIONS.items()
             for f in dataclasses.fields(cls) if f.init and not dataclasses.is_dataclass(f.type)
-            and f.name not in ("curve", "pose")}
+            and f.name not in NESTED}
     keys.update({f"cameras[].{name}": _default(CameraConfig, name) for name in CAMERA_KEYS})
     keys["data_dir"] = "required"
     keys["instance"] = None           # top level: None = the host name (config.default_instance)

@@ -356,15 +356,24 @@ def test_every_config_key_is_in_the_readme_table():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     documented = set(re.findall(r"^\| `([^`]+)` \|", readme, re.M))
+    from streamer.comms import settings as cs
+
     sections = {"defaults": sc.CameraSettings, "model": sc.ServeModelConfig,
                 "smoothing": sc.SmoothingConfig, "alerts": sc.AlertsConfig,
                 "evidence": sc.EvidenceConfig, "metrics": sc.MetricsConfig,
                 "logging": sc.LoggingConfig, "alerts.curve": sc.CurveConfig,
-                "model.pose": sc.PoseServeConfig}
-    wanted = {"data_dir", "instance", "cameras[].name", "cameras[].url", "cameras[].enabled"}
+                "model.pose": sc.PoseServeConfig,
+                "mqtt": cs.MqttConfig, "mqtt.tls": cs.MqttTlsConfig,
+                "mqtt.discovery": cs.DiscoveryConfig, "notify": cs.NotifyConfig,
+                "notify.rules[]": cs.NotifyRule}
+    wanted = {"data_dir", "instance", "cameras[].name", "cameras[].url", "cameras[].enabled",
+              "cameras[].mask", "cameras[].zones", "cameras[].required_zones",
+              "cameras[].smoothing", "cameras[].schedule"}
     for section, cls in sections.items():
-        wanted |= {f"{section}.{f.name}" for f in dc.fields(cls) if f.name not in ("curve", "pose")}
-    assert {f.name for f in dc.fields(ServeConfig)} - {"cameras", "data_dir", "instance", "secrets"} == \
+        wanted |= {f"{section}.{f.name}" for f in dc.fields(cls)
+                   if f.name not in ("curve", "tls", "discovery", "pose")}
+    assert {f.name for f in dc.fields(ServeConfig)} - {"cameras", "data_dir", "instance", "secrets",
+                                                      "explicit"} == \
         {s for s in sections if "." not in s}
     missing = sorted(wanted - documented)
     assert not missing, f"README.md's key table lacks {missing}"
