@@ -497,7 +497,22 @@ def rtsp_server_missing() -> Optional[str]:
     return None
 
 
-class RtspServer:
+class _Freezable:
+    """`pause()`/`resume()` for a server run as the child process `self.proc`."""
+    proc: Optional[subprocess.Popen]
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): connections stay open but nothing flows or is answered."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo `pause` (SIGCONT)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+
+class RtspServer(_Freezable):
     """`rtsp_test_server.py` on a fixed loopback port: a moving-ball test pattern, or a file.
 
     The port and path stay the same across `stop`/`start`, so a daemon's camera URL points at
@@ -590,15 +605,6 @@ class RtspServer:
                 self._stderr = None
             self.proc = None
 
-    def pause(self) -> None:
-        """Freeze the server (SIGSTOP): connections stay open but no data flows."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """Undo `pause` (SIGCONT)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
 
 
 # --------------------------------------------------------------------------- MQTT broker
@@ -614,7 +620,7 @@ def mosquitto_missing() -> Optional[str]:
     return None
 
 
-class Mosquitto:
+class Mosquitto(_Freezable):
     """Debian's mosquitto on 127.0.0.1:`port`, configured in `workdir` (nothing system-wide).
 
     Args:
@@ -696,15 +702,6 @@ class Mosquitto:
             self.proc.kill()
             self.proc.wait(10)
 
-    def pause(self) -> None:
-        """Freeze it (SIGSTOP): connections stay open, nothing is answered (a slow broker)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """Undo `pause` (SIGCONT)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
 
     def log(self) -> str:
         try:
