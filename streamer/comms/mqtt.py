@@ -332,6 +332,7 @@ class MqttBridge:
 
     def _step(self) -> None:
         if not self._connected.is_set():
+            self._gauge_pending()
             self._stop.wait(IDLE_WAIT_S)
             return
         if self._announce.is_set():
@@ -495,11 +496,14 @@ class MqttBridge:
                 self._acked &= keep
         if acked and self.metrics is not None:
             self.metrics.mqtt_messages.inc(acked)
+        self._gauge_pending()
+        self._save()
+
+    def _gauge_pending(self) -> None:
         if self.metrics is not None:
             latest_id, latest = self._latest
             self.metrics.mqtt_pending.set(max(latest - self._hwm, 0)
                                           if latest_id == self._journal_id else 0)
-        self._save()
 
     def _announce_all(self) -> None:
         """Availability, discovery configs (and removals), states and last events."""
