@@ -14,6 +14,12 @@ field (`setting(default, ge=/gt=/le=, doc=...)`; the README's table of keys stat
 defaults and descriptions, `tests/test_config_docs.py`), and each section's rules between keys
 sit in its one `_check_cross_fields`; `validate(where)` runs both.
 
+Per camera, beyond the `defaults` keys: `mask` and `zones` (polygons, `streamer/regions/`),
+`smoothing` overrides (the precedence is `SmoothingConfig.layers`, `streamer/precedence.py`) and
+a `schedule` (`streamer/schedule.py`). The `mqtt:` and `notify:` sections are
+`streamer/comms/settings.py`'s; the MQTT password and the notification URLs' pieces join the
+secrets the log filter masks.
+
 Every error is a `ConfigError` whose message starts with the file and the dotted key, e.g.
 `vigil.yaml: cameras[1].name: duplicate camera name 'lobby'`. Camera URLs carry credentials, so
 every message leaving this module goes through `mask_secrets` (`streamer/masking.py`) with the

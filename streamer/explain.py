@@ -17,7 +17,7 @@ from .comms.settings import masked_notify_url
 from .config import CameraConfig, CameraSettings, ServeConfig
 from .precedence import DEFAULT_SOURCE, Layer, resolve
 from .regions.polygons import coverage
-from .schedule import ON, compile_schedule, describe_schedule
+from .schedule import compile_schedule, describe_schedule
 
 
 def capture_layers(cfg: ServeConfig, cam: CameraConfig) -> list[Layer]:
@@ -110,10 +110,3 @@ def explain_camera(cfg: ServeConfig, name: str, class_names: Sequence[str],
                    f"{topics.camera_available(cam.name)}, {topics.snapshot(cam.name)}")
     return out
 
-
-def schedule_state_now(cam: CameraConfig, now: float) -> str:
-    """`on`, `skip` or `mute` for a camera at `now` (no schedule: `on`)."""
-    if cam.schedule is None:
-        return ON
-    sched = compile_schedule(cam.schedule, f"{cam.where}.schedule")
-    return ON if sched.active(now) else cam.schedule.outside
