@@ -23,7 +23,7 @@ from streamer.comms.mqtt import HWM_FILE, MqttBridge
 from streamer.comms.settings import MqttConfig
 from streamer.journal import Journal
 from streamer.metrics import VigilMetrics
-from streamer.tools.harness import Mosquitto, mosquitto_missing, wait_until
+from streamer.tools.harness import Mosquitto, mosquitto_missing, self_signed_tls, wait_until
 
 mqtt = pytest.importorskip("paho.mqtt.client")
 
@@ -144,6 +144,10 @@ def bridge_for(broker_port: int, tmp_path: Path, feed: JournalFeed, start_seq: i
     settings = {"host": "127.0.0.1", "port": broker_port, "reconnect_min_s": 1,
                 "reconnect_max_s": 1, "keepalive_s": 5, **cfg}
     mc = MqttConfig(**{k: v for k, v in settings.items() if k != "discovery"})
+    if isinstance(mc.tls, dict):
+        from streamer.comms.settings import MqttTlsConfig
+
+        mc.tls = MqttTlsConfig(**mc.tls)
     if "discovery" in cfg:
         mc.discovery = cfg["discovery"]
     mc.validate("mqtt")
@@ -392,3 +396,35 @@ def test_close_is_bounded_when_the_broker_is_unreachable(tmp_path, _mosquitto_av
     t0 = time.monotonic()
     bridge.close(timeout=3)
     assert time.monotonic() - t0 < 4
+
+
+def test_tls_to_a_broker_whose_certificate_the_configured_ca_signed(tmp_path, _mosquitto_available,
+                                                                    caplog):
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed: no test certificates")
+    ca, cert, key = self_signed_tls(tmp_path / "tls")
+    broker = Mosquitto(tmp_path / "broker", tls=(ca, cert, key)).start()
+    feed = JournalFeed(tmp_path / "journal.sqlite3")
+    try:
+        # Without the test CA the broker's certificate is refused (system CAs), never ignored.
+        untrusted = VigilMetrics()
+        with caplog.at_level(logging.ERROR, logger="streamer.comms.mqtt"):
+            (tmp_path / "a").mkdir()
+            bad = bridge_for(broker.port, tmp_path / "a", feed, metrics=untrusted, tls={})
+            try:
+                assert wait_until(lambda: untrusted.mqtt_connect_errors._value.get() >= 1, 10)
+                assert not bad.connected
+            finally:
+                bad.close(timeout=3)
+        (tmp_path / "b").mkdir()
+        good = bridge_for(broker.port, tmp_path / "b", feed, tls={"ca_file": ca})
+        try:
+            assert wait_until(lambda: good.connected, 10)
+            good.offer(feed.alert())
+            assert wait_until(lambda: good.high_water_mark[1] == 1, 10)
+        finally:
+            good.close()
+    finally:
+        broker.kill()

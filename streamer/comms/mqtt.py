@@ -282,8 +282,10 @@ class MqttBridge:
             self._down_since = time.monotonic()
         if not self._down_logged:
             self._down_logged = True
-            log.error("mqtt: cannot connect to broker %s; retrying with backoff up to %.0f s "
+            log.error("mqtt: cannot connect to broker %s%s; retrying with backoff up to %.0f s "
                       "(alerts are journalled and published when it is back)", self.broker,
+                      " over TLS (is it listening, and does mqtt.tls.ca_file sign its "
+                      "certificate for this host name?)" if self.cfg.tls is not None else "",
                       self.cfg.reconnect_max_s)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,

@@ -629,12 +629,14 @@ class Mosquitto(_Freezable):
         users: user -> password; None = anonymous clients allowed.
         persistence: keep retained messages and persistent sessions across a restart (saved
             when it stops on SIGTERM).
+        tls: (CA file, certificate file, key file) PEMs: the listener speaks TLS only.
     Attributes:
         port, log_path.
     """
 
     def __init__(self, workdir: Path, port: Optional[int] = None,
-                 users: Optional[dict[str, str]] = None, persistence: bool = True) -> None:
+                 users: Optional[dict[str, str]] = None, persistence: bool = True,
+                 tls: Optional[tuple[Path, Path, Path]] = None) -> None:
         import getpass
 
         self.workdir = Path(workdir)
@@ -646,6 +648,9 @@ class Mosquitto(_Freezable):
                  f"listener {self.port} 127.0.0.1",
                  f"log_dest file {self.log_path}", "log_type error", "log_type warning",
                  "log_type notice", "log_type information", "connection_messages true"]
+        if tls is not None:
+            ca, cert, key = tls
+            lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
         if users:
             pw = self.workdir / "passwords"
             pw.write_text("")
@@ -708,3 +713,28 @@ class Mosquitto(_Freezable):
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def self_signed_tls(workdir: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A test CA and a server certificate for `host` (an IP SAN), made with the openssl command.
+
+    Returns:
+        (CA certificate, server certificate, server key) PEM paths in `workdir`.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (workdir / n for n in ("ca.key", "ca.pem", "server.key",
+                                                        "server.csr", "server.pem"))
+    ext = workdir / "san.ext"
+    ext.write_text(f"subjectAltName=IP:{host}\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
+        "-days", "2", "-subj", "/CN=vigil-test-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", f"/CN={host}")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    return ca, cert, key
