@@ -318,7 +318,7 @@ class Daemon:
         if cfg.mqtt is not None:
             self._mqtt = MqttBridge(
                 cfg.mqtt, cfg.instance, cfg.journal_path, cfg.data_dir, self.class_names,
-                [c.name for c in cfg.enabled_cameras], start_seq=journal_before[1],
+                self._watched(cfg.enabled_cameras), start_seq=journal_before[1],
                 journal_id=journal_before[0], metrics=self.metrics, version=_version()).start()
         for msg in orphans:
             self._publisher.publish(msg)
@@ -567,6 +567,11 @@ class Daemon:
                          final["label"], final["type"], final["camera"], final["event_id"],
                          final["score"], f", reason {final['reason']}" if final.get("reason") else "")
 
+    def _watched(self, cameras: list[CameraConfig]) -> dict[str, list[str]]:
+        """camera -> the classes it watches (`cameras[].events`), for the MQTT entities."""
+        assert self.routing is not None
+        return {c.name: self.routing.watched(c.settings.events) for c in cameras}
+
     def _offer(self, final: dict) -> None:
         """Hand a journalled alert to the integrations (bounded queues, never blocking)."""
         if self._mqtt is not None:
@@ -706,7 +711,7 @@ class Daemon:
             self._set_gating(new.enabled_cameras)
             self._apply_schedules()
             if self._mqtt is not None:
-                self._mqtt.set_cameras([c.name for c in new.enabled_cameras])
+                self._mqtt.set_cameras(self._watched(new.enabled_cameras))
             log.info("reload: %d camera(s) added, %d removed, %d changed, %d unchanged",
                      len(added), len(removed), len(changed),
                      len(running) - len(removed) - len(changed))

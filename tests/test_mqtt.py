@@ -228,6 +228,13 @@ def test_alerts_states_availability_and_home_assistant_discovery(broker, tmp_pat
         bridge.set_cameras(["bar"])
         assert wait_until(lambda: sub.last(
             f"homeassistant/binary_sensor/vigil_{INSTANCE}/hall_fight/config") == b"", 5)
+        # A camera that now watches fights only (`cameras[].events: [fight]`) loses its
+        # collapse sensor and keeps the others.
+        bridge.set_cameras({"bar": ["fight"]})
+        assert wait_until(lambda: sub.last(
+            f"homeassistant/binary_sensor/vigil_{INSTANCE}/bar_collapse/config") == b"", 5)
+        assert sub.last(f"homeassistant/binary_sensor/vigil_{INSTANCE}/bar_fight/config") != b""
+        assert sub.last(f"homeassistant/image/vigil_{INSTANCE}/bar_snapshot/config") != b""
     finally:
         bridge.close()
         sub.close()

@@ -153,6 +153,7 @@ def test_the_daemon_skips_or_mutes_cameras_outside_their_schedule_across_dst(tmp
     from streamer.config import parse_config
     from streamer.daemon import Daemon
     from streamer.events import EventTracker
+    from streamer.routing import EventRouting
     from streamer.scheduler import CameraWindow
     from streamer.types import ClassScore, WindowResult
 
@@ -166,6 +167,7 @@ def test_the_daemon_skips_or_mutes_cameras_outside_their_schedule_across_dst(tmp
                        check_paths=False)
     d = Daemon(cfg)
     d.class_names = ["fight"]
+    d.routing = EventRouting(("fight",))
     d._tracker = EventTracker(cfg.smoothing, ["fight"], metrics=d.metrics,
                               resolver=lambda c, label: cfg.smoothing_for(c, label))
     now = {"t": utc("2026-03-28 21:00")}

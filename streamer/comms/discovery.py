@@ -125,8 +125,14 @@ def camera_configs(topics: Topics, discovery_prefix: str, camera: str, labels: I
 
 
 def camera_removals(topics: Topics, discovery_prefix: str, camera: str,
-                    labels: Iterable[str]) -> list[tuple[str, Optional[str]]]:
-    """Empty retained payloads on a camera's config topics: Home Assistant removes its
-    entities (a camera removed from the config)."""
-    return [(topic, "") for topic, _ in
-            camera_configs(topics, discovery_prefix, camera, labels, {}, "", 0)]
+                    labels: Iterable[str], whole: bool = True) -> list[tuple[str, Optional[str]]]:
+    """Empty retained payloads on config topics: Home Assistant removes those entities.
+
+    Args:
+        labels: the classes whose binary sensors go.
+        whole: the camera itself is gone (its image and sensor go too).
+    """
+    labels = list(labels)
+    out = [(topic, "") for topic, _ in
+           camera_configs(topics, discovery_prefix, camera, labels, {}, "", 0)]
+    return out if whole else out[:len(labels)]

@@ -74,8 +74,9 @@ class MqttBridge:
         instance: the daemon's instance name (topics, client id, discovery ids).
         journal_path: the alert journal (read by seq for catch-up).
         data_dir: where `mqtt-hwm.json` lives; snapshot paths are relative to it.
-        labels: the model's event classes.
-        cameras: the enabled cameras' names.
+        labels: every event class the models detect.
+        cameras: the enabled cameras' names, or name -> the classes that camera watches
+            (`cameras[].events`; a plain name watches every class in `labels`).
         start_seq, journal_id: where the journal stood before this run's first alert (the
             daemon passes them before it ends the events an unclean stop left open).
         metrics: optional `VigilMetrics` (`vigil_mqtt_*`).
@@ -83,7 +84,8 @@ class MqttBridge:
     """
 
     def __init__(self, cfg: MqttConfig, instance: str, journal_path: str | Path,
-                 data_dir: str | Path, labels: Iterable[str], cameras: Iterable[str],
+                 data_dir: str | Path, labels: Iterable[str],
+                 cameras: Iterable[str] | Mapping[str, Iterable[str]],
                  start_seq: int, journal_id: str, metrics: Any = None,
                  version: str = "") -> None:
         self.cfg = cfg
@@ -102,7 +104,7 @@ class MqttBridge:
         self._thread: Optional[threading.Thread] = None
         self._client: Any = None
         # Written by the event loop, read by the bridge thread (whole objects replaced).
-        self._cameras: tuple[str, ...] = tuple(cameras)
+        self._cameras: dict[str, tuple[str, ...]] = self._watching(cameras)
         self._camera_up: dict[str, bool] = {}
         self._latest: tuple[str, int] = (journal_id, int(start_seq))
         # Bridge thread state.
@@ -120,7 +122,7 @@ class MqttBridge:
         self._last_event: dict[str, dict] = {}
         self._dirty_last: set[str] = set()
         self._snapshots: dict[str, tuple[str, float]] = {}
-        self._announced: tuple[str, ...] = ()
+        self._announced: dict[str, tuple[str, ...]] = {}
         self._camera_published: dict[str, bool] = {}
         self._announce = threading.Event()
         self._saved = (self._journal_id, self._hwm)
@@ -152,10 +154,16 @@ class MqttBridge:
         if states != self._camera_up:
             self._camera_up = dict(states)
 
-    def set_cameras(self, cameras: Iterable[str]) -> None:
+    def set_cameras(self, cameras: Iterable[str] | Mapping[str, Iterable[str]]) -> None:
         """The enabled cameras changed (a reload): announce new ones, remove the others."""
-        self._cameras = tuple(cameras)
+        self._cameras = self._watching(cameras)
         self._announce.set()
+
+    def _watching(self, cameras: Iterable[str] | Mapping[str, Iterable[str]]
+                  ) -> dict[str, tuple[str, ...]]:
+        if isinstance(cameras, Mapping):
+            return {name: tuple(watched) for name, watched in cameras.items()}
+        return {name: tuple(self.labels) for name in cameras}
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> "MqttBridge":
@@ -513,19 +521,23 @@ class MqttBridge:
         cameras = self._cameras
         disc = self.cfg.discovery
         if disc.enabled:
-            for camera in self._announced:
-                if camera not in cameras:
-                    for topic, payload in camera_removals(self.topics, disc.prefix, camera,
-                                                          self.labels):
+            for camera, watched in self._announced.items():
+                gone = [lb for lb in watched if lb not in cameras.get(camera, ())]
+                if camera not in cameras or gone:
+                    # Removed entities: the whole camera, or classes it no longer watches.
+                    for topic, payload in camera_removals(
+                            self.topics, disc.prefix, camera,
+                            gone if camera in cameras else watched,
+                            whole=camera not in cameras):
                         self._publish(topic, payload)
-            for camera in cameras:
+            for camera, watched in cameras.items():
                 for topic, payload in camera_configs(self.topics, disc.prefix, camera,
-                                                     self.labels, disc.device_classes,
+                                                     watched, disc.device_classes,
                                                      self.version, self.cfg.qos):
                     self._publish(topic, payload)
-        self._announced = cameras
-        for camera in cameras:
-            for label in self.labels:
+        self._announced = dict(cameras)
+        for camera, watched in cameras.items():
+            for label in watched:
                 self._states.setdefault((camera, label), OFF)
                 self._dirty.add((camera, label))
             if camera in self._last_event:
