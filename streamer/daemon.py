@@ -345,7 +345,7 @@ class Daemon:
                 PoseWorker(copy.deepcopy(pose_model), cameras=functools.partial(self._pose_rings, i),
                            on_results=self._on_pose_results, stride_s=cfg.model.pose.stride_s,
                            threads=cfg.model.pose.threads, on_frame=self._on_pose_frame,
-                           name=f"vigil-pose-{i}")
+                           name=f"vigil-pose-{i}", mask_of=self._mask_of)
                 for i in range(n)]
 
         self._wd_interval = self.notifier.watchdog_interval()
@@ -566,6 +566,12 @@ class Daemon:
                 log.debug("alert seq %d: %s %s on %s (%s, score %.2f)%s", final["seq"],
                          final["label"], final["type"], final["camera"], final["event_id"],
                          final["score"], f", reason {final['reason']}" if final.get("reason") else "")
+
+    def _mask_of(self, camera: str) -> list:
+        """A camera's `mask` polygons (pose threads blank them as the capture thread does for
+        the video model)."""
+        cam = self._cams.get(camera)
+        return cam.cfg.mask if cam is not None else []
 
     def _watched(self, cameras: list[CameraConfig]) -> dict[str, list[str]]:
         """camera -> the classes it watches (`cameras[].events`), for the MQTT entities."""

@@ -290,3 +290,21 @@ def test_draw_regions_marks_masks_and_zones_without_touching_the_input():
     assert out[20, 40].mean() < 120                   # the mask is shaded dark
     assert (out[80, 130] == 255).all()                # inside the zone: the picture
     assert not (out[int(0.6 * 120), 80] == 255).all()  # its outline is drawn
+
+
+def test_the_pose_path_blanks_the_mask_before_blazepose_too():
+    # The pose threads read the display ring (the whole picture, kept for evidence): they blank
+    # the camera's mask in their frame copy, rebuilt when the frame size changes.
+    from streamer.pose.worker import PoseWorker, _Camera
+
+    worker = PoseWorker.__new__(PoseWorker)
+    worker.mask_of = lambda name: [((0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.0, 1.0))]
+    st = _Camera(ring=None, tracker=None)
+    for h, w in ((40, 60), (90, 120)):
+        frame = np.full((h, w, 3), 200, np.uint8)
+        worker._blank("cam", st, frame)
+        assert (frame[:, : w // 2] == 0).all() and (frame[:, w // 2:] == 200).all()
+    worker.mask_of = lambda name: []
+    frame = np.full((10, 10, 3), 200, np.uint8)
+    worker._blank("cam", st, frame)
+    assert (frame == 200).all()

@@ -21,13 +21,15 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 from detector.pose.blazepose import BlazePose
 from detector.pose.collapse import PoseCollapseModel
 from detector.pose.sequence import POSE_FPS, PoseSequence
 
 from ..loop_thread import LoopThread
+from ..regions.mask import FrameMask, frame_mask
+from ..regions.polygons import Polygon
 from ..ringbuffer import FramesUnavailableError, RingBuffer
 from ..types import ClassScore, WindowResult
 
@@ -54,6 +56,8 @@ class _Camera:
     next_window: Optional[float] = None              # camera time of the next window's end
     last_box: tuple[float, float, float, float] = NO_BOX
     person: bool = False                             # the last frame showed someone
+    mask: Optional[FrameMask] = None                 # `cameras[].mask` at the frames' size
+    mask_key: tuple = ()                             # (polygons, height, width) it was built for
 
 
 class PoseWorker(LoopThread):
@@ -69,6 +73,8 @@ class PoseWorker(LoopThread):
         model_dir: BlazePose's files (default: the shipped ones).
         on_frame: called with (camera, seconds, person seen) after each pose frame (metrics).
         clock: monotonic clock; poll_s: sleep when no camera has a new frame due.
+        mask_of: camera -> its `cameras[].mask` polygons, blanked in each frame before
+            BlazePose sees it (the display ring keeps the whole picture for evidence).
     Raises:
         CheckpointError: a BlazePose file is missing or unreadable (from the constructor).
     """
@@ -79,7 +85,8 @@ class PoseWorker(LoopThread):
                  stride_s: float = 0.5, threads: int = 1, model_dir=None,
                  on_frame: Optional[Callable[[str, float, bool], None]] = None,
                  clock: Callable[[], float] = time.monotonic, poll_s: float = 0.01,
-                 name: str = "vigil-pose") -> None:
+                 name: str = "vigil-pose",
+                 mask_of: Optional[Callable[[str], Sequence[Polygon]]] = None) -> None:
         super().__init__(name)
         self.model = model
         self.cameras = cameras
@@ -90,6 +97,7 @@ class PoseWorker(LoopThread):
         self.on_frame = on_frame
         self.clock = clock
         self.poll_s = float(poll_s)
+        self.mask_of = mask_of
         self._models = BlazePose(model_dir, threads=threads)   # loaded once, shared per camera
         self._state: dict[str, _Camera] = {}
         self.beat = clock()          # last loop iteration (health: a hung thread stops it)
@@ -101,6 +109,16 @@ class PoseWorker(LoopThread):
             st = _Camera(ring, self._models.sharing_models())
             self._state[name] = st
         return st
+
+    def _blank(self, name: str, st: _Camera, frame) -> None:
+        """Blank the camera's mask in a frame copy (the mask rebuilt when the polygons or the
+        frame size change)."""
+        polygons = tuple(self.mask_of(name) or ())
+        key = (polygons, frame.shape[0], frame.shape[1])
+        if key != st.mask_key:
+            st.mask, st.mask_key = frame_mask(polygons, frame.shape[0], frame.shape[1]), key
+        if st.mask is not None:
+            st.mask.apply(frame)
 
     def step(self) -> bool:
         """Look at every camera once; True when some camera had a frame due."""
@@ -124,6 +142,8 @@ class PoseWorker(LoopThread):
             if t - st.last_t < (self.period if st.person else self.idle_period) * 0.9:
                 continue
             did = True
+            if self.mask_of is not None:
+                self._blank(name, st, frame[0])
             t0 = self.clock()
             found = st.tracker(frame[0])
             spent = self.clock() - t0
