@@ -38,7 +38,7 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
-from streamer.tools.harness import (DaemonProcess, RtspServer, base_config,  # noqa: E402
+from vigil_tools.harness import (DaemonProcess, RtspServer, base_config,  # noqa: E402
                                     free_port, wait_until)
 from tests.conftest import subscriber  # noqa: E402
 from tests.test_journal_writer import fill  # noqa: E402
@@ -807,7 +807,7 @@ def _journal_files(data_dir: Path) -> list[Path]:
 
 def test_hostile_replay_requests_are_answered_and_a_huge_one_is_refused_unread(tiny_checkpoint,
                                                                                tmp_path):
-    from streamer.tools.harness import sample_process
+    from vigil_tools.harness import sample_process
 
     cfg = base_config(tmp_path / "data", tiny_checkpoint, {"a": SYNTH.format(kind="fight",
                                                                                 seed=1)})

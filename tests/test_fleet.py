@@ -5,7 +5,7 @@ daemon and of the relay (what was lost on the wire is replayed from that instanc
 through the relay). Plus the relay's own replay answers and a subscriber on two daemons directly.
 
 The measured version with real `vigil serve` daemons, file cameras and SIGKILL is
-`streamer/tools/fleet_bench.py` (BENCHMARKS.md)."""
+`vigil_tools/fleet_bench.py` (BENCHMARKS.md)."""
 from __future__ import annotations
 
 import json

@@ -27,7 +27,7 @@ import pytest
 zmq = pytest.importorskip("zmq")
 import zmq.auth  # noqa: E402
 
-from streamer.tools.harness import DaemonProcess, base_config, free_port  # noqa: E402
+from vigil_tools.harness import DaemonProcess, base_config, free_port  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

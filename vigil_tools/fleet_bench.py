@@ -1,6 +1,6 @@
 """The fleet measured (issue 15): real `vigil serve` daemons behind a real `vigil relay`.
 
-    python -m streamer.tools.fleet_bench [--daemons 3] [--seconds 12] [--json out.json]
+    python -m vigil_tools.fleet_bench [--daemons 3] [--seconds 12] [--json out.json]
 
 1. Delivery. N daemons (instances `d1`..`dN`, a tiny random model, one looping file camera each,
    thresholds so low that every window publishes an alert), `vigil relay` as a child process in
@@ -382,7 +382,7 @@ def _q(values: list[float], q: float) -> float:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m streamer.tools.fleet_bench",
+    p = argparse.ArgumentParser(prog="python -m vigil_tools.fleet_bench",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--daemons", type=int, default=3)
     p.add_argument("--seconds", type=float, default=12.0,
@@ -394,7 +394,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     work = Path(tempfile.mkdtemp(prefix="vigil-fleet-"))
-    result: dict[str, Any] = {"command": " ".join(["python -m streamer.tools.fleet_bench",
+    result: dict[str, Any] = {"command": " ".join(["python -m vigil_tools.fleet_bench",
                                                    *(argv if argv is not None else sys.argv[1:])]),
                               "cpus": os.cpu_count(), "workdir": str(work)}
     if not args.skip_delivery:
