@@ -154,6 +154,7 @@ def _reachable(graph: dict[str, dict[str, int]], start: str) -> set[str]:
 
 def test_the_alert_client_needs_only_the_protocol():
     """`streamer.subscriber` (what a client of the daemon runs) reaches no server code: only the
-    alert protocol, the CURVE key-file reader and the error types."""
+    alert protocol, the bounds on what a socket takes in, the CURVE key-file reader and the
+    error types."""
     assert _reachable(import_graph(), "streamer.subscriber") <= {
-        "streamer.protocol", "streamer.curve_keys", "detector.errors"}
+        "streamer.protocol", "streamer.wire.limits", "streamer.curve_keys", "detector.errors"}
