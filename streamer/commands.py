@@ -257,7 +257,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     curve = _client_curve(args.curve_keys, args.client, ClientCurve) if args.curve_keys else None
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     received = 0
-    gaps_reported = 0
+    gaps_reported = clashes_reported = 0
     last_heartbeat_at = None
     sub = AlertSubscriber(args.endpoint, replay, since=args.since, curve=curve)
     try:
@@ -274,6 +274,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                 print(f"gap: {where}alerts {first}..{last} are lost (not on the wire, not in the "
                       "journal)", file=sys.stderr, flush=True)
             gaps_reported = len(sub.gap_log)
+            # A second source of an instance name (a clone, or a forger): said once each.
+            for instance, what in sub.clashes[clashes_reported:]:
+                print(f"clash: instance {instance}: {what}", file=sys.stderr, flush=True)
+            clashes_reported = len(sub.clashes)
             if args.heartbeats and sub.last_heartbeat_at != last_heartbeat_at:
                 last_heartbeat_at = sub.last_heartbeat_at
                 print(json.dumps(sub.last_heartbeat) if args.json
