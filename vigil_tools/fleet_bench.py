@@ -246,6 +246,12 @@ def _message(seq: int, t_ns: int = 0) -> list[bytes]:
     return [b"alert.cam1.fight", json.dumps(body).encode()]
 
 
+def _heartbeat() -> list[bytes]:
+    body = {"schema": "vigil.heartbeat/2", "seq": 0, "journal_id": "j" * 32, "instance": "d1",
+            "uptime_s": 0.0, "sent_at": "2026-11-24T10:15:02.03Z"}
+    return [b"heartbeat", json.dumps(body).encode()]
+
+
 def measure_relay(work: Path, messages: int = 50000, latency_rate: float = 1000.0,
                   latency_seconds: float = 10.0) -> dict[str, Any]:
     """Throughput (direct and through the relay) and the relay's added latency."""
@@ -274,7 +280,7 @@ def measure_relay(work: Path, messages: int = 50000, latency_rate: float = 1000.
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 _drain_subscriptions(pub)
-                pub.send_multipart([b"probe", b"{}"])
+                pub.send_multipart(_heartbeat())     # the relay forwards only what parses
                 if sock.poll(100):
                     while sock.poll(200):
                         sock.recv_multipart()
