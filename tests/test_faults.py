@@ -916,10 +916,17 @@ def test_a_replay_server_failure_is_restarted_and_a_dead_one_withholds_the_watch
         d.close()
 
 
-def test_journal_disk_full_degrades_never_blinds_and_start_up_on_it_reaches_ready(
-        tiny_checkpoint, tmp_path):
-    from streamer.subscriber import AlertSubscriber
+def _collect(sub, got: list[dict], seconds: float) -> None:
+    """Append what `sub` delivers for `seconds` to `got`."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if (m := sub.poll(0.1)) is not None:
+            got.append(m)
 
+
+def _daemon_on_a_small_journal_disk(tiny_checkpoint, tmp_path) -> tuple:
+    """(data dir on a 4 MiB tmpfs, config, started DaemonProcess): two always-on cameras with an
+    update every 0.5 s, no evidence. Skips when no tmpfs can be mounted (root only)."""
     data = tmp_path / "data"
     why = _mount_tmpfs(data, "4m")
     if why:
@@ -929,15 +936,19 @@ def test_journal_disk_full_degrades_never_blinds_and_start_up_on_it_reaches_read
                       updates=True)
     cfg["smoothing"]["update_interval_s"] = 0.5
     cfg["evidence"]["enabled"] = False
-    d = DaemonProcess(tmp_path / "work", cfg).start()
+    return data, cfg, DaemonProcess(tmp_path / "work", cfg).start()
+
+
+def test_journal_disk_full_degrades_never_blinds_and_start_up_on_it_reaches_ready(
+        tiny_checkpoint, tmp_path):
+    from streamer.subscriber import AlertSubscriber
+
+    data, cfg, d = _daemon_on_a_small_journal_disk(tiny_checkpoint, tmp_path)
     sub = None
     got: list[dict] = []
 
     def pump(seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            if (m := sub.poll(0.1)) is not None:
-                got.append(m)
+        _collect(sub, got, seconds)
 
     def journal_errors() -> list[str]:
         return [ln for ln in d.log().splitlines() if " ERROR " in ln and "journal:" in ln]
@@ -1011,24 +1022,12 @@ def test_a_stop_while_alerts_are_held_never_lets_their_seqs_mean_other_alerts(
     seq under the same journal id, and a connected subscriber dropped them as duplicates."""
     from streamer.subscriber import AlertSubscriber
 
-    data = tmp_path / "data"
-    why = _mount_tmpfs(data, "4m")
-    if why:
-        pytest.skip(f"journal disk-full test: {why}")
-    cfg = base_config(data, tiny_checkpoint, {"a": SYNTH.format(kind="fight", seed=1),
-                                              "b": SYNTH.format(kind="fight", seed=2)},
-                      updates=True)
-    cfg["smoothing"]["update_interval_s"] = 0.5
-    cfg["evidence"]["enabled"] = False
-    d = DaemonProcess(tmp_path / "work", cfg).start()
+    data, cfg, d = _daemon_on_a_small_journal_disk(tiny_checkpoint, tmp_path)
     sub = None
     got: list[dict] = []
 
     def pump(seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            if (m := sub.poll(0.1)) is not None:
-                got.append(m)
+        _collect(sub, got, seconds)
 
     try:
         d.wait_ready(90)
