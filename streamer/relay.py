@@ -66,6 +66,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -165,6 +166,8 @@ def parse_replay_map(items: list[str]) -> dict[str, str]:
 
 
 PROBE_EVERY_S = 1.0               # a replay endpoint is asked its journal id at most this often
+CONNECT_WAIT_S = 1.0              # a request waits this long for its daemon's connection
+MAX_WAITING = 1000                # requests waiting so, at most
 
 
 @dataclass
@@ -216,6 +219,9 @@ class Relay:
         self.restarts = 0
         self._owners: dict[Optional[str], _Owner] = {}
         self._clashing: dict[tuple[Optional[str], int], float] = {}   # (name, upstream) -> seen
+        # Requests for a daemon whose connection is still being made (a relay just started):
+        # (deadline, instance, envelope, body), retried each turn, refused after CONNECT_WAIT_S.
+        self._waiting: deque[tuple[float, str, list[bytes], bytes]] = deque()
         self._journals: dict[str, str] = {}       # instance -> the journal its replay serves
         self._probed: dict[str, float] = {}       # instance -> when it was last asked
         self._probes: dict[str, zmq.Socket] = {}  # instance -> the relay's own DEALER to it
@@ -399,6 +405,7 @@ class Relay:
         probes = {id(d): name for name, d in self._probes.items()}
         while not self._stop.is_set():
             self._guard.tick()
+            self._retry_waiting(router, dealers)
             for name in self._probes:
                 if name not in self._journals:
                     self._probe(name)
@@ -540,11 +547,13 @@ class Relay:
         key = (instance, upstream)
         last = self._clashing.get(key)
         if last is None or now - last > self.cfg.owner_timeout_s:
-            log.error("relay: instance %s arrives from two daemons: %s (first) and %s. Two "
-                      "daemons have the same instance name (hosts cloned from one image with "
-                      "`instance: null`?) or one forges it: give each daemon its own `instance:`. "
+            # (No punctuation right after an endpoint: log masking would take it for a URL
+            # cut inside its password.)
+            log.error("relay: instance %s arrives from two daemons, %s (first) and %s (second): "
+                      "two daemons have the same instance name (hosts cloned from one image with "
+                      "`instance: null`?) or one forges it; give each daemon its own `instance:`. "
                       "Until then the messages from %s are forwarded as instance %s (no replay "
-                      "for it), and those of %s stay %s", printable(instance),
+                      "for it), and those from %s stay %s", printable(instance),
                       self.cfg.daemons[owner.upstream], self.cfg.daemons[upstream],
                       self.cfg.daemons[upstream], alias, self.cfg.daemons[owner.upstream],
                       printable(instance))
@@ -619,16 +628,41 @@ class Relay:
                 reply["error"] = (f"unknown instance {req['instance']!r} (this relay knows: "
                                   f"{', '.join(sorted(dealers)) or 'none'})")
         else:
-            try:
-                dealers[req["instance"]].send_multipart([*envelope, body], zmq.NOBLOCK)
-                self.forwarded_requests += 1
-                if self.metrics is not None:
-                    self.metrics.replay.labels(result="forwarded").inc()
+            if self._forward(dealers[req["instance"]], envelope, body):
                 return True
-            except zmq.Again:
-                reply["error"] = f"instance {req['instance']!r} is not connected"
+            if len(self._waiting) < MAX_WAITING:
+                self._waiting.append((self._clock() + CONNECT_WAIT_S, req["instance"], envelope,
+                                      body))
+                return True
+            reply["error"] = f"instance {req['instance']!r} is not connected"
         self._reply(router, envelope, reply)
         return True
+
+    def _forward(self, dealer: zmq.Socket, envelope: list[bytes], body: bytes) -> bool:
+        """Send a request on to its daemon; False when that daemon is not connected."""
+        try:
+            dealer.send_multipart([*envelope, body], zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        self.forwarded_requests += 1
+        if self.metrics is not None:
+            self.metrics.replay.labels(result="forwarded").inc()
+        return True
+
+    def _retry_waiting(self, router: zmq.Socket, dealers: Mapping[str, zmq.Socket]) -> None:
+        """Requests waiting for their daemon's connection: sent, or refused once too old."""
+        now = self._clock()
+        for _ in range(len(self._waiting)):
+            deadline, instance, envelope, body = self._waiting.popleft()
+            if self._forward(dealers[instance], envelope, body):
+                continue
+            if now < deadline:
+                self._waiting.append((deadline, instance, envelope, body))
+                continue
+            req, _ = parse_request(body)
+            self._reply(router, envelope, {"schema": REPLAY_SCHEMA, "relay": True,
+                                           "id": _echo_id(req),
+                                           "error": f"instance {instance!r} is not connected"})
 
     def _from_replay(self, dealer: zmq.Socket, router: zmq.Socket) -> bool:
         got = recv_bounded(dealer, MAX_ENVELOPE_FRAMES + 1, MAX_REPLY_BYTES)

@@ -591,10 +591,11 @@ class AlertSubscriber:
             if dealer is not None:
                 self._routes.setdefault(alias, dealer)
             self._clash(None, ("endpoint", instance, source), (
-                f"it arrives from {self._endpoints[owner[0]]} and from "
-                f"{self._endpoints[source]}: two daemons have this instance name (hosts cloned "
-                f"from one image with `instance: null`?) or one forges it; give each its own "
-                f"`instance:`. The second one's alerts are delivered as instance {alias}"))
+                f"it arrives from {self._endpoints[owner[0]]} (first) and from "
+                f"{self._endpoints[source]} (second): two daemons have this instance name "
+                f"(hosts cloned from one image with `instance: null`?) or one forges it; give "
+                f"each its own `instance:`. The second one's alerts are delivered as instance "
+                f"{alias}"))
         return alias
 
     def _count_malformed(self) -> None:

@@ -275,7 +275,8 @@ def test_a_forger_behind_the_relay_cannot_silence_an_instance(tmp_path, caplog):
         assert relay.conflicts > 0
         assert metrics.registry.get_sample_value("vigil_relay_instance_conflicts_total") > 0
         clash = [e for e in errors(caplog, "streamer.relay") if "two daemons" in e]
-        assert len(clash) == 1 and f"{real.endpoint} (first) and {forger.endpoint}" in clash[0]
+        assert len(clash) == 1
+        assert f"{real.endpoint} (first) and {forger.endpoint} (second)" in clash[0]
     finally:
         sub.close()
         relay.stop()
