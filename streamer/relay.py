@@ -29,7 +29,9 @@ is lost and nothing is mixed, and the relay says so once per episode at ERROR an
 (`vigil_relay_instance_conflicts_total`, `vigil_relay_instances_in_conflict`). An owner silent
 for `owner_timeout_s` gives its name up (a daemon that moved to another endpoint). A `-dup`
 instance has no replay endpoint: replay requests for it are answered with an error naming the
-fix.
+fix. A connection that sends a name with another journal id than the one its replay endpoint
+serves is never that instance's owner again (until the journal id changes): a forger copying
+the real journal id as well as inventing its own cannot take the name over.
 
 Replay. Replay stays with each daemon (its journal never leaves its host). The relay's ROUTER
 takes a `vigil.replay/1` request naming an instance, `{"since": N, "instance": "gpu1", ...}`,
@@ -223,6 +225,7 @@ class Relay:
         # (deadline, instance, envelope, body), retried each turn, refused after CONNECT_WAIT_S.
         self._waiting: deque[tuple[float, str, list[bytes], bytes]] = deque()
         self._journals: dict[str, str] = {}       # instance -> the journal its replay serves
+        self._tainted: set[tuple[Optional[str], int]] = set()   # (name, connection) mismatched
         self._probed: dict[str, float] = {}       # instance -> when it was last asked
         self._probes: dict[str, zmq.Socket] = {}  # instance -> the relay's own DEALER to it
         self._xpub: Optional[zmq.Socket] = None
@@ -488,8 +491,13 @@ class Relay:
         `alias_name`; None when too many names are tracked (the caller drops it)."""
         now = self._clock()
         known = self._journals.get(instance) if instance is not None else None
-        verified = known is not None and journal_id == known
+        # A connection that sent this name with another journal id than the one its replay
+        # endpoint serves is not the daemon (a forger copying the id as well), until that
+        # journal id changes.
+        verified = known is not None and journal_id == known \
+            and (instance, upstream) not in self._tainted
         if known is not None and journal_id is not None and journal_id != known:
+            self._tainted.add((instance, upstream))
             self._probe(instance)                 # the journal may have changed: ask again
         owner = self._owners.get(instance)
         if owner is not None and owner.upstream != upstream:
@@ -539,6 +547,7 @@ class Relay:
             if self._journals.get(instance) != reply["journal_id"]:
                 log.info("relay: instance %s: its replay endpoint serves journal %s",
                          printable(instance), printable(reply["journal_id"]))
+                self._tainted = {k for k in self._tainted if k[0] != instance}
             self._journals[instance] = reply["journal_id"]
 
     def _clash(self, instance: Optional[str], upstream: int, owner: _Owner,
@@ -574,6 +583,7 @@ class Relay:
         for k in [k for k, t in self._clashing.items()
                   if now - t > 10 * self.cfg.owner_timeout_s]:
             del self._clashing[k]
+        self._tainted = {k for k in self._tainted if k[0] in self._owners}
 
     def journals(self) -> dict[str, str]:
         """Instance -> the journal id its replay endpoint says it serves (any thread; a copy)."""

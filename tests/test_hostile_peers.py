@@ -252,9 +252,14 @@ def test_a_forger_behind_the_relay_cannot_silence_an_instance(tmp_path, caplog):
     sub = AlertSubscriber(relay.endpoint, relay.replay_endpoint, since=0,
                           heartbeat_timeout_s=3.0)
     try:
-        collect(sub, [real], lambda g: "gpu1" in sub.streams and
-                sub.streams["gpu1"].journal_id is not None and "gpu1" in relay.journals(),
-                timeout=5)
+        # The real daemon is established behind the relay (heard live, its journal verified) and
+        # the forger's connection is up (a heartbeat of its own name came through): then it
+        # forges.
+        t0 = time.monotonic()
+        collect(sub, [real], lambda g: "gpu1" in relay.journals() and "forger" in sub.streams
+                and "gpu1" in sub.streams and sub.streams["gpu1"].last_rx > t0, timeout=10,
+                each=lambda: forger.heartbeat("forger", 0, "f" * 16))
+        assert "forger" in sub.streams and sub.streams["gpu1"].last_rx > t0
         sent: list[int] = []
         attacks = [lambda: forger.heartbeat("gpu1", 5, new_journal_id()),
                    lambda: forger.heartbeat("gpu1", 10 ** 12, real.journal_id),
@@ -270,13 +275,45 @@ def test_a_forger_behind_the_relay_cannot_silence_an_instance(tmp_path, caplog):
         assert seqs(got, "gpu1") == sent == list(range(1, 45))      # 44 of 44, in order, once
         assert sub.streams["gpu1"].gaps == [] and sub.streams["gpu1"].resets == 0
         # The forger's messages were never the instance's: at most under the flagged name.
-        assert {m["instance"] for m in got} <= {"gpu1", "gpu1-dup2"}
+        assert {m["instance"] for m in got} <= {"gpu1", "gpu1-dup2", "forger"}
         assert all(m["journal_id"] == real.journal_id for m in got if m["instance"] == "gpu1")
         assert relay.conflicts > 0
         assert metrics.registry.get_sample_value("vigil_relay_instance_conflicts_total") > 0
         clash = [e for e in errors(caplog, "streamer.relay") if "two daemons" in e]
         assert len(clash) == 1
         assert f"{real.endpoint} (first) and {forger.endpoint} (second)" in clash[0]
+    finally:
+        sub.close()
+        relay.stop()
+        forger.close()
+        real.close()
+
+
+def test_a_forger_heard_first_loses_the_name_to_the_daemon_its_replay_endpoint_vouches_for(
+        tmp_path):
+    """The forger speaks before the real daemon (a relay just restarted), with a journal id of
+    its own and then with the real one copied: the name goes to the connection whose journal
+    the replay endpoint serves, and stays there."""
+    real, forger = daemon(tmp_path, "gpu1"), Forger()
+    relay = Relay(RelayConfig(daemons=[real.endpoint, forger.endpoint],
+                              replay={"gpu1": real.replay_endpoint}, endpoint=ANY,
+                              replay_endpoint=ANY)).start()
+    sub = AlertSubscriber(relay.endpoint, relay.replay_endpoint, since=0,
+                          heartbeat_timeout_s=3.0)
+    try:
+        collect(sub, [], lambda g: "gpu1" in relay.journals() and "forger" in sub.streams,
+                timeout=10, each=lambda: forger.heartbeat("forger", 0, "f" * 16))
+        forger.heartbeat("gpu1", 7, new_journal_id())         # its own id: not the daemon...
+        time.sleep(0.2)
+        forger.heartbeat("gpu1", 0, real.journal_id)          # ...whatever it copies after
+        time.sleep(0.2)
+        sent = []
+        for _ in range(10):
+            sent += emit(real, 1)
+            forger.alert("gpu1", real.last_seq + 1, real.journal_id)
+        got = collect(sub, [real], lambda g: len(seqs(g, "gpu1")) >= 10, timeout=10)
+        assert seqs(got, "gpu1") == sent
+        assert all(m["journal_id"] == real.journal_id for m in got if m["instance"] == "gpu1")
     finally:
         sub.close()
         relay.stop()
