@@ -1,7 +1,7 @@
 """Measuring durations: timed samples with the device synchronised around each, and the
 statistics every benchmark table reports (median, percentile, ratio).
 
-Used by the benchmarks (`streamer.tools`) and by `vigil export --time`.
+Used by the benchmarks (`vigil_tools`) and by `vigil export --time`.
 """
 from __future__ import annotations
 

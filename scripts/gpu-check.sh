@@ -270,7 +270,7 @@ if (( COMMANDS )); then
     exit 0
 fi
 if (( DRY )); then
-    "$PYTHON" -c "import sys; from pathlib import Path; from streamer.tools.harness import \
+    "$PYTHON" -c "import sys; from pathlib import Path; from vigil_tools.harness import \
 tiny_checkpoint; tiny_checkpoint(Path(sys.argv[1]))" "$WORK/tiny.pt" \
         || { echo "gpu-check: cannot build the dry run's checkpoint" >&2; exit 2; }
 fi

@@ -11,7 +11,7 @@ second), or, with `--file`, the given video decoded and re-encoded the same way 
 use a codec it decodes: MJPG in AVI, H.264, VP8/VP9). The media is shared between clients.
 
 Prints `READY <port>` on stdout once it listens; exits on SIGTERM or SIGINT. It is never
-imported (python3-gi is not in the virtualenv): `streamer.tools.harness.RtspServer` runs it as a
+imported (python3-gi is not in the virtualenv): `vigil_tools.harness.RtspServer` runs it as a
 child process.
 
     /usr/bin/python3 -I scripts/rtsp_test_server.py --port 8554 --path test [--file fight.mp4]

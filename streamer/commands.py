@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_alerts)
 
     p = subparsers.add_parser(
-        "relay", help="one alert stream for several daemons (ZeroMQ XSUB/XPUB proxy)",
+        "relay", help="one alert stream for several daemons (ZeroMQ SUB/XPUB relay)",
         description="Connect to the alert endpoint of each daemon of a fleet and republish "
                     "their alerts and heartbeats on one endpoint (zmq.proxy); forward replay "
                     "requests that name an instance to that daemon's replay endpoint. Runs "
@@ -103,6 +103,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(server.key and clients/NAME.key_secret; see --client)")
     p.add_argument("--client", default=None, metavar="NAME",
                    help="the relay's client key name in --curve-keys (default: the only one)")
+    p.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                   help="serve the relay's Prometheus metrics there, e.g. 127.0.0.1:9110 "
+                        "(default: none)")
     p.set_defaults(func=cmd_relay)
 
     p = subparsers.add_parser("keys", help="manage the daemon's ZeroMQ CURVE keys")
@@ -254,7 +257,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     curve = _client_curve(args.curve_keys, args.client, ClientCurve) if args.curve_keys else None
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     received = 0
-    gaps_reported = 0
+    gaps_reported = clashes_reported = 0
     last_heartbeat_at = None
     sub = AlertSubscriber(args.endpoint, replay, since=args.since, curve=curve)
     try:
@@ -271,6 +274,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                 print(f"gap: {where}alerts {first}..{last} are lost (not on the wire, not in the "
                       "journal)", file=sys.stderr, flush=True)
             gaps_reported = len(sub.gap_log)
+            # A second source of an instance name (a clone, or a forger): said once each.
+            for instance, what in sub.clashes[clashes_reported:]:
+                print(f"clash: instance {instance}: {what}", file=sys.stderr, flush=True)
+            clashes_reported = len(sub.clashes)
             if args.heartbeats and sub.last_heartbeat_at != last_heartbeat_at:
                 last_heartbeat_at = sub.last_heartbeat_at
                 print(json.dumps(sub.last_heartbeat) if args.json
@@ -291,7 +298,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 def cmd_relay(args: argparse.Namespace) -> int:
     """`vigil relay --daemon EP ... [--replay NAME=EP ...]`: run the fleet's alert relay until
-    SIGTERM/SIGINT (exit 0)."""
+    SIGTERM/SIGINT (exit 0); exit 1 when its thread ends, so systemd restarts it."""
     import signal
     import threading
 
@@ -313,17 +320,33 @@ def cmd_relay(args: argparse.Namespace) -> int:
     cfg = RelayConfig(daemons=args.daemon, replay=parse_replay_map(args.replay),
                       endpoint=args.endpoint, replay_endpoint=args.replay_endpoint,
                       hwm=args.hwm, frontend_curve=front, backend_curve=back)
-    relay = Relay(cfg)
+    metrics = server = None
+    if args.metrics:
+        from .metrics import RelayMetrics
+
+        host, sep, port = args.metrics.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"--metrics {args.metrics!r}: expected HOST:PORT")
+        metrics = RelayMetrics()
+    relay = Relay(cfg, metrics=metrics)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     relay.start()
+    if metrics is not None:
+        server = metrics.start_http_server(host or "127.0.0.1", int(port))
     print(f"relay: alerts on {relay.endpoint}, replay on {relay.replay_endpoint}", flush=True)
     try:
         while not stop.is_set() and relay.running():
             stop.wait(0.5)
+        problem = relay.problem()
     finally:
         relay.stop()
+        if server is not None:
+            server.shutdown()
+    if problem is not None and not stop.is_set():
+        print(f"relay: {problem}; exiting 1", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

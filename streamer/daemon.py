@@ -514,6 +514,7 @@ class Daemon:
                 self._apply_schedules()
             assert self._journal is not None
             self._journal.tick()          # lost/replaced file; held alerts once space returns
+            self._publisher.tick()        # subscriptions read as they come (bounded)
             if now >= next_heartbeat:
                 next_heartbeat = now + self.cfg.alerts.heartbeat_s
                 self._heartbeat()

@@ -208,6 +208,22 @@ class Journal:
             with self._transaction("cannot write the alert journal"):
                 self._db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (start_seq,))
 
+    def raise_seq(self, seq: int) -> None:
+        """Make the next seq at least `seq` + 1 (seqs published but never journalled are never
+        given again). Raises JournalWriteError."""
+        self._raise_seq(max(int(seq), 0))
+
+    def info(self, key: str) -> Optional[str]:
+        """A value of the file's `info` table (the journal id is `journal_id`), or None."""
+        with self._reading() as db:
+            row = db.execute("SELECT value FROM info WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_info(self, key: str, value: str) -> None:
+        """Store a value in the `info` table. Raises JournalWriteError."""
+        with self._transaction("cannot write the alert journal") as db:
+            db.execute("INSERT OR REPLACE INTO info(key, value) VALUES (?, ?)", (key, str(value)))
+
     # ---- errors --------------------------------------------------------------------------------
     def _error(self, exc: BaseException, what: str) -> JournalError:
         """The typed error for a sqlite3/OS error (JournalErrors pass through)."""
@@ -412,7 +428,8 @@ def peek(path: str | Path) -> Optional[dict]:
 
     Returns:
         None if there is no file (or it is empty); else {"journal_id": str or None,
-        "last_seq": int, "open_events": [last message of each open event]}.
+        "last_seq": int, "open_events": [last message of each open event], "seq_mark": bool
+        (the file has a seq mark beside it: `streamer.journal_writer.SeqMark`)}.
     Raises:
         JournalCorruptError: the file is damaged. JournalError: it cannot be read at all.
     """
@@ -435,7 +452,10 @@ def peek(path: str | Path) -> Optional[dict]:
                 jid = None if row is None else str(row[0])
             last = int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0])
             opened = [json.loads(r[0]) for r in db.execute(_OPEN_EVENTS).fetchall()]
-            return {"journal_id": jid, "last_seq": last, "open_events": opened}
+            marked = "info" in tables and db.execute(
+                "SELECT 1 FROM info WHERE key='seq_mark'").fetchone() is not None
+            return {"journal_id": jid, "last_seq": last, "open_events": opened,
+                    "seq_mark": marked}
         except sqlite3.Error as exc:
             if _is_corrupt(exc):
                 raise JournalCorruptError(_corrupt_message(path, exc)) from None

@@ -14,9 +14,17 @@ Two layers, applied in this order:
 2. Structure: in every `scheme://...` token (which runs to the next whitespace, so a quote or a
    `#`, `/`, `?` or `:` inside a password does not end it), everything between `://` and the LAST
    `@` of the token is the userinfo and becomes `*:*`; an authority that is not `host[:port]`
-   (a URL cut short inside its password, `rtsp://admin:Pw...`) becomes `***`; every query value
-   becomes `*` unless its key is on `SAFE_QUERY_KEYS` and the value is a short plain token
-   (`?channel=1&subtype=0`, `?res=hd`); a query item without `=` becomes `*`.
+   (a URL cut short inside its password, `rtsp://admin:Pw...`) becomes `***`. Parameters are
+   masked wherever they sit: in the query, and in the path, where cameras of the XMEye/Xiongmai
+   family take their credentials (`/user=admin&password=SECRET&channel=1&stream=0.sdp`, also
+   joined by `_` or `;`). A parameter is `key=value`, its separators `&`, `;` (and their
+   %-encoded forms `%26`, `%3B`, with `%3D` for `=`), and `_` before a known key; every value
+   becomes `*` unless its key (%-decoded, any case) is on `SAFE_QUERY_KEYS` and the value is a
+   short plain token, so the stream selectors stay readable (`channel=1`, `subtype=0`,
+   `stream=0.sdp`, `res=hd`); an item without `=` becomes `*` in a query, and in a path after a
+   parameter (it is the rest of a value that held a separator).
+3. Loose parameters: `password=...`, `user=...`, `token=...` and the other `CREDENTIAL_KEYS`
+   outside any URL token (a message quoting only a URL's path or query) have their values masked.
 
 Masking errs towards hiding too much: a path holding an `@` masks the host with the userinfo.
 """
@@ -38,11 +46,22 @@ _SAFE_VALUE = re.compile(r"[A-Za-z0-9_.\-]{1,16}")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 _TOKEN_END = re.compile(r"\s")
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.%A-Za-z]*\]|[^:\[\]@]*)(:\d*)?")
-# A credential query parameter outside any URL token (a message quoting only the query).
-_LOOSE_QUERY_SECRET = re.compile(
-    r"(?P<lead>[?&;])(?P<key>password|passwd|pass|pwd|pw|user|username|usr|login|loginpas|"
-    r"token|access_token|auth|key|apikey|api_key|secret|sig|signature)=(?P<value>[^&;\s'\"]*)",
-    re.IGNORECASE)
+# Keys whose values are credentials wherever they appear (the loose layer; inside a URL every
+# key but the safe ones is masked anyway).
+CREDENTIAL_KEYS = (
+    "password", "passwd", "passwort", "pass", "passw", "pwd", "psw", "pw", "user", "username",
+    "usr", "uname", "login", "loginuse", "loginpas", "account", "token", "access_token",
+    "auth", "authorization", "key", "apikey", "api_key", "secret", "sig", "signature",
+    "session", "sessionid", "sid", "credential", "credentials")
+_KEY_ALT = "|".join(sorted(CREDENTIAL_KEYS + tuple(SAFE_QUERY_KEYS), key=len, reverse=True))
+_EQ = r"(?:=|%3[dD])"
+# Between parameters: & ; (or %-encoded), or `_` right before a known key (XMEye's form).
+_PARAM_SEP = re.compile(rf"(&|;|%26|%3[bB]|_(?=(?:{_KEY_ALT}){_EQ}))", re.IGNORECASE)
+_PARAM = re.compile(rf"(?P<key>.*?)(?P<eq>{_EQ})(?P<value>.*)", re.DOTALL)
+# A credential parameter outside any URL token (a message quoting only a path or a query).
+_LOOSE_SECRET = re.compile(
+    rf"(?:^|(?<=[?&;/\s_'\"(\[,]))(?P<key>{'|'.join(CREDENTIAL_KEYS)})(?P<eq>{_EQ})"
+    rf"(?P<value>(?:(?!%26|%3[bB]|_(?:{_KEY_ALT}){_EQ})[^&;\s'\"])*)", re.IGNORECASE)
 
 
 def mask_url(url: object, secrets: Iterable[str] = ()) -> str:
@@ -80,7 +99,9 @@ def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
         pos = end
     out.append(text[pos:])
     masked = "".join(out)
-    return _LOOSE_QUERY_SECRET.sub(lambda q: f"{q.group('lead')}{q.group('key')}=*", masked)
+    return _LOOSE_SECRET.sub(lambda q: f"{q.group('key')}{q.group('eq')}*"
+                             if q.group("value") and q.group("value") != "*" else q.group(0),
+                             masked)
 
 
 def _token_end(text: str, start: int) -> int:
@@ -121,8 +142,9 @@ def _mask_token(rest: str) -> str:
 
 
 def _mask_after_authority(rest: str, check_authority: bool) -> str:
-    """`host[:port][/path][?query]` with the query values masked; a suspicious authority (not
-    `host[:port]`, or a URL cut short with `...`) masked whole when `check_authority`."""
+    """`host[:port][/path][?query]` with the parameters of path and query masked; a suspicious
+    authority (not `host[:port]`, or a URL cut short with `...`) masked whole when
+    `check_authority`."""
     cut = len(rest)
     for sep in "/?#":
         i = rest.find(sep)
@@ -133,30 +155,54 @@ def _mask_after_authority(rest: str, check_authority: bool) -> str:
                             or (not tail and (authority.endswith("...")
                                               or authority.endswith("…")))):
         return MASK + ("..." if rest.endswith(("...", "…")) else "")
+    return authority + "".join(masked for masked, _ in _tail_parts(tail))
+
+
+def _tail_parts(tail: str) -> list[tuple[str, Optional[str]]]:
+    """The path and query of a URL, cut into pieces: (masked text, the secret it hid or None)."""
     q = tail.find("?")
-    if q < 0:
-        return authority + tail
-    return authority + tail[:q + 1] + _mask_query(tail[q + 1:])
+    path, query = (tail, None) if q < 0 else (tail[:q], tail[q + 1:])
+    out: list[tuple[str, Optional[str]]] = []
+    for segment in re.split(r"([/#])", path):
+        if segment in ("/", "#") or not re.search(_EQ, segment):
+            out.append((segment, None))          # a plain path segment
+        else:
+            out += _param_parts(segment, bare_hidden=False)
+    if query is not None:
+        out.append(("?", None))
+        out += _param_parts(query, bare_hidden=True)
+    return out
 
 
-def _mask_query(query: str) -> str:
-    """`a=1&pw=x;b` -> `a=*&pw=*;*`, keeping short plain values of `SAFE_QUERY_KEYS`."""
-    parts = re.split(r"([&;])", query)
-    for i in range(0, len(parts), 2):
-        seg = parts[i]
-        if not seg:
+def _param_parts(region: str, bare_hidden: bool) -> list[tuple[str, Optional[str]]]:
+    """`a=1&pw=x;b` -> pieces `a=*`, `&`, `pw=*`, `;`, `*` with the values they hid, keeping
+    short plain values of `SAFE_QUERY_KEYS`. An item without `=` is hidden in a query
+    (`bare_hidden`), and in a path once a parameter came before it."""
+    out: list[tuple[str, Optional[str]]] = []
+    seen_param = False
+    for i, item in enumerate(_PARAM_SEP.split(region)):
+        if i % 2 or not item:
+            out.append((item, None))             # a separator (or nothing)
             continue
-        key, eq, value = seg.partition("=")
-        if not eq:
-            parts[i] = "*"
-        elif value and not (key.lower() in SAFE_QUERY_KEYS and _SAFE_VALUE.fullmatch(value)):
-            parts[i] = f"{key}=*"
-    return "".join(parts)
+        m = _PARAM.fullmatch(item)
+        if m is None:
+            hide = bare_hidden or seen_param
+            out.append(("*", item) if hide else (item, None))
+            continue
+        seen_param = True
+        key, value = m.group("key"), m.group("value")
+        plain = urllib.parse.unquote(value)
+        if not value or (urllib.parse.unquote(key).lower() in SAFE_QUERY_KEYS
+                         and _SAFE_VALUE.fullmatch(plain)):
+            out.append((item, None))
+        else:
+            out.append((key + m.group("eq") + "*", value))
+    return out
 
 
 def url_secrets(url: str) -> set[str]:
     """The credentials in one URL, for literal masking: the userinfo, its user and password,
-    every query value that would be masked, and their %-decoded forms.
+    every value of the path and query that `mask_url` hides, and their %-decoded forms.
 
     Args:
         url: a camera URL as configured (whole, whitespace and all).
@@ -174,16 +220,8 @@ def url_secrets(url: str) -> set[str]:
             user, _, password = userinfo.partition(":")
             found.update(p for p in (userinfo, user, password) if p)
             rest = rest[at + 1:]
-        q = rest.find("?")
-        if q >= 0:
-            for seg in re.split(r"[&;]", rest[q + 1:]):
-                key, eq, value = seg.partition("=")
-                if not eq:
-                    value = seg
-                elif key.lower() in SAFE_QUERY_KEYS and _SAFE_VALUE.fullmatch(value):
-                    continue
-                if value:
-                    found.add(value)
+        cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        found.update(hidden for _, hidden in _tail_parts(rest[cut:]) if hidden)
         break   # the first scheme starts the URL; a later `://` is inside it
     for value in list(found):
         for decoded in (urllib.parse.unquote(value), urllib.parse.unquote_plus(value)):

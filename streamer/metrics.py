@@ -281,3 +281,52 @@ class VigilMetrics:
         server = MetricsServer(httpd, thread)
         log.info("metrics on http://%s:%d/metrics", server.host, server.port)
         return server
+
+
+class RelayMetrics:
+    """The relay's metrics (`vigil relay --metrics HOST:PORT`), on a registry of their own.
+
+    Labels are fixed words (`kind`, `reason`, `result`), never an instance name a peer chose:
+    which instance clashes is said in the log line.
+
+    Args:
+        registry: where to register; None = a new private `CollectorRegistry`.
+    """
+
+    def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.up = Gauge("vigil_relay_up", "1 while the relay's thread runs.", registry=r)
+        self.forwarded = Counter("vigil_relay_forwarded_total",
+                                 "Messages forwarded to subscribers.", ["kind"], registry=r)
+        self.dropped = Counter(
+            "vigil_relay_dropped_total",
+            "Messages from daemons not forwarded (too_large, malformed, topic).", ["reason"],
+            registry=r)
+        self.conflicts = Counter(
+            "vigil_relay_instance_conflicts_total",
+            "Messages naming an instance that another daemon connection owns (forwarded under "
+            "an alias `<instance>-dup<N>`).", registry=r)
+        self.conflicting = Gauge(
+            "vigil_relay_instances_in_conflict",
+            "Instances that more than one daemon connection claims now.", registry=r)
+        self.replay = Counter("vigil_relay_replay_requests_total",
+                              "Replay requests by result (forwarded, answered, refused).",
+                              ["result"], registry=r)
+        self.errors = Counter("vigil_relay_errors_total",
+                              "Messages whose handling failed (each cost that message only).",
+                              registry=r)
+        self.restarts = Counter("vigil_relay_loop_restarts_total",
+                                "Times the relay's loop was restarted after an unexpected error.",
+                                registry=r)
+
+    def exposition(self) -> bytes:
+        """The text exposition Prometheus would scrape."""
+        return generate_latest(self.registry)
+
+    def start_http_server(self, host: str = "127.0.0.1", port: int = 9110) -> MetricsServer:
+        """Serve /metrics on host:port (loopback by default; port 0 = any free port)."""
+        httpd, thread = _prom_start_http_server(port, addr=host, registry=self.registry)
+        server = MetricsServer(httpd, thread)
+        log.info("relay metrics on http://%s:%d/metrics", server.host, server.port)
+        return server

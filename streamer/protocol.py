@@ -59,6 +59,20 @@ def parse_iso_utc(text: str) -> float:
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 MAX_FRAME_BYTES = 1 << 20       # an alert is < 2 kB; refuse anything absurd before parsing
+# How far ahead of its journal a daemon's seq can run: while the journal cannot be written it
+# holds at most this many published alerts (`streamer.journal_writer.MAX_HELD`). A client takes
+# a jump beyond its journal's last seq by more than this for a forgery, not a gap.
+MAX_SEQ_AHEAD = 100_000
+
+
+def alias_name(instance: "str | None", position: int) -> str:
+    """The instance name a second source claiming `instance` is filed under (issue 26): the
+    relay and a subscriber on several daemons tie a name to the connection it first came from,
+    and deliver another connection's messages of that name as `<instance>-dup<N>` (N: that
+    connection's 1-based position), so nothing is lost and nothing is mixed. Always a valid
+    instance name."""
+    suffix = f"-dup{position}"
+    return (instance or "unnamed")[:64 - len(suffix)] + suffix
 
 
 class AlertFormatError(VigilError):

@@ -30,10 +30,17 @@ reply, each a single JSON frame (a REQ client's empty delimiter frame is echoed 
 
 Every request gets a reply or an error, whatever its bytes: a request body over
 `MAX_REQUEST_BYTES` (4 KiB; a real one is under 100 bytes), bad UTF-8, bad or too deeply nested
-JSON, out-of-range numbers and an unreadable journal are all error replies. Beyond that, the
-socket's `ZMQ_MAXMSGSIZE` (`MAX_MESSAGE_BYTES`, 64 KiB) makes libzmq drop the connection of a peer
-that announces a larger frame before reading it, so no request can make the daemon allocate
-more (that peer gets no reply: its connection is gone); `RCVHWM` bounds the frames queued. The
+JSON, out-of-range numbers, a request of more than `MAX_REQUEST_FRAMES` parts or
+`MAX_MESSAGE_BYTES` (64 KiB) in all, and an unreadable journal are all error replies. Beyond
+that, the socket's `ZMQ_MAXMSGSIZE` (`MAX_MESSAGE_BYTES`) makes libzmq drop the connection of a
+peer that announces a larger frame before reading it (that peer gets no reply: its connection
+is gone), and a message of many parts is read without copying and its memory returned
+(`streamer.wire.limits`); `RCVHWM` bounds the messages queued.
+
+Subscriptions. The alert socket takes subscriptions of at most 1 KiB (a larger one drops
+that subscriber's connection unread), reads the XPUB's notices at every event-loop turn (`tick`)
+and is re-bound on the same endpoint if more than `MAX_TOPICS` distinct topics are ever live at
+once (`streamer.wire.limits.SubscriptionGuard`): what an XPUB keeps per subscription is bounded. The
 replay server cannot die of a request (each is answered inside its own error boundary); if its
 loop fails for any other reason it is restarted (`vigil_replay_restarts_total`, one log line
 each), and if its thread ends anyway `replay_problem()` says so: the daemon then reports itself
@@ -81,6 +88,7 @@ from detector.errors import ConfigError, VigilError
 from .journal import Journal, JournalError
 from .curve_keys import load_server_keys
 from .protocol import HEARTBEAT_SCHEMA, REPLAY_SCHEMA, iso_utc
+from .wire.limits import SubscriptionGuard, bound_frames, rebind, recv_bounded
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +103,15 @@ SQLITE_MAX_INT = 2 ** 63 - 1
 REPLAY_BACKOFF_S = 0.1
 REPLAY_BACKOFF_MAX_S = 5.0
 _KEY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class RefusedRequest(list):
+    """The envelope of a replay request refused for its size (frames, the body's place empty),
+    with `problem`, the error to reply."""
+
+    def __init__(self, frames: list[bytes], problem: str) -> None:
+        super().__init__(frames)
+        self.problem = problem
 
 
 class PublishError(VigilError):
@@ -155,6 +172,8 @@ class AlertPublisher:
         self._refused = 0
         self._replay_restarts = 0
         self._replay_errors = 0
+        self.oversized_requests = 0
+        self._guard = SubscriptionGuard("alerts.endpoint", self._remake_pub)
         try:
             if last_seq is None or journal_id is None:
                 # Fail here, in the caller's thread, if the journal is unusable.
@@ -162,14 +181,12 @@ class AlertPublisher:
                     last_seq, journal_id = journal.last_seq(), journal.journal_id
             self._last_seq, self.journal_id = int(last_seq), str(journal_id)
             keys = self._setup_curve(curve) if curve is not None else None
-            self._pub = self._socket(zmq.XPUB, keys, heartbeat_ivl_s)
-            self._pub.setsockopt(zmq.SNDHWM, int(sndhwm))
-            # Refuse (EAGAIN) instead of silently dropping at the high-water mark: see docstring.
-            self._pub.setsockopt(zmq.XPUB_NODROP, 1)
+            self._pub_options = (keys, heartbeat_ivl_s, int(sndhwm))
+            self._pub = self._pub_socket()
             self.endpoint = self._bind(self._pub, endpoint, "alerts.endpoint")
             self._router = self._socket(zmq.ROUTER, keys, heartbeat_ivl_s)
             # A request is tiny: a larger frame closes the peer's connection before it is read.
-            self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            bound_frames(self._router, MAX_MESSAGE_BYTES)
             self._router.setsockopt(zmq.RCVHWM, REPLAY_RCVHWM)
             self.replay_endpoint = self._bind(self._router, replay_endpoint,
                                               "alerts.replay_endpoint")
@@ -207,6 +224,21 @@ class AlertPublisher:
             sock.curve_server = True
             sock.curve_publickey, sock.curve_secretkey = keys
         return sock
+
+    def _pub_socket(self) -> zmq.Socket:
+        keys, heartbeat_ivl_s, sndhwm = self._pub_options
+        pub = self._socket(zmq.XPUB, keys, heartbeat_ivl_s)
+        pub.setsockopt(zmq.SNDHWM, sndhwm)
+        # Refuse (EAGAIN) instead of silently dropping at the high-water mark: see docstring.
+        pub.setsockopt(zmq.XPUB_NODROP, 1)
+        SubscriptionGuard.configure(pub)
+        return pub
+
+    def _remake_pub(self) -> None:
+        """Close the alert socket and bind a new one on the same endpoint (subscriptions without
+        bound: see `SubscriptionGuard`); subscribers reconnect by themselves."""
+        assert self._pub is not None
+        self._pub = rebind(self._pub, self._pub_socket, self.endpoint)
 
     @staticmethod
     def _bind(sock: zmq.Socket, endpoint: str, key: str) -> str:
@@ -308,15 +340,15 @@ class AlertPublisher:
         return True
 
     def _drain_subscriptions(self) -> None:
-        """Read XPUB's (un)subscription notices so they do not pile up; log them."""
+        """Read XPUB's (un)subscription notices so they do not pile up (bounded: see
+        `SubscriptionGuard`)."""
         assert self._pub is not None
-        for _ in range(1000):
-            try:
-                note = self._pub.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if note:
-                log.debug("%s %r", "subscribe" if note[0] == 1 else "unsubscribe", note[1:])
+        self._guard.drain(self._pub)
+
+    def tick(self) -> None:
+        """The event loop, every turn: read the alert socket's notices (subscriptions, and
+        whatever else a peer sends an XPUB), so they never pile up between sends."""
+        self._drain_subscriptions()
 
     # ---- replay (own thread) -------------------------------------------------------------------
     def _replay_loop(self) -> None:
@@ -375,7 +407,11 @@ class AlertPublisher:
             frames = self._receive_request(router)
             if frames is None:
                 continue
-            reply = self._answer_safely(state, frames[-1])
+            if isinstance(frames, RefusedRequest):
+                self._count_oversized(frames.problem)
+                reply = self._error_reply(b"", frames.problem)
+            else:
+                reply = self._answer_safely(state, frames[-1])
             try:
                 router.send_multipart([*frames[:-1], reply], flags=zmq.NOBLOCK)
             except zmq.ZMQError as exc:  # peer gone, or its queue is full
@@ -383,19 +419,24 @@ class AlertPublisher:
 
     @staticmethod
     def _receive_request(router: zmq.Socket) -> Optional[list[bytes]]:
-        """One request's frames (at most MAX_REQUEST_FRAMES kept; extra frames are read and
-        dropped), or None if nothing was waiting or it has no body."""
-        frames: list[bytes] = []
-        try:
-            while True:
-                frame = router.recv(zmq.NOBLOCK)
-                if len(frames) < MAX_REQUEST_FRAMES:
-                    frames.append(frame)
-                if not router.getsockopt(zmq.RCVMORE):
-                    break
-        except zmq.Again:
+        """One request's frames, or None if nothing was waiting or it has no body. A request of
+        more than MAX_REQUEST_FRAMES parts or MAX_MESSAGE_BYTES in all is read without copying
+        (its memory returned) and comes back as a `RefusedRequest`: its envelope and why."""
+        got = recv_bounded(router, MAX_REQUEST_FRAMES, MAX_MESSAGE_BYTES)
+        if got is None or not got.frames or (got.ok and len(got.frames) < 2):
             return None
-        return frames if len(frames) >= 2 else None
+        if got.ok:
+            return got.frames
+        envelope = got.frames[:2] if got.frames[1:2] == [b""] else got.frames[:1]
+        return RefusedRequest(envelope + [b""], f"bad replay request: {got.parts} parts and "
+                              f"{got.size} bytes (at most {MAX_REQUEST_FRAMES - 1} parts after "
+                              f"the identity, {MAX_MESSAGE_BYTES} bytes)")
+
+    def _count_oversized(self, problem: str) -> None:
+        self.oversized_requests += 1
+        if self.oversized_requests == 1 or self.oversized_requests % 100 == 0:
+            log.warning("replay: %s (%d such request(s) so far)", problem[20:],
+                        self.oversized_requests)
 
     def _answer_safely(self, state: dict[str, Optional[Journal]], body: bytes) -> bytes:
         """`_answer`, with an error reply (never an exception) for whatever goes wrong."""

@@ -145,6 +145,11 @@ def parse_source(url: Union[str, int]) -> SourceSpec:
     text = str(url).strip()
     if not text:
         raise ConfigError("camera url: empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:       # lone surrogates ("\\udce9" in YAML): OpenCV would crash
+        shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise ConfigError(f"camera url {mask_url(shown)!r}: not valid UTF-8 text") from None
     if text.isdigit():
         return SourceSpec("device", int(text), url=text)
     m = re.fullmatch(r"webcam:(\d+)", text)

@@ -26,6 +26,22 @@ replay socket serves which instance is learnt at start: each replay endpoint is 
 `instances` (requests through it then name the instance). Alerts of a daemon without instance
 names are filed under instance `None`; with one replay endpoint everything is asked of it.
 
+Hostile or mistaken peers (issue 26). Nothing a peer sends can make the subscriber drop real
+alerts:
+* A journal id never seen before on a live message is believed only when the instance's replay
+  socket serves that journal (or, when it cannot say, once the current journal has fallen
+  silent): a forged heartbeat or alert with a new id, or a second daemon with the same name,
+  cannot reset the stream; it is ignored, said once (ERROR) and counted in `clashes`.
+* A heartbeat's (or a lone alert's) seq is a hint that makes the subscriber ask the journal; a
+  gap is declared only up to what the journal numbers, and an alert more than `MAX_SEQ_AHEAD`
+  beyond both the journal and what was delivered is dropped as implausible, so a forged
+  `seq` of 10**12 moves nothing.
+* With several daemon endpoints, each has its own SUB socket, and an instance name belongs to
+  the endpoint it first came from (as in the relay): another endpoint's messages of that name
+  are delivered as instance `<name>-dup<N>` (`protocol.alias_name`), replayed from the replay
+  endpoint given in the same position, and the clash is said once and counted.
+* Every message is read within bounds (`streamer.wire.limits.recv_bounded`).
+
 `vigil alerts` is a thin wrapper: `for msg in AlertSubscriber(...): print(format_alert(msg))`.
 
 Not thread-safe (ZeroMQ sockets): use a subscriber from one thread.
@@ -46,12 +62,17 @@ import zmq.auth
 from detector.errors import ConfigError
 
 from .curve_keys import load_client_keys
-from .protocol import (MAX_FRAME_BYTES, AlertFormatError, is_int, load_json, parse_alert,
-                       parse_heartbeat, printable, validate_alert)
+from .protocol import (MAX_FRAME_BYTES, MAX_SEQ_AHEAD, AlertFormatError, alias_name, is_int,
+                       load_json, parse_alert, parse_heartbeat, printable, validate_alert)
+from .wire.limits import bound_frames, recv_bounded
 
 log = logging.getLogger(__name__)
 
 _MAX_REPLAY_PAGES = 10_000
+_MAX_STREAMS = 4096               # instances tracked (a fleet has a few; a forger may invent many)
+_FOREIGN_RECHECK_S = 10.0         # a journal id found foreign is asked about again after this
+_MAX_REPLY_BYTES = 16 << 20       # a replay reply: a page of alerts (500 of ~1 kB by default)
+_REFUSED = object()               # `_name_for`: no stream for this message
 
 
 @dataclass
@@ -67,40 +88,56 @@ class _Stream:
     """One instance's numbering: what the subscriber holds, has pending and has lost.
 
     `request(body) -> reply or None` asks this instance's replay socket (directly, or through a
-    relay); `ready` is the subscriber's queue of alerts to hand out.
+    relay); `ready` is the subscriber's queue of alerts to hand out; `on_clash(stream, key,
+    detail)` is told (once per key) about messages that claim this instance but are not its.
+    `wire` is the instance name the daemon itself uses (the stream's `instance` differs for a
+    `-dup` alias: its alerts are delivered under the alias).
     """
 
     def __init__(self, instance: Optional[str], since: Optional[int],
                  request: Callable[[dict], Optional[dict]], ready: deque,
-                 gap_log: list, on_malformed: Callable[[], None]) -> None:
+                 gap_log: list, on_malformed: Callable[[], None],
+                 on_clash: Callable[["_Stream", Any, str], None] = lambda *a: None,
+                 wire: Optional[str] = None, silence_s: float = 15.0) -> None:
         self.instance = instance
+        self.wire = instance if wire is None else wire
         self.last_seq: Optional[int] = since
         self.journal_id: Optional[str] = None
         self.resets = 0
         self.gaps: list[tuple[int, int]] = []
         self.replayed = 0             # alerts taken from the journal, not from the wire
+        self.implausible = 0          # alerts dropped for a seq far beyond the journal
         self.last_rx = time.monotonic()
+        self.silence_s = silence_s
         self._request = request
         self._ready = ready
         self._gap_log = gap_log
         self._on_malformed = on_malformed
+        self._on_clash = on_clash
         self._old_journals: set[str] = set()
+        self._foreign: dict[str, float] = {}      # journal ids found not to be this instance's
+        self._heard = time.monotonic()            # a live message of the current journal
+        self._reset_at = 0.0
         self._pending: dict[int, dict] = {}
-        self._server_seq = 0          # highest seq the server said exists (heartbeat / replay)
+        self._server_seq = 0          # highest seq the server hinted at (heartbeat / alert)
+        self._confirmed: Optional[int] = None     # last_seq the journal itself answered
+
+    def _deliverable(self, msg: dict) -> dict:
+        return msg if self.instance == self.wire else {**msg, "instance": self.instance}
 
     def on_alert(self, msg: dict) -> None:
         self.last_rx = time.monotonic()
-        if self._journal_of(msg.get("journal_id")) == "old":
-            return                        # a straggler from a replaced journal
-        self._server_seq = max(self._server_seq, msg["seq"])
+        if self._live_journal(msg.get("journal_id")) in ("old", "foreign"):
+            return                        # a straggler of a replaced journal, or not this one's
         if self.last_seq is None:
             self.last_seq = msg["seq"] - 1
         if msg["seq"] > self.last_seq:
-            self._pending[msg["seq"]] = msg
+            self._pending[msg["seq"]] = self._deliverable(msg)
+            self._server_seq = max(self._server_seq, msg["seq"])
 
     def on_heartbeat(self, hb: dict) -> None:
         self.last_rx = time.monotonic()
-        if self._journal_of(hb.get("journal_id")) == "old":
+        if self._live_journal(hb.get("journal_id")) in ("old", "foreign"):
             return
         if self.last_seq is None:
             self.last_seq = hb["seq"]             # no baseline from replay: start from now
@@ -110,10 +147,22 @@ class _Stream:
                         self._who(), hb["seq"], self.last_seq)
             self.last_seq = hb["seq"]
             self._pending.clear()
+        base = max(self._confirmed or 0, self.last_seq or 0)
+        if hb["seq"] > base + MAX_SEQ_AHEAD:
+            self._implausible(hb["seq"], "heartbeat")
+            return
+        # A hint: it makes us ask the journal; only the journal's answer can declare a gap.
         self._server_seq = max(self._server_seq, hb["seq"])
 
     def _who(self) -> str:
         return f"instance {printable(self.instance)}: " if self.instance is not None else ""
+
+    def _implausible(self, seq: int, what: str) -> None:
+        self.implausible += 1
+        if self.implausible == 1 or self.implausible % 1000 == 0:
+            log.warning("%sa %s with seq %d, more than %d beyond the journal's %s and the last "
+                        "delivered %s: ignored as implausible (%d so far)", self._who(), what,
+                        seq, MAX_SEQ_AHEAD, self._confirmed, self.last_seq, self.implausible)
 
     def drain(self) -> None:
         """Move pending alerts to the ready queue in seq order, replaying to fill gaps."""
@@ -142,6 +191,22 @@ class _Stream:
                     continue
                 if not self._pending:
                     return                        # server unreachable: try again later
+            if not self._pending:
+                # Only a hint says more exist, and the journal was asked: it bounds the gap.
+                confirmed = self._confirmed if self._confirmed is not None else self.last_seq
+                self._server_seq = max(confirmed, self.last_seq)
+                missing_to = min(missing_to, confirmed)
+                if missing_to <= self.last_seq:
+                    return
+            else:
+                bound = max(self._confirmed or 0, self.last_seq) + MAX_SEQ_AHEAD
+                beyond = [s for s in self._pending if s > bound]
+                if beyond:                        # far past anything the journal numbers
+                    for s in beyond:
+                        del self._pending[s]
+                        self._implausible(s, "alert")
+                    self._server_seq = min(self._server_seq, bound)
+                    continue
             # Still missing after asking the journal (pruned, or the replay socket is down
             # while later alerts wait): report and move on rather than stall forever.
             gap = (self.last_seq + 1, missing_to)
@@ -159,13 +224,14 @@ class _Stream:
         if reply is not None:
             self._journal_of(reply.get("journal_id"))
             self.last_seq = reply["last_seq"]
+            self._confirmed = reply["last_seq"]
             self._server_seq = max(self._server_seq, reply["last_seq"])
 
     # ---- journal resets ------------------------------------------------------------------------
     def _journal_of(self, journal_id: Optional[str]) -> str:
-        """Note the journal id a message carries: `same` (or none given, or the first one seen),
-        `new` (the reset to it is done here: seqs now count in it) or `old` (a journal already
-        replaced: ignore the message)."""
+        """Note the journal id the replay socket answers with: `same` (or none given, or the
+        first one seen), `new` (the reset to it is done here: seqs now count in it) or `old` (a
+        journal already replaced: ignore the reply)."""
         if journal_id is None or journal_id == self.journal_id:
             return "same"
         if self.journal_id is None:
@@ -175,6 +241,41 @@ class _Stream:
             return "old"
         self._reset(journal_id)
         return "new"
+
+    def _live_journal(self, journal_id: Optional[str]) -> str:
+        """`_journal_of` for a message from the wire, which anyone behind the same socket could
+        have sent: a new journal id is believed when the replay socket serves it, or (when it
+        cannot say) once the current journal has been silent for `silence_s`; otherwise the
+        message is `foreign` (a second daemon with this name, or a forgery) and ignored."""
+        now = time.monotonic()
+        if journal_id is None or journal_id == self.journal_id or self.journal_id is None:
+            self._heard = now
+            return self._journal_of(journal_id)
+        if journal_id in self._old_journals:
+            if now - self._reset_at > self.silence_s:     # not a straggler: it goes on talking
+                self._on_clash(self, ("journal", journal_id), (
+                    f"alerts of journal {printable(journal_id, 64)} keep arriving although the "
+                    f"daemon's replay socket serves journal {printable(self.journal_id, 64)}: "
+                    f"two daemons use the instance name {printable(self.wire)}"))
+            return "old"
+        checked = self._foreign.get(journal_id)
+        if checked is not None and now - checked < _FOREIGN_RECHECK_S:
+            return "foreign"
+        reply = self._request({"since": 0, "limit": 0})
+        serving = reply.get("journal_id") if reply is not None else None
+        if serving == journal_id or (serving is None and now - self._heard > self.silence_s):
+            self._foreign.pop(journal_id, None)
+            self._heard = now
+            self._journal_of(journal_id)
+            return "new"
+        self._foreign[journal_id] = now
+        if len(self._foreign) > 256:              # bounded: forget the oldest
+            self._foreign.pop(next(iter(self._foreign)))
+        self._on_clash(self, ("journal", journal_id), (
+            f"messages of journal {printable(journal_id, 64)} arrive, but the instance's replay "
+            f"socket serves journal {printable(serving or self.journal_id, 64)}: a second daemon "
+            f"calls itself {printable(self.wire)} (or someone forges it); they are ignored"))
+        return "foreign"
 
     def _reset(self, journal_id: str) -> None:
         """The daemon's journal changed: forget the old numbering, start at the new journal's
@@ -189,14 +290,16 @@ class _Stream:
         self._old_journals.add(self.journal_id)
         self.journal_id = journal_id
         self.resets += 1
+        self._reset_at = time.monotonic()
         self._pending = {s: m for s, m in self._pending.items()
                          if m.get("journal_id") == journal_id}
         self._server_seq = 0
+        self._confirmed = None
         reply = self._request({"since": 0, "limit": 1})
         if reply is not None and reply.get("journal_id", journal_id) == journal_id:
             first = reply["alerts"][0]["seq"] if reply["alerts"] else reply["last_seq"] + 1
             self.last_seq = max(first - 1, 0)
-            self._server_seq = reply["last_seq"]
+            self._server_seq = self._confirmed = reply["last_seq"]
         else:
             self.last_seq = (min(self._pending) - 1) if self._pending else None
 
@@ -216,6 +319,7 @@ class _Stream:
                 self.last_seq = since = reply["last_seq"]
                 self._pending.clear()
                 continue
+            self._confirmed = reply["last_seq"]
             self._server_seq = max(self._server_seq, reply["last_seq"])
             for raw in reply["alerts"]:
                 try:
@@ -224,13 +328,13 @@ class _Stream:
                     self._on_malformed()
                     log.warning("ignoring a malformed replayed alert: %s", exc)
                     continue
-                if msg.get("instance") not in (None, self.instance):
+                if msg.get("instance") not in (None, self.wire):
                     log.warning("ignoring a replayed alert of instance %s (asked %s)",
-                                printable(msg.get("instance")), printable(self.instance))
+                                printable(msg.get("instance")), printable(self.wire))
                     continue
                 if (self.last_seq is None or msg["seq"] > self.last_seq) \
                         and msg["seq"] not in self._pending:
-                    self._pending[msg["seq"]] = msg
+                    self._pending[msg["seq"]] = self._deliverable(msg)
                     self.replayed += 1
                 since = max(since, msg["seq"])
             if not reply["more"] or not reply["alerts"]:
@@ -263,6 +367,9 @@ class AlertSubscriber:
         last_heartbeat: the last heartbeat dict (any instance); `last_heartbeat_at` its
             monotonic arrival time.
         malformed: count of messages refused by `parse_alert`.
+        clashes: (instance, what) for every clash found (a second source of an instance name:
+            another endpoint, or a journal the instance's replay socket does not serve), once
+            each, in the order found; each is also logged at ERROR.
         last_seq, journal_id, resets, gaps: of the only instance (single-daemon use); with
             several, `last_seq`/`journal_id` are None, `resets` is the sum and `gaps` all of them.
     """
@@ -285,6 +392,8 @@ class AlertSubscriber:
         self.last_heartbeat: Optional[dict] = None
         self.last_heartbeat_at: Optional[float] = None
         self.malformed = 0
+        self.clashes: list[tuple[Optional[str], str]] = []
+        self._clash_keys: set[Any] = set()
         self._ready: deque[dict] = deque()
         self._request_id = 0
         self._closed = False
@@ -293,25 +402,35 @@ class AlertSubscriber:
         self._relay: Optional[zmq.Socket] = None
         self._unidentified: list[zmq.Socket] = []
         self._identify_after = 0.0
-        self._sub = self.context.socket(zmq.SUB)
+        self._endpoints = endpoints
+        # Which endpoint an instance name belongs to: (endpoint index, last heard).
+        self._owners: dict[Optional[str], tuple[int, float]] = {}
+        self._subs: list[zmq.Socket] = []
         try:
             keys = self._curve_keys(curve) if curve is not None else None
+            # One SUB per endpoint: each message's source is known (see the module docstring).
+            self._subs = [self.context.socket(zmq.SUB) for _ in endpoints]
             self._dealers = [self.context.socket(zmq.DEALER) for _ in replays]
-            for sock in (self._sub, *self._dealers):
+            for sock in (*self._subs, *self._dealers):
                 sock.setsockopt(zmq.LINGER, 0)
                 # ZMTP heartbeats notice a half-open connection (daemon host gone) and reconnect.
                 sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
                 sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
                 if keys is not None:
                     sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = keys
-            self._sub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-            # Subscribe before asking for the replay (clone pattern): nothing falls in between.
-            self._sub.setsockopt(zmq.SUBSCRIBE, b"alert.")
-            self._sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
-            for ep in endpoints:
-                self._sub.connect(ep)
+            for sub, ep in zip(self._subs, endpoints):
+                bound_frames(sub, MAX_FRAME_BYTES)
+                # Subscribe before asking for the replay (clone pattern): nothing falls between.
+                sub.setsockopt(zmq.SUBSCRIBE, b"alert.")
+                sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
+                sub.connect(ep)
+            for dealer in self._dealers:
+                bound_frames(dealer, _MAX_REPLY_BYTES)
             for dealer, ep in zip(self._dealers, replays):
                 dealer.connect(ep)
+            self._poller = zmq.Poller()
+            for sub in self._subs:
+                self._poller.register(sub, zmq.POLLIN)
         except zmq.ZMQError as exc:
             self.close()
             raise ConfigError(f"cannot connect to {', '.join(endpoints)} / "
@@ -371,8 +490,8 @@ class AlertSubscriber:
             if deadline is not None and now >= deadline:
                 break
             wait = 0.5 if deadline is None else min(deadline - now, 0.5)
-            if self._sub.poll(int(wait * 1000)):
-                self._receive()
+            for sub, _ in self._poller.poll(int(wait * 1000)):
+                self._receive(self._subs.index(sub))
             # Per instance: one daemon falling silent while others talk must be noticed too.
             for stream in list(self.streams.values()):
                 if time.monotonic() - stream.last_rx > self.heartbeat_timeout_s:
@@ -395,9 +514,8 @@ class AlertSubscriber:
         if self._closed:
             return
         self._closed = True
-        self._sub.close(linger=0)
-        for dealer in self._dealers:
-            dealer.close(linger=0)
+        for sock in (*self._subs, *self._dealers):
+            sock.close(linger=0)
         if self._own_context:
             self.context.term()
 
@@ -409,23 +527,76 @@ class AlertSubscriber:
 
     # ---- instances -----------------------------------------------------------------------------
     def _stream(self, instance: Optional[str], baseline: Optional[dict] = None,
-                ask_baseline: bool = False) -> _Stream:
+                ask_baseline: bool = False, wire: Optional[str] = None) -> Optional[_Stream]:
         """The stream of `instance`, created on first sight: from `since` (replayed), else from
         the baseline reply (given, or asked when `ask_baseline`), else from what arrives next
-        (an instance first seen live starts with that message)."""
+        (an instance first seen live starts with that message). `wire`: the daemon's own name
+        for a `-dup` alias. None when `_MAX_STREAMS` instances are tracked already."""
         stream = self.streams.get(instance)
         if stream is None:
+            if len(self.streams) >= _MAX_STREAMS:
+                if len(self.streams) == _MAX_STREAMS:
+                    log.error("more than %d instances: messages of new ones are ignored",
+                              _MAX_STREAMS)
+                return None
             since = (self.since.get(instance) if isinstance(self.since, Mapping)
                      else self.since)
             stream = _Stream(instance, since,
                              lambda body, i=instance: self._request_for(i, body),
-                             self._ready, self.gap_log, self._count_malformed)
+                             self._ready, self.gap_log, self._count_malformed, self._clash,
+                             wire=wire, silence_s=self.heartbeat_timeout_s)
             self.streams[instance] = stream
             if since is not None:
                 stream.replay(since)
             elif baseline is not None or ask_baseline:
                 stream.baseline(baseline)
         return stream
+
+    def _clash(self, stream: Optional[_Stream], key: Any, detail: str) -> None:
+        """A second source of an instance name: said once (ERROR) and kept in `clashes`."""
+        instance = stream.wire if stream is not None else key[1]
+        if (instance, key) in self._clash_keys:
+            return
+        self._clash_keys.add((instance, key))
+        self.clashes.append((instance, detail))
+        log.error("instance %s: %s", printable(instance), detail)
+
+    def _paired(self, index: int) -> Optional[zmq.Socket]:
+        """The replay socket given in the same position as alert endpoint `index` (several
+        daemons, listed in the same order), or None."""
+        if len(self._dealers) == len(self._subs) > 1:
+            return self._dealers[index]
+        return None
+
+    def _stream_for(self, instance: Optional[str], source: int) -> Optional[_Stream]:
+        """The stream a live message of `instance` from endpoint `source` goes to: the
+        instance's own while that endpoint owns the name, else a `-dup` alias (said once);
+        None when too many instances are tracked."""
+        name = self._name_for(instance, source)
+        return None if name is _REFUSED else self._stream(name, wire=instance)
+
+    def _name_for(self, instance: Optional[str], source: int) -> Any:
+        if len(self._subs) == 1:
+            return instance
+        now = time.monotonic()
+        owner = self._owners.get(instance)
+        if owner is None or owner[0] == source or now - owner[1] > 2 * self.heartbeat_timeout_s:
+            if owner is None and len(self._owners) >= _MAX_STREAMS:
+                return _REFUSED
+            self._owners[instance] = (source, now)
+            return instance
+        alias = alias_name(instance, source + 1)
+        if alias not in self.streams:
+            dealer = self._paired(source)
+            if dealer is not None:
+                self._routes.setdefault(alias, dealer)
+            self._clash(None, ("endpoint", instance, source), (
+                f"it arrives from {self._endpoints[owner[0]]} (first) and from "
+                f"{self._endpoints[source]} (second): two daemons have this instance name "
+                f"(hosts cloned from one image with `instance: null`?) or one forges it; give "
+                f"each its own `instance:`. The second one's alerts are delivered as instance "
+                f"{alias}"))
+        return alias
 
     def _count_malformed(self) -> None:
         self.malformed += 1
@@ -447,7 +618,22 @@ class AlertSubscriber:
                         self._stream(name, ask_baseline=True)
             else:
                 instance = reply.get("instance")
+                index = self._dealers.index(dealer)
+                owner = self._owners.get(instance)
+                if instance in self._routes and self._routes[instance] is not dealer \
+                        and self._paired(index) is not None:
+                    # A second daemon answers with the same name: its own alias and stream.
+                    alias = alias_name(instance, index + 1)
+                    self._routes[alias] = dealer
+                    self._clash(None, ("endpoint", instance, index), (
+                        f"two replay endpoints answer for it: give each daemon its own "
+                        f"`instance:`; the second one's alerts are delivered as instance "
+                        f"{alias}"))
+                    self._stream(alias, baseline=reply, wire=instance)
+                    continue
                 self._routes[instance] = dealer
+                if owner is None and self._paired(index) is not None:
+                    self._owners[instance] = (index, time.monotonic())
                 self._stream(instance, baseline=reply)
 
     def _request_for(self, instance: Optional[str], body: dict) -> Optional[dict]:
@@ -466,21 +652,29 @@ class AlertSubscriber:
         return self._send(dealer, body)
 
     # ---- live messages -------------------------------------------------------------------------
-    def _receive(self) -> None:
-        """Take everything waiting on the SUB socket (bounded) into the pending sets."""
+    def _receive(self, source: int) -> None:
+        """Take everything waiting on endpoint `source`'s SUB socket (bounded) into the pending
+        sets."""
+        sub = self._subs[source]
         for _ in range(10_000):
-            try:
-                frames = self._sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            got = recv_bounded(sub, 2, MAX_FRAME_BYTES + 1024)
+            if got is None:
                 return
             try:
+                if not got.ok:
+                    raise AlertFormatError(f"message of {got.parts} parts and {got.size} bytes")
+                frames = got.frames
                 if frames and frames[0] == b"heartbeat":
                     hb = parse_heartbeat(frames)
-                    self.last_heartbeat, self.last_heartbeat_at = hb, time.monotonic()
-                    self._stream(hb.get("instance")).on_heartbeat(hb)
+                    stream = self._stream_for(hb.get("instance"), source)
+                    if stream is not None:
+                        self.last_heartbeat, self.last_heartbeat_at = hb, time.monotonic()
+                        stream.on_heartbeat(hb)
                 else:
                     msg = parse_alert(frames)
-                    self._stream(msg.get("instance")).on_alert(msg)
+                    stream = self._stream_for(msg.get("instance"), source)
+                    if stream is not None:
+                        stream.on_alert(msg)
             except AlertFormatError as exc:
                 self.malformed += 1
                 log.warning("ignoring a malformed message: %s", exc)

@@ -1,6 +1,6 @@
 """Shared fixtures and alert-stream helpers.
 
-`rtsp_server` starts the real GStreamer RTSP server (`streamer.tools.harness.RtspServer`, running
+`rtsp_server` starts the real GStreamer RTSP server (`vigil_tools.harness.RtspServer`, running
 `scripts/rtsp_test_server.py`); `tiny_checkpoint` is the harness's random-weight model, built
 once per session; `trained_checkpoint` (in `tests/_training.py`) trains the quick-start model once
 per session. `subscriber` and `recv_json` read the daemon's ZeroMQ alerts as a raw client would.
@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import pytest
 
-from streamer.tools import harness
+from vigil_tools import harness
 
 pytest_plugins = ["tests._training"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from streamer.tools.harness import REPO, tiny_checkpoint
+from vigil_tools.harness import REPO, tiny_checkpoint
 
 
 def test_it_tabulates_starts_on_quiet_clips_and_latency_on_action_clips(tmp_path):

@@ -2,8 +2,9 @@
 
 * `detector` (the model) imports neither `train` nor `streamer`;
 * `train` does not import `streamer`;
-* the service (every module outside the tools wing, `streamer.tools`) never imports the tools
-  wing: benchmarks, soak, demo and the test harness are the outside view of the service;
+* the service (`detector`, `train`, `streamer`: what the wheel ships) never imports the tools
+  wing `vigil_tools` (benchmarks, soak, demo and the test harness: the outside view of the
+  service, kept in the checkout and out of the wheel; `vigil` finds their verbs by name);
 * no import cycle between modules;
 * the alert client (`streamer.subscriber`) reaches no server code, only `streamer.protocol`.
 
@@ -16,8 +17,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("detector", "train", "streamer")
-TOOLS = "streamer.tools"
+TOOLS = "vigil_tools"
+PACKAGES = ("detector", "train", "streamer", TOOLS)
 # Upward imports: package -> packages it must not import.
 FORBIDDEN = {"detector": ("train", "streamer"), "train": ("streamer",)}
 
@@ -78,6 +79,12 @@ def test_no_package_imports_a_package_above_it():
            for pkg, above in FORBIDDEN.items() if _within(mod, pkg)
            for up in above if _within(dep, up)]
     assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_the_tools_wing_is_in_the_graph():
+    graph = import_graph()
+    assert "vigil_tools.harness" in graph["vigil_tools.demo"]
+    assert "streamer.subscriber" in graph["vigil_tools.soak"]   # the tools use the service
 
 
 def test_the_service_never_imports_the_tools_wing():
@@ -147,6 +154,7 @@ def _reachable(graph: dict[str, dict[str, int]], start: str) -> set[str]:
 
 def test_the_alert_client_needs_only_the_protocol():
     """`streamer.subscriber` (what a client of the daemon runs) reaches no server code: only the
-    alert protocol, the CURVE key-file reader and the error types."""
+    alert protocol, the bounds on what a socket takes in, the CURVE key-file reader and the
+    error types."""
     assert _reachable(import_graph(), "streamer.subscriber") <= {
-        "streamer.protocol", "streamer.curve_keys", "detector.errors"}
+        "streamer.protocol", "streamer.wire.limits", "streamer.curve_keys", "detector.errors"}

@@ -16,17 +16,17 @@ import pytest
 import torch
 from torch import nn
 
-import streamer.tools.bench_model as bench_mod
+import vigil_tools.bench_model as bench_mod
 from detector.config import BackboneConfig, InputConfig, ModelConfig
 from detector.errors import ConfigError
 from detector.timing import percentile, time_samples
-from streamer.tools.bench_model import (MatmulPeak, ModelBenchOptions, ModelRow, compare_outputs,
+from vigil_tools.bench_model import (MatmulPeak, ModelBenchOptions, ModelRow, compare_outputs,
                                         count_flops, model_flops_per_clip, model_table_rows,
                                         run_model_bench)
-from streamer.tools.bench_offline import box_iou_px, compare_rows, reference_clip, reference_input
-from streamer.tools.bench_pipeline import (PointStats, find_max_cameras, holds_real_time,
+from vigil_tools.bench_offline import box_iou_px, compare_rows, reference_clip, reference_input
+from vigil_tools.bench_pipeline import (PointStats, find_max_cameras, holds_real_time,
                                            latency_summary, point_row, thread_cpu_seconds)
-from streamer.tools.kit import BenchReport, Section, bench_env, markdown_table, write_report
+from vigil_tools.kit import BenchReport, Section, bench_env, markdown_table, write_report
 
 TINY_MODEL_YAML = """
 model:
@@ -325,7 +325,7 @@ def test_reference_input_normalises_like_the_model_input_path():
 
 # ----------------------------------------------------------------------------- command line
 def _parser() -> argparse.ArgumentParser:
-    from streamer.tools import bench_cli
+    from vigil_tools import bench_cli
 
     parser = argparse.ArgumentParser(prog="vigil")
     bench_cli.register(parser.add_subparsers(dest="verb"))
@@ -333,7 +333,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def test_bench_verbs_take_quick_device_and_out():
-    from streamer.tools import bench_cli
+    from vigil_tools import bench_cli
 
     parser = _parser()
     for what, func in (("model", bench_cli.cmd_bench_model),
@@ -368,7 +368,7 @@ def test_pipeline_point_measures_the_real_daemon_on_a_file_camera(tmp_path):
     pytest.importorskip("zmq")
     from detector.checkpoint import save_checkpoint
     from detector.model import build_model
-    from streamer.tools.bench_pipeline import Encoder, make_camera_videos, measure_point, pipeline_config
+    from vigil_tools.bench_pipeline import Encoder, make_camera_videos, measure_point, pipeline_config
 
     cfg = ModelConfig(backbone=BackboneConfig(name="small3d", channels=[4, 8, 8, 16],
                                               pool=[1, 2, 2]),
@@ -409,7 +409,7 @@ def test_model_bench_times_only_the_ablations_asked_for(tmp_path):
 
 
 def test_bench_options_of_the_gpu_check_parse():
-    from streamer.tools import bench_cli
+    from vigil_tools import bench_cli
 
     parser = _parser()
     args = parser.parse_args(["bench", "model", "--ablations", "channels_last,compile"])
@@ -424,14 +424,14 @@ def test_bench_options_of_the_gpu_check_parse():
 
 
 def test_pipeline_bench_refuses_a_lower_bound_above_the_upper_before_measuring():
-    from streamer.tools.bench_pipeline import PipelineBenchOptions, run_pipeline_bench
+    from vigil_tools.bench_pipeline import PipelineBenchOptions, run_pipeline_bench
 
     with pytest.raises(ConfigError, match="--min-cameras 9 is above --max-cameras 4"):
         run_pipeline_bench(PipelineBenchOptions(device="cpu", min_cameras=9, max_cameras=4))
 
 
 def test_train_bench_times_each_epoch_of_the_real_trainer(tmp_path):
-    from streamer.tools.bench_train import TrainBenchOptions, run_train_bench
+    from vigil_tools.bench_train import TrainBenchOptions, run_train_bench
 
     sets = ["model.backbone.name=small3d", "model.backbone.channels=[4,8,8,8]",
             "model.backbone.pool=[1,2,2]", "model.input.frames=8", "model.input.size=[32,32]",

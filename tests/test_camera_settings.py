@@ -75,7 +75,7 @@ def test_two_cameras_with_different_thresholds_see_the_same_scores_differently()
 
 
 def write_config(tmp_path: Path, extra: dict) -> Path:
-    from streamer.tools.harness import tiny_checkpoint
+    from vigil_tools.harness import tiny_checkpoint
 
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     cfg = {"data_dir": str(tmp_path / "data"), "model": {"checkpoint": str(ckpt), "device": "cpu"},

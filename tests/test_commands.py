@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.tools.harness import free_port
+from vigil_tools.harness import free_port
 
 from detector.errors import ConfigError
 from streamer import commands

@@ -231,7 +231,7 @@ def small_checkpoint(tmp_path_factory):
 
 
 def _detect(root, ckpt, *args: str) -> list[dict]:
-    from streamer.tools.harness import REPO
+    from vigil_tools.harness import REPO
 
     out = root / f"rows{'_'.join(a.strip('-') for a in args)}.jsonl"
     proc = subprocess.run(
@@ -262,7 +262,7 @@ def test_vigil_detect_on_cuda_agrees_with_the_cpu(small_checkpoint):
 
 def test_the_daemon_serves_a_file_camera_on_cuda(small_checkpoint, tmp_path):
     pytest.importorskip("zmq")
-    from streamer.tools.harness import DaemonProcess, base_config
+    from vigil_tools.harness import DaemonProcess, base_config
 
     from .conftest import recv_json, subscriber
 

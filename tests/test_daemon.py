@@ -6,7 +6,7 @@ The checkpoint is a tiny random-weight `small3d` model: it cannot be expected to
 the smoothing thresholds are set so low that every camera/class opens an event at its first window
 and keeps it open. That makes the lifecycle (start, then `end` reason `shutdown` on SIGTERM)
 deterministic without depending on what the model sees. The daemon process, its notify socket
-and the config come from `streamer.tools.harness`.
+and the config come from `vigil_tools.harness`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pytest
 zmq = pytest.importorskip("zmq")
 
 from streamer.config import default_instance  # noqa: E402
-from streamer.tools.harness import (DaemonProcess, NotifyListener, base_config,  # noqa: E402
+from vigil_tools.harness import (DaemonProcess, NotifyListener, base_config,  # noqa: E402
                                     free_port, wait_until)
 from tests.conftest import recv_json, subscriber  # noqa: E402
 

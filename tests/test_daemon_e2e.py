@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("zmq")
 
-from streamer.tools.harness import (DaemonProcess, RtspServer, base_config,  # noqa: E402
+from vigil_tools.harness import (DaemonProcess, RtspServer, base_config,  # noqa: E402
                                     free_port, rtsp_server_missing, wait_until)
 from tests.conftest import recv_json, subscriber  # noqa: E402
 

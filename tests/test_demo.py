@@ -49,7 +49,7 @@ def test_the_demo_serves_the_shipped_model_with_the_alert_settings_of_the_exampl
     import yaml
 
     from detector.init_weights import default_weights
-    from streamer.tools.demo import SHIPPED_SMOOTHING_CLASSES, DemoPorts, demo_config
+    from vigil_tools.demo import SHIPPED_SMOOTHING_CLASSES, DemoPorts, demo_config
 
     example = yaml.safe_load((ROOT / "configs" / "vigil.yaml").read_text())
     assert example["model"]["checkpoint"] == "vigil"

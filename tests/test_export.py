@@ -175,7 +175,7 @@ def test_vigil_serve_runs_an_exported_model_end_to_end(exported, tmp_path):
     zmq = pytest.importorskip("zmq")
     import yaml
 
-    from streamer.tools.harness import DaemonProcess, base_config, wait_until
+    from vigil_tools.harness import DaemonProcess, base_config, wait_until
 
     _, _, path = exported
     cfg = base_config(tmp_path / "data", path, {"cam": "synth://fight?seed=1&width=96&height=72"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.tools.harness import DaemonProcess, base_config, wait_until
+from vigil_tools.harness import DaemonProcess, base_config, wait_until
 from tests.test_faults import journal_rows
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import tarfile
 
 import pytest
 
-from streamer.tools.harness import REPO
+from vigil_tools.harness import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def test_the_gpu_runs_commands_parse_and_ask_for_what_the_issue_lists(tmp_path):
     """The GPU run's own arguments never run here: at least they must parse, on CUDA."""
     import shlex
 
-    from streamer.tools.bench_cli import _names
+    from vigil_tools.bench_cli import _names
     from streamer.cli import build_parser
 
     proc = subprocess.run(["bash", str(SCRIPT), "--commands"], capture_output=True, text=True,

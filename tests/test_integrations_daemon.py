@@ -25,7 +25,7 @@ import pytest
 pytest.importorskip("zmq")
 pytest.importorskip("paho.mqtt.client")
 
-from streamer.tools.harness import (DaemonProcess, Mosquitto, base_config,  # noqa: E402
+from vigil_tools.harness import (DaemonProcess, Mosquitto, base_config,  # noqa: E402
                                     mosquitto_missing, wait_until)
 from tests.conftest import recv_json, subscriber  # noqa: E402
 from tests.test_mqtt import Recorder  # noqa: E402

@@ -128,3 +128,98 @@ def test_the_log_filter_masks_messages_arguments_and_tracebacks():
     out = stream.getvalue()
     assert "slash-x" not in out and "Env$ecret" not in out and "Tb/xx" not in out
     assert "rtsp://*:*@10.0.0.5/s" in out
+
+
+# ----------------------------------------------------------------------------- credentials anywhere
+# Cameras of the XMEye/Xiongmai family (and others) take credentials as parameters in the PATH,
+# `rtsp://host:554/user=admin&password=SECRET&channel=1&stream=0.sdp`, joined by `&`, `;` or
+# `_`, in any case, sometimes %-encoded. Every such value is masked wherever the URL is printed;
+# the stream selectors stay readable.
+@pytest.mark.parametrize("url, masked", [
+    ("rtsp://10.0.0.9:554/user=admin&password=SECRET1&channel=1&stream=0.sdp",
+     "rtsp://10.0.0.9:554/user=*&password=*&channel=1&stream=0.sdp"),
+    ("rtsp://10.0.0.9:554/user=admin_password=tlJwpbo6_channel=1_stream=0.sdp?real_stream",
+     "rtsp://10.0.0.9:554/user=*_password=*_channel=1_stream=0.sdp?*"),
+    ("rtsp://10.0.0.9/USER=admin;PWD=SECRET1;Channel=2;subtype=1",
+     "rtsp://10.0.0.9/USER=*;PWD=*;Channel=2;subtype=1"),
+    ("rtsp://10.0.0.9/user%3Dadmin%26password%3DSECRET1%26channel%3D1",
+     "rtsp://10.0.0.9/user%3D*%26password%3D*%26channel%3D1"),
+    ("rtsp://10.0.0.9/live/pass%77ord=SECRET1&channel=1", "rtsp://10.0.0.9/live/pass%77ord=*&channel=1"),
+    ("rtsp://10.0.0.9/user=admin&password=SEC&RET1&channel=1",      # '&' inside the password
+     "rtsp://10.0.0.9/user=*&password=*&*&channel=1"),
+    ("rtsp://10.0.0.9/cam/access_token=SECRET1_stream=1", "rtsp://10.0.0.9/cam/access_token=*_stream=1"),
+    ("rtsp://10.0.0.9/h264/ch1/main/av_stream", "rtsp://10.0.0.9/h264/ch1/main/av_stream"),
+    ("rtsp://admin:x@10.0.0.9/user=admin&password=SECRET1", "rtsp://*:*@10.0.0.9/user=*&password=*"),
+])
+def test_credentials_in_the_path_are_masked_and_selectors_kept(url, masked):
+    assert mask_url(url) == masked
+    assert "SECRET1" not in mask_secrets(f"camera door: cannot open {url}: 401")
+
+
+KEY_NAMES = st.sampled_from(["user", "password", "pass", "pwd", "passwd", "token", "key", "auth",
+                             "secret", "username", "pw", "loginpas", "apikey", "access_token",
+                             "login", "session", "sig", "mysecret", "code"])
+SEPARATORS = st.sampled_from(["&", ";", "%26", "%3B", "%3b", "_"])
+EQUALS = st.sampled_from(["=", "=", "%3D", "%3d"])
+SECRETS = st.builds(lambda s: "Zq" + s, st.text(
+    alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF,
+                           blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp"),
+                           blacklist_characters="/?#@%"), min_size=1, max_size=12))
+
+
+def _case(key: str, flips: list[bool]) -> str:
+    return "".join(c.upper() if f else c for c, f in zip(key, flips + [False] * len(key)))
+
+
+def _encode_one(key: str, at: int) -> str:
+    """The key with one letter %-encoded (`pass%77ord`), as some clients write it."""
+    at %= len(key)
+    return key[:at] + "%%%02X" % ord(key[at]) + key[at + 1:]
+
+
+@FAST
+@given(secret=SECRETS, key=KEY_NAMES, flips=st.lists(st.booleans(), max_size=12),
+       encode_at=st.none() | st.integers(0, 20), sep=SEPARATORS, eq=EQUALS,
+       in_path=st.booleans(), channel=st.integers(0, 64), stream=st.integers(0, 3),
+       first=st.booleans())
+@example(secret="ZqSECRET", key="password", flips=[], encode_at=None, sep="&", eq="=",
+         in_path=True, channel=1, stream=0, first=False)
+def test_a_credential_parameter_is_masked_wherever_and_however_it_is_written(
+        secret, key, flips, encode_at, sep, eq, in_path, channel, stream, first):
+    written = _case(key, flips) if encode_at is None else _encode_one(_case(key, flips), encode_at)
+    if sep == "_" and (encode_at is not None or key.lower() not in (
+            "user", "password", "pass", "pwd", "passwd", "token", "key", "auth", "secret",
+            "username", "pw", "loginpas", "apikey", "access_token", "login", "session", "sig")):
+        sep = "&"            # `_` joins parameters only before a key it knows
+    secret_part = f"{written}{eq}{secret}"
+    selectors = [f"channel={channel}", f"stream={stream}.sdp"]
+    params = [secret_part, *selectors] if first else [selectors[0], secret_part, selectors[1]]
+    joined = sep.join(params)
+    url = (f"rtsp://192.0.2.7:554/{joined}" if in_path
+           else f"rtsp://192.0.2.7:554/live/main?{joined}")
+    masked = mask_url(url)
+    assert secret not in masked, masked
+    assert urllib.parse.unquote(secret) not in masked or len(urllib.parse.unquote(secret)) < 3
+    assert masked.startswith("rtsp://192.0.2.7:554/")
+    for selector in selectors:            # the stream selectors stay readable
+        assert selector in masked, masked
+    # In a log line, quoted, and as the config's literal secrets see it.
+    for text in (f"camera door: cannot open {url}: 401 Unauthorized", f"open '{url}' failed",
+                 f'{{"url": "{url}"}}'):
+        assert secret not in mask_secrets(text), text
+    if not any(c in secret for c in "&;_="):      # one value, not pieces split by a separator
+        assert secret in url_secrets(url) or urllib.parse.unquote(secret) in url_secrets(url)
+
+
+@FAST
+@given(secret=SECRETS.filter(lambda s: not any(c in s for c in "&;'\"_")),
+       key=st.sampled_from(["password", "pass", "pwd", "passwd", "user", "token", "auth",
+                            "secret", "key"]),
+       flips=st.lists(st.booleans(), max_size=8), eq=EQUALS,
+       lead=st.sampled_from(["", "/", "?", "&", ";", " ", "'"]))
+def test_a_credential_parameter_outside_a_url_is_masked_too(secret, key, flips, eq, lead):
+    """A library quoting only the path or the query of a camera URL (no `scheme://`)."""
+    text = f"cannot open{lead if lead.strip() else ' '}{_case(key, flips)}{eq}{secret}&channel=1"
+    masked = mask_secrets(text)
+    assert secret not in masked, masked
+    assert "channel=1" in masked

@@ -1,5 +1,5 @@
 """MQTT against a real broker: Debian's mosquitto, started by the tests on a loopback port
-(`streamer.tools.harness.Mosquitto`), read by a paho subscriber as Home Assistant would.
+(`vigil_tools.harness.Mosquitto`), read by a paho subscriber as Home Assistant would.
 
 The bridge (`streamer.comms.mqtt.MqttBridge`) runs in-process here, over a real journal: alerts,
 retained states and availability, the Home Assistant discovery configs, the catch-up from the
@@ -23,7 +23,7 @@ from streamer.comms.mqtt import HWM_FILE, MqttBridge
 from streamer.comms.settings import MqttConfig
 from streamer.journal import Journal
 from streamer.metrics import VigilMetrics
-from streamer.tools.harness import Mosquitto, mosquitto_missing, self_signed_tls, wait_until
+from vigil_tools.harness import Mosquitto, mosquitto_missing, self_signed_tls, wait_until
 
 mqtt = pytest.importorskip("paho.mqtt.client")
 
@@ -395,7 +395,7 @@ def test_a_frozen_broker_never_blocks_offer_and_everything_arrives_once_it_thaws
 
 
 def test_close_is_bounded_when_the_broker_is_unreachable(tmp_path, _mosquitto_available):
-    from streamer.tools.harness import free_port
+    from vigil_tools.harness import free_port
 
     feed = JournalFeed(tmp_path / "journal.sqlite3")
     bridge = bridge_for(free_port(), tmp_path, feed)     # nothing listens there

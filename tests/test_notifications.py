@@ -22,7 +22,7 @@ from streamer.comms.notifications import Notifications, render
 from streamer.comms.settings import NotifyConfig, NotifyRule
 from streamer.metrics import VigilMetrics
 from streamer.schedule import ScheduleConfig
-from streamer.tools.harness import wait_until
+from vigil_tools.harness import wait_until
 
 pytest.importorskip("apprise")
 

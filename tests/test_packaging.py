@@ -78,6 +78,33 @@ def test_wheel_carries_recipes_and_weights_but_not_test_helpers(installed):
     assert not [n for n in names if "rtsp_test_server" in n]
 
 
+def test_wheel_holds_the_three_packages_and_none_of_the_tools(installed):
+    """The file list of the wheel: the service's packages only. The tools wing (benchmarks, demo,
+    soak, the daemon harness of the tests), the tests and the scripts stay in the checkout."""
+    names = zipfile.ZipFile(installed["wheel"]).namelist()
+    tops = {n.split("/", 1)[0] for n in names}
+    assert tops - {"detector", "train", "streamer"} == {
+        n for n in tops if n.endswith((".dist-info", ".data"))}, sorted(tops)
+    leaked = [n for n in names if any(word in n for word in (
+        "vigil_tools", "harness", "soak", "bench", "demo", "fleet_bench", "/tools/", "tests/",
+        "scripts/", "rtsp_test_server", "conftest"))]
+    assert not leaked, leaked
+    # The service's modules are all there (a spot check of each package).
+    assert {"streamer/daemon.py", "streamer/cli.py", "train/cli.py", "detector/model.py"} \
+        <= set(names)
+
+
+@pytest.mark.parametrize("argv", [("demo",), ("bench", "model", "--out", "x"), ("soak", "--help"),
+                                  ("demo", "--duration", "5")])
+def test_tool_verbs_of_an_installed_wheel_say_in_one_line_where_they_run(installed, argv):
+    proc = subprocess.run([str(installed["vigil"]), *argv], cwd=installed["cwd"],
+                          env=installed["env"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "source checkout" in lines[0] and f"vigil {argv[0]}" in lines[0]
+    assert "Traceback" not in proc.stderr and not proc.stdout
+
+
 def test_installed_package_is_imported_not_the_source_tree(installed):
     out = _run(installed, installed["py"], "-c", "import detector, train, streamer; "
                "print(detector.__file__, train.__file__, streamer.__file__)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.tools.harness import DaemonProcess, base_config, free_port, wait_until
+from vigil_tools.harness import DaemonProcess, base_config, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "configs/prometheus/vigil-rules.yml"

@@ -139,7 +139,7 @@ def test_serve_check_and_keys_commands_as_in_the_readme(tmp_path):
 
 def test_alerts_command_and_python_example_receive_a_published_alert(tmp_path):
     from streamer.publisher import AlertPublisher
-    from streamer.tools.harness import free_port
+    from vigil_tools.harness import free_port
 
     pub_port, replay_port = free_port(), free_port()
     example = python_example().replace("tcp://127.0.0.1:5557", f"tcp://127.0.0.1:{pub_port}")
@@ -169,7 +169,7 @@ def test_fleet_relay_and_alerts_commands_as_in_the_readme(tmp_path):
     import re as _re
 
     from streamer.publisher import AlertPublisher
-    from streamer.tools.harness import free_port
+    from vigil_tools.harness import free_port
 
     relay_cmd = next(c for c in readme_commands() if c.startswith("vigil relay"))
     alerts_cmd = next(c for c in readme_commands() if c.startswith("vigil alerts")

@@ -47,7 +47,7 @@ def test_serve_check_says_windows_are_consecutive_frames_without_a_clip_length(t
     from detector.checkpoint import save_checkpoint
     from detector.model import build_model
     from streamer.daemon import unknown_clip_length_message
-    from streamer.tools.harness import base_config
+    from vigil_tools.harness import base_config
 
     cfg = tiny_config().model
     assert cfg.input.clip_seconds is None

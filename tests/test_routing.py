@@ -134,7 +134,7 @@ def test_serve_check_names_a_missing_or_corrupt_pose_model(tmp_path):
 # ------------------------------------------------------------------ a running daemon
 @pytest.mark.integration
 def test_each_camera_runs_only_the_paths_it_needs(tmp_path):
-    from streamer.tools.harness import DaemonProcess, base_config, tiny_checkpoint, wait_until
+    from vigil_tools.harness import DaemonProcess, base_config, tiny_checkpoint, wait_until
 
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     cfg = base_config(tmp_path / "data", ckpt, {

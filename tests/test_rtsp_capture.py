@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from streamer.tools.harness import wait_until as wait_for
+from vigil_tools.harness import wait_until as wait_for
 
 from streamer import sources  # noqa: F401  (sets OPENCV_FFMPEG_CAPTURE_OPTIONS on import)
 from streamer.ringbuffer import RingBuffer

@@ -27,7 +27,7 @@ import pytest
 zmq = pytest.importorskip("zmq")
 import zmq.auth  # noqa: E402
 
-from streamer.tools.harness import DaemonProcess, base_config, free_port  # noqa: E402
+from vigil_tools.harness import DaemonProcess, base_config, free_port  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -393,6 +393,11 @@ AWKWARD = {
     "env": "Pw#hash@at:colon/LEAKb",             # substituted from ${DOOR_ENV_PW}
     "loginpas": "LEAKc-loginpas",                # ?loginpas=
     "pw": "LEAKd-pw-value",                      # ?pw=
+    # XMEye/Xiongmai DVRs: credentials in the path, joined by &, _ or ; (any case), or encoded.
+    "xmeye": "LEAKe-xmeye-path",
+    "xmeye_": "LEAKf-underscores",
+    "semi": "LEAKg-semicolons",
+    "encoded": "LEAKh-encoded",
 }
 
 
@@ -404,6 +409,14 @@ def _awkward_config(work: Path, tiny_checkpoint: Path) -> dict:
         "loginpas": f"http://127.0.0.1:{port}/video.cgi?loginuse=admin&loginpas="
                     f"{AWKWARD['loginpas']}&res=hd",
         "pw": f"http://127.0.0.1:{port}/snap.cgi?pw={AWKWARD['pw']}",
+        "xmeye": f"rtsp://127.0.0.1:{port}/user=admin&password={AWKWARD['xmeye']}&channel=1"
+                 f"&stream=0.sdp",
+        "xmeye_": f"rtsp://127.0.0.1:{port}/user=admin_password={AWKWARD['xmeye_']}_channel=1_"
+                  f"stream=0.sdp?real_stream",
+        "semi": f"rtsp://127.0.0.1:{port}/USER=admin;PassWord={AWKWARD['semi']};channel=2;"
+                f"subtype=1",
+        "encoded": f"rtsp://127.0.0.1:{port}/user%3Dadmin%26password%3D{AWKWARD['encoded']}"
+                   f"%26channel%3D1",
         "empty": f"rtsp://admin:${{DOOR_EMPTY_PW}}@127.0.0.1:{port}/s",
         "demo": SYNTH,
     }
@@ -432,7 +445,12 @@ def test_check_output_shows_no_part_of_awkward_passwords(tiny_checkpoint, tmp_pa
     assert proc.returncode == 0, out
     assert "rtsp://*:*@127.0.0.1" in out and "loginpas=*" in out and "pw=*" in out
     assert "res=hd" in out                  # safe query values stay readable
-    assert "cameras[4].url: environment variable ${DOOR_EMPTY_PW} is empty" in out
+    # ... and the stream selectors of credentials in the path (XMEye/Xiongmai).
+    assert "/user=*&password=*&channel=1&stream=0.sdp" in out
+    assert "/user=*_password=*_channel=1_stream=0.sdp" in out
+    assert "/USER=*;PassWord=*;channel=2;subtype=1" in out
+    assert "%26password%3D*%26channel%3D1" in out
+    assert "cameras[8].url: environment variable ${DOOR_EMPTY_PW} is empty" in out
     leaked = [p for p in _credential_pieces() if p in out]
     assert not leaked, f"--check printed {leaked}"
 
@@ -450,7 +468,7 @@ def test_daemon_log_shows_no_part_of_awkward_passwords(tiny_checkpoint, tmp_path
     finally:
         d.close()
     log = d.log()
-    for cam in ("slash", "env", "loginpas", "pw"):
+    for cam in ("slash", "env", "loginpas", "pw", "xmeye", "xmeye_", "semi", "encoded"):
         assert f"camera {cam}" in log, f"camera {cam} never logged: the check proves nothing"
     assert "environment variable ${DOOR_EMPTY_PW} is empty" in log
     data = Path(cfg["data_dir"])

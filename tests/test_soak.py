@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from streamer.tools.soak import FD_BUDGET, RSS_BUDGET_MIB, Sample, analyse, fit_growth
+from vigil_tools.soak import FD_BUDGET, RSS_BUDGET_MIB, Sample, analyse, fit_growth
 
 
 def _samples(rss, threads=None, fds=None, rate=None, step=5.0):
@@ -51,7 +51,7 @@ def test_a_decaying_windows_rate_fails():
 def test_a_short_soak_finds_nothing_growing(tmp_path, _rtsp_available):
     """~75 s of churn: 2 file cameras, 1 RTSP camera restarted every 15 s, a subscriber flapping
     every 6 s."""
-    from streamer.tools.soak import run_soak
+    from vigil_tools.soak import run_soak
 
     minutes = float(os.environ.get("VIGIL_SOAK_TEST_MINUTES", "1.25"))
     report = run_soak(minutes, tmp_path, file_cameras=2, rtsp_cameras=1, restart_every_s=15,
@@ -71,7 +71,7 @@ def test_soak_verb_registers_and_refuses_bad_numbers():
     import argparse
 
     from detector.errors import ConfigError
-    from streamer.tools import soak_cli
+    from vigil_tools import soak_cli
 
     parser = argparse.ArgumentParser(prog="vigil")
     soak_cli.register(parser.add_subparsers(dest="verb"))

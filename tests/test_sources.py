@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from streamer.tools.harness import wait_until as wait_for
+from vigil_tools.harness import wait_until as wait_for
 
 from detector.errors import ConfigError
 from streamer import capture, sources

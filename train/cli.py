@@ -68,6 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="decoding processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--worst", type=int, default=6, help="videos on the worst-predictions sheet")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read videos and label files that resolve outside the dataset's folder "
+                        "(.. or absolute paths in a manifest, symlinks pointing elsewhere); "
+                        "without it each is a problem")
     p.add_argument("--perturb", nargs="+", default=[], metavar="NAME",
                    choices=("shake", "blur", "low_light", "greyscale", "timestamp", "jpeg",
                             "frame_drop"),
@@ -125,6 +129,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "else ambiguous (not counted)")
     p.add_argument("--summary", type=Path, default=None, metavar="FILE",
                    help="with --labels, also write the per-video table and totals as JSON here")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="with --labels: read videos and label files that resolve outside the dataset's folder "
+                        "(.. or absolute paths in a manifest, symlinks pointing elsewhere); "
+                        "without it each is a problem")
     p.add_argument("--render", type=Path, default=None, metavar="DIR",
                    help="write each video with its boxes and labels drawn into DIR")
     p.add_argument("--batch", type=int, default=8, help="clips per forward pass")
@@ -184,6 +192,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--label-id-base", type=int, choices=(0, 1), default=None,
                    help="reference layout: label ids start at 0 or 1 (default: from the ids, "
                         "refused when ambiguous)")
+    q.add_argument("--allow-outside-root", action="store_true",
+                   help="read videos and label files that resolve outside the dataset's folder "
+                        "(.. or absolute paths in a manifest, symlinks pointing elsewhere); "
+                        "without it each is a problem")
     q.set_defaults(func=cmd_data_check)
 
     p = subparsers.add_parser(
@@ -224,6 +236,9 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set loss.giou=0 (repeatable)")
     p.add_argument("--epochs", type=int, default=None, help="shortcut for --set optim.epochs=N")
     p.add_argument("--device", default=None, help="shortcut for --set train.device=DEVICE")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read videos and label files that resolve outside the dataset's folder "
+                        "(shortcut for --set data.allow_outside_root=true)")
 
 
 def _load_config(args: argparse.Namespace):
@@ -232,6 +247,8 @@ def _load_config(args: argparse.Namespace):
     overrides = list(args.overrides)
     if args.device is not None:
         overrides.append(f"train.device={args.device}")
+    if getattr(args, "allow_outside_root", False):
+        overrides.append("data.allow_outside_root=true")
     return load_train_config(args.config, overrides, epochs=args.epochs)
 
 
@@ -332,7 +349,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     records, skipped = scan_dataset_lenient(
         args.data, num_classes=mcfg.num_classes, require_positives=False,
         class_names=mcfg.class_names, class_folders=data_cfg.class_folders,
-        label_id_base=data_cfg.label_id_base)
+        label_id_base=data_cfg.label_id_base, allow_outside_root=args.allow_outside_root)
     records = split_records(records, args.data, args.split, data_cfg.val_fraction,
                             data_cfg.split_seed)
     if not records:
@@ -506,7 +523,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     truths = {}
     if args.labels is not None:
         truths = match_truths(find_videos(args.paths),
-                              read_truths(args.labels, **checkpoint_label_options(args.checkpoint)))
+                              read_truths(args.labels, **checkpoint_label_options(args.checkpoint),
+                                          allow_outside_root=args.allow_outside_root))
     rows_by_video: dict[str, list[dict[str, Any]]] = {}
     failed = 0
     json_out = open(args.out, "w", encoding="utf-8") if args.out else None
@@ -640,7 +658,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
             return 2
         folders[folder.strip()] = cls.strip()
     k = len(names) if names is not None else args.classes
-    opts = dict(num_classes=k, class_names=names, class_folders=folders, label_id_base=base)
+    outside = args.allow_outside_root or (args.config is not None
+                                          and cfg.data.allow_outside_root)
+    opts = dict(num_classes=k, class_names=names, class_folders=folders, label_id_base=base,
+                allow_outside_root=outside)
     records, problems = inspect_dataset(args.data, **opts)
     if problems:
         for p in problems:

@@ -83,6 +83,9 @@ class DataConfig:
             top of the built-in names (`fight`, `NonFight`, `Fall`, `ADL`, ...).
         label_id_base: 0 or 1: how the reference layout's label files number classes; null =
             decide from the ids where they can only mean one thing, refuse otherwise.
+        allow_outside_root: read videos and label files that resolve outside the dataset's
+            folder (a manifest's `../x.mp4` or `/abs/x.mp4`, symlinks pointing elsewhere);
+            false: each such file is a problem and is left out (`--allow-outside-root`).
         positive: what the balanced sampler (the report's Algorithm 1) counts as a positive
             sample: `action` (Vigil) = the sample itself holds an action, so a window cut
             outside a labelled segment is a negative; `annotated` (the reference, Algorithm 1
@@ -106,6 +109,7 @@ class DataConfig:
     segment_margin_s: float = 1.0
     class_folders: dict[str, str] = field(default_factory=dict)
     label_id_base: Optional[int] = None
+    allow_outside_root: bool = False
     positive: Literal["action", "annotated"] = "action"
     weak_positives: Literal["whole", "mil"] = "whole"
 

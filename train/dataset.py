@@ -51,7 +51,8 @@ from detector.errors import DataError
 from . import video_io
 from .augment import AugmentConfig, augment_clip
 from .cache import ClipCache
-from .labels import Actions, check_actions, parse_action, parse_label_file
+from .labels import (Actions, action_contradictions, parse_action, parse_class,
+                     parse_label_file, problems_of, raise_problems)
 from .layouts import (REFERENCE_CSV, Entry, LayoutOptions, Problems, dataset_root,
                       detect_layout, find_entries)
 from .records import VideoRecord
@@ -65,29 +66,47 @@ __all__ = ["VideoRecord", "scan_dataset", "check_dataset", "detect_layout", "spl
 DEFAULT_CLASSES = ("fight", "collapse")
 
 
-def _entry_actions(entry: Entry, info: video_io.VideoInfo, opts: LayoutOptions) -> Actions:
-    """Parse an entry's actions against its probed video. Raises DataError on the first problem."""
-    duration = info.frames / info.fps if info.fps > 0 else None
+def _entry_actions(entry: Entry, info: Optional[video_io.VideoInfo],
+                   opts: LayoutOptions) -> Actions:
+    """Parse an entry's actions against its probed video (None: the video could not be read;
+    the labels are still checked as far as they can be without its size and duration).
+
+    Raises:
+        DataError: every problem of the entry's labels (`LabelProblems` for several).
+    """
+    width, height = (info.width, info.height) if info is not None else (None, None)
+    duration = info.frames / info.fps if info is not None and info.fps > 0 else None
     k = len(opts.class_names)
     if entry.actions is None:
-        return parse_label_file(entry.label_file, info.width, info.height, num_classes=k,
+        return parse_label_file(entry.label_file, width, height, num_classes=k,
                                 class_offset=entry.class_offset, class_names=opts.class_names,
                                 duration_s=duration)
-    rows, segs = [], []
-    said_none = False
+    rows, segs, wheres = [], [], []
+    none_where: Optional[str] = None
+    problems: list[str] = []
     for raw in entry.actions:
-        action = parse_action(raw.label, raw.box, raw.segment, raw.where, info.width,
-                              info.height, num_classes=k, class_names=opts.class_names,
-                              duration_s=duration)
+        try:
+            if raw.label_only:                # a row refused by its layout: its class still
+                parse_class(raw.label, raw.where, k, 0, opts.class_names)    # checked
+                continue
+            action = parse_action(raw.label, raw.box, raw.segment, raw.where, width, height,
+                                  num_classes=k, class_names=opts.class_names,
+                                  duration_s=duration)
+        except DataError as exc:
+            problems.append(str(exc))         # every bad row is listed, not the first
+            continue
         if action is None:
-            said_none = True
+            none_where = none_where or raw.where
         else:
             rows.append(action[0])
             segs.append(action[1])
-    if not rows:
-        return Actions()
-    actions = Actions(np.asarray(rows, np.float32), np.asarray(segs, np.float32))
-    check_actions(actions, entry.actions[-1].where, said_none)
+            wheres.append(raw.where)
+    actions = (Actions(np.asarray(rows, np.float32), np.asarray(segs, np.float32)) if rows
+               else Actions())
+    if entry.actions:
+        problems += action_contradictions(actions, entry.actions[-1].where,
+                                          none_where is not None, wheres, none_where)
+    raise_problems(problems)
     return actions
 
 
@@ -99,12 +118,24 @@ def _scan(root: Path, opts: LayoutOptions, problems: Problems,
     entries = find_entries(root, opts, problems)
     records: list[VideoRecord] = []
     for entry in sorted(entries, key=lambda e: e.stem):
+        # Every problem of a video is listed (a user fixes a manifest in one pass): the video's
+        # own, then its labels', checked even when the video cannot be read.
+        found: list[str] = []
+        info: Optional[video_io.VideoInfo] = None
         try:
             info = video_io.probe(entry.video)
+        except DataError as exc:
+            found.append(str(exc))
+        try:
             actions = _entry_actions(entry, info, opts)
         except DataError as exc:
-            problems.add(str(exc))
+            found += problems_of(exc)
+        if found:
+            problems.add_all(found)
             continue
+        if entry.rejected:
+            continue                          # its layout problems are already listed
+        assert info is not None
         records.append(VideoRecord(
             stem=entry.stem, video=entry.video, label_file=entry.label_file, width=info.width,
             height=info.height, fps=info.fps, frames=info.frames,
@@ -124,20 +155,23 @@ def _scan(root: Path, opts: LayoutOptions, problems: Problems,
 
 def layout_options(num_classes: int = 2, class_names: Optional[Sequence[str]] = None,
                    class_folders: Optional[Mapping[str, str]] = None,
-                   label_id_base: Optional[int] = None) -> LayoutOptions:
+                   label_id_base: Optional[int] = None,
+                   allow_outside_root: bool = False) -> LayoutOptions:
     """`LayoutOptions` for K classes: the given names, the default names when K is 2, else
     the ids as names."""
     if class_names is None:
         class_names = DEFAULT_CLASSES if num_classes == 2 else [str(i) for i in range(num_classes)]
     if len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
-    return LayoutOptions(tuple(class_names), dict(class_folders or {}), label_id_base)
+    return LayoutOptions(tuple(class_names), dict(class_folders or {}), label_id_base,
+                         bool(allow_outside_root))
 
 
 def scan_dataset(root: str | Path, num_classes: int = 2, require_positives: bool = True,
                  class_names: Optional[Sequence[str]] = None,
                  class_folders: Optional[Mapping[str, str]] = None,
-                 label_id_base: Optional[int] = None) -> list[VideoRecord]:
+                 label_id_base: Optional[int] = None,
+                 allow_outside_root: bool = False) -> list[VideoRecord]:
     """Find, probe and parse every video of a dataset, in any layout.
 
     Args:
@@ -148,20 +182,28 @@ def scan_dataset(root: str | Path, num_classes: int = 2, require_positives: bool
         class_names: names accepted in labels (default: fight, collapse for 2 classes).
         class_folders: extra folder-name -> class mappings for the class-folder layout.
         label_id_base: 0 or 1 for the reference layout's ids (None: decide when unambiguous).
+        allow_outside_root: read videos and label files that resolve outside the dataset's
+            folder (`..` or absolute paths in a manifest, symlinks pointing elsewhere); off,
+            each is a problem (`train.layouts`).
     Returns:
         Records sorted by stem.
     Raises:
-        DataError: on the first problem, naming the file (and line).
+        DataError: when there is any problem: one line per problem, each naming the file (and
+            line) (`train.labels.LabelProblems` when there are several).
     """
-    opts = layout_options(num_classes, class_names, class_folders, label_id_base)
-    return _scan(Path(root), opts, Problems(collect=False), require_positives)
+    opts = layout_options(num_classes, class_names, class_folders, label_id_base,
+                          allow_outside_root)
+    problems = Problems(collect=True)
+    records = _scan(Path(root), opts, problems, require_positives)
+    raise_problems(problems.items)        # every problem in one error, not the first
+    return records
 
 
 def inspect_dataset(root: str | Path, num_classes: int = 2,
                     class_names: Optional[Sequence[str]] = None,
                     class_folders: Optional[Mapping[str, str]] = None,
-                    label_id_base: Optional[int] = None, require_positives: bool = True
-                    ) -> tuple[list[VideoRecord], list[str]]:
+                    label_id_base: Optional[int] = None, require_positives: bool = True,
+                    allow_outside_root: bool = False) -> tuple[list[VideoRecord], list[str]]:
     """The records that load and every problem of the rest, in one pass; never raises.
 
     Args: as `scan_dataset` (`require_positives`: list "no positives" as a problem).
@@ -169,7 +211,8 @@ def inspect_dataset(root: str | Path, num_classes: int = 2,
         (records sorted by stem, messages naming the file (and line) of each problem).
     """
     problems = Problems(collect=True)
-    opts = layout_options(num_classes, class_names, class_folders, label_id_base)
+    opts = layout_options(num_classes, class_names, class_folders, label_id_base,
+                          allow_outside_root)
     records = _scan(Path(root), opts, problems, require_positives=require_positives)
     return records, problems.items
 
@@ -177,20 +220,23 @@ def inspect_dataset(root: str | Path, num_classes: int = 2,
 def check_dataset(root: str | Path, num_classes: int = 2,
                   class_names: Optional[Sequence[str]] = None,
                   class_folders: Optional[Mapping[str, str]] = None,
-                  label_id_base: Optional[int] = None) -> list[str]:
+                  label_id_base: Optional[int] = None,
+                  allow_outside_root: bool = False) -> list[str]:
     """Every problem of a dataset, found in one pass (for `vigil data check`).
 
     Args: as `scan_dataset`.
     Returns:
         Messages naming the file (and line) of each problem; empty when the dataset is fine.
     """
-    return inspect_dataset(root, num_classes, class_names, class_folders, label_id_base)[1]
+    return inspect_dataset(root, num_classes, class_names, class_folders, label_id_base,
+                           allow_outside_root=allow_outside_root)[1]
 
 
 def scan_dataset_lenient(root: str | Path, num_classes: int = 2, require_positives: bool = True,
                          class_names: Optional[Sequence[str]] = None,
                          class_folders: Optional[Mapping[str, str]] = None,
-                         label_id_base: Optional[int] = None
+                         label_id_base: Optional[int] = None,
+                         allow_outside_root: bool = False
                          ) -> tuple[list[VideoRecord], list[str]]:
     """The records that load, and the problems of those that do not (each logged once).
 
@@ -201,7 +247,8 @@ def scan_dataset_lenient(root: str | Path, num_classes: int = 2, require_positiv
         DataError: no usable video, or (with `require_positives`) no positive among them.
     """
     records, problems = inspect_dataset(root, num_classes, class_names, class_folders,
-                                        label_id_base, require_positives=False)
+                                        label_id_base, require_positives=False,
+                                        allow_outside_root=allow_outside_root)
     for p in problems:
         log.warning("skipped: %s", p)
     if not records:

@@ -122,9 +122,7 @@ def stream_windows(path: Path, windows: Sequence[Window], size: Sequence[int]
             need.setdefault(int(i), []).append(w)
     ends = [int(win.indices.max()) for win in windows]
     kept: dict[int, np.ndarray] = {}
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise DataError(f"{path}: cannot open video (unsupported codec or corrupt file)")
+    cap = video_io.open_video(path)
     h, w_ = int(size[0]), int(size[1])
     next_win, frame_no, last_good = 0, 0, None
     try:
@@ -177,7 +175,7 @@ class VideoWindows(IterableDataset):
         start, step = (info.id, info.num_workers) if info is not None else (0, 1)
         for n in range(start, len(self.files), step):
             path = self.files[n]
-            base = {"video": str(path), "file_index": n}
+            base = {"video": video_io.shown(path), "file_index": n}
             try:
                 meta = video_io.probe(path)
                 wins = plan_windows(meta.frames, meta.fps, self.frames, self.stride_s,
@@ -311,6 +309,14 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
         if not window_seconds:
             raise VigilError(f"{checkpoint}: the checkpoint does not record clip_seconds; give "
                              "the window length with --window-seconds")
+    # A file whose name is not UTF-8 would crash the decoder (and its worker): named and skipped.
+    for bad in [f for f in files if video_io.name_problem(f) is not None]:
+        files.remove(bad)
+        problem = video_io.name_problem(bad)
+        log.error("%s", problem)
+        yield {"video": video_io.shown(bad), "error": problem}
+    if not files:
+        return
     data = VideoWindows(files, cfg.input.frames, cfg.input.size, windows, window_seconds)
     n_workers = min(2, len(files)) if workers is None else workers
     loader = DataLoader(data, batch_size=batch, num_workers=n_workers, collate_fn=_collate)
@@ -462,9 +468,7 @@ def render_video(src: str | Path, rows: Sequence[dict[str, Any]], out: str | Pat
     """
     import cv2
 
-    cap = cv2.VideoCapture(str(src))
-    if not cap.isOpened():
-        raise DataError(f"{src}: cannot open video")
+    cap = video_io.open_video(src)
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
     h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
@@ -556,7 +560,8 @@ def truth_from_record(record: Any, class_names: Sequence[str]) -> VideoTruth:
 
 def read_truths(labels: str | Path, class_names: Sequence[str],
                 class_folders: Mapping[str, str] | None = None,
-                label_id_base: int | None = None) -> list[VideoTruth]:
+                label_id_base: int | None = None,
+                allow_outside_root: bool = False) -> list[VideoTruth]:
     """The known labels of a dataset (a folder in any layout, or a CSV manifest such as
     labels.csv), read with `train.dataset.scan_dataset_lenient` (unreadable videos are logged
     and left out).
@@ -565,6 +570,7 @@ def read_truths(labels: str | Path, class_names: Sequence[str],
         labels: the folder or CSV file.
         class_names: the checkpoint's classes (label names map to these ids).
         class_folders, label_id_base: the training run's layout options, as `scan_dataset`.
+        allow_outside_root: read files that resolve outside the dataset's folder.
     Raises:
         DataError: no usable video, or a label outside the classes.
     """
@@ -572,7 +578,8 @@ def read_truths(labels: str | Path, class_names: Sequence[str],
 
     records, _ = scan_dataset_lenient(labels, num_classes=len(class_names),
                                       require_positives=False, class_names=tuple(class_names),
-                                      class_folders=class_folders, label_id_base=label_id_base)
+                                      class_folders=class_folders, label_id_base=label_id_base,
+                                      allow_outside_root=allow_outside_root)
     return [truth_from_record(r, class_names) for r in records]
 
 

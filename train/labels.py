@@ -14,7 +14,8 @@ empty or missing means the video holds no action. Blank lines and lines starting
 ignored; a UTF-8 byte-order mark (spreadsheets write one) is accepted.
 
 Every problem is refused with `DataError("<path>:<line>: <what>")` so the user can open the file
-at that line; the one exception is a box that pokes out of the frame by at most `tolerance_px`
+at that line, and every problem of a file is listed, not only the first (`LabelProblems`, one
+message per bad line, so a user fixes a file in one pass); the one exception is a box that pokes out of the frame by at most `tolerance_px`
 (annotation tools round and drag past the border), which is clipped with a warning. The same
 checks serve the CSV manifest (`train.dataset`), one row per action, through `parse_action`.
 
@@ -40,6 +41,29 @@ NONE_NAMES = ("none", "no_action", "background")
 # A segment may end this far past the video's last frame (annotations are rounded to 0.1 s or a
 # whole second, and frame counts of some containers are estimates).
 SEGMENT_TOLERANCE_S = 0.5
+
+
+class LabelProblems(DataError):
+    """Several problems of one video's labels (a label file's lines, a manifest's rows): the
+    message has one line per problem, `problems` lists them."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def problems_of(exc: DataError) -> list[str]:
+    """The one-line problems a `DataError` stands for (several for a `LabelProblems`)."""
+    return list(exc.problems) if isinstance(exc, LabelProblems) else [str(exc)]
+
+
+def raise_problems(problems: Sequence[str]) -> None:
+    """Raise the problems found (one `DataError`, or a `LabelProblems` for several); no-op for
+    none."""
+    if len(problems) == 1:
+        raise DataError(problems[0])
+    if problems:
+        raise LabelProblems(problems)
 
 
 @dataclass
@@ -125,9 +149,11 @@ def parse_class(token: str, where: str, num_classes: int, class_offset: int = 0,
     return cls
 
 
-def parse_box(tokens: Sequence[str], where: str, width: int, height: int,
+def parse_box(tokens: Sequence[str], where: str, width: Optional[int], height: Optional[int],
               tolerance_px: float = 4.0) -> tuple[float, float, float, float]:
-    """Four pixel coordinates x1 y1 x2 y2, checked against the frame.
+    """Four pixel coordinates x1 y1 x2 y2, checked against the frame (None: a frame size not
+    known, e.g. an unreadable video: only the box's own shape and the left/top edges are
+    checked).
 
     Raises:
         DataError: not a finite number, an empty box, or a box outside the frame by more than
@@ -147,6 +173,11 @@ def parse_box(tokens: Sequence[str], where: str, width: int, height: int,
         raise DataError(f"{where}: x2 ({x2:g}) must be greater than x1 ({x1:g})")
     if y2 <= y1:
         raise DataError(f"{where}: y2 ({y2:g}) must be greater than y1 ({y1:g})")
+    if width is None or height is None:
+        if min(x1, y1) < -tolerance_px:
+            raise DataError(f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) starts left of or "
+                            f"above the frame by {-min(x1, y1):g} px")
+        return x1, y1, x2, y2
     out_by = max(-x1, -y1, x2 - width, y2 - height)
     if out_by > tolerance_px:
         raise DataError(f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the "
@@ -198,26 +229,46 @@ def check_actions(actions: Actions, where: str, said_none: bool = False) -> None
     the same class that overlap (one action labelled twice, or a typo in a boundary).
 
     Raises:
-        DataError: "<where>: ..." naming the contradiction.
+        DataError: "<where>: ..." naming the contradiction (`LabelProblems`: every one of them).
+    """
+    raise_problems(action_contradictions(actions, where, said_none))
+
+
+def action_contradictions(actions: Actions, where: str, said_none: bool = False,
+                          wheres: Optional[Sequence[str]] = None,
+                          none_where: Optional[str] = None) -> list[str]:
+    """Every contradiction `check_actions` refuses, one message each (empty when none).
+
+    Args:
+        actions, where, said_none: as `check_actions`.
+        wheres: each action's own location (`file:line`), to name the lines that contradict.
+        none_where: the location of the `none`.
     """
     ann, seg = actions.annotations, actions.segments
+    at = list(wheres) if wheres is not None and len(wheres) == len(ann) else [where] * len(ann)
+    out: list[str] = []
     if said_none and len(ann):
-        raise DataError(f"{where}: 'none' and an action are both given for this video")
+        out.append(f"{none_where or where}: 'none' and an action are both given for this video")
     whole = np.isnan(seg).any(axis=1)
+    mixed: set[float] = set()
     for i in range(len(ann)):
         for j in range(i + 1, len(ann)):
             if ann[i, 0] != ann[j, 0] or whole[i] == whole[j] == True:   # noqa: E712
                 continue
+            other = f" (and {at[i]})" if at[i] != at[j] else ""
             if whole[i] or whole[j]:
-                raise DataError(f"{where}: a class is labelled for the whole clip and also for "
-                                f"a segment of it; keep one")
-            if seg[i, 0] < seg[j, 1] and seg[j, 0] < seg[i, 1]:
-                raise DataError(f"{where}: segments {seg[i, 0]:g}-{seg[i, 1]:g} s and "
-                                f"{seg[j, 0]:g}-{seg[j, 1]:g} s of the same class overlap")
+                if float(ann[i, 0]) not in mixed:
+                    mixed.add(float(ann[i, 0]))
+                    out.append(f"{at[j]}: a class is labelled for the whole clip and also for "
+                               f"a segment of it{other}; keep one")
+            elif seg[i, 0] < seg[j, 1] and seg[j, 0] < seg[i, 1]:
+                out.append(f"{at[j]}: segments {seg[i, 0]:g}-{seg[i, 1]:g} s and "
+                           f"{seg[j, 0]:g}-{seg[j, 1]:g} s of the same class overlap{other}")
+    return out
 
 
 def parse_action(cls_token: str, box: Optional[Sequence[str]], segment: Optional[Sequence[str]],
-                 where: str, width: int, height: int, *, num_classes: int = 2,
+                 where: str, width: Optional[int], height: Optional[int], *, num_classes: int = 2,
                  class_offset: int = 0, class_names: Optional[Sequence[str]] = None,
                  duration_s: Optional[float] = None, tolerance_px: float = 4.0
                  ) -> Optional[tuple[list[float], list[float]]]:
@@ -271,7 +322,8 @@ def parse_label_file(path: Optional[str | Path], width: int, height: int,
     Returns:
         The video's `Actions` (empty for no action).
     Raises:
-        DataError: "<path>:<line>: <what>" for the first bad line, or "<path>: ..." when the
+        DataError: "<path>:<line>: <what>" for a bad line (`LabelProblems` with one message per
+            bad line and per contradiction when there are several), or "<path>: ..." when the
             file cannot be read.
     """
     if path is None:
@@ -288,29 +340,37 @@ def parse_label_file(path: Optional[str | Path], width: int, height: int,
 
     rows: list[list[float]] = []
     segs: list[list[float]] = []
-    said_none = False
+    wheres: list[str] = []
+    none_where: Optional[str] = None
+    problems: list[str] = []
     for line_no, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         where = f"{path}:{line_no}"
-        fields, segment = _split_segment_token(stripped.split(), where)
-        if len(fields) not in (1, 5):
-            raise DataError(f"{where}: expected '<class>' or 5 fields '<class_id> <x1> <y1> <x2> "
-                            f"<y2>', optionally followed by t=START-END; got {len(fields)} fields")
-        action = parse_action(fields[0], fields[1:] if len(fields) == 5 else None, segment, where,
-                              width, height, num_classes=num_classes, class_offset=class_offset,
-                              class_names=class_names, duration_s=duration_s,
-                              tolerance_px=tolerance_px)
+        try:
+            fields, segment = _split_segment_token(stripped.split(), where)
+            if len(fields) not in (1, 5):
+                raise DataError(f"{where}: expected '<class>' or 5 fields '<class_id> <x1> <y1> "
+                                f"<x2> <y2>', optionally followed by t=START-END; got "
+                                f"{len(fields)} fields")
+            action = parse_action(fields[0], fields[1:] if len(fields) == 5 else None, segment,
+                                  where, width, height, num_classes=num_classes,
+                                  class_offset=class_offset, class_names=class_names,
+                                  duration_s=duration_s, tolerance_px=tolerance_px)
+        except DataError as exc:
+            problems.append(str(exc))      # and go on: every bad line is listed
+            continue
         if action is None:
-            said_none = True
+            none_where = none_where or where
         else:
             rows.append(action[0])
             segs.append(action[1])
-    if not rows:
-        return Actions()
-    actions = Actions(np.asarray(rows, dtype=np.float32), np.asarray(segs, dtype=np.float32))
-    check_actions(actions, str(path), said_none)
+            wheres.append(where)
+    actions = (Actions(np.asarray(rows, dtype=np.float32), np.asarray(segs, dtype=np.float32))
+               if rows else Actions())
+    raise_problems(problems + action_contradictions(actions, str(path), none_where is not None,
+                                                    wheres, none_where))
     return actions
 
 

@@ -15,6 +15,12 @@
   folder names mapped to classes by `FOLDER_CLASSES` (case, `_`, `-` and spaces ignored) and
   any overrides (`data.class_folders`).
 
+Containment. Every video and label file a dataset names must resolve (symlinks followed) inside
+the dataset's folder (`dataset_root`): a manifest row `../outside/secret.mp4` or `/etc/shadow`,
+and a symlink in a class folder pointing elsewhere, are problems naming the row, never opened.
+A user who keeps videos elsewhere on purpose says so: `LayoutOptions.allow_outside_root`
+(`data.allow_outside_root: true` in a training config, `--allow-outside-root` on the verbs).
+
 Groups (clips cut from one source recording, kept on one side of every split) come from a CSV
 `group` column or, in any layout, a `groups.csv` (`file,group`) at the dataset's root; a video
 without a group is its own group. Every file is read with `utf-8-sig` and `newline=""`, so the
@@ -53,9 +59,15 @@ class Problems:
         self.items: list[str] = []
 
     def add(self, message: str) -> None:
-        if not self.collect:
-            raise DataError(message)
-        self.items.append(message)
+        self.add_all([message])
+
+    def add_all(self, messages: Sequence[str]) -> None:
+        """Several problems of one video: all listed (raised together when not collecting).
+        A non-UTF-8 file name in a message is shown with `\\xNN` escapes, so it can be printed."""
+        messages = [video_io.escape_text(m) for m in messages]
+        if not self.collect and messages:
+            raise DataError("\n".join(messages))
+        self.items.extend(messages)
 
 
 @dataclass
@@ -65,6 +77,7 @@ class RawAction:
     label: str
     box: Optional[list[str]] = None
     segment: Optional[list[str]] = None
+    label_only: bool = False     # a row refused for its other cells: only its class is checked
 
 
 @dataclass
@@ -82,6 +95,8 @@ class Entry:
     group: Optional[str] = None
     source: Optional[str] = None
     split: Optional[str] = None
+    rejected: bool = False        # a layout problem (already reported) leaves it out; its
+    #                               labels are still checked, so every problem is listed
 
 
 @dataclass(frozen=True)
@@ -92,10 +107,13 @@ class LayoutOptions:
         class_names: the K foreground classes, for labels written by name.
         class_folders: folder name -> class name or "none", on top of `FOLDER_CLASSES`.
         label_id_base: 0 or 1 for the reference layout's ids; None = only where unambiguous.
+        allow_outside_root: read videos and label files that resolve outside the dataset's
+            folder (`..`, absolute paths, symlinks elsewhere); off: each is a problem.
     """
     class_names: tuple[str, ...] = ("fight", "collapse")
     class_folders: Mapping[str, str] = field(default_factory=dict)
     label_id_base: Optional[int] = None
+    allow_outside_root: bool = False
 
 
 def detect_layout(root: str | Path) -> Layout:
@@ -123,8 +141,9 @@ def dataset_root(path: str | Path) -> Path:
 def find_entries(root: str | Path, opts: LayoutOptions, problems: Problems) -> list[Entry]:
     """Every video of a dataset in any layout, with its label source, group and split.
 
-    Problems (missing files, unknown classes or folders, bad rows) are reported through
-    `problems`, each naming the file and line; the rest of the dataset is still listed.
+    Problems (missing files, unknown classes or folders, bad rows, files outside the dataset's
+    folder) are reported through `problems`, each naming the file and line; the rest of the
+    dataset is still listed.
     """
     path = Path(root)
     layout = detect_layout(path)
@@ -132,13 +151,58 @@ def find_entries(root: str | Path, opts: LayoutOptions, problems: Problems) -> l
         entries = _reference_entries(path, opts, problems)
     elif layout == "csv":
         manifest = path if path.is_file() else path / MANIFEST_CSV
-        entries = _manifest_entries(manifest, problems)
+        entries = _manifest_entries(manifest, opts, problems)
     elif layout == "class-folders":
         entries = _class_folder_entries(path, opts, problems)
     else:
         entries = _folder_entries(path, problems)
+    entries = _inside_root(dataset_root(path), entries, opts, problems)
     _apply_groups_file(dataset_root(path), entries, problems)
     return entries
+
+
+def _quote(name: str) -> str:
+    """A file or folder name quoted for a message (non-UTF-8 bytes as \\xNN, not surrogates)."""
+    return repr(name) if video_io.shown(name) == name else f"'{video_io.shown(name)}'"
+
+
+def outside_root(root: Path, path: Path) -> Optional[str]:
+    """Where `path` really is when it resolves (symlinks followed) outside the folder `root`;
+    None when it stays inside."""
+    try:
+        base = root.resolve()
+        real = (root / path).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:     # a symlink loop, a NUL byte
+        return f"unresolvable ({exc})"
+    return None if real == base or base in real.parents else str(real)
+
+
+def _outside_problem(where: str, what: str, name: str, root: Path, real: str) -> str:
+    return (f"{where}: {what} {_quote(name)} is outside the dataset folder {root} (resolves to "
+            f"{real}); not read (--allow-outside-root, or data.allow_outside_root: true, reads "
+            f"files kept elsewhere)")
+
+
+def _inside_root(root: Path, entries: list[Entry], opts: LayoutOptions,
+                 problems: Problems) -> list[Entry]:
+    """The entries whose video and label file resolve inside `root` (all of them when
+    `opts.allow_outside_root`); each other one is a problem. Catches what a layout listed
+    without reading a path from a file: symlinks in `videos/`, `labels/` and class folders."""
+    if opts.allow_outside_root:
+        return entries
+    kept = []
+    for e in entries:
+        bad = None
+        for what, file in (("video", e.video), ("label file", e.label_file)):
+            real = outside_root(root, file) if file is not None else None
+            if real is not None:
+                bad = _outside_problem(str(file), what, file.name, root, real)
+                break
+        if bad is None:
+            kept.append(e)
+        else:
+            problems.add(bad)
+    return kept
 
 
 # --------------------------------------------------------------------------- Vigil's layout
@@ -154,7 +218,7 @@ def _folder_entries(root: Path, problems: Problems) -> list[Entry]:
         if not video.is_file() or video.suffix.lower() not in video_io.VIDEO_SUFFIXES:
             continue
         if video.stem in by_stem:
-            problems.add(f"{video}: another video has the same stem {video.stem!r} "
+            problems.add(f"{video}: another video has the same stem {_quote(video.stem)} "
                          f"({by_stem[video.stem].name}); stems must be unique")
             continue
         by_stem[video.stem] = video
@@ -207,6 +271,13 @@ def _reference_entries(root: Path, opts: LayoutOptions, problems: Problems) -> l
             continue
         video = root / video_name
         label = root / label_name if label_name else None
+        if not opts.allow_outside_root:
+            escaped = [(what, name, real) for what, name in (("video", video_name),
+                                                              ("label file", label_name))
+                       if name and (real := outside_root(root, Path(name))) is not None]
+            if escaped:
+                problems.add_all([_outside_problem(where, *e[:2], root, e[2]) for e in escaped])
+                continue
         if not video.is_file():
             what = f" (its label file is {label_name})" if label_name else ""
             problems.add(f"{where}: video {video_name!r} not found{what}")
@@ -215,7 +286,7 @@ def _reference_entries(root: Path, opts: LayoutOptions, problems: Problems) -> l
             problems.add(f"{where}: label file {label_name!r} not found")
             continue
         if video.stem in seen:
-            problems.add(f"{where}: stem {video.stem!r} already listed on line {seen[video.stem]}")
+            problems.add(f"{where}: stem {_quote(video.stem)} already listed on line {seen[video.stem]}")
             continue
         seen[video.stem] = line_no
         found.append(Entry(video.stem, video, label_file=label))
@@ -261,7 +332,7 @@ def _unique_stem(rel: Path, taken: dict[str, Path]) -> str:
     return stem
 
 
-def _manifest_entries(manifest: Path, problems: Problems) -> list[Entry]:
+def _manifest_entries(manifest: Path, opts: LayoutOptions, problems: Problems) -> list[Entry]:
     rows = _read_csv(manifest, problems)
     if rows is None:
         return []
@@ -283,9 +354,11 @@ def _manifest_entries(manifest: Path, problems: Problems) -> list[Entry]:
     def cell(row: list[str], i: Optional[int]) -> str:
         return row[i].strip() if i is not None and i < len(row) else ""
 
+    # Every problem of every row is listed (a user fixes the manifest in one pass): a row with
+    # a problem leaves its video out (`rejected`), and the video's other rows are still checked.
     by_file: dict[Path, Entry] = {}
     stems: dict[str, Path] = {}
-    bad_files: set[Path] = set()
+    unusable: dict[Path, list[int]] = {}       # missing or outside: the lines that name it
     for line_no, row in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in row):
             continue
@@ -295,27 +368,33 @@ def _manifest_entries(manifest: Path, problems: Problems) -> list[Entry]:
             problems.add(f"{where}: empty file name")
             continue
         rel = Path(name)
-        if rel in bad_files:
+        if rel in unusable:
+            unusable[rel].append(line_no)
             continue
         video = root / rel
+        real = None if opts.allow_outside_root else outside_root(root, rel)
+        if real is not None:
+            problems.add(_outside_problem(where, "video", name, root, real))
+            unusable[rel] = [line_no]
+            continue
         if not video.is_file():
             problems.add(f"{where}: video {name!r} not found (relative to {root})")
-            bad_files.add(rel)
+            unusable[rel] = [line_no]
             continue
+        found: list[str] = []
         if not label:
-            problems.add(f"{where}: empty label (write 'none' for a video without an action)")
-            bad_files.add(rel)
-            by_file.pop(rel, None)
-            continue
+            found.append(f"{where}: empty label (write 'none' for a video without an action)")
         box = [cell(row, i) for i in box_cols]
         seg = [cell(row, i) for i in seg_cols]
         if any(box) and not all(box):
-            problems.add(f"{where}: box needs all of x1, y1, x2, y2 (or none of them)")
-            continue
+            found.append(f"{where}: box needs all of x1, y1, x2, y2 (or none of them)")
         if any(seg) and not all(seg):
-            problems.add(f"{where}: segment needs both start_s and end_s (or neither)")
-            continue
-        action = RawAction(where, label, box if all(box) else None, seg if all(seg) else None)
+            found.append(f"{where}: segment needs both start_s and end_s (or neither)")
+        split = cell(row, col.get("split")).lower() or None
+        if split is not None and split not in SPLIT_FOLDERS:
+            found.append(f"{where}: split {split!r} must be train or val (or empty); the video "
+                         f"is left out")
+            split = None
         entry = by_file.get(rel)
         if entry is None:
             stem = _unique_stem(rel, stems)
@@ -324,16 +403,21 @@ def _manifest_entries(manifest: Path, problems: Problems) -> list[Entry]:
             source = cell(row, col.get("dataset")) or (
                 video.parent.name if rel.is_absolute()
                 else rel.parts[0] if len(rel.parts) > 1 else root.name)
-            split = cell(row, col.get("split")).lower() or None
-            if split is not None and split not in SPLIT_FOLDERS:
-                problems.add(f"{where}: split {split!r} must be train or val (or empty); the "
-                             f"video is left out")
-                bad_files.add(rel)
-                continue
             entry = Entry(stem, video, actions=[], group=cell(row, col.get("group")) or None,
                           source=source, split=split)
             by_file[rel] = entry
-        entry.actions.append(action)
+        if found:
+            problems.add_all(found)
+            entry.rejected = True
+            if label:       # its class is still checked (every problem of the row is listed)
+                entry.actions.append(RawAction(where, label, label_only=True))
+            continue
+        entry.actions.append(RawAction(where, label, box if all(box) else None,
+                                       seg if all(seg) else None))
+    for rel, lines in unusable.items():
+        if len(lines) > 1:
+            problems.add(f"{manifest}:{lines[1]}: video {str(rel)!r} again (lines "
+                         f"{', '.join(map(str, lines))}): unusable, see line {lines[0]}")
     return list(by_file.values())
 
 
@@ -358,12 +442,12 @@ def _class_folder_entries(root: Path, opts: LayoutOptions, problems: Problems) -
                 continue
             cls = folder_class(folder.name, opts)
             if cls is not None and cls not in known:
-                problems.add(f"{folder}: data.class_folders maps {folder.name!r} to "
+                problems.add(f"{folder}: data.class_folders maps {_quote(folder.name)} to "
                              f"{cls!r}, which is not a class ({', '.join(sorted(known))}); "
                              f"its videos are left out")
                 continue
             if cls is None:
-                problems.add(f"{folder}: folder name {folder.name!r} maps to no class; rename it "
+                problems.add(f"{folder}: folder name {_quote(folder.name)} maps to no class; rename it "
                              f"or map it with data.class_folders (e.g. --set "
                              f"'data.class_folders={{{folder.name}: fight}}'); its videos are "
                              f"left out")

@@ -187,7 +187,7 @@ def load_records(cfg: TrainConfig, data_root: str | Path,
     records, _ = scan_dataset_lenient(
         data_root, num_classes=len(cfg.model.class_names), require_positives=require_positives,
         class_names=cfg.model.class_names, class_folders=cfg.data.class_folders,
-        label_id_base=cfg.data.label_id_base)
+        label_id_base=cfg.data.label_id_base, allow_outside_root=cfg.data.allow_outside_root)
     return records
 
 

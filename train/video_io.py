@@ -7,6 +7,12 @@ key frame and decodes forward anyway, is slower for the 16-of-64 patterns used h
 frame-accurate in every backend.
 
 Frames leave this module as RGB uint8 (T, H, W, 3), the project's convention.
+
+File names that are not UTF-8 (`caf\\xe9.mp4` from an archive made on Windows: Python holds such
+a name with surrogate escapes) are never handed to OpenCV: `cv2.VideoCapture` crashes the
+process (SIGSEGV) on them. `name_problem(path)` tells them apart and `open_video` refuses them with a
+`DataError` naming the file escaped (`shown(path)`: the raw bytes as `\\xNN`), so every verb lists
+the file as a problem and goes on.
 """
 from __future__ import annotations
 
@@ -41,12 +47,47 @@ class VideoInfo:
     height: int
 
 
-def open_video(path: Path) -> cv2.VideoCapture:
-    """An opened `cv2.VideoCapture` of a file.
+def escape_text(text: str) -> str:
+    """`text` with the bytes of a non-UTF-8 file name shown as `\\xNN` escapes (Python keeps
+    them as lone surrogates, which cannot be printed or written as UTF-8)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:                # a surrogate not from a file name
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def shown(path: str | Path) -> str:
+    """A path as it can be printed: itself, or with its non-UTF-8 bytes escaped (`\\xe9`)."""
+    return escape_text(str(path))
+
+
+def name_problem(path: str | Path) -> str | None:
+    """Why OpenCV must not be given this path (its name is not UTF-8), or None."""
+    text = str(path)
+    if shown(text) == text:
+        return None
+    return (f"{shown(text)}: the file name is not valid UTF-8 (bytes shown as \\xNN), which "
+            f"the video decoder cannot open; rename the file (e.g. `convmv -f latin1 -t utf8 "
+            f"--notest FILE`, or re-extract the archive with the right encoding)")
+
+
+def open_video(path: str | Path) -> cv2.VideoCapture:
+    """An opened `cv2.VideoCapture` of a video file; release it when done.
 
     Raises:
-        DataError: the file is missing or cannot be opened.
+        DataError: the name is not UTF-8 (never given to OpenCV), the file is missing or it
+            cannot be opened.
     """
+    path = Path(path)
+    problem = name_problem(path)
+    if problem is not None:
+        raise DataError(problem)     # cv2.VideoCapture would crash the process on this name
     if not path.is_file():
         raise DataError(f"{path}: video file not found")
     cap = cv2.VideoCapture(str(path))

@@ -22,7 +22,7 @@ these within a 5-minute soak. The windows rate must not decay: the mean windows/
 quarter must be at least `MIN_RATE_RATIO` of the second quarter's. The daemon must also still be
 alive at the end and stop cleanly on SIGTERM.
 
-The daemon, the RTSP servers and the process sampling come from `streamer.tools.harness`, the same
+The daemon, the RTSP servers and the process sampling come from `vigil_tools.harness`, the same
 harness the daemon, fault injection and security tests drive the daemon with.
 """
 from __future__ import annotations

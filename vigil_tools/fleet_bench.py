@@ -1,6 +1,6 @@
 """The fleet measured (issue 15): real `vigil serve` daemons behind a real `vigil relay`.
 
-    python -m streamer.tools.fleet_bench [--daemons 3] [--seconds 12] [--json out.json]
+    python -m vigil_tools.fleet_bench [--daemons 3] [--seconds 12] [--json out.json]
 
 1. Delivery. N daemons (instances `d1`..`dN`, a tiny random model, one looping file camera each,
    thresholds so low that every window publishes an alert), `vigil relay` as a child process in
@@ -246,6 +246,12 @@ def _message(seq: int, t_ns: int = 0) -> list[bytes]:
     return [b"alert.cam1.fight", json.dumps(body).encode()]
 
 
+def _heartbeat() -> list[bytes]:
+    body = {"schema": "vigil.heartbeat/2", "seq": 0, "journal_id": "j" * 32, "instance": "d1",
+            "uptime_s": 0.0, "sent_at": "2026-11-24T10:15:02.03Z"}
+    return [b"heartbeat", json.dumps(body).encode()]
+
+
 def measure_relay(work: Path, messages: int = 50000, latency_rate: float = 1000.0,
                   latency_seconds: float = 10.0) -> dict[str, Any]:
     """Throughput (direct and through the relay) and the relay's added latency."""
@@ -274,7 +280,7 @@ def measure_relay(work: Path, messages: int = 50000, latency_rate: float = 1000.
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 _drain_subscriptions(pub)
-                pub.send_multipart([b"probe", b"{}"])
+                pub.send_multipart(_heartbeat())     # the relay forwards only what parses
                 if sock.poll(100):
                     while sock.poll(200):
                         sock.recv_multipart()
@@ -382,7 +388,7 @@ def _q(values: list[float], q: float) -> float:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m streamer.tools.fleet_bench",
+    p = argparse.ArgumentParser(prog="python -m vigil_tools.fleet_bench",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--daemons", type=int, default=3)
     p.add_argument("--seconds", type=float, default=12.0,
@@ -394,7 +400,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     work = Path(tempfile.mkdtemp(prefix="vigil-fleet-"))
-    result: dict[str, Any] = {"command": " ".join(["python -m streamer.tools.fleet_bench",
+    result: dict[str, Any] = {"command": " ".join(["python -m vigil_tools.fleet_bench",
                                                    *(argv if argv is not None else sys.argv[1:])]),
                               "cpus": os.cpu_count(), "workdir": str(work)}
     if not args.skip_delivery:

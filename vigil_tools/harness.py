@@ -47,7 +47,7 @@ from typing import IO, Any, Callable, Optional
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]  # the checkout: streamer/tools/harness.py
+REPO = Path(__file__).resolve().parents[1]  # the checkout: vigil_tools/harness.py
 # A test helper outside the package: an installed `vigil soak` runs without RTSP cameras.
 RTSP_SCRIPT = REPO / "scripts" / "rtsp_test_server.py"
 # python3-gi is built for Debian's Python, not for the project's virtualenv.

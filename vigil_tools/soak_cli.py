@@ -1,4 +1,4 @@
-"""The `vigil soak` verb (see `streamer/tools/soak.py`): run the daemon under churn, check for
+"""The `vigil soak` verb (see `vigil_tools/soak.py`): run the daemon under churn, check for
 leaks."""
 from __future__ import annotations
 

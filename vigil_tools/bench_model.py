@@ -13,7 +13,7 @@ Everything printed is measured in the run that prints it:
 * the roofline is a square matmul timed in the same process just before (8192^3 on CUDA, 2048^3
   on the CPU), once per precision, so "fraction of peak" compares like with like.
 
-The generic pieces (environment, Markdown/JSON tables) are `streamer.tools.kit`, timing and
+The generic pieces (environment, Markdown/JSON tables) are `vigil_tools.kit`, timing and
 medians `detector.timing`, shared with the pipeline, offline and training benchmarks.
 """
 from __future__ import annotations
