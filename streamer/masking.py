@@ -41,7 +41,7 @@ MIN_LITERAL = 3
 SAFE_QUERY_KEYS = frozenset({
     "channel", "chn", "subtype", "stream", "streamtype", "profile", "res", "resolution",
     "fps", "width", "height", "seed", "frames", "codec", "videocodec", "transport",
-    "rtsp_transport", "quality", "compression", "camera"})
+    "rtsp_transport", "quality", "compression", "camera", "photo"})
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_.\-]{1,16}")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 _TOKEN_END = re.compile(r"\s")
