@@ -309,6 +309,32 @@ def test_reference_and_folder_layouts_and_class_folders_are_confined_too(outside
     assert opened.outside(away) == []
 
 
+def test_a_dataset_named_by_a_relative_path_is_read_whole(tmp_path, monkeypatch):
+    """`vigil train --data ../clips`: the confinement compares real paths, so a dataset named
+    relative to the working directory (the videos' paths then start with that name too) is
+    inside itself, in every layout."""
+    work = tmp_path / "work"
+    work.mkdir()
+    sets = tmp_path / "sets"
+    own = sets / "own"
+    (own / "videos").mkdir(parents=True)
+    (own / "labels").mkdir()
+    make_video(own / "videos" / "ok.mp4")
+    (own / "labels" / "ok.txt").write_text("fight\n")
+    cls = sets / "cls"
+    for name in ("fight", "none"):
+        (cls / name).mkdir(parents=True)
+        make_video(cls / name / "v.mp4")
+    csv = sets / "csv"
+    csv.mkdir()
+    make_video(csv / "a.mp4")
+    (csv / "labels.csv").write_text("file,label\na.mp4,fight\n")
+    monkeypatch.chdir(work)
+    for name, count in (("own", 1), ("cls", 2), ("csv", 1)):
+        records, problems = inspect_dataset(Path("..") / "sets" / name)
+        assert problems == [] and len(records) == count, (name, problems)
+
+
 def test_data_check_eval_and_detect_labels_refuse_escapes_unless_asked(outside):
     from vigil_tools.harness import tiny_checkpoint
 

@@ -194,7 +194,7 @@ def _inside_root(root: Path, entries: list[Entry], opts: LayoutOptions,
     for e in entries:
         bad = None
         for what, file in (("video", e.video), ("label file", e.label_file)):
-            real = outside_root(root, file) if file is not None else None
+            real = outside_root(root, file.absolute()) if file is not None else None
             if real is not None:
                 bad = _outside_problem(str(file), what, file.name, root, real)
                 break
