@@ -49,7 +49,8 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_samples(fn: Callable[[], Any], repeats: int, warmup: int = 1,
-                 device: torch.device | str = "cpu", inner: int = 1) -> list[float]:
+                 device: torch.device | str = "cpu", inner: int = 1,
+                 clock: Callable[[], float] = time.perf_counter) -> list[float]:
     """Time `fn`: `warmup` untimed calls, then `repeats` timed samples.
 
     Args:
@@ -59,6 +60,9 @@ def time_samples(fn: Callable[[], Any], repeats: int, warmup: int = 1,
         device: synchronised before and after each sample so queued GPU work is counted.
         inner: calls per sample (amortises launch overhead of very short calls); the sample is
             the time of ONE call (total / inner).
+        clock: seconds; `time.process_time` gives the CPU time the process spent (all its
+            threads), which other processes on a busy machine do not inflate as they do the
+            wall clock.
     Returns:
         `repeats` durations in seconds, in the order measured.
     """
@@ -71,9 +75,9 @@ def time_samples(fn: Callable[[], Any], repeats: int, warmup: int = 1,
     samples = []
     for _ in range(repeats):
         synchronize(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(inner):
             fn()
         synchronize(device)
-        samples.append((time.perf_counter() - t0) / inner)
+        samples.append((clock() - t0) / inner)
     return samples

@@ -449,3 +449,22 @@ def test_train_bench_times_each_epoch_of_the_real_trainer(tmp_path):
         assert r["s/step"] == pytest.approx(r["train s"] / r["steps"])
         assert r["epoch s"] >= r["train s"] > 0 and math.isfinite(r["loss"])
     assert (tmp_path / "run" / "last.pt").is_file()
+
+
+def test_time_samples_reads_the_clock_it_is_given():
+    from detector.timing import time_samples
+
+    ticks = iter(range(0, 100, 5))
+    samples = time_samples(lambda: None, repeats=3, warmup=0, clock=lambda: next(ticks))
+    assert samples == [5, 5, 5]
+
+
+def test_bench_pose_reports_wall_and_cpu_time_per_case():
+    from vigil_tools.bench_pose import PoseBenchOptions, run_pose_bench
+
+    report = run_pose_bench(PoseBenchOptions(quick=True, threads=(1,)))
+    rows = report.sections[0].rows
+    assert [r["case"] for r in rows] == ["tracked", "found afresh", "nobody",
+                                         "window: features + collapse model"]
+    for r in rows:
+        assert r["ms/frame (median)"] > 0 and r["CPU ms/frame (median)"] > 0
