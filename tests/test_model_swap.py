@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,6 +152,49 @@ def test_a_file_replaced_in_place_is_not_the_serving_model(tmp_path):
     assert not serving.same_file(path, "fp32")
     tiny(tmp_path / "other.pt", seed=3).replace(path)       # same path, new weights
     assert not serving.same_file(path, "auto")
+
+
+# ============================================================================ the switch
+def test_the_worker_thread_runs_the_worker_assigned_between_two_batches():
+    """The swap's contract with `WorkerThread`: `.worker` is read once per batch, so assigning
+    it switches models between two batches and never inside one."""
+    from streamer.ringbuffer import RingBuffer
+    from streamer.scheduler import DueWindow
+    from streamer.types import ClassScore, WindowResult
+    from streamer.worker import WorkerThread
+
+    ring = RingBuffer(16, 8, 8)
+    for i in range(8):
+        ring.write(np.zeros((8, 8, 3), np.uint8), float(i), float(i))
+
+    class EveryPoll:                       # the scheduler: one due window at every poll
+        def poll(self, now, counts):
+            return [DueWindow("cam", np.arange(4, 8), 7, now)]
+
+        def spec(self, camera):
+            return None
+
+        def next_deadline(self):
+            return None
+
+    class Named:
+        def __init__(self, name):
+            self.name, self.calls = name, 0
+
+        def infer(self, windows):
+            self.calls += 1
+            return [WindowResult(cam, {self.name: ClassScore(self.name, 1.0, (0, 0, 1, 1))},
+                                 meta.frame_size, meta.t_start_wall, meta.t_end_wall,
+                                 meta.t_end_mono, meta.end_seq) for cam, _, meta in windows]
+
+    batches: list[list[str]] = []
+    old, new = Named("old"), Named("new")
+    wt = WorkerThread(EveryPoll(), old, {"cam": ring},
+                      lambda results, s: batches.append([k for r in results for k in r.scores]))
+    assert wt.step() and wt.step()
+    wt.worker = new
+    assert wt.step()
+    assert batches == [["old"], ["old"], ["new"]] and (old.calls, new.calls) == (2, 1)
 
 
 # ============================================================================ the thread
@@ -306,7 +350,7 @@ def test_a_reload_swaps_the_model_under_load_without_touching_cameras_or_events(
         return opened <= {m["event_id"] for m in later if m["type"] == "update"}
 
     assert wait_until(updated_after_swap, timeout=60, interval=0.5), d.log()[-3000:]
-    time.sleep(2)                                 # a few more windows on the new model
+    time.sleep(3)                                 # a few more windows on the new model
     c1 = camera_counters(d)
     rows = journal_rows(data)
     ends = [m for m in rows if m["type"] == "end" and m["event_id"] in opened]
@@ -401,3 +445,24 @@ def test_a_reload_with_the_serving_model_unchanged_loads_nothing(served):
     assert wait_until(lambda: d.log().count("reload: 0 camera(s) added") > reloaded, timeout=30)
     time.sleep(1)
     assert d.log().count("beside the running") == before
+
+
+def test_model_keys_a_swap_does_not_apply_are_said_to_need_a_restart(served):
+    """`model.pose` (the pose path's threads hold their own copies of the pose model) and the
+    worker's batching, threads and device: one warning each, nothing loaded, nothing stopped."""
+    d = served["d"]
+    loads = d.log().count("beside the running")
+    changed = json.loads(json.dumps(served["config"]))
+    changed["model"]["max_batch"] = 2
+    changed["model"]["pose"] = {"checkpoint": "vigil"}
+    try:
+        d.write_config(changed)
+        d.signal(signal.SIGHUP)
+        for key in ("model.max_batch", "model.pose"):
+            assert wait_until(lambda: f"reload: {key} changed; this takes effect at the next "
+                              "restart" in d.log(), timeout=30), (key, d.log()[-2000:])
+    finally:
+        d.write_config(served["config"])
+    time.sleep(1)
+    assert d.log().count("beside the running") == loads
+    assert "stopped (reload)" not in d.log()
