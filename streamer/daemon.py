@@ -75,7 +75,7 @@ from .health import health_problem
 from .journal_writer import JournalWriter
 from .masking import install_log_filter
 from .metrics import VigilMetrics
-from .models.identity import ServingModel, file_stamp, sha256_of
+from .models.identity import ServingModel
 from .models.swap import ModelSwapper, SwapOutcome, SwapRequest, prepare
 from .notify import Notifier
 from .publisher import AlertPublisher
@@ -298,14 +298,9 @@ class Daemon:
         self._batching = batching
         worker = InferenceWorker(model, mcfg.input, self.class_names, device=self.device,
                                  precision=precision, policy=batching)
-        self._serving = ServingModel(
-            checkpoint=cfg.model.checkpoint, sha256=sha256_of(cfg.model.checkpoint),
-            stamp=file_stamp(cfg.model.checkpoint), loaded_at=time.time(),
-            classes=tuple(mcfg.class_names), frames=mcfg.input.frames,
-            size=(int(mcfg.input.size[0]), int(mcfg.input.size[1])),
-            precision=cfg.model.precision,
-            autocast=str(worker.autocast_dtype).replace("torch.", "") if worker.autocast_dtype
-            else "none", runtime=str(meta["runtime"]), device=str(self.device))
+        # What serves, for the page, heartbeats and /metrics, and for a reload to compare with.
+        self._serving = ServingModel.of(cfg.model.checkpoint, cfg.model.precision, mcfg,
+                                        str(meta["runtime"]), worker)
         log.info("model %s (%s, %d frames of %dx%d, classes %s) on %s via %s, %s autocast, "
                  "%d threads", cfg.model.checkpoint.name, mcfg.backbone.name, mcfg.input.frames,
                  mcfg.input.size[1], mcfg.input.size[0], ", ".join(self.class_names), self.device,

@@ -76,6 +76,30 @@ class ServingModel:
     runtime: str
     device: str
 
+    @classmethod
+    def of(cls, checkpoint: Path, precision: str, model_cfg: Any, runtime: str, worker: Any,
+           sha256: Optional[str] = None, stamp: Optional[FileStamp] = None) -> "ServingModel":
+        """Describe a loaded model.
+
+        Args:
+            checkpoint: its file; precision: the `model.precision` setting it was loaded with.
+            model_cfg: its `detector.config.ModelConfig`; runtime: `torch` or `onnxruntime`.
+            worker: the `InferenceWorker` that runs it (`device`, `autocast_dtype`).
+            sha256, stamp: the file's hash and stamp when it was read (None: taken now).
+        Raises:
+            OSError: the file cannot be read for its hash.
+        """
+        inp = model_cfg.input
+        dtype = worker.autocast_dtype
+        return cls(checkpoint=Path(checkpoint),
+                   sha256=sha256 if sha256 is not None else sha256_of(checkpoint),
+                   stamp=stamp if stamp is not None else file_stamp(checkpoint),
+                   loaded_at=time.time(), classes=tuple(model_cfg.class_names),
+                   frames=int(inp.frames), size=(int(inp.size[0]), int(inp.size[1])),
+                   precision=precision,
+                   autocast=str(dtype).replace("torch.", "") if dtype is not None else "none",
+                   runtime=runtime, device=str(worker.device))
+
     @property
     def name(self) -> str:
         """The file name (what logs and metric labels show; never the whole path)."""

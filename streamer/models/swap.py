@@ -175,12 +175,8 @@ def prepare(req: SwapRequest, device: torch.device, threads: Optional[int], poli
         raise ModelRefused(f"cannot run: {type(exc).__name__}: {_one_line(str(exc), path)}"
                            ) from None
     smoke_test(worker)
-    autocast = str(worker.autocast_dtype).replace("torch.", "") if worker.autocast_dtype else "none"
-    serving = ServingModel(
-        checkpoint=path, sha256=sha, stamp=stamp, loaded_at=time.time(),
-        classes=tuple(classes), frames=inp.frames, size=(int(inp.size[0]), int(inp.size[1])),
-        precision=req.precision, autocast=autocast, runtime=str(meta.get("runtime", "torch")),
-        device=str(runs_on))
+    serving = ServingModel.of(path, req.precision, mcfg, str(meta.get("runtime", "torch")),
+                              worker, sha256=sha, stamp=stamp)
     return Candidate(worker, mcfg, serving, time.monotonic() - t0)
 
 
