@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -256,18 +255,11 @@ def test_an_unexpected_error_while_preparing_is_a_refusal_not_a_dead_thread(tmp_
 zmq = pytest.importorskip("zmq")
 
 from vigil_tools.harness import DaemonProcess, base_config, wait_until  # noqa: E402
+from tests.test_faults import journal_rows  # noqa: E402
 
 SYNTH = "synth://fight?seed={seed}&width=96&height=72&fps=15&frames=45"
 STRIDE = 4
 CAMERAS = ("a", "b")
-
-
-def journal_rows(data_dir: Path) -> list[dict]:
-    db = sqlite3.connect(f"file:{data_dir / 'journal.sqlite3'}?mode=ro", uri=True)
-    try:
-        return [json.loads(b) for (b,) in db.execute("SELECT body FROM alerts ORDER BY seq")]
-    finally:
-        db.close()
 
 
 def open_events(rows: list[dict]) -> set[str]:
