@@ -695,8 +695,11 @@ class Daemon:
             m.evidence_dropped.inc(max(dropped - self._evidence_reported[1], 0))
             self._evidence_reported = (errors, dropped)
         journal = self._journal
+        serving = self._serving
         status = (f"{up}/{len(self._cams)} cameras up, {len(self._tracker.open_events())} "
                   "event(s) open"
+                  + (f"; model {serving.name} ({serving.short_sha})" if serving is not None
+                     else "")
                   + (f"; JOURNAL NOT WRITABLE: {journal.held} alert(s) held in memory"
                      if journal is not None and not journal.writable else "")
                   + (f"; UNHEALTHY: {self._wd_withheld}" if self._wd_withheld else ""))
@@ -795,6 +798,9 @@ class Daemon:
             return
         want = new.model
         if self._serving.same_file(want.checkpoint, want.precision):
+            if self._swapper.cancel():
+                log.info("reload: model.checkpoint is back to the serving %s; the model being "
+                         "loaded will not be used", self._serving.name)
             return
         cameras = new.enabled_cameras
         inp = self.model_cfg.input

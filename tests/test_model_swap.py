@@ -33,6 +33,7 @@ from detector.model import build_model
 from streamer.models.identity import ServingModel, file_stamp, sha256_of
 from streamer.models.swap import ModelRefused, ModelSwapper, SwapOutcome, SwapRequest, prepare
 from streamer.scheduler import BatchPolicy
+from vigil_tools.harness import wait_until
 
 CPU = torch.device("cpu")
 
@@ -232,6 +233,41 @@ def test_the_swapper_prepares_one_at_a_time_and_keeps_only_the_newest_request(tm
         assert sw.stop(10)
 
 
+def test_a_cancelled_request_is_prepared_but_never_handed_over(tmp_path):
+    """A reload that goes back to the serving model while another loads: nothing switches."""
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def slow_prepare(req):
+        calls.append(req.checkpoint.name)
+        started.set()
+        assert release.wait(30)
+        raise ModelRefused("checked")
+
+    sw = ModelSwapper(slow_prepare)
+    sw.start()
+    try:
+        a, b = request(tmp_path / "a.pt"), request(tmp_path / "b.pt")
+        assert sw.request(a) and started.wait(30)
+        assert sw.request(b)
+        assert sw.cancel()                      # b forgotten, a's outcome to be dropped
+        release.set()
+        assert wait_until(lambda: not sw.busy(), timeout=30)
+        assert sw.poll() == [] and calls == ["a.pt"]
+        assert not sw.cancel()
+        # Asking again for the one in flight undoes the cancel: its outcome is handed over.
+        release.clear()
+        started.clear()
+        assert sw.request(b) and started.wait(30)
+        sw.cancel()
+        assert not sw.request(b)
+        release.set()
+        assert wait_until(sw.poll, timeout=30)[0].request == b
+    finally:
+        release.set()
+        assert sw.stop(10)
+
+
 def test_an_unexpected_error_while_preparing_is_a_refusal_not_a_dead_thread(tmp_path):
     def buggy(req):
         raise KeyError("backbone")
@@ -254,7 +290,7 @@ def test_an_unexpected_error_while_preparing_is_a_refusal_not_a_dead_thread(tmp_
 # ============================================================================ the real daemon
 zmq = pytest.importorskip("zmq")
 
-from vigil_tools.harness import DaemonProcess, base_config, wait_until  # noqa: E402
+from vigil_tools.harness import DaemonProcess, base_config  # noqa: E402
 from tests.test_faults import journal_rows  # noqa: E402
 
 SYNTH = "synth://fight?seed={seed}&width=96&height=72&fps=15&frames=45"
@@ -364,6 +400,9 @@ def test_a_reload_swaps_the_model_under_load_without_touching_cameras_or_events(
         assert missed[cam] == 0, (cam, deltas)
         assert f"camera {cam}: stopped" not in log
     assert "0 camera(s) added, 0 removed, 0 changed, 2 unchanged" in log
+    # `systemctl status vigil` shows it too (sd_notify STATUS=).
+    assert wait_until(lambda: any(g.startswith(b"STATUS=") and b"model next.pt" in g
+                                  for g in d.notify.datagrams()), timeout=10)
     assert d.alive()
 
 

@@ -223,20 +223,34 @@ class ModelSwapper(LoopThread):
         self._wake = threading.Event()
         self._pending: Optional[SwapRequest] = None
         self._busy: Optional[SwapRequest] = None
+        self._cancelled: Optional[SwapRequest] = None
         self._done: list[SwapOutcome] = []
 
     def request(self, req: SwapRequest) -> bool:
-        """Ask for `req` (from the event loop). It replaces a request not yet started.
+        """Ask for `req` (from the event loop). It replaces a request not yet started; asking
+        again for the one being prepared drops the waiting one (and undoes a `cancel`).
 
         Returns:
-            False when the same request is already waiting or being prepared (nothing to do).
+            False when the same request is already waiting or being prepared (nothing to load).
         """
         with self._lock:
-            if req == self._pending or (req == self._busy and self._pending is None):
+            if req == self._busy:               # the newest wish is the one in flight
+                self._pending = self._cancelled = None
+                return False
+            if req == self._pending:
                 return False
             self._pending = req
         self._wake.set()
         return True
+
+    def cancel(self) -> bool:
+        """Forget the waiting request and drop the outcome of the one being prepared (a later
+        reload went back to the model that serves). Returns whether there was one."""
+        with self._lock:
+            had = self._pending is not None or self._busy is not None
+            self._pending = None
+            self._cancelled = self._busy
+        return had
 
     def busy(self) -> bool:
         """Whether a request waits or is being prepared."""
@@ -271,8 +285,13 @@ class ModelSwapper(LoopThread):
             out = SwapOutcome(req, reason=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
         with self._lock:
             self._busy = None
+            cancelled, self._cancelled = self._cancelled is req, None
+            if cancelled:
+                log.info("model %s: prepared, but a later reload asks for the model that serves; "
+                         "dropping it", req.checkpoint.name)
+                return True
             if self._pending is not None and out.candidate is not None:
-                log.info("model %s loaded, but a newer reload asks for another; dropping it",
+                log.info("model %s: prepared, but a later reload asks for another; dropping it",
                          req.checkpoint.name)
                 return True
             self._done.append(out)
