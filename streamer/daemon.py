@@ -76,7 +76,8 @@ from .journal_writer import JournalWriter
 from .masking import install_log_filter
 from .metrics import VigilMetrics
 from .models.identity import ServingModel
-from .models.swap import ModelSwapper, SwapOutcome, SwapRequest, prepare
+from .models.swap import (ModelRefused, ModelSwapper, SwapOutcome, SwapRequest, check_fit,
+                          prepare)
 from .notify import Notifier
 from .publisher import AlertPublisher
 from .pose.worker import PoseWorker, worker_of
@@ -790,6 +791,17 @@ class Daemon:
         return frozenset(c for cam in cameras
                          for c in self.routing.video_classes(cam.settings.events))
 
+    def _swap_request(self, checkpoint: Path, precision: str,
+                      cameras: list[CameraConfig]) -> SwapRequest:
+        """What a model must fit to replace the running one for these cameras."""
+        assert self.model_cfg is not None
+        inp = self.model_cfg.input
+        return SwapRequest(
+            checkpoint=checkpoint, precision=precision, needed=self._video_needs(cameras),
+            frames=inp.frames, size=(int(inp.size[0]), int(inp.size[1])),
+            clip_seconds=inp.clip_seconds,
+            clip_seconds_used=any(c.settings.window_seconds is None for c in cameras))
+
     def _request_model(self, new: ServeConfig) -> None:
         """Ask the swapper for `new`'s model unless it is the one serving (same path, same
         precision, the file not replaced since)."""
@@ -802,13 +814,7 @@ class Daemon:
                 log.info("reload: model.checkpoint is back to the serving %s; the model being "
                          "loaded will not be used", self._serving.name)
             return
-        cameras = new.enabled_cameras
-        inp = self.model_cfg.input
-        req = SwapRequest(
-            checkpoint=want.checkpoint, precision=want.precision,
-            needed=self._video_needs(cameras), frames=inp.frames,
-            size=(int(inp.size[0]), int(inp.size[1])), clip_seconds=inp.clip_seconds,
-            clip_seconds_used=any(c.settings.window_seconds is None for c in cameras))
+        req = self._swap_request(want.checkpoint, want.precision, new.enabled_cameras)
         if self._swapper.request(req):
             log.info("reload: loading model %s beside the running %s (sha256 %s); the cameras "
                      "keep running", want.checkpoint, self._serving.name, self._serving.short_sha)
@@ -825,13 +831,14 @@ class Daemon:
         old = self._serving
         cand = outcome.candidate
         reason = outcome.reason
+        path = outcome.request.checkpoint
         if cand is not None:
             # The cameras may have changed while it loaded: check again against the current ones.
-            missing = sorted(self._video_needs(self.cfg.enabled_cameras) - set(cand.serving.classes))
-            if missing:
-                reason = (f"it does not detect {', '.join(map(repr, missing))}, which the "
-                          f"cameras watch (it detects {', '.join(cand.serving.classes)})")
-        path = outcome.request.checkpoint
+            try:
+                check_fit(cand.model_cfg, self._swap_request(
+                    path, outcome.request.precision, self.cfg.enabled_cameras))
+            except ModelRefused as exc:
+                reason = str(exc)
         if cand is None or reason is not None:
             log.error("reload: model %s refused: %s; still serving %s (sha256 %s)", path,
                       reason, old.name, old.short_sha)

@@ -497,3 +497,58 @@ def test_model_keys_a_swap_does_not_apply_are_said_to_need_a_restart(served):
     time.sleep(1)
     assert d.log().count("beside the running") == loads
     assert "stopped (reload)" not in d.log()
+
+
+def test_the_event_loop_checks_a_prepared_model_again_against_the_cameras_of_now(tmp_path, caplog):
+    """A camera that watches collapse was added while a fight-only model loaded: the model is
+    refused when it would take over; a fitting one switches the worker, routing and metrics."""
+    from types import SimpleNamespace
+
+    from streamer.config import parse_config
+    from streamer.daemon import Daemon
+    from streamer.events import EventTracker
+    from streamer.routing import EventRouting
+
+    running = tiny(tmp_path / "running.pt")
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "model": {"checkpoint": str(running),
+                        "pose": None},
+                        "cameras": [{"name": "bar", "url": "synth://fight", "events": ["fight"]}]})
+    d = Daemon(cfg)
+    old = prepare(request(running), CPU, 1, BatchPolicy(2))
+    d.model_cfg, d.device, d._batching = old.model_cfg, CPU, BatchPolicy(2)
+    d.routing = EventRouting(("fight", "collapse"))
+    d._tracker = EventTracker(cfg.smoothing, ["fight", "collapse"])
+    d._serving = old.serving
+    d._worker = SimpleNamespace(worker=old.worker)
+
+    fight_only = tiny(tmp_path / "fight-only.pt", classes=("fight",))
+    req = d._swap_request(fight_only, "auto", cfg.enabled_cameras)
+    assert req.needed == {"fight"}
+    cand = prepare(req, CPU, 1, BatchPolicy(2))         # fits the cameras of the request...
+    grown = parse_config({"data_dir": str(tmp_path / "data"),
+                          "model": {"checkpoint": str(running), "pose": None},
+                          "cameras": [{"name": "bar", "url": "synth://fight", "events": ["fight"]},
+                                      {"name": "ward", "url": "synth://collapse"}]})
+    d.cfg = grown                                       # ...not those of now
+    with caplog.at_level("INFO", logger="streamer.daemon"):
+        d._apply_model(SwapOutcome(req, candidate=cand))
+    refused = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(refused) == 1 and "does not detect 'collapse'" in refused[0]
+    assert d._worker.worker is old.worker and d.serving_model() is old.serving
+    assert d.last_model_reload()["result"] == "refused"
+
+    nxt = tiny(tmp_path / "next.pt", seed=2)
+    req = d._swap_request(nxt, "auto", grown.enabled_cameras)
+    cand = prepare(req, CPU, 1, BatchPolicy(2))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="streamer.daemon"):
+        d._apply_model(SwapOutcome(req, candidate=cand))
+    assert d._worker.worker is cand.worker
+    assert d.serving_model().name == "next.pt" and d.cfg.model.checkpoint == nxt
+    assert d.last_model_reload()["result"] == "ok"
+    assert d.metrics.registry.get_sample_value(
+        "vigil_model_info", {"checkpoint": "next.pt", "sha256": sha256_of(nxt)[:12]}) == 1
+    assert d.metrics.registry.get_sample_value("vigil_model_reloads_total",
+                                               {"result": "refused"}) == 1
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert "now serving model next.pt" in caplog.records[0].getMessage()

@@ -114,6 +114,33 @@ def _describe(frames: int, size) -> str:
     return f"{frames} frames of {size[1]}x{size[0]}"
 
 
+def check_fit(mcfg: ModelConfig, req: SwapRequest) -> None:
+    """Whether a model with this config can take over from the running one for these cameras:
+    the same input, the same clip length if a camera times its windows by it, every class the
+    cameras need from the video detector (checks 3 and 4 of the module docstring).
+
+    Raises:
+        ModelRefused: naming what differs.
+    """
+    inp = mcfg.input
+    if inp.frames != req.frames or tuple(inp.size) != tuple(req.size):
+        raise ModelRefused(
+            f"its input is {_describe(inp.frames, inp.size)}, the running model's "
+            f"{_describe(req.frames, req.size)} (the cameras' rings hold frames of that size): "
+            "a model with another input needs a restart")
+    if req.clip_seconds_used and inp.clip_seconds != req.clip_seconds:
+        raise ModelRefused(
+            f"its training clips were {inp.clip_seconds} s, the running model's "
+            f"{req.clip_seconds} s, and cameras without window_seconds time their windows by it: "
+            "set window_seconds on them, or restart")
+    classes = list(mcfg.class_names)
+    missing = sorted(req.needed - set(classes))
+    if missing:
+        raise ModelRefused(
+            f"it does not detect {', '.join(map(repr, missing))}, which the cameras watch "
+            f"(it detects {', '.join(classes)})")
+
+
 def prepare(req: SwapRequest, device: torch.device, threads: Optional[int], policy: BatchPolicy,
             load: Callable[..., tuple[Any, ModelConfig, dict]] = load_model) -> Candidate:
     """Load the requested checkpoint and check it can replace the running model (see the module
@@ -148,24 +175,9 @@ def prepare(req: SwapRequest, device: torch.device, threads: Optional[int], poli
         raise ModelRefused(f"cannot be loaded: {type(exc).__name__}: "
                            f"{_one_line(str(exc), path)}") from None
 
+    check_fit(mcfg, req)
     inp = mcfg.input
-    if inp.frames != req.frames or tuple(inp.size) != tuple(req.size):
-        raise ModelRefused(
-            f"its input is {_describe(inp.frames, inp.size)}, the running model's "
-            f"{_describe(req.frames, req.size)} (the cameras' rings hold frames of that size): "
-            "a model with another input needs a restart")
-    if req.clip_seconds_used and inp.clip_seconds != req.clip_seconds:
-        raise ModelRefused(
-            f"its training clips were {inp.clip_seconds} s, the running model's "
-            f"{req.clip_seconds} s, and cameras without window_seconds time their windows by it: "
-            "set window_seconds on them, or restart")
     classes = list(mcfg.class_names)
-    missing = sorted(req.needed - set(classes))
-    if missing:
-        raise ModelRefused(
-            f"it does not detect {', '.join(map(repr, missing))}, which the cameras watch "
-            f"(it detects {', '.join(classes)})")
-
     precision = checkpoint_precision(meta) if req.precision == "auto" else req.precision
     runs_on = model_device(meta, device)
     try:
