@@ -552,3 +552,30 @@ def test_the_event_loop_checks_a_prepared_model_again_against_the_cameras_of_now
                                                {"result": "refused"}) == 1
     assert [r.levelname for r in caplog.records] == ["INFO"]
     assert "now serving model next.pt" in caplog.records[0].getMessage()
+
+
+def test_a_burst_of_reloads_between_two_models_ends_on_the_last_one_asked_for(served):
+    """SIGHUPs faster than models load, alternating two checkpoints: requests coalesce, a reload
+    back to the serving model cancels the one loading, and what serves at the end is what the
+    config names at the end. Cameras untouched throughout."""
+    d, work = served["d"], served["work"]
+    serving = Path(served["config"]["model"]["checkpoint"])
+    other = tiny(work / "burst.pt", seed=5)
+    c0 = camera_counters(d)
+    configs = [with_checkpoint(served["config"], p) for p in (other, serving)]
+    for i in range(21):                         # ends on `other` (i = 20 is even)
+        d.write_config(configs[i % 2])
+        d.signal(signal.SIGHUP)
+        time.sleep(0.05)
+    served["config"] = configs[0]
+    want = {"checkpoint": other.name, "sha256": sha256_of(other)[:12]}
+    assert wait_until(lambda: serving_info(d) == want, timeout=60, interval=0.3), d.log()[-3000:]
+    time.sleep(2)                               # nothing still in flight switches it back
+    assert serving_info(d) == want
+    c1 = camera_counters(d)
+    print(f"SWAP burst: {d.log().count('now serving model')} switches in the log so far")
+    for cam in CAMERAS:
+        assert c1[cam]["windows_skipped_total"] == c0[cam]["windows_skipped_total"], cam
+        assert c1[cam]["camera_reconnects_total"] == c0[cam]["camera_reconnects_total"], cam
+        assert c1[cam]["windows_total"] > c0[cam]["windows_total"], cam
+    assert "Traceback" not in d.log() and d.alive()
