@@ -822,7 +822,15 @@ class Daemon:
     def _prepare_model(self, req: SwapRequest):
         """Swapper thread: load and check `req` for this daemon's device, threads and batching."""
         assert self.device is not None and self._batching is not None
-        return prepare(req, self.device, self._threads, self._batching)
+        try:
+            return prepare(req, self.device, self._threads, self._batching)
+        except ModelRefused as exc:
+            reason = str(exc)
+        # Outside the except block, so the traceback no longer holds the refused model's
+        # tensors: give the GPU memory they took back (PyTorch FAQ, out-of-memory handlers).
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise ModelRefused(reason)
 
     def _apply_model(self, outcome: SwapOutcome) -> None:
         """Event loop: switch to a checked model (the worker takes it at its next batch), or
