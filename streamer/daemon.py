@@ -814,6 +814,10 @@ class Daemon:
                 log.info("reload: model.checkpoint is back to the serving %s; the model being "
                          "loaded will not be used", self._serving.name)
             return
+        if not self._swapper.is_alive():        # a bug ended it (logged with its traceback)
+            self._refuse_model(want.checkpoint, f"the model swap thread ended "
+                               f"({self._swapper.error!r}): restart to change the model")
+            return
         req = self._swap_request(want.checkpoint, want.precision, new.enabled_cameras)
         if self._swapper.request(req):
             log.info("reload: loading model %s beside the running %s (sha256 %s); the cameras "
@@ -848,9 +852,7 @@ class Daemon:
             except ModelRefused as exc:
                 reason = str(exc)
         if cand is None or reason is not None:
-            log.error("reload: model %s refused: %s; still serving %s (sha256 %s)", path,
-                      reason, old.name, old.short_sha)
-            self._model_reload_done("refused", path, reason)
+            self._refuse_model(path, reason or "refused")
             return
         serving = dataclasses.replace(cand.serving, loaded_at=time.time())
         known = self._tracker.class_names
@@ -875,6 +877,13 @@ class Daemon:
                  f"; class(es) {', '.join(unscored)} not scored until a restart" if unscored
                  else "")
         self._model_reload_done("ok", path, None)
+
+    def _refuse_model(self, path: Path, reason: str) -> None:
+        """The one line (and the metric) of a refused model; the running one keeps serving."""
+        assert self._serving is not None
+        log.error("reload: model %s refused: %s; still serving %s (sha256 %s)", path, reason,
+                  self._serving.name, self._serving.short_sha)
+        self._model_reload_done("refused", path, reason)
 
     def _model_reload_done(self, result: str, path: Optional[Path], reason: Optional[str]) -> None:
         self.metrics.model_reloads.labels(result=result).inc()
