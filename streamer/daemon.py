@@ -785,22 +785,11 @@ class Daemon:
             self.notifier.ready()
 
     # ================================================================== model swap
-    def _video_needs(self, cameras: list[CameraConfig]) -> frozenset[str]:
-        """The classes the video detector must score for these cameras."""
-        assert self.routing is not None
-        return frozenset(c for cam in cameras
-                         for c in self.routing.video_classes(cam.settings.events))
-
     def _swap_request(self, checkpoint: Path, precision: str,
                       cameras: list[CameraConfig]) -> SwapRequest:
-        """What a model must fit to replace the running one for these cameras."""
-        assert self.model_cfg is not None
-        inp = self.model_cfg.input
-        return SwapRequest(
-            checkpoint=checkpoint, precision=precision, needed=self._video_needs(cameras),
-            frames=inp.frames, size=(int(inp.size[0]), int(inp.size[1])),
-            clip_seconds=inp.clip_seconds,
-            clip_seconds_used=any(c.settings.window_seconds is None for c in cameras))
+        assert self.model_cfg is not None and self.routing is not None
+        return SwapRequest.for_cameras(checkpoint, precision, self.model_cfg, self.routing,
+                                       cameras)
 
     def _request_model(self, new: ServeConfig) -> None:
         """Ask the swapper for `new`'s model unless it is the one serving (same path, same

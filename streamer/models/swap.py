@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from detector.precision import checkpoint_precision
 from detector.runtime import is_onnx_model, load_model, model_device
 
 from ..loop_thread import LoopThread
+from ..routing import EventRouting
 from ..scheduler import BatchPolicy
 from ..worker import InferenceWorker, WindowMeta
 from .identity import ServingModel, file_stamp, sha256_of
@@ -77,6 +78,26 @@ class SwapRequest:
     size: tuple[int, int]
     clip_seconds: Optional[float]
     clip_seconds_used: bool
+
+    @classmethod
+    def for_cameras(cls, checkpoint: Path, precision: str, running: ModelConfig,
+                    routing: EventRouting, cameras: Sequence[Any]) -> "SwapRequest":
+        """What a model must fit to replace `running` for these cameras.
+
+        Args:
+            checkpoint, precision: `model.checkpoint` and `model.precision`.
+            running: the running model's `ModelConfig`.
+            routing: which path scores which class (`needed` = what the video detector scores
+                for these cameras).
+            cameras: the enabled `CameraConfig`s.
+        """
+        inp = running.input
+        return cls(checkpoint=Path(checkpoint), precision=precision,
+                   needed=frozenset(c for cam in cameras
+                                    for c in routing.video_classes(cam.settings.events)),
+                   frames=int(inp.frames), size=(int(inp.size[0]), int(inp.size[1])),
+                   clip_seconds=inp.clip_seconds,
+                   clip_seconds_used=any(c.settings.window_seconds is None for c in cameras))
 
 
 @dataclass
