@@ -197,6 +197,9 @@ class Daemon:
         self._serving: Optional[ServingModel] = None
         self._last_model_reload: Optional[dict] = None
         self._swapper: Optional[ModelSwapper] = None
+        # (model.checkpoint, model.precision) of the last config read: only a prepared model
+        # that is still what the config asks for is switched to.
+        self._wanted_model: Optional[tuple[Path, str]] = None
         self._threads: Optional[int] = None
         self._batching: Optional[BatchPolicy] = None
         self._pose_workers: list[PoseWorker] = []
@@ -798,6 +801,7 @@ class Daemon:
         if self._swapper is None:
             return
         want = new.model
+        self._wanted_model = (want.checkpoint, want.precision)
         if self._serving.same_file(want.checkpoint, want.precision):
             if self._swapper.cancel():
                 log.info("reload: model.checkpoint is back to the serving %s; the model being "
@@ -833,6 +837,10 @@ class Daemon:
         cand = outcome.candidate
         reason = outcome.reason
         path = outcome.request.checkpoint
+        if (path, outcome.request.precision) != self._wanted_model:
+            log.info("reload: model %s %s, but the config now asks for another; dropped", path,
+                     "refused" if cand is None else "prepared")
+            return
         if cand is not None:
             # The cameras may have changed while it loaded: check again against the current ones.
             try:

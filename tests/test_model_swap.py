@@ -268,6 +268,27 @@ def test_a_cancelled_request_is_prepared_but_never_handed_over(tmp_path):
         assert sw.stop(10)
 
 
+def test_cancel_drops_a_prepared_model_not_yet_polled_but_keeps_refusals(tmp_path):
+    ready = object()                            # stands for a Candidate
+
+    def quick(req):
+        if req.checkpoint.name == "bad.pt":
+            raise ModelRefused("bad")
+        return ready
+
+    sw = ModelSwapper(quick)
+    sw.start()
+    try:
+        sw.request(request(tmp_path / "bad.pt"))
+        assert wait_until(lambda: not sw.busy(), timeout=30)
+        sw.request(request(tmp_path / "good.pt"))
+        assert wait_until(lambda: not sw.busy(), timeout=30)
+        assert sw.cancel()
+        assert [o.reason for o in sw.poll()] == ["bad"]
+    finally:
+        assert sw.stop(10)
+
+
 def test_an_unexpected_error_while_preparing_is_a_refusal_not_a_dead_thread(tmp_path):
     def buggy(req):
         raise KeyError("backbone")
@@ -530,6 +551,7 @@ def test_the_event_loop_checks_a_prepared_model_again_against_the_cameras_of_now
                           "cameras": [{"name": "bar", "url": "synth://fight", "events": ["fight"]},
                                       {"name": "ward", "url": "synth://collapse"}]})
     d.cfg = grown                                       # ...not those of now
+    d._wanted_model = (fight_only, "auto")              # what the last config read asks for
     with caplog.at_level("INFO", logger="streamer.daemon"):
         d._apply_model(SwapOutcome(req, candidate=cand))
     refused = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
@@ -541,6 +563,9 @@ def test_the_event_loop_checks_a_prepared_model_again_against_the_cameras_of_now
     req = d._swap_request(nxt, "auto", grown.enabled_cameras)
     cand = prepare(req, CPU, 1, BatchPolicy(2))
     caplog.clear()
+    d._apply_model(SwapOutcome(req, candidate=cand))    # not what the config asks for: dropped
+    assert d._worker.worker is old.worker and d.last_model_reload()["result"] == "refused"
+    d._wanted_model = (nxt, "auto")
     with caplog.at_level("INFO", logger="streamer.daemon"):
         d._apply_model(SwapOutcome(req, candidate=cand))
     assert d._worker.worker is cand.worker

@@ -277,12 +277,15 @@ class ModelSwapper(LoopThread):
         return True
 
     def cancel(self) -> bool:
-        """Forget the waiting request and drop the outcome of the one being prepared (a later
-        reload went back to the model that serves). Returns whether there was one."""
+        """Forget the waiting request, drop the outcome of the one being prepared and the
+        prepared models not yet polled (a later reload went back to the model that serves).
+        Refusals already made are still reported. Returns whether anything was dropped."""
         with self._lock:
-            had = self._pending is not None or self._busy is not None
+            ready = [o for o in self._done if o.candidate is not None]
+            had = self._pending is not None or self._busy is not None or bool(ready)
             self._pending = None
             self._cancelled = self._busy
+            self._done = [o for o in self._done if o.candidate is None]
         return had
 
     def busy(self) -> bool:
