@@ -198,74 +198,72 @@ def test_the_worker_thread_runs_the_worker_assigned_between_two_batches():
 
 
 # ============================================================================ the thread
-def test_the_swapper_prepares_one_at_a_time_and_keeps_only_the_newest_request(tmp_path):
-    started, release = threading.Event(), threading.Event()
-    prepared: list[str] = []
+class Gated:
+    """A `prepare` that records what it was asked for, says `started`, and waits for `release`
+    before refusing it ("<name> is not wanted")."""
 
-    def slow_prepare(req):
-        prepared.append(req.checkpoint.name)
-        started.set()
-        assert release.wait(30)
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+        self.calls: list[str] = []
+
+    def __call__(self, req):
+        self.calls.append(req.checkpoint.name)
+        self.started.set()
+        assert self.release.wait(30)
         raise ModelRefused(f"{req.checkpoint.name} is not wanted")
 
-    sw = ModelSwapper(slow_prepare)
+
+@pytest.fixture
+def gated():
+    """A running `ModelSwapper` over a `Gated` prepare; stopped at teardown."""
+    gate = Gated()
+    sw = ModelSwapper(gate)
     sw.start()
-    try:
-        a, b, c = (request(tmp_path / f"{n}.pt") for n in "abc")
-        assert sw.request(a)
-        assert started.wait(30)
-        assert not sw.request(a)                # the same one is being prepared
-        assert sw.request(b) and sw.request(c)  # b is replaced by c before it starts
-        assert not sw.request(c)
-        assert sw.busy()
-        release.set()
-        outcomes: list[SwapOutcome] = []
-        deadline = time.monotonic() + 30
-        while len(outcomes) < 2 and time.monotonic() < deadline:
-            outcomes += sw.poll()
-            time.sleep(0.01)
-        assert [o.request.checkpoint.name for o in outcomes] == ["a.pt", "c.pt"]
-        assert all(o.candidate is None and "is not wanted" in o.reason for o in outcomes)
-        assert prepared == ["a.pt", "c.pt"]
-        assert not sw.busy()
-    finally:
-        release.set()
-        assert sw.stop(10)
+    yield gate, sw
+    gate.release.set()
+    assert sw.stop(10)
 
 
-def test_a_cancelled_request_is_prepared_but_never_handed_over(tmp_path):
+def test_the_swapper_prepares_one_at_a_time_and_keeps_only_the_newest_request(tmp_path, gated):
+    gate, sw = gated
+    a, b, c = (request(tmp_path / f"{n}.pt") for n in "abc")
+    assert sw.request(a)
+    assert gate.started.wait(30)
+    assert not sw.request(a)                    # the same one is being prepared
+    assert sw.request(b) and sw.request(c)      # b is replaced by c before it starts
+    assert not sw.request(c)
+    assert sw.busy()
+    gate.release.set()
+    outcomes: list[SwapOutcome] = []
+    deadline = time.monotonic() + 30
+    while len(outcomes) < 2 and time.monotonic() < deadline:
+        outcomes += sw.poll()
+        time.sleep(0.01)
+    assert [o.request.checkpoint.name for o in outcomes] == ["a.pt", "c.pt"]
+    assert all(o.candidate is None and "is not wanted" in o.reason for o in outcomes)
+    assert gate.calls == ["a.pt", "c.pt"]
+    assert not sw.busy()
+
+
+def test_a_cancelled_request_is_prepared_but_never_handed_over(tmp_path, gated):
     """A reload that goes back to the serving model while another loads: nothing switches."""
-    started, release = threading.Event(), threading.Event()
-    calls: list[str] = []
-
-    def slow_prepare(req):
-        calls.append(req.checkpoint.name)
-        started.set()
-        assert release.wait(30)
-        raise ModelRefused("checked")
-
-    sw = ModelSwapper(slow_prepare)
-    sw.start()
-    try:
-        a, b = request(tmp_path / "a.pt"), request(tmp_path / "b.pt")
-        assert sw.request(a) and started.wait(30)
-        assert sw.request(b)
-        assert sw.cancel()                      # b forgotten, a's outcome to be dropped
-        release.set()
-        assert wait_until(lambda: not sw.busy(), timeout=30)
-        assert sw.poll() == [] and calls == ["a.pt"]
-        assert not sw.cancel()
-        # Asking again for the one in flight undoes the cancel: its outcome is handed over.
-        release.clear()
-        started.clear()
-        assert sw.request(b) and started.wait(30)
-        sw.cancel()
-        assert not sw.request(b)
-        release.set()
-        assert wait_until(sw.poll, timeout=30)[0].request == b
-    finally:
-        release.set()
-        assert sw.stop(10)
+    gate, sw = gated
+    a, b = request(tmp_path / "a.pt"), request(tmp_path / "b.pt")
+    assert sw.request(a) and gate.started.wait(30)
+    assert sw.request(b)
+    assert sw.cancel()                          # b forgotten, a's outcome to be dropped
+    gate.release.set()
+    assert wait_until(lambda: not sw.busy(), timeout=30)
+    assert sw.poll() == [] and gate.calls == ["a.pt"]
+    assert not sw.cancel()
+    # Asking again for the one in flight undoes the cancel: its outcome is handed over.
+    gate.release.clear()
+    gate.started.clear()
+    assert sw.request(b) and gate.started.wait(30)
+    sw.cancel()
+    assert not sw.request(b)
+    gate.release.set()
+    assert wait_until(sw.poll, timeout=30)[0].request == b
 
 
 def test_cancel_drops_a_prepared_model_not_yet_polled_but_keeps_refusals(tmp_path):
