@@ -366,8 +366,9 @@ def default_replay_endpoint(endpoint: str) -> str:
 
 
 def format_heartbeat(hb: dict | None) -> str:
-    """One readable line for a heartbeat: last seq, journal id, uptime, camera states, and the
-    journal's trouble when it cannot be written (alerts held in memory)."""
+    """One readable line for a heartbeat: last seq, journal id, uptime, camera states, the
+    serving model (`name@sha256[:12]`), and the journal's trouble when it cannot be written
+    (alerts held in memory)."""
     from .protocol import printable
 
     if not hb:
@@ -378,10 +379,13 @@ def format_heartbeat(hb: dict | None) -> str:
     journal = hb.get("journal") if isinstance(hb.get("journal"), dict) else {}
     trouble = (f" JOURNAL-NOT-WRITABLE held={printable(journal.get('held'), 12)}"
                if journal.get("writable") is False else "")
+    model = hb.get("model") if isinstance(hb.get("model"), dict) else {}
+    serving = (f" model={printable(model['name'], 64)}@{printable(model.get('sha256'), 12)}"
+               if model.get("name") else "")
     return (f"heartbeat seq={hb.get('seq')}"
             + (f" journal={printable(hb['journal_id'], 64)}" if hb.get("journal_id") else "")
             + f" uptime={hb.get('uptime_s')}s" + (f" cameras={states}" if states else "")
-            + trouble)
+            + serving + trouble)
 
 
 def _client_curve(keys_dir: Path, client: str | None, ClientCurve):

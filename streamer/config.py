@@ -281,7 +281,7 @@ class PoseServeConfig(Validated):
     """
     checkpoint: Path = setting(Path("vigil"),
         doc="`vigil` (the shipped pose collapse model) or a file from `vigil train --config "
-            "configs/train/pose-collapse.yaml`")
+            "configs/train/pose-collapse.yaml`; a change needs a restart")
     workers: int = setting(1, ge=1, doc="pose threads, sharing the cameras")
     threads: int = setting(1, ge=1, doc="CPU threads of each BlazePose model call")
     stride_s: float = setting(0.5, gt=0, le=10, doc="seconds between a camera's pose windows")
@@ -310,7 +310,8 @@ class ServeModelConfig(Validated):
         doc="`vigil` (the shipped default model, `docs/models/real-cpu-v2.md`), or a file "
             "from `vigil train` or `vigil import-reference` (or a reference "
             "`best_model.pth`), or an `.onnx` file from `vigil export --format onnx`, run by "
-            "onnxruntime on the CPU in fp32")
+            "onnxruntime on the CPU in fp32; a reload swaps in a new one (or new weights in the "
+            "same file) without a restart")
     device: str = setting("auto", doc="`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = setting("auto",
         doc="`auto` (the checkpoint's own choice where it records one, fp16 for a reference "

@@ -32,8 +32,12 @@ Signals only set flags; the event loop acts on them within its poll interval:
 SIGTERM/SIGINT stop (capture first, then the batch in flight, then `end` reason `shutdown` for
 every open event, journal flushed, exit 0); SIGHUP reloads the camera list from the config file
 (cameras added, removed or changed are started or stopped, the others keep running untouched; a
-bad config is logged and the running one kept). Model, alerts and metrics settings need a
-restart.
+bad config is logged and the running one kept) and, when `model.checkpoint` or `model.precision`
+changed or the checkpoint file was replaced, swaps the video model without touching the cameras:
+`streamer/models/swap.py` loads and checks it beside the running one in its own thread, and the
+event loop switches the worker to it between two batches (a bad one is refused with one line and
+the old model keeps serving). The other model keys (`device`, `max_batch`, `max_wait_ms`,
+`threads`, `pose`), alerts and metrics settings need a restart.
 
 Watchdog escalation: a capture thread stuck inside native code (FFmpeg, a V4L2 driver) cannot be
 stopped from Python. When one is `stuck()`, the worker heartbeat logs why (once) and stops the
@@ -63,7 +67,7 @@ from detector.runtime import load_model, resolve_device, torch_threads
 from .camera_runtime import CameraRuntime
 from .comms.mqtt import MqttBridge
 from .comms.notifications import Notifications
-from .config import CameraConfig, ServeConfig, load_config
+from .config import CameraConfig, ServeConfig, ServeModelConfig, load_config
 from .events import EventTracker, end_message
 from .event_evidence import EventEvidence
 from .evidence import EvidenceWriter
@@ -71,6 +75,9 @@ from .health import health_problem
 from .journal_writer import JournalWriter
 from .masking import install_log_filter
 from .metrics import VigilMetrics
+from .models.identity import ServingModel
+from .models.swap import (ModelRefused, ModelSwapper, SwapOutcome, SwapRequest, check_fit,
+                          prepare)
 from .notify import Notifier
 from .publisher import AlertPublisher
 from .pose.worker import PoseWorker, worker_of
@@ -94,6 +101,8 @@ LOOP_POLL_S = 0.1
 RESULT_QUEUE = 32
 # Journal retention runs this often.
 PRUNE_EVERY_S = 3600.0
+# `model` keys a reload applies by swapping the model; the others need a restart.
+SWAPPABLE_MODEL_KEYS = ("checkpoint", "precision")
 # A stopping daemon waits this long for each part.
 STOP_CAPTURE_S = 2.0
 STOP_WORKER_S = 5.0
@@ -113,6 +122,11 @@ def unknown_clip_length_message(frames: int) -> str:
     `input.clip_seconds`, e.g. one imported from the reference implementation."""
     return ("the checkpoint does not say how long its training clips were (input.clip_seconds): "
             f"windows are {frames} consecutive frames unless a camera sets window_seconds")
+
+
+def _names_key(message: str, key: str) -> bool:
+    """Whether a config error's message (`<file>: <key>: <problem>`) is about `key`."""
+    return f": {key}: " in message or message.startswith(f"{key}: ")
 
 
 def _make_data_dir(cfg: ServeConfig) -> None:
@@ -178,6 +192,16 @@ class Daemon:
         # the worker thread reads it through `_windows`.
         self._not_analysed: frozenset[str] = frozenset()
         self._worker: Optional[WorkerThread] = None
+        # The video model that serves, replaced (never mutated) when a reload swaps it, and the
+        # thread that loads and checks a new one beside it.
+        self._serving: Optional[ServingModel] = None
+        self._last_model_reload: Optional[dict] = None
+        self._swapper: Optional[ModelSwapper] = None
+        # (model.checkpoint, model.precision) of the last config read: only a prepared model
+        # that is still what the config asks for is switched to.
+        self._wanted_model: Optional[tuple[Path, str]] = None
+        self._threads: Optional[int] = None
+        self._batching: Optional[BatchPolicy] = None
         self._pose_workers: list[PoseWorker] = []
         self.routing: Optional[EventRouting] = None
         self._stopping = threading.Event()
@@ -224,6 +248,16 @@ class Daemon:
         """Ask the event loop to reload the config (what SIGHUP does)."""
         self.flags.reload = True
 
+    def serving_model(self) -> Optional[ServingModel]:
+        """The video model that serves now (its file, SHA-256, load time, classes, input), or
+        None before start-up loaded it. Read-only, callable from any thread: a swap replaces it."""
+        return self._serving
+
+    def last_model_reload(self) -> Optional[dict]:
+        """The last reload that asked for another video model, or None: `{"result": "ok" |
+        "refused", "checkpoint": path, "reason": why refused or None, "at": ISO time}`."""
+        return self._last_model_reload
+
     # ================================================================== signals
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -257,6 +291,7 @@ class Daemon:
                        else resolve_device(cfg.model.device, "model.device"))
         threads = torch_threads(cfg.model.threads, self.device)
         torch.set_num_threads(threads)
+        self._threads = threads
         model, mcfg, meta = load_model(cfg.model.checkpoint, self.device, threads)
         self.model_cfg = mcfg
         self.class_names = list(mcfg.class_names)
@@ -264,8 +299,12 @@ class Daemon:
         precision = (checkpoint_precision(meta) if cfg.model.precision == "auto"
                      else cfg.model.precision)
         batching = BatchPolicy(cfg.model.max_batch, cfg.model.max_wait_ms)
+        self._batching = batching
         worker = InferenceWorker(model, mcfg.input, self.class_names, device=self.device,
                                  precision=precision, policy=batching)
+        # What serves, for the page, heartbeats and /metrics, and for a reload to compare with.
+        self._serving = ServingModel.of(cfg.model.checkpoint, cfg.model.precision, mcfg,
+                                        str(meta["runtime"]), worker)
         log.info("model %s (%s, %d frames of %dx%d, classes %s) on %s via %s, %s autocast, "
                  "%d threads", cfg.model.checkpoint.name, mcfg.backbone.name, mcfg.input.frames,
                  mcfg.input.size[1], mcfg.input.size[0], ", ".join(self.class_names), self.device,
@@ -297,6 +336,8 @@ class Daemon:
                         len(orphans), ", ".join(m["event_id"] for m in orphans))
 
         self.metrics.set_build_info(_version(), cfg.model.checkpoint.name, str(self.device))
+        self.metrics.set_model_info(self._serving.name, self._serving.sha256,
+                                    self._serving.loaded_at)
         if cfg.metrics.enabled:
             try:
                 self._metrics_server = self.metrics.start_http_server(cfg.metrics.host,
@@ -358,6 +399,8 @@ class Daemon:
         self._worker.start()
         for w in self._pose_workers:
             w.start()
+        self._swapper = ModelSwapper(self._prepare_model)
+        self._swapper.start()
         status = (f"serving {len(self._cams)} camera(s) on {self.device}; alerts on "
                   f"{self._publisher.endpoint}")
         self.notifier.ready(status=status)
@@ -501,6 +544,9 @@ class Daemon:
             if self.flags.reload:
                 self.flags.reload = False
                 self.reload()
+            if self._swapper is not None:
+                for outcome in self._swapper.poll():
+                    self._apply_model(outcome)
             try:
                 batch = self._results.get(timeout=LOOP_POLL_S)
             except queue.Empty:
@@ -653,8 +699,11 @@ class Daemon:
             m.evidence_dropped.inc(max(dropped - self._evidence_reported[1], 0))
             self._evidence_reported = (errors, dropped)
         journal = self._journal
+        serving = self._serving
         status = (f"{up}/{len(self._cams)} cameras up, {len(self._tracker.open_events())} "
                   "event(s) open"
+                  + (f"; model {serving.name} ({serving.short_sha})" if serving is not None
+                     else "")
                   + (f"; JOURNAL NOT WRITABLE: {journal.held} alert(s) held in memory"
                      if journal is not None and not journal.writable else "")
                   + (f"; UNHEALTHY: {self._wd_withheld}" if self._wd_withheld else ""))
@@ -669,8 +718,12 @@ class Daemon:
     def _heartbeat(self) -> None:
         assert self._publisher is not None and self._journal is not None
         self._publisher.follow_journal(self._journal.journal_id, self._journal.last_seq)
-        self._publisher.heartbeat({"cameras": self.camera_states(),
-                                   "journal": self._journal.state()})
+        payload = {"cameras": self.camera_states(), "journal": self._journal.state()}
+        if self._serving is not None:
+            payload["model"] = self._serving.as_dict()
+        if self._last_model_reload is not None:
+            payload["model_reload"] = self._last_model_reload
+        self._publisher.heartbeat(payload)
 
     # ================================================================== reload
     def reload(self) -> bool:
@@ -689,6 +742,8 @@ class Daemon:
                 new = load_config(self.config_path)
             except VigilError as exc:
                 log.error("reload: %s; keeping the running config", exc)
+                if _names_key(str(exc), "model.checkpoint"):   # e.g. the new file is missing
+                    self._model_reload_done("refused", None, str(exc))
                 return False
             install_log_filter(new.secrets)
             assert self.routing is not None
@@ -697,11 +752,16 @@ class Daemon:
             except ConfigError as exc:
                 log.error("reload: %s; keeping the running config", exc)
                 return False
-            for section in ("model", "alerts", "metrics", "data_dir", "smoothing", "evidence",
-                            "mqtt", "notify"):
-                if getattr(new, section) != getattr(self.cfg, section):
-                    log.warning("reload: %s changed; this takes effect at the next restart "
-                                "(only the camera list is reloaded)", section)
+            restart_only = [f"model.{f.name}" for f in dataclasses.fields(ServeModelConfig)
+                            if f.name not in SWAPPABLE_MODEL_KEYS
+                            and getattr(new.model, f.name) != getattr(self.cfg.model, f.name)]
+            restart_only += [section for section in ("alerts", "metrics", "data_dir",
+                                                     "smoothing", "evidence", "mqtt", "notify")
+                             if getattr(new, section) != getattr(self.cfg, section)]
+            for key in restart_only:
+                log.warning("reload: %s changed; this takes effect at the next restart "
+                            "(a reload applies the camera list, model.checkpoint and "
+                            "model.precision)", key)
             wanted = {c.name: c for c in new.enabled_cameras}
             running = dict(self._cams)
             removed = [n for n in running if n not in wanted]
@@ -722,9 +782,111 @@ class Daemon:
             log.info("reload: %d camera(s) added, %d removed, %d changed, %d unchanged",
                      len(added), len(removed), len(changed),
                      len(running) - len(removed) - len(changed))
+            self._request_model(new)
             return True
         finally:
             self.notifier.ready()
+
+    # ================================================================== model swap
+    def _swap_request(self, checkpoint: Path, precision: str,
+                      cameras: list[CameraConfig]) -> SwapRequest:
+        assert self.model_cfg is not None and self.routing is not None
+        return SwapRequest.for_cameras(checkpoint, precision, self.model_cfg, self.routing,
+                                       cameras)
+
+    def _request_model(self, new: ServeConfig) -> None:
+        """Ask the swapper for `new`'s model unless it is the one serving (same path, same
+        precision, the file not replaced since)."""
+        assert self._serving is not None and self.model_cfg is not None
+        if self._swapper is None:
+            return
+        want = new.model
+        self._wanted_model = (want.checkpoint, want.precision)
+        if self._serving.same_file(want.checkpoint, want.precision):
+            if self._swapper.cancel():
+                log.info("reload: model.checkpoint is back to the serving %s; the model being "
+                         "loaded will not be used", self._serving.name)
+            return
+        if not self._swapper.is_alive():        # a bug ended it (logged with its traceback)
+            self._refuse_model(want.checkpoint, f"the model swap thread ended "
+                               f"({self._swapper.error!r}): restart to change the model")
+            return
+        req = self._swap_request(want.checkpoint, want.precision, new.enabled_cameras)
+        if self._swapper.request(req):
+            log.info("reload: loading model %s beside the running %s (sha256 %s); the cameras "
+                     "keep running", want.checkpoint, self._serving.name, self._serving.short_sha)
+
+    def _prepare_model(self, req: SwapRequest):
+        """Swapper thread: load and check `req` for this daemon's device, threads and batching."""
+        assert self.device is not None and self._batching is not None
+        try:
+            return prepare(req, self.device, self._threads, self._batching)
+        except ModelRefused as exc:
+            reason = str(exc)
+        # Outside the except block, so the traceback no longer holds the refused model's
+        # tensors: give the GPU memory they took back (PyTorch FAQ, out-of-memory handlers).
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise ModelRefused(reason)
+
+    def _apply_model(self, outcome: SwapOutcome) -> None:
+        """Event loop: switch to a checked model (the worker takes it at its next batch), or
+        report why it was refused. One log line either way."""
+        assert self._serving is not None and self._tracker is not None
+        old = self._serving
+        cand = outcome.candidate
+        reason = outcome.reason
+        path = outcome.request.checkpoint
+        if (path, outcome.request.precision) != self._wanted_model:
+            log.info("reload: model %s %s, but the config now asks for another; dropped", path,
+                     "refused" if cand is None else "prepared")
+            return
+        if cand is not None:
+            # The cameras may have changed while it loaded: check again against the current ones.
+            try:
+                check_fit(cand.model_cfg, self._swap_request(
+                    path, outcome.request.precision, self.cfg.enabled_cameras))
+            except ModelRefused as exc:
+                reason = str(exc)
+        if cand is None or reason is not None:
+            self._refuse_model(path, reason or "refused")
+            return
+        serving = dataclasses.replace(cand.serving, loaded_at=time.time())
+        known = self._tracker.class_names
+        unscored = [c for c in serving.classes if c not in known]
+        self.routing = EventRouting(tuple(c for c in serving.classes if c in known),
+                                    self.routing.pose if self.routing is not None else None)
+        self.model_cfg = cand.model_cfg
+        self.class_names = self.routing.classes
+        assert self._worker is not None
+        self._worker.worker = cand.worker       # read once per batch: the next batch runs it
+        self._serving = serving
+        self.cfg = dataclasses.replace(self.cfg, model=dataclasses.replace(
+            self.cfg.model, checkpoint=path, precision=outcome.request.precision))
+        self.metrics.set_build_info(_version(), serving.name, str(self.device))
+        self.metrics.set_model_info(serving.name, serving.sha256, serving.loaded_at)
+        if self._mqtt is not None:
+            self._mqtt.set_cameras(self._watched(self.cfg.enabled_cameras))
+        log.info("reload: now serving model %s (sha256 %s, classes %s, %s autocast; loaded and "
+                 "checked beside the running one in %.1f s), was %s (sha256 %s)%s", serving.name,
+                 serving.short_sha, ", ".join(serving.classes), serving.autocast, cand.seconds,
+                 old.name, old.short_sha,
+                 f"; class(es) {', '.join(unscored)} not scored until a restart" if unscored
+                 else "")
+        self._model_reload_done("ok", path, None)
+
+    def _refuse_model(self, path: Path, reason: str) -> None:
+        """The one line (and the metric) of a refused model; the running one keeps serving."""
+        assert self._serving is not None
+        log.error("reload: model %s refused: %s; still serving %s (sha256 %s)", path, reason,
+                  self._serving.name, self._serving.short_sha)
+        self._model_reload_done("refused", path, reason)
+
+    def _model_reload_done(self, result: str, path: Optional[Path], reason: Optional[str]) -> None:
+        self.metrics.model_reloads.labels(result=result).inc()
+        self._last_model_reload = {
+            "result": result, "checkpoint": str(path) if path is not None else None,
+            "reason": reason, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     # ================================================================== shutdown
     def _shutdown(self, close_events: bool) -> None:
@@ -735,6 +897,8 @@ class Daemon:
         """
         self._stopping.set()
         self.notifier.stopping(status="stopping")
+        if self._swapper is not None:
+            self._swapper.stop(timeout=0)      # a model loading now is not waited for
         cams = list(self._cams.values())
         for cam in cams:                       # ask all at once, then wait for each
             cam.stop(timeout=0)

@@ -3,8 +3,9 @@
 `VigilMetrics` owns a fresh `CollectorRegistry`, so two daemons (or two tests) in one process
 never share counters, and nothing registers on prometheus_client's global registry. Labels are
 only `camera`, `label` and `type` (plus `version`, `model`, `device` on `vigil_build_info`,
-`reason` from a fixed set on `vigil_events_suppressed_total`, and a notification rule's validated
-`name` as `rule`): never a URL, a credential or free text.
+`reason` from a fixed set on `vigil_events_suppressed_total`, a notification rule's validated
+`name` as `rule`, `result` from a fixed set on `vigil_model_reloads_total`, and the checkpoint's
+file name and short hash on `vigil_model_info`): never a URL, a credential or free text.
 
 Thread-safety: prometheus_client metrics are safe to update from any thread.
 """
@@ -46,7 +47,11 @@ METRIC_NAMES = (
     "vigil_mqtt_lost_total", "vigil_notifications_sent_total", "vigil_notifications_failed_total",
     "vigil_notifications_dropped_total", "vigil_notifications_rate_limited_total",
     "vigil_notification_retries_total",
+    # The serving video model and its hot swaps (issue 27, `streamer/models/`).
+    "vigil_model_info", "vigil_model_loaded_timestamp_seconds", "vigil_model_reloads_total",
 )
+# `result` of vigil_model_reloads_total: the new model serves, or it was refused.
+MODEL_RELOAD_RESULTS = ("ok", "refused")
 
 
 class MetricsServer:
@@ -149,6 +154,21 @@ class VigilMetrics:
                                       buckets=POSE_BUCKETS)
         self.build_info = Gauge("vigil_build_info", "Constant 1, labelled with the build.",
                                 ["version", "model", "device"], registry=r)
+        # The video model that serves now (a reload may replace it: streamer/models/swap.py).
+        self.model_info = Gauge(
+            "vigil_model_info",
+            "Constant 1, labelled with the video model that serves: its checkpoint's file name "
+            "and the first 12 hex digits of its SHA-256.", ["checkpoint", "sha256"], registry=r)
+        self.model_loaded = Gauge(
+            "vigil_model_loaded_timestamp_seconds",
+            "When the serving video model started serving (Unix time).", registry=r)
+        self.model_reloads = Counter(
+            "vigil_model_reloads_total",
+            "Reloads that asked for another video model: result ok (it serves now) or refused "
+            "(it did not load or failed its checks; the old model kept serving).",
+            ["result"], registry=r)
+        for result in MODEL_RELOAD_RESULTS:
+            self.model_reloads.labels(result=result)
         # Gating: events kept from starting (reason: zone, schedule), and schedules.
         self.events_suppressed = Counter(
             "vigil_events_suppressed_total",
@@ -211,6 +231,19 @@ class VigilMetrics:
         """
         self.build_info.clear()
         self.build_info.labels(version=version, model=model, device=device).set(1)
+
+    def set_model_info(self, checkpoint: str, sha256: str, loaded_at: float) -> None:
+        """Publish `vigil_model_info{checkpoint,sha256} 1` for the serving model (replacing the
+        previous one) and `vigil_model_loaded_timestamp_seconds`.
+
+        Args:
+            checkpoint: the checkpoint's file name (not its path).
+            sha256: its hex SHA-256 (the label keeps the first 12 digits).
+            loaded_at: when it started serving (Unix time).
+        """
+        self.model_info.clear()
+        self.model_info.labels(checkpoint=checkpoint, sha256=sha256[:12]).set(1)
+        self.model_loaded.set(loaded_at)
 
     def add_camera(self, camera: str, labels: tuple[str, ...] = ()) -> None:
         """Create the camera's series at 0 so dashboards show them before the first event."""

@@ -197,6 +197,16 @@ def test_alerts_prints_a_readable_line_without_json(publisher, capsys):
 
 
 # ----------------------------------------------------------------------------- keys
+def test_a_heartbeat_line_names_the_serving_model_and_nothing_that_drives_a_terminal():
+    from streamer.commands import format_heartbeat
+
+    hb = {"seq": 7, "uptime_s": 3.0, "cameras": {"a": {"up": True}},
+          "model": {"name": "next\x1b[2J.pt", "sha256": "a36952be6f38" + "0" * 52}}
+    line = format_heartbeat(hb)
+    assert line.endswith("cameras=a:up model=next?[2J.pt@a36952be6f38")
+    assert "model=" not in format_heartbeat({"seq": 1, "uptime_s": 1.0})   # an older daemon
+
+
 def test_keys_generate_writes_loadable_curve_keys_and_refuses_to_overwrite(tmp_path, capsys):
     import zmq.auth
 

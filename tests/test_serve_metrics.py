@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamer.metrics import METRIC_NAMES, VigilMetrics
+from streamer.metrics import METRIC_NAMES, MODEL_RELOAD_RESULTS, VigilMetrics
 
 # shared/ sits beside the checkout (as in CI); without it the module's own list is used.
 DESIGN = Path(__file__).resolve().parents[2] / "shared" / "design.md"
@@ -63,8 +63,10 @@ def test_every_metric_of_the_design_is_exposed_with_its_type():
 def test_labels_are_only_camera_label_type_and_build_info():
     allowed = {"camera", "label", "type", "le"}
     # Besides: `reason` (zone, schedule) on vigil_events_suppressed_total and a notification
-    # rule's validated name as `rule`: fixed sets, never free text.
+    # rule's validated name as `rule`: fixed sets, never free text; `result` (ok, refused) on
+    # vigil_model_reloads_total; the serving checkpoint's file name and hash on vigil_model_info.
     m = populated()
+    m.set_model_info("best.pt", "0123456789abcdef" * 4, 1.7e9)
     m.events_suppressed.labels(camera="lobby", label="fight", reason="zone").inc()
     m.add_notification_rule("ops")
     for fam in text_string_to_metric_families(m.exposition().decode()):
@@ -77,6 +79,14 @@ def test_labels_are_only_camera_label_type_and_build_info():
                 assert sample.labels["reason"] in ("zone", "schedule")
             if fam.name.startswith(("vigil_notifications_", "vigil_notification_")):
                 extra -= {"rule"}
+            if fam.name.startswith("vigil_model_reloads"):
+                extra -= {"result"}
+                assert sample.labels["result"] in MODEL_RELOAD_RESULTS
+            if fam.name == "vigil_model_info":
+                # The checkpoint's file name (as on vigil_build_info) and a 12-digit hash.
+                extra -= {"checkpoint", "sha256"}
+                assert "/" not in sample.labels["checkpoint"]
+                assert re.fullmatch(r"[0-9a-f]{12}", sample.labels["sha256"])
             assert not extra, (fam.name, extra)
 
 
@@ -103,6 +113,19 @@ def test_build_info_is_a_constant_one_and_replaced_on_change():
     text = m.exposition().decode()
     assert 'vigil_build_info{device="cuda:0",model="best.pt",version="0.2.0"} 1.0' in text
     assert 'version="0.1.0"' not in text
+
+
+def test_model_info_names_only_the_serving_model():
+    m = populated()
+    m.set_model_info("old.pt", "a" * 64, 1.7e9)
+    m.set_model_info("new.pt", "b" * 64, 1.8e9)
+    m.model_reloads.labels(result="ok").inc()
+    text = m.exposition().decode()
+    assert 'vigil_model_info{checkpoint="new.pt",sha256="bbbbbbbbbbbb"} 1.0' in text
+    assert "old.pt" not in text
+    assert m.registry.get_sample_value("vigil_model_loaded_timestamp_seconds") == 1.8e9
+    assert m.registry.get_sample_value("vigil_model_reloads_total", {"result": "ok"}) == 1
+    assert m.registry.get_sample_value("vigil_model_reloads_total", {"result": "refused"}) == 0
 
 
 def test_removed_cameras_disappear():
