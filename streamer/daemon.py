@@ -160,6 +160,9 @@ class Daemon:
         self._cams: dict[str, CameraRuntime] = {}
         self._results: queue.Queue[list[WindowResult]] = queue.Queue(maxsize=RESULT_QUEUE)
         self._metrics_server = None
+        self._web = None                    # the review page (streamer/web/), when enabled
+        # The model that serves now, as the review page shows it (`serving_model`).
+        self._serving: dict[str, Any] = {}
         self._publisher: Optional[AlertPublisher] = None
         self._journal: Optional[JournalWriter] = None
         self._evidence: Optional[EvidenceWriter] = None
@@ -260,6 +263,9 @@ class Daemon:
         model, mcfg, meta = load_model(cfg.model.checkpoint, self.device, threads)
         self.model_cfg = mcfg
         self.class_names = list(mcfg.class_names)
+        self._serving = {"checkpoint": str(cfg.model.checkpoint),
+                         "name": cfg.model.checkpoint.name,
+                         "classes": list(mcfg.class_names), "device": str(self.device)}
         # `auto` follows the checkpoint where it asks for a precision (fp16 for a reference model).
         precision = (checkpoint_precision(meta) if cfg.model.precision == "auto"
                      else cfg.model.precision)
@@ -305,6 +311,8 @@ class Daemon:
                 raise ConfigError(f"metrics.port: cannot serve metrics on "
                                   f"{cfg.metrics.host}:{cfg.metrics.port}: {exc.strerror or exc}"
                                   ) from None
+        if cfg.web.enabled:
+            self._start_web()
         self._publisher = AlertPublisher(
             cfg.alerts.endpoint, cfg.alerts.replay_endpoint, cfg.journal_path,
             metrics=self.metrics, sndhwm=cfg.alerts.sndhwm, curve=cfg.alerts.curve,
@@ -666,6 +674,43 @@ class Daemon:
         """name -> {"up", "last_frame_age_s", "reconnects", "fps"} for heartbeats."""
         return {name: cam.state() for name, cam in self._cams.items()}
 
+    # ---- the review page (streamer/web/): read-only views, called from its request threads
+    def _start_web(self) -> None:
+        from .web.live import LiveView
+        from .web.server import WebServer
+
+        live = LiveView(cameras=self.web_cameras, frame=self.latest_frame,
+                        model=self.serving_model)
+        self._web = WebServer(self.cfg.web, self.cfg.data_dir, live).start()
+
+    def serving_model(self) -> dict:
+        """{"checkpoint", "name", "classes", "device"} of the model that serves now."""
+        return dict(self._serving)
+
+    def latest_frame(self, camera: str):
+        """The camera's newest frame, RGB uint8 (H, W, 3) (display ring, else the model
+        ring), or None."""
+        cam = self._cams.get(camera)
+        if cam is None:
+            return None
+        for ring in (cam.display_ring, cam.ring):
+            latest = ring.latest() if ring is not None else None
+            if latest is not None:
+                return latest[1]
+        return None
+
+    def web_cameras(self) -> list[dict]:
+        """Every configured camera, URL masked, with its state when it runs (`up` None: not
+        running)."""
+        running = self._cams
+        out = []
+        for cfg in self.cfg.cameras:
+            cam = running.get(cfg.name)
+            state = cam.state() if cam is not None else {"up": None}
+            out.append({"name": cfg.name, "url": cfg.masked_url, "enabled": cfg.enabled,
+                        **state})
+        return out
+
     def _heartbeat(self) -> None:
         assert self._publisher is not None and self._journal is not None
         self._publisher.follow_journal(self._journal.journal_id, self._journal.last_seq)
@@ -698,7 +743,7 @@ class Daemon:
                 log.error("reload: %s; keeping the running config", exc)
                 return False
             for section in ("model", "alerts", "metrics", "data_dir", "smoothing", "evidence",
-                            "mqtt", "notify"):
+                            "mqtt", "notify", "web"):
                 if getattr(new, section) != getattr(self.cfg, section):
                     log.warning("reload: %s changed; this takes effect at the next restart "
                                 "(only the camera list is reloaded)", section)
@@ -785,5 +830,7 @@ class Daemon:
             self._journal.close()    # committed at each append; held ones are tried once more
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+        if self._web is not None:
+            self._web.stop()
         self.notifier.close()
         log.info("stopped")
