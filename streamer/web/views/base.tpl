@@ -20,7 +20,8 @@ th, td { text-align: left; padding: .35em .6em; border-bottom: 1px solid #ddd; v
 form.inline { display: inline; } button { font: inherit; padding: .3em .9em; cursor: pointer; }
 button.real { background: #1a7f37; color: #fff; border: 0; } button.false { background: #b3261e; color: #fff; border: 0; }
 .filters label { margin-right: .8em; } .thumb { width: 96px; }
-video, .snap { max-width: 100%; background: #000; }
+.media { display: flex; flex-wrap: wrap; gap: 1.5em; }
+video, .snap { width: 480px; max-width: 100%; background: #000; }
 .muted { color: #666; font-size: .9em; }
 </style>
 </head>

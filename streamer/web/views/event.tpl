@@ -28,12 +28,14 @@ Missed: <select name="label">
 to <input name="end_s" size="5" inputmode="decimal" placeholder="{{'%.1f' % duration if duration else ''}}"> s of the clip
 <button type="submit" id="mark-missed">Mark missed</button>
 </form>
+<div class="media"><div>
 <h2>Snapshot</h2>
 % if snapshot_missing:
 <p class="missing" id="snapshot-missing">Snapshot: {{snapshot_missing}}.</p>
 % else:
 <img class="snap" src="/evidence/{{start.get('snapshot')}}" alt="snapshot with the box">
 % end
+</div><div>
 <h2>Clip</h2>
 % if clip_missing:
 <p class="missing" id="clip-missing">Clip: {{clip_missing}}.</p>
@@ -41,6 +43,7 @@ to <input name="end_s" size="5" inputmode="decimal" placeholder="{{'%.1f' % dura
 <video id="clip" controls preload="metadata" src="/events/{{event.event_id}}/clip.webm"></video>
 <p class="muted"><a href="/evidence/{{end.get('clip')}}">original MP4</a>{{(' · %.1f s, pre-roll included' % duration) if duration else ''}}</p>
 % end
+</div></div>
 <h2>Score over time</h2>
 {{!chart}}
 <h2>Alerts</h2>
