@@ -111,6 +111,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             cases = [("first page", "/events"), ("page at the oldest tenth", f"/events?before={deep}"),
                      ("camera filter", "/events?camera=yard"),
                      ("label filter", "/events?label=collapse"),
+                     ("label without events (reads every alert)", "/events?label=nothing"),
                      ("review state: false alarm", "/events?state=false_alarm"),
                      ("review state: not reviewed", "/events?state=unreviewed"),
                      ("cameras page", "/")]
