@@ -162,6 +162,19 @@ def test_event_list_pages_and_filters(server, data_dir):
     assert page.count('class="event"') == 4 and "lobby-" not in page.split('id="events"')[1]
 
 
+def test_event_list_filters_by_time_and_label(server, data_dir):
+    c = Client(server.url)
+    # fake_journal: event i starts at t0 + 10 i s, t0 = 2027-01-15T08:00:00Z
+    status, page, _ = c.request("/events?since=2027-01-15T08:01")
+    assert status == 200 and page.count('class="event"') == 6
+    status, page, _ = c.request("/events?since=2027-01-15T08:01&until=2027-01-15T08:01:30")
+    assert page.count('class="event"') == 3
+    status, page, _ = c.request("/events?label=collapse")
+    assert page.count('class="event"') == 6
+    status, page, _ = c.request("/events?since=not-a-time&before=x")   # ignored, not a 500
+    assert status == 200 and page.count('class="event"') == 12
+
+
 def test_cameras_page_shows_state_and_masked_url(server):
     status, page, _ = Client(server.url).request("/")
     assert status == 200 and "rtsp://***@cam/x" in page and "/models/v2.pt" in page
