@@ -215,25 +215,20 @@ class JournalView:
 
     def labels(self) -> list[str]:
         """Labels seen in the newest alerts (for the filter's choices)."""
+        return self._recent_values("json_extract(body, '$.label')")
+
+    def cameras(self) -> list[str]:
+        """Cameras seen in the newest alerts (for the filter's choices)."""
+        return self._recent_values("camera")
+
+    def _recent_values(self, column: str, recent: int = 2000) -> list[str]:
+        """The distinct values of a column expression among the newest `recent` alerts."""
         db = self._connect()
         if db is None:
             return []
         try:
-            rows = db.execute("SELECT DISTINCT json_extract(body, '$.label') FROM "
-                              "(SELECT body FROM alerts ORDER BY seq DESC LIMIT 2000)").fetchall()
+            rows = db.execute(f"SELECT DISTINCT {column} FROM (SELECT camera, body FROM alerts "
+                              "ORDER BY seq DESC LIMIT ?)", (recent,)).fetchall()
         finally:
             db.close()
         return sorted(str(r[0]) for r in rows if r[0])
-
-    def cameras(self) -> list[str]:
-        """Cameras seen in the newest alerts."""
-        db = self._connect()
-        if db is None:
-            return []
-        try:
-            rows = db.execute("SELECT DISTINCT camera FROM "
-                              "(SELECT camera FROM alerts ORDER BY seq DESC LIMIT 2000)").fetchall()
-        finally:
-            db.close()
-        return sorted(str(r[0]) for r in rows)
-
