@@ -453,3 +453,31 @@ def test_paging_through_100k_alerts(tmp_path):
     finally:
         srv.stop()
     assert events == 33_334
+
+
+# --------------------------------------------------------------------------- config and verb
+def test_a_missing_or_short_token_file_stops_the_start(tiny_checkpoint, tmp_path):
+    cfg = {"data_dir": str(tmp_path / "data"), "model": {"checkpoint": str(tiny_checkpoint)},
+           "cameras": [{"name": "a", "url": "synth://fight"}],
+           "web": {"enabled": True, "host": "0.0.0.0", "token_file": "missing.txt"}}
+    with pytest.raises(ConfigError, match="web.token_file: cannot read"):
+        parse_config(cfg, base_dir=tmp_path)
+    (tmp_path / "missing.txt").write_text("short\n")
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        parse_config(cfg, base_dir=tmp_path)
+
+
+def test_vigil_web_user_writes_a_hashed_password(tmp_path):
+    import subprocess
+    import sys
+
+    users = tmp_path / "users"
+    vigil = [sys.executable, "-m", "streamer.cli"]
+    done = subprocess.run([*vigil, "web", "user", "--users-file", str(users), "ana"],
+                          input="a long password\n", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert verify_password("a long password", read_users(users)["ana"])
+    short = subprocess.run([*vigil, "web", "user", "--users-file", str(users), "bo"],
+                           input="short\n", capture_output=True, text=True, timeout=120)
+    assert short.returncode == 1 and "at least 10" in short.stderr
+    assert set(read_users(users)) == {"ana"}

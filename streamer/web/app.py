@@ -7,7 +7,7 @@ it prints). Pages:
     GET  /cameras/<name>/frame.jpg  the camera's newest frame (from the daemon's memory)
     GET  /events                    the event list, newest first, filtered, paged by seq
     GET  /events/<id>               snapshot, clip, score over time, the event's alerts, marks
-    GET  /events/<id>/clip.webm     the clip as a browser plays it (`media.browser_clip`)
+    GET  /events/<id>/clip.webm     the clip as a browser plays it (`media.ClipCache`)
     GET  /evidence/<path>           evidence files under data_dir (`paths.evidence_path`)
     POST /events/<id>/mark          verdict=real|false_alarm (CSRF token required)
     POST /events/<id>/missed        label, start_s, end_s of the clip (CSRF token required)
@@ -34,7 +34,7 @@ import cv2
 from ..protocol import parse_iso_utc
 from .auth import Authenticator
 from .live import LiveView
-from .media import browser_clip, clip_info
+from .media import ClipCache, clip_info
 from .paths import PathRefused, evidence_path, existing_evidence
 from .review import MarkRefused, ReviewDataset
 from .settings import is_loopback
@@ -66,6 +66,7 @@ class ReviewApp:
         self.live = live or LiveView()
         self.page_size = int(page_size)
         self.journal = JournalView(self.data_dir / "journal.sqlite3")
+        self.clips = ClipCache(self.data_dir)
         self.app = bottle.Bottle()
         self._templates: dict[str, bottle.SimpleTemplate] = {}
         self._routes()
@@ -219,7 +220,7 @@ class ReviewApp:
         if path is None:
             return self._error_page("No clip", f"Clip of {event_id}: {why}.")
         try:
-            webm = browser_clip(self.data_dir, event_id, path)
+            webm = self.clips.webm(event_id, path)
         except OSError as exc:
             log.warning("web: cannot make a playable copy of %s: %s", path, exc)
             return self._error_page("No clip", f"The clip cannot be decoded: {exc}", 500)

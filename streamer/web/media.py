@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 
 CACHE_DIR = "web-cache"
 CACHE_FILES = 200
-_lock = threading.Lock()       # one transcode at a time: the daemon's CPU is for cameras
 
 
 @dataclass(frozen=True)
@@ -86,25 +85,35 @@ def transcode_webm(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def browser_clip(data_dir: Path, key: str, src: Path) -> Path:
-    """The WebM copy of an evidence clip, made when missing or older than the source.
+class ClipCache:
+    """WebM copies of evidence clips in `data_dir/web-cache/`, made one at a time (the
+    daemon's CPU is for its cameras), at most `CACHE_FILES` kept (oldest removed first).
 
     Args:
-        data_dir: the daemon's data_dir (the cache lives in `data_dir/web-cache`).
-        key: the event id (names the cached file).
-        src: the evidence clip (already checked by `paths.evidence_path`).
-    Raises:
-        OSError: as `transcode_webm`.
+        data_dir: the daemon's data_dir.
     """
-    cache = Path(data_dir) / CACHE_DIR
-    dst = cache / f"{safe_name(key)}.webm"
-    with _lock:
-        if dst.is_file() and dst.stat().st_mtime >= src.stat().st_mtime:
-            return dst
-        cache.mkdir(parents=True, exist_ok=True)
-        transcode_webm(src, dst)
-        _trim(cache)
-    return dst
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = Path(data_dir) / CACHE_DIR
+        self._lock = threading.Lock()
+
+    def webm(self, key: str, src: Path) -> Path:
+        """The WebM copy of `src`, made when missing or older than the source.
+
+        Args:
+            key: the event id (names the cached file).
+            src: the evidence clip (already checked by `paths.evidence_path`).
+        Raises:
+            OSError: as `transcode_webm`.
+        """
+        dst = self.dir / f"{safe_name(key)}.webm"
+        with self._lock:
+            if dst.is_file() and dst.stat().st_mtime >= src.stat().st_mtime:
+                return dst
+            self.dir.mkdir(parents=True, exist_ok=True)
+            transcode_webm(src, dst)
+            _trim(self.dir)
+        return dst
 
 
 def _trim(cache: Path) -> None:
