@@ -122,7 +122,29 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"| {name} | {med:.1f} | {p90:.1f} |")
         finally:
             server.stop()
+        print("\n" + transcode_report(data))
     return 0
+
+
+def transcode_report(workdir: Path, seconds: float = 10.0, size: tuple[int, int] = (480, 270),
+                     fps: int = 15) -> str:
+    """How long the first view of an event's clip waits: a synthetic fight clip of `seconds`
+    at `size` (the evidence's widest: `EVIDENCE_MAX_WIDTH` 480) written as the evidence writer
+    does (mp4v), re-encoded to VP8 WebM by `media.transcode_webm`."""
+    import os
+
+    from streamer.web.media import transcode_webm
+    from train.synth import Scene, write_video
+
+    src = workdir / "clip.mp4"
+    write_video(src, Scene("fight", seed=1, width=size[0], height=size[1], fps=fps,
+                           frames=int(seconds * fps)))
+    t = time.perf_counter()
+    transcode_webm(src, workdir / "clip.webm")
+    took = time.perf_counter() - t
+    load = os.getloadavg()[0]
+    return (f"clip re-encoded for the browser: {seconds:g} s at {size[0]}x{size[1]}, {fps} fps "
+            f"in {took:.2f} s (load average {load:.1f} on {os.cpu_count()} cores)")
 
 
 def _event_ids(data: Path, n: int) -> list[str]:
