@@ -481,3 +481,12 @@ def test_vigil_web_user_writes_a_hashed_password(tmp_path):
                            input="short\n", capture_output=True, text=True, timeout=120)
     assert short.returncode == 1 and "at least 10" in short.stderr
     assert set(read_users(users)) == {"ana"}
+
+
+def test_a_taken_port_is_a_config_error_naming_web_port(data_dir):
+    first = WebServer(WebConfig(enabled=True, port=0), data_dir).start()
+    try:
+        with pytest.raises(ConfigError, match="web.port: cannot serve the review page"):
+            WebServer(WebConfig(enabled=True, port=first.port), data_dir).start()
+    finally:
+        first.stop()
