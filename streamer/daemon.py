@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from detector.errors import ConfigError, VigilError
@@ -76,7 +77,7 @@ from .publisher import AlertPublisher
 from .pose.worker import PoseWorker, worker_of
 from .regions.zones import CameraZones
 from .retention import RetentionClock
-from .ringbuffer import RingBuffer
+from .ringbuffer import FramesUnavailableError, RingBuffer
 from .routing import EventRouting
 from .schedule import ON, SKIP, CameraSchedules
 from .scheduler import BatchPolicy, CameraWindow, Scheduler
@@ -680,7 +681,7 @@ class Daemon:
         from .web.server import WebServer
 
         live = LiveView(cameras=self.web_cameras, frame=self.latest_frame,
-                        model=self.serving_model)
+                        model=self.serving_model, recent=self.recent_frames)
         self._web = WebServer(self.cfg.web, self.cfg.data_dir, live).start()
 
     def serving_model(self) -> dict:
@@ -698,6 +699,23 @@ class Daemon:
             if latest is not None:
                 return latest[1]
         return None
+
+    def recent_frames(self, camera: str):
+        """(every frame the camera's display ring holds, RGB uint8 (N, H, W, 3), oldest first;
+        its fps) or None: the few seconds (`CLIP_TAIL_S` + pre-roll + a window) a "missed"
+        mark saves."""
+        cam = self._cams.get(camera)
+        ring = cam.display_ring if cam is not None else None
+        if ring is None or not cam.fps > 0:
+            return None
+        try:
+            frames, _, _ = ring.gather(np.arange(ring.oldest, ring.count))
+        except FramesUnavailableError:      # overwritten meanwhile: the newest half
+            try:
+                frames, _, _ = ring.gather(np.arange((ring.oldest + ring.count) // 2, ring.count))
+            except FramesUnavailableError:
+                return None
+        return (frames, float(cam.fps)) if len(frames) else None
 
     def web_cameras(self) -> list[dict]:
         """Every configured camera, URL masked, with its state when it runs (`up` None: not

@@ -490,3 +490,27 @@ def test_a_taken_port_is_a_config_error_naming_web_port(data_dir):
             WebServer(WebConfig(enabled=True, port=first.port), data_dir).start()
     finally:
         first.stop()
+
+
+def test_missed_on_a_camera_keeps_its_last_seconds_as_a_clip(data_dir):
+    frames = np.random.default_rng(1).integers(0, 255, (40, 72, 96, 3), dtype=np.uint8)
+    live = LiveView(cameras=lambda: [{"name": "lobby", "url": "x", "up": True, "fps": 10.0}],
+                    model=lambda: {"classes": ["fight", "collapse"]},
+                    recent=lambda name: (frames, 10.0) if name == "lobby" else None)
+    srv = WebServer(WebConfig(enabled=True, port=0), data_dir, live).start()
+    try:
+        c = Client(srv.url)
+        token = c.csrf("/")
+        status, _, headers = c.request("/cameras/lobby/missed", {"csrf": token,
+                                                                 "label": "collapse"})
+        msg = urllib.parse.parse_qs(urllib.parse.urlsplit(headers["Location"]).query)["msg"][0]
+        assert status == 303 and "last 4.0 s of lobby kept as missed collapse" in msg
+        status, _, headers = c.request("/cameras/gone/missed", {"csrf": token, "label": "fight"})
+        assert "not running" in urllib.parse.unquote_plus(headers["Location"])
+    finally:
+        srv.stop()
+    review = data_dir / "review"
+    row = (review / "labels.csv").read_text().splitlines()[1]
+    assert re.fullmatch(r"clips/lobby-\d{8}T\d{6}Z-missed\.mp4,collapse,0\.00,4\.00,lobby", row)
+    records, problems = inspect_dataset(review)
+    assert problems == [] and len(records) == 1 and records[0].frames == 40

@@ -122,6 +122,12 @@ def test_review_a_fight_event_in_chromium_and_mark_it_a_false_alarm(browser, tin
         assert "tiny.pt" in browser.find_element(By.ID, "model-path").text
         assert browser.find_element(By.ID, "camera-yard").find_elements(By.CLASS_NAME, "up")
 
+        # a fight the model missed on a running camera: its last seconds become a clip
+        browser.find_element(By.CSS_SELECTOR, "#camera-yard button.missed-live").click()
+        WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,
+                                                       NoSuchElementException)).until(
+            lambda d: "kept as missed fight" in d.find_element(By.ID, "message").text)
+
         # the list, newest first; open the event
         browser.get(base + "/events?camera=door")
         if shots:
@@ -180,6 +186,7 @@ def test_review_a_fight_event_in_chromium_and_mark_it_a_false_alarm(browser, tin
     assert f"clips/{event_id}.mp4,none,,,door" in rows
     hall = ended["hall"]["event_id"]
     assert [r for r in rows if r.startswith(f"clips/{hall}.mp4,fight,") and r.endswith(",hall")]
+    assert [r for r in rows if r.startswith("clips/yard-") and ",fight,0.00," in r]
     assert (review / "clips" / f"{event_id}.mp4").stat().st_size > 0
     vigil = shutil.which("vigil", path=str(Path(sys.executable).parent))
     check = subprocess.run([vigil, "data", "check", str(review)], capture_output=True,

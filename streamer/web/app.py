@@ -11,6 +11,7 @@ it prints). Pages:
     GET  /evidence/<path>           evidence files under data_dir (`paths.evidence_path`)
     POST /events/<id>/mark          verdict=real|false_alarm (CSRF token required)
     POST /events/<id>/missed        label, start_s, end_s of the clip (CSRF token required)
+    POST /cameras/<name>/missed     label: the camera's last seconds should have raised one
     GET|POST /login, POST /logout   when a token or a users file is configured
 
 Every response passes `guard`: the Host header must name a loopback host when no login is
@@ -85,6 +86,7 @@ class ReviewApp:
         app.route("/evidence/<rel:path>", "GET", page(self.evidence))
         app.route("/events/<event_id>/mark", "POST", page(self.mark, post=True))
         app.route("/events/<event_id>/missed", "POST", page(self.missed, post=True))
+        app.route("/cameras/<name>/missed", "POST", page(self.missed_live, post=True))
         app.route("/login", "GET", page(self.login_form, login=False))
         app.route("/login", "POST", page(self.login, post=True, login=False))
         app.route("/logout", "POST", page(self.logout, post=True))
@@ -157,7 +159,8 @@ class ReviewApp:
     # ---- pages ----------------------------------------------------------------------------
     def cameras(self) -> str:
         return self._render("cameras.tpl", cameras=self.live.cameras(),
-                            open_events=self.journal.open_events())
+                            open_events=self.journal.open_events(), classes=self._classes(),
+                            csrf=self._csrf())
 
     def frame(self, name: str) -> Any:
         image = self.live.frame(name)
@@ -250,6 +253,19 @@ class ReviewApp:
                 raise MarkRefused("give the range's start and end in seconds of the clip")
             return review.missed(detail, forms.getunicode("label") or "", start, end, by, cams)
         return self._mark(event_id, record)
+
+    def missed_live(self, name: str) -> Any:
+        review = ReviewDataset(self.data_dir, tuple(self._classes()))
+        names = self._camera_names()
+        recent = self.live.recent(name) if names is not None and name in names else None
+        try:
+            if recent is None:
+                raise MarkRefused(f"camera {name!r} is not running, so it has no recent frames")
+            msg = review.missed_live(name, bottle.request.forms.getunicode("label") or "",
+                                     recent[0], recent[1], self._user() or "local").message
+        except MarkRefused as exc:
+            msg = f"Not recorded: {exc}"
+        return bottle.redirect(f"/?{urllib.parse.urlencode({'msg': msg})}", 303)
 
     def _mark(self, event_id: str, record: Callable) -> Any:
         detail = self.journal.event(event_id)

@@ -24,7 +24,11 @@ class LiveView:
         frame: (camera) -> the newest frame, RGB uint8 (H, W, 3), or None.
         model: () -> {"checkpoint": path as configured, "name": file name, "classes": [...],
             "device": str} of the model that serves now.
+        recent: (camera) -> (every frame its display ring holds, RGB uint8 (N, H, W, 3), oldest
+            first; fps) or None: the last seconds a "missed" mark on a camera saves.
     """
     cameras: Callable[[], list[dict]] = field(default=lambda: [])
     frame: Callable[[str], Optional[np.ndarray]] = field(default=lambda name: None)
     model: Callable[[], dict] = field(default=lambda: {})
+    recent: Callable[[str], Optional[tuple[np.ndarray, float]]] = field(
+        default=lambda name: None)

@@ -13,7 +13,9 @@ A mark is one of:
   * `real`: the event's class over the part of the clip after the event started
     (`start_s` = the triggering window's start, measured from the clip's first frame);
   * `false_alarm`: the clip as `none`, a hard negative (the model alarmed on it);
-  * `missed`: a class over `[start_s, end_s]` of the clip that should have raised an event.
+  * `missed`: a class over `[start_s, end_s]` of the clip that should have raised an event;
+    or, on a camera, its last seconds (what the daemon's display ring holds, about 10 s) kept
+    as a clip of their own, `clips/<camera>-<UTC time>-missed.mp4`, the class over all of it.
 Two operators marking the same event: every mark is kept in `marks.sqlite3`, the last verdict
 wins in `labels.csv`. `labels.csv` is rebuilt from `marks.sqlite3` after each mark, under a
 lock and written atomically (temporary file, then rename), so a reader never sees half a file.
@@ -33,6 +35,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+import cv2
+import numpy as np
 
 from ..evidence import safe_name
 from ..protocol import parse_iso_utc
@@ -177,6 +182,67 @@ class ReviewDataset:
             raise MarkRefused(f"the range {start_s:g}-{end_s:g} s is empty or negative")
         return self._record(event, "missed", label, None, start_s, end_s, by, cameras)
 
+    def missed_live(self, camera: str, label: str, frames: np.ndarray, fps: float, by: str,
+                    now: Optional[float] = None) -> MarkResult:
+        """Record that the last seconds of a camera (its display ring: `frames` RGB uint8
+        (N, H, W, 3), oldest first, at `fps`) held `label` and raised no event: the frames are
+        written as a clip of their own (`clips/<camera>-<UTC time>-missed.mp4`), labelled
+        `label` over the whole clip.
+
+        Raises:
+            MarkRefused: an unknown class, or no frames.
+        """
+        if label not in self.class_names:
+            raise MarkRefused(f"unknown class {label!r} (the model's: "
+                              f"{', '.join(self.class_names)})")
+        if frames is None or len(frames) < 2 or not fps > 0:
+            raise MarkRefused(f"camera {camera!r} has no recent frames to keep")
+        now = time.time() if now is None else now
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        mark_id = f"{safe_name(camera)}-{stamp}-missed"
+        rel = f"clips/{mark_id}.mp4"
+        dst = self.root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.tmp.mp4")
+        h, w = frames[0].shape[:2]
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+        try:
+            if not writer.isOpened():
+                raise MarkRefused("cannot open a video writer for the clip")
+            for frame in frames:
+                writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
+        os.replace(tmp, dst)
+        duration = len(frames) / fps
+        self._insert(mark_id, camera, "missed", label, None, 0.0, round(duration, 2), by, rel,
+                     duration)
+        log.info("review: %s marked the last %.1f s of %s as missed %s", by, duration, camera,
+                 label)
+        return MarkResult(f"the last {duration:.1f} s of {camera} kept as missed {label}", rel)
+
+    def _insert(self, event_id: str, camera: str, kind: str, label: str,
+                verdict: Optional[str], start_s: Optional[float], end_s: Optional[float],
+                by: str, clip: Optional[str], clip_s: Optional[float]) -> None:
+        """One mark, and the manifest rebuilt, in one write transaction."""
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO marks(event_id, camera, kind, label, verdict, start_s, "
+                       "end_s, by, at, clip, clip_s) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       (event_id, camera, kind, label, verdict, start_s, end_s, by,
+                        time.time(), clip, clip_s))
+            # Rebuilt inside the write transaction: SQLite's lock orders the writers (threads
+            # and processes alike), so the last file written holds the last mark.
+            self._write_manifest(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
     def _record(self, event: EventDetail, kind: str, label: str, verdict: Optional[str],
                 start_s: Optional[float], end_s: Optional[float], by: str,
                 cameras: Optional[set[str]]) -> MarkResult:
@@ -199,23 +265,8 @@ class ReviewDataset:
                     and start_s is not None and start_s >= info.duration_s:
                 raise MarkRefused(f"the range starts at {start_s:g} s, after the clip's end "
                                   f"({info.duration_s:.1f} s)")
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT INTO marks(event_id, camera, kind, label, verdict, start_s, "
-                       "end_s, by, at, clip, clip_s) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                       (event.event_id, camera, kind, label, verdict, start_s, end_s, by,
-                        time.time(), clip, clip_s))
-            # Rebuilt inside the write transaction: SQLite's lock orders the writers (threads
-            # and processes alike), so the last file written holds the last mark.
-            self._write_manifest(db)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
+        self._insert(event.event_id, camera, kind, label, verdict, start_s, end_s, by, clip,
+                     clip_s)
         what = (f"missed {label} {start_s:g}-{end_s:g} s" if kind == "missed"
                 else verdict.replace("_", " ") if verdict else kind)
         log.info("review: %s marked %s as %s", by, event.event_id, what)

@@ -18,6 +18,14 @@
   <div>open events: {{', '.join(open_events.get(cam['name'], [])) or 'none'}}</div>
   % if cam.get('up'):
   <img src="/cameras/{{cam['name']}}/frame.jpg" alt="recent frame of {{cam['name']}}">
+  <form method="post" action="/cameras/{{cam['name']}}/missed">
+  <input type="hidden" name="csrf" value="{{csrf}}">
+  Missed in the last seconds: <select name="label">
+  % for c in classes:
+  <option>{{c}}</option>
+  % end
+  </select> <button type="submit" class="missed-live">Keep as missed</button>
+  </form>
   % end
   <p><a href="/events?camera={{cam['name']}}">events of {{cam['name']}}</a></p>
 </div>
