@@ -153,8 +153,10 @@ class ReviewApp:
         return tpl.render(**values)
 
     def _error_page(self, heading: str, text: str, status: int = 404) -> str:
+        """An error page; it names neither the model nor the user (it may answer a stranger)."""
         bottle.response.status = status
-        return self._render("error.tpl", heading=heading, text=text, msg="")
+        return self._render("error.tpl", heading=heading, text=text, msg="", model={},
+                            user=None)
 
     # ---- pages ----------------------------------------------------------------------------
     def cameras(self) -> str:
