@@ -506,7 +506,7 @@ def test_missed_on_a_camera_keeps_its_last_seconds_as_a_clip(data_dir):
         msg = urllib.parse.parse_qs(urllib.parse.urlsplit(headers["Location"]).query)["msg"][0]
         assert status == 303 and "last 4.0 s of lobby kept as missed collapse" in msg
         status, _, headers = c.request("/cameras/gone/missed", {"csrf": token, "label": "fight"})
-        assert "not running" in urllib.parse.unquote_plus(headers["Location"])
+        assert "no recent frames" in urllib.parse.unquote_plus(headers["Location"])
     finally:
         srv.stop()
     review = data_dir / "review"

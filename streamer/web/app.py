@@ -262,7 +262,8 @@ class ReviewApp:
         recent = self.live.recent(name) if names is not None and name in names else None
         try:
             if recent is None:
-                raise MarkRefused(f"camera {name!r} is not running, so it has no recent frames")
+                raise MarkRefused(f"camera {name!r} has no recent frames (it is not running, or "
+                                  "evidence clips are off so no display ring is kept)")
             msg = review.missed_live(name, bottle.request.forms.getunicode("label") or "",
                                      recent[0], recent[1], self._user() or "local").message
         except MarkRefused as exc:
