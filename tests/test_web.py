@@ -514,3 +514,21 @@ def test_missed_on_a_camera_keeps_its_last_seconds_as_a_clip(data_dir):
     assert re.fullmatch(r"clips/lobby-\d{8}T\d{6}Z-missed\.mp4,collapse,0\.00,4\.00,lobby", row)
     records, problems = inspect_dataset(review)
     assert problems == [] and len(records) == 1 and records[0].frames == 40
+
+
+def test_serve_check_names_the_review_page(tiny_checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "vigil.yaml"
+    config.write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"), "model": {"checkpoint": str(tiny_checkpoint),
+                                                      "pose": None},
+        "cameras": [{"name": "a", "url": "synth://fight"}],
+        "web": {"enabled": True, "port": 8123}}))
+    done = subprocess.run([sys.executable, "-m", "streamer.cli", "serve", "--config", str(config),
+                           "--check"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "review page: http://127.0.0.1:8123/ (login: none, loopback only)" in done.stdout
