@@ -207,6 +207,12 @@ def _check_config(cfg, explain: str | None = None) -> int:
               f"({' + '.join(paths) or 'nothing'})")
     print(f"alerts: {cfg.alerts.endpoint} (replay {cfg.alerts.replay_endpoint}); metrics: "
           f"{'http://%s:%d/metrics' % (cfg.metrics.host, cfg.metrics.port) if cfg.metrics.enabled else 'off'}")
+    if cfg.web.enabled:
+        w = cfg.web
+        login = ("token" if w.token_file else "") + (" or " if w.token_file and w.users_file
+                                                     else "") + ("users file" if w.users_file else "")
+        host = f"[{w.host}]" if ":" in w.host else w.host
+        print(f"review page: http://{host}:{w.port}/ (login: {login or 'none, loopback only'})")
     if cfg.mqtt is not None:
         m = cfg.mqtt
         print(f"mqtt: {m.host}:{m.port}{' (TLS)' if m.tls else ''}, topics {m.topic_prefix}/"

@@ -18,7 +18,8 @@ Per camera, beyond the `defaults` keys: `mask` and `zones` (polygons, `streamer/
 `smoothing` overrides (the precedence is `SmoothingConfig.layers`, `streamer/precedence.py`) and
 a `schedule` (`streamer/schedule.py`). The `mqtt:` and `notify:` sections are
 `streamer/comms/settings.py`'s; the MQTT password and the notification URLs' pieces join the
-secrets the log filter masks.
+secrets the log filter masks. The `web:` section (the review page) is
+`streamer/web/settings.py`'s.
 
 Every error is a `ConfigError` whose message starts with the file and the dotted key, e.g.
 `vigil.yaml: cameras[1].name: duplicate camera name 'lobby'`. Camera URLs carry credentials, so
@@ -46,6 +47,7 @@ from detector.yaml_loader import safe_load_unique
 
 # mask_url and mask_secrets are re-exported: callers import them from here too.
 from .comms.settings import MqttConfig, NotifyConfig, notify_url_secrets
+from .web.settings import WebConfig, check_web_files
 from .masking import mask_secrets, mask_url, url_secrets  # noqa: F401
 from .precedence import DEFAULT_SOURCE, Layer, values
 from .regions.polygons import WHOLE_FRAME, Polygon, coverage, parse_polygon, union
@@ -550,6 +552,7 @@ class ServeConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     mqtt: Optional[MqttConfig] = None
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     # Resolved at load: `default_instance()` when the YAML leaves it null.
     instance: str = setting("", doc=(
         "this daemon's name in a fleet, `[A-Za-z0-9_-]{1,64}`, on every alert, heartbeat and "
@@ -598,6 +601,7 @@ class _RawServe:
     instance: Optional[str] = None
     mqtt: Optional[MqttConfig] = None
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 def default_instance(hostname: str | None = None) -> str:
@@ -756,6 +760,7 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
     if raw.mqtt is not None:
         raw.mqtt.validate("mqtt")
     raw.notify.validate("notify")
+    raw.web.validate("web")
     instance = default_instance() if raw.instance is None else raw.instance
     _check(isinstance(instance, str) and CAMERA_NAME.fullmatch(instance) is not None, "instance",
            f"invalid instance name {instance!r}: use 1 to 64 of A-Z a-z 0-9 _ - (it names this "
@@ -801,7 +806,12 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
                 setattr(tls, key, _resolve_path(getattr(tls, key), base_dir))
         _check((tls.cert_file is None) == (tls.key_file is None), "mqtt.tls.key_file",
                "cert_file and key_file go together")
+    for key in ("token_file", "users_file"):
+        if getattr(raw.web, key) is not None:
+            setattr(raw.web, key, _resolve_path(getattr(raw.web, key), base_dir))
     if check_paths:
+        if raw.web.enabled:
+            check_web_files(raw.web)
         ckpt = raw.model.checkpoint
         _check(ckpt.is_file(), "model.checkpoint", f"checkpoint file not found: {ckpt}")
         if raw.model.pose is not None:
@@ -827,7 +837,7 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
                        defaults=raw.defaults, smoothing=raw.smoothing, alerts=raw.alerts,
                        evidence=raw.evidence, metrics=raw.metrics, logging=raw.logging,
                        instance=instance, secrets=secrets, mqtt=raw.mqtt, notify=raw.notify,
-                       explicit=explicit)
+                       web=raw.web, explicit=explicit)
 
 
 def data_dir_problem(path: Path) -> Optional[str]:

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from detector.errors import ConfigError, VigilError
@@ -83,7 +84,7 @@ from .publisher import AlertPublisher
 from .pose.worker import PoseWorker, worker_of
 from .regions.zones import CameraZones
 from .retention import RetentionClock
-from .ringbuffer import RingBuffer
+from .ringbuffer import FramesUnavailableError, RingBuffer
 from .routing import EventRouting
 from .schedule import ON, SKIP, CameraSchedules
 from .scheduler import BatchPolicy, CameraWindow, Scheduler
@@ -174,6 +175,7 @@ class Daemon:
         self._cams: dict[str, CameraRuntime] = {}
         self._results: queue.Queue[list[WindowResult]] = queue.Queue(maxsize=RESULT_QUEUE)
         self._metrics_server = None
+        self._web = None                    # the review page (streamer/web/), when enabled
         self._publisher: Optional[AlertPublisher] = None
         self._journal: Optional[JournalWriter] = None
         self._evidence: Optional[EvidenceWriter] = None
@@ -346,6 +348,8 @@ class Daemon:
                 raise ConfigError(f"metrics.port: cannot serve metrics on "
                                   f"{cfg.metrics.host}:{cfg.metrics.port}: {exc.strerror or exc}"
                                   ) from None
+        if cfg.web.enabled:
+            self._start_web()
         self._publisher = AlertPublisher(
             cfg.alerts.endpoint, cfg.alerts.replay_endpoint, cfg.journal_path,
             metrics=self.metrics, sndhwm=cfg.alerts.sndhwm, curve=cfg.alerts.curve,
@@ -715,6 +719,61 @@ class Daemon:
         """name -> {"up", "last_frame_age_s", "reconnects", "fps"} for heartbeats."""
         return {name: cam.state() for name, cam in self._cams.items()}
 
+    # ---- the review page (streamer/web/): read-only views, called from its request threads
+    def _start_web(self) -> None:
+        from .web.live import LiveView
+        from .web.server import WebServer
+
+        live = LiveView(cameras=self.web_cameras, frame=self.latest_frame,
+                        model=self._serving_view, recent=self.recent_frames)
+        self._web = WebServer(self.cfg.web, self.cfg.data_dir, live).start()
+
+    def _serving_view(self) -> dict:
+        """`ServingModel.as_dict()` of the model that serves now (a swap shows at once), or {}."""
+        serving = self._serving
+        return serving.as_dict() if serving is not None else {}
+
+    def latest_frame(self, camera: str):
+        """The camera's newest frame, RGB uint8 (H, W, 3) (display ring, else the model
+        ring), or None."""
+        cam = self._cams.get(camera)
+        if cam is None:
+            return None
+        for ring in (cam.display_ring, cam.ring):
+            latest = ring.latest() if ring is not None else None
+            if latest is not None:
+                return latest[1]
+        return None
+
+    def recent_frames(self, camera: str):
+        """(every frame the camera's display ring holds, RGB uint8 (N, H, W, 3), oldest first;
+        its fps) or None: the few seconds (`CLIP_TAIL_S` + pre-roll + a window) a "missed"
+        mark saves."""
+        cam = self._cams.get(camera)
+        ring = cam.display_ring if cam is not None else None
+        if ring is None or not cam.fps > 0:
+            return None
+        try:
+            frames, _, _ = ring.gather(np.arange(ring.oldest, ring.count))
+        except FramesUnavailableError:      # overwritten meanwhile: the newest half
+            try:
+                frames, _, _ = ring.gather(np.arange((ring.oldest + ring.count) // 2, ring.count))
+            except FramesUnavailableError:
+                return None
+        return (frames, float(cam.fps)) if len(frames) else None
+
+    def web_cameras(self) -> list[dict]:
+        """Every configured camera, URL masked, with its state when it runs (`up` None: not
+        running)."""
+        running = self._cams
+        out = []
+        for cfg in self.cfg.cameras:
+            cam = running.get(cfg.name)
+            state = cam.state() if cam is not None else {"up": None}
+            out.append({"name": cfg.name, "url": cfg.masked_url, "enabled": cfg.enabled,
+                        **state})
+        return out
+
     def _heartbeat(self) -> None:
         assert self._publisher is not None and self._journal is not None
         self._publisher.follow_journal(self._journal.journal_id, self._journal.last_seq)
@@ -756,7 +815,8 @@ class Daemon:
                             if f.name not in SWAPPABLE_MODEL_KEYS
                             and getattr(new.model, f.name) != getattr(self.cfg.model, f.name)]
             restart_only += [section for section in ("alerts", "metrics", "data_dir",
-                                                     "smoothing", "evidence", "mqtt", "notify")
+                                                     "smoothing", "evidence", "mqtt", "notify",
+                                                     "web")
                              if getattr(new, section) != getattr(self.cfg, section)]
             for key in restart_only:
                 log.warning("reload: %s changed; this takes effect at the next restart "
@@ -949,5 +1009,7 @@ class Daemon:
             self._journal.close()    # committed at each append; held ones are tried once more
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+        if self._web is not None:
+            self._web.stop()
         self.notifier.close()
         log.info("stopped")

@@ -16,6 +16,7 @@ from streamer.config import (AlertsConfig, CameraConfig, CameraSettings, CurveCo
                              EvidenceConfig, LoggingConfig, MetricsConfig, PoseServeConfig,
                              ServeConfig, ServeModelConfig, SmoothingConfig)
 from streamer.schedule import CameraScheduleConfig, ScheduleConfig
+from streamer.web.settings import WebConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTIONS = {"defaults": CameraSettings, "model": ServeModelConfig,
@@ -24,7 +25,7 @@ SECTIONS = {"defaults": CameraSettings, "model": ServeModelConfig,
             "metrics": MetricsConfig, "logging": LoggingConfig, "mqtt": MqttConfig,
             "mqtt.tls": MqttTlsConfig, "mqtt.discovery": DiscoveryConfig, "notify": NotifyConfig,
             "notify.rules[]": NotifyRule, "notify.rules[].schedule": ScheduleConfig,
-            "cameras[].schedule": CameraScheduleConfig}
+            "cameras[].schedule": CameraScheduleConfig, "web": WebConfig}
 # Fields of the camera entries a user writes (settings come from `defaults`, secrets, `own` and
 # `index` are derived).
 CAMERA_KEYS = {"name", "url", "enabled", "mask", "zones", "required_zones", "smoothing",

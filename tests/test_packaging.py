@@ -92,6 +92,8 @@ def test_wheel_holds_the_three_packages_and_none_of_the_tools(installed):
     # The service's modules are all there (a spot check of each package).
     assert {"streamer/daemon.py", "streamer/cli.py", "train/cli.py", "detector/model.py"} \
         <= set(names)
+    # the review page's templates are package data (streamer/web/views/)
+    assert {"streamer/web/views/base.tpl", "streamer/web/views/event.tpl"} <= set(names)
 
 
 @pytest.mark.parametrize("argv", [("demo",), ("bench", "model", "--out", "x"), ("soak", "--help"),

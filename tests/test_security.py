@@ -105,6 +105,7 @@ class Run:
         self.evidence_names: list[str] = []
         self.listening: list[tuple[str, int]] = []
         self.config: dict = {}
+        self.pages: dict[str, str] = {}       # the review page's HTML, by path
 
 
 def _listening_sockets(pid: int) -> list[tuple[str, int]]:
@@ -149,6 +150,7 @@ def leak_run(request, tiny_checkpoint, keys, tmp_path_factory) -> Run:
             if fmt == "text" else
             f"rtsp://admin:${{DOOR_PW}}@127.0.0.1:{closed_port()}/Streaming/Channels/101")
     cfg = base_config(work / "data", tiny_checkpoint, {"door": door, "demo": SYNTH})
+    cfg["web"] = {"enabled": True, "port": free_port()}
     curve = fmt == "text"
     if curve:
         cfg["alerts"]["curve"] = {"server_secret_key": str(keys["server_secret"]),
@@ -177,6 +179,7 @@ def leak_run(request, tiny_checkpoint, keys, tmp_path_factory) -> Run:
             if time.monotonic() >= next_scrape:
                 next_scrape = time.monotonic() + 2.0
                 run.metrics.append(d.metrics_text())
+        run.pages = _review_pages(cfg["web"]["port"])
         if curve:
             run.replay["authorised"] = _replay_request(replay, keys["server_public"],
                                                        keys["alice"])
@@ -199,6 +202,20 @@ def leak_run(request, tiny_checkpoint, keys, tmp_path_factory) -> Run:
     return run
 
 
+def _review_pages(port: int) -> dict[str, str]:
+    """The review page's cameras page, event list and every listed event's page."""
+    import re
+    import urllib.request
+
+    def get(path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as resp:
+            return resp.read().decode("utf-8", "replace")
+    pages = {"/": get("/"), "/events": get("/events")}
+    for event_id in set(re.findall(r'href="/events/([^"/?]+)"', pages["/events"])):
+        pages[f"/events/{event_id}"] = get(f"/events/{event_id}")
+    return pages
+
+
 # ----------------------------------------------------------------------------- YAML tags
 def test_serve_refuses_a_config_with_a_python_tag_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
@@ -214,8 +231,10 @@ def test_serve_refuses_a_config_with_a_python_tag_and_runs_nothing(tmp_path):
 # ----------------------------------------------------------------------------- loopback
 def test_metrics_and_zeromq_default_to_loopback():
     from streamer.config import AlertsConfig, MetricsConfig, load_config
+    from streamer.web.settings import WebConfig
 
     assert MetricsConfig().host == "127.0.0.1"
+    assert WebConfig().host == "127.0.0.1" and WebConfig().enabled is False
     assert AlertsConfig().endpoint.startswith("tcp://127.0.0.1:")
     assert AlertsConfig().replay_endpoint.startswith("tcp://127.0.0.1:")
     example = load_config(ROOT / "configs" / "vigil.yaml", environ={"CAM_LOBBY_PASSWORD": "x"},
@@ -226,7 +245,8 @@ def test_metrics_and_zeromq_default_to_loopback():
 
 def test_the_running_daemon_listens_on_loopback_only(leak_run):
     cfg = leak_run.config
-    ports = {int(cfg["metrics"]["port"]), int(cfg["alerts"]["endpoint"].rsplit(":", 1)[1]),
+    ports = {int(cfg["metrics"]["port"]), int(cfg["web"]["port"]),
+             int(cfg["alerts"]["endpoint"].rsplit(":", 1)[1]),
              int(cfg["alerts"]["replay_endpoint"].rsplit(":", 1)[1])}
     assert ports <= {port for _, port in leak_run.listening}, leak_run.listening
     assert all(addr == "127.0.0.1" for addr, _ in leak_run.listening), leak_run.listening
@@ -265,6 +285,14 @@ def test_planted_password_never_appears_in_metrics(leak_run):
     assert leak_run.metrics
     assert not any(PASSWORD in m for m in leak_run.metrics)
     assert not any("rtsp://" in m for m in leak_run.metrics)
+
+
+def test_planted_password_never_appears_on_the_review_page(leak_run):
+    pages = leak_run.pages
+    assert len(pages) > 2, sorted(pages)              # the list had events to open
+    assert "door" in pages["/"] and "Streaming/Channels/101" in pages["/"]   # masked, shown
+    for path, html in pages.items():
+        assert PASSWORD not in html, path
 
 
 def test_planted_password_never_appears_on_the_wire(leak_run):
