@@ -90,6 +90,7 @@ from .schedule import ON, SKIP, CameraSchedules
 from .scheduler import BatchPolicy, CameraWindow, Scheduler
 from .sources import decode_threads_per_camera
 from .types import WindowResult
+from .accel.device_ring import DeviceRings
 from .worker import InferenceWorker, WorkerThread
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ SWAPPABLE_MODEL_KEYS = ("checkpoint", "precision")
 STOP_CAPTURE_S = 2.0
 STOP_WORKER_S = 5.0
 STOP_INTEGRATIONS_S = 5.0
+# How long systemd waits for start-up while a compiled model warms up (`accel.compile`).
+WARM_UP_TIMEOUT_S = 900
 
 
 def _version() -> str:
@@ -302,8 +305,16 @@ class Daemon:
                      else cfg.model.precision)
         batching = BatchPolicy(cfg.model.max_batch, cfg.model.max_wait_ms)
         self._batching = batching
+        cfg.accel.check_device(str(self.device))     # `auto` resolved: CUDA graphs on a CPU
         worker = InferenceWorker(model, mcfg.input, self.class_names, device=self.device,
-                                 precision=precision, policy=batching)
+                                 precision=precision, policy=batching, accel=cfg.accel)
+        if worker.batch_sizes:
+            # Compile every fixed batch size now, not at the first alert; a compile can take
+            # minutes, past systemd's default start timeout (90 s), which this extends.
+            self.notifier.status(f"compiling the model for batches {worker.batch_sizes}")
+            self.notifier.notify(f"EXTEND_TIMEOUT_USEC={WARM_UP_TIMEOUT_S * 1_000_000}")
+            log.info("model compiled and warmed up for batches %s in %.1f s",
+                     worker.batch_sizes, worker.warm_up())
         # What serves, for the page, heartbeats and /metrics, and for a reload to compare with.
         self._serving = ServingModel.of(cfg.model.checkpoint, cfg.model.precision, mcfg,
                                         str(meta["runtime"]), worker)
@@ -399,7 +410,9 @@ class Daemon:
             self._start_camera(cam)
         self._apply_schedules()
         self._worker = WorkerThread(self._scheduler, worker, rings=self._rings,
-                                    on_results=self._on_results, heartbeat=self._worker_heartbeat)
+                                    on_results=self._on_results, heartbeat=self._worker_heartbeat,
+                                    device_rings=(DeviceRings(self.device)
+                                                  if cfg.accel.device_ring else None))
         self._worker.start()
         for w in self._pose_workers:
             w.start()
