@@ -461,7 +461,7 @@ class Daemon:
             metrics=self.metrics, labels=tuple(self.routing.watched(events)),
             evidence=self.cfg.evidence, keep_evidence=self._evidence is not None,
             decode_threads=decode_threads_per_camera(len(self.cfg.enabled_cameras)),
-            pose=self.routing.needs_pose(events))
+            pose=self.routing.needs_pose(events), capture=self.cfg.accel.capture)
         self._cams = {**self._cams, cam.name: rt}
         rt.start()
 
