@@ -161,6 +161,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weights (default: the reference architecture, random init, seed 0)")
     o.add_argument("--batch", type=int, default=8, help="vigil detect --batch")
     o.add_argument("--workers", type=int, default=None, help="vigil detect --workers")
+    o.add_argument("--decode-workers", type=int, default=None, metavar="N",
+                   help="also time vigil detect --decode-workers N in the same passes")
     o.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"),
                    help="vigil detect --precision (default: its own, auto)")
     o.add_argument("--repeats", type=int, default=None, help="timed passes (default 3; --quick 2)")
@@ -263,7 +265,8 @@ def cmd_bench_offline(args: argparse.Namespace) -> int:
     opts = OfflineBenchOptions(
         device=args.device, quick=args.quick, data=args.data, videos=args.videos,
         checkpoint=args.checkpoint, batch=args.batch, workers=args.workers,
-        precision=args.precision, repeats=args.repeats, command=command_line())
+        precision=args.precision, repeats=args.repeats, command=command_line(),
+        decode_workers=args.decode_workers)
     _emit(run_offline_bench(opts), args.out)
     return 0
 
