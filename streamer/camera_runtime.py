@@ -115,7 +115,10 @@ class CameraRuntime:
                      cfg.name, fps, frames, window_span(fps, clip_seconds, frames), capacity)
             return ring
 
-        kind = CaptureProcess if capture == "processes" else CaptureThread
+        kind: Any = CaptureThread
+        extra: dict[str, Any] = {}
+        if capture == "processes":
+            kind, extra = CaptureProcess, {"secrets": cfg.secrets}
         rt.thread = kind(
             cfg.name, cfg.url, settings=s, ring_factory=ring_factory,
             on_state=lambda name, up: m.camera_up.labels(camera=name).set(1 if up else 0),
@@ -123,7 +126,8 @@ class CameraRuntime:
             on_drop=lambda name: m.frames_dropped.labels(camera=name).inc(),
             on_reconnect=lambda name: m.camera_reconnects.labels(camera=name).inc(),
             display_max_width=EVIDENCE_MAX_WIDTH if display_seconds > 0 else 0,
-            display_seconds=display_seconds, decode_threads=decode_threads, mask=cfg.mask)
+            display_seconds=display_seconds, decode_threads=decode_threads, mask=cfg.mask,
+            **extra)
         return rt
 
     # ---------------------------------------------------------------- views

@@ -88,9 +88,13 @@ def _child_main(camera: str, url: Union[str, int], settings: CameraSettings, con
     """The capture process: run a `_ChildCapture` until stopped, publishing its counters."""
     import signal
 
+    from ..logs import setup_logging
+    from ..masking import install_log_filter
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the daemon decides when we stop
-    logging.basicConfig(level=options.get("log_level", logging.INFO),
-                        format=f"%(levelname)s capture process {os.getpid()}: %(message)s")
+    # The daemon's log format and level, and its secrets masked in every line.
+    setup_logging(options.get("log_format", "text"), options.get("log_level", "info"))
+    install_log_filter(options.get("secrets", ()))
     parent = os.getppid()
     lock = threading.Lock()
 
@@ -142,6 +146,8 @@ class CaptureProcess:
         `display_seconds`, `seed`, `decode_threads`, `mask`), except that `ring_factory` must
         return a `SharedRingBuffer` built with the `lock` it is given:
         `ring_factory(fps, lock)`.
+        secrets: credentials the child's log lines mask (the config's; the child logs in the
+            daemon's format and level, read from the root logger here).
     """
 
     def __init__(self, name: str, url: Union[str, int], *,
@@ -153,7 +159,9 @@ class CaptureProcess:
                  on_reconnect: Optional[Callable[[str], None]] = None,
                  display_max_width: int = 0, display_seconds: float = 0.0,
                  seed: Optional[int] = None, decode_threads: int = 0,
-                 mask: Sequence[Polygon] = ()) -> None:
+                 mask: Sequence[Polygon] = (), secrets: Sequence[str] = ()) -> None:
+        from ..logs import JsonFormatter
+
         self.camera = name
         self.url = url
         self.settings = settings if settings is not None else CameraSettings()
@@ -162,7 +170,11 @@ class CaptureProcess:
         self._options = {"display_max_width": int(display_max_width),
                          "display_seconds": float(display_seconds), "seed": seed,
                          "decode_threads": int(decode_threads), "mask": tuple(mask),
-                         "log_level": logging.getLogger().getEffectiveLevel()}
+                         "secrets": tuple(secrets), "log_format": "json" if any(
+                             isinstance(h.formatter, JsonFormatter)
+                             for h in logging.getLogger().handlers) else "text",
+                         "log_level": logging.getLevelName(
+                             logging.getLogger().getEffectiveLevel()).lower()}
         self._ctx = _context()
         self._ring_lock: Any = None          # new ones for each child (see `_spawn`)
         self._display_lock: Any = None
