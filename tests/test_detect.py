@@ -364,3 +364,18 @@ def test_decode_workers_and_workers_together_are_refused(setup):
     root, ckpt = setup
     with pytest.raises(D.VigilError, match="not both"):
         list(D.detect([root / "videos"], ckpt, workers=2, decode_workers=2))
+
+
+def test_vigil_detect_decode_workers_on_the_command_line(setup, tmp_path):
+    root, ckpt = setup
+    rows = {}
+    for name, flags in (("sequential", ["--workers", "0"]), ("pooled", ["--decode-workers", "2"])):
+        out = tmp_path / f"{name}.jsonl"
+        assert vigil(["detect", str(root / "videos"), "--checkpoint", str(ckpt), "--out",
+                      str(out), "--threshold", "0.0", "--windows", "0.5", *flags]) == 0
+        rows[name] = sorted((json.loads(line) for line in out.read_text().splitlines()),
+                            key=_key)
+    assert [(_key(r), r["class"], r["box"]) for r in rows["pooled"]] == \
+        [(_key(r), r["class"], r["box"]) for r in rows["sequential"]]
+    assert vigil(["detect", str(root / "videos"), "--checkpoint", str(ckpt), "--workers", "1",
+                  "--decode-workers", "2"]) != 0
