@@ -134,3 +134,17 @@ def test_worker_thread_with_device_rings_gives_the_same_results(tmp_path):
     today = run(None)
     assert len(today) >= 2 * 10, "the scheduler released windows of both cameras"
     assert run(DeviceRings("cpu")) == today
+
+
+def test_every_camera_uploads_through_one_staging_buffer():
+    # Pinned host memory is scarce: 100 cameras must not pin 100 ring-sized buffers.
+    rng = np.random.default_rng(4)
+    rings = DeviceRings("cpu")
+    hosts = {name: RingBuffer(20, 6, 8) for name in "abc"}
+    for seq in range(25):
+        for host in hosts.values():
+            host.write(_frame(rng, 6, 8), seq, seq)
+    for name, host in hosts.items():
+        got = rings.get(name, host).gather(np.arange(10, 25))[0]
+        np.testing.assert_array_equal(got.numpy(), host.gather(np.arange(10, 25))[0])
+    assert rings._staging._buffer.numel() == 20 * 6 * 8 * 3      # one ring's worth, not three

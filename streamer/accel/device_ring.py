@@ -18,7 +18,9 @@ ring is replaced (reload, reconnect with a new ring) gets a fresh mirror, and dr
 cameras that are gone. Everything here runs in the worker thread only.
 
 Device memory: (capacity + 1) x H x W x 3 bytes a camera, e.g. 100 frames of 224x224 = 15 MB,
-1.5 GB for 100 cameras.
+1.5 GB for 100 cameras. Host memory: one pinned staging buffer shared by every camera's uploads
+(`Staging`), as large as the largest upload so far, not one per camera: pinned memory is a
+scarce resource of the whole machine.
 """
 from __future__ import annotations
 
@@ -33,12 +35,44 @@ from ..ringbuffer import FramesUnavailableError, RingBuffer
 log = logging.getLogger(__name__)
 
 
+class Staging:
+    """The host buffer uploads go through: pinned on CUDA (one DMA per upload), reused.
+
+    Args:
+        device: where the uploads go.
+    """
+
+    def __init__(self, device: str | torch.device) -> None:
+        self.device = torch.device(device)
+        self._buffer: Optional[torch.Tensor] = None
+        self._copied: Optional[torch.cuda.Event] = None
+
+    def take(self, n: int, height: int, width: int) -> torch.Tensor:
+        """A (n, height, width, 3) uint8 host tensor to fill, once the last upload out of the
+        buffer has finished (grown when too small)."""
+        if self._copied is not None:
+            self._copied.synchronize()
+            self._copied = None
+        size = n * height * width * 3
+        if self._buffer is None or self._buffer.numel() < size:
+            self._buffer = torch.empty(size, dtype=torch.uint8,
+                                       pin_memory=self.device.type == "cuda")
+        return self._buffer[:size].view(n, height, width, 3)
+
+    def uploaded(self) -> None:
+        """Mark the end of an upload issued from the buffer (CUDA: an event on the stream)."""
+        if self.device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+
+
 class DeviceRing:
     """One camera's frames on the device, mirroring a host `RingBuffer` slot for slot.
 
     Args:
         host: the camera's model-size ring (the capture thread writes it).
         device: where the frames live ("cpu" works too: the tests run it there).
+        staging: the host buffer uploads go through (default: its own).
     Attributes:
         frames: (capacity + 1, H, W, 3) uint8 tensor on `device`.
         seqs: (capacity + 1,) int64 numpy array: the sequence number each device slot holds
@@ -48,7 +82,8 @@ class DeviceRing:
         uploaded: frames uploaded so far (each at most once).
     """
 
-    def __init__(self, host: RingBuffer, device: str | torch.device) -> None:
+    def __init__(self, host: RingBuffer, device: str | torch.device,
+                 staging: Optional[Staging] = None) -> None:
         self.host = host
         self.device = torch.device(device)
         slots = host.capacity + 1
@@ -60,12 +95,7 @@ class DeviceRing:
         self.t_wall = np.zeros(slots, dtype=np.float64)
         self.synced = host.oldest
         self.uploaded = 0
-        cuda = self.device.type == "cuda"
-        # Staging for the upload: pinned on CUDA so the copy is one DMA; the event says when the
-        # previous copy out of it has finished (it is reused by the next sync).
-        self._staging = torch.empty((host.capacity, host.height, host.width, 3),
-                                    dtype=torch.uint8, pin_memory=cuda)
-        self._copied: Optional[torch.cuda.Event] = None
+        self._staging = staging if staging is not None else Staging(self.device)
 
     def sync(self) -> int:
         """Upload every frame committed to the host ring since the last sync and still held.
@@ -79,9 +109,7 @@ class DeviceRing:
             if hi <= lo:
                 return 0
             seqs = np.arange(lo, hi, dtype=np.int64)
-            if self._copied is not None:
-                self._copied.synchronize()      # the last upload has left the staging buffer
-            staging = self._staging[:len(seqs)]
+            staging = self._staging.take(len(seqs), host.height, host.width)
             try:
                 _, t_mono, t_wall = host.gather(seqs, out=staging.numpy())
             except FramesUnavailableError:
@@ -92,9 +120,7 @@ class DeviceRing:
         slots = seqs % self.slots
         index = torch.from_numpy(slots).to(self.device, non_blocking=True)
         self.frames.index_copy_(0, index, staging.to(self.device, non_blocking=True))
-        if self.device.type == "cuda":
-            self._copied = torch.cuda.Event()
-            self._copied.record()
+        self._staging.uploaded()
         self.seqs[slots] = seqs
         self.t_mono[slots] = t_mono
         self.t_wall[slots] = t_wall
@@ -135,12 +161,13 @@ class DeviceRings:
     def __init__(self, device: str | torch.device) -> None:
         self.device = torch.device(device)
         self._rings: dict[str, DeviceRing] = {}
+        self._staging = Staging(self.device)
 
     def get(self, camera: str, host: RingBuffer) -> DeviceRing:
         """The camera's mirror of `host`, synced; a new one when the host ring was replaced."""
         ring = self._rings.get(camera)
         if ring is None or ring.host is not host:
-            ring = DeviceRing(host, self.device)
+            ring = DeviceRing(host, self.device, self._staging)
             self._rings[camera] = ring
             log.debug("camera %s: device ring of %d frames on %s", camera, ring.slots,
                       self.device)
