@@ -148,7 +148,9 @@ class InferenceWorker:
 
     def warm_up(self) -> float:
         """Run every fixed batch size once (compiling it), so that the first windows do not wait
-        for a compile. A no-op for a model that is not compiled.
+        for a compile. A no-op for a model that is not compiled. A compile that fails (no C
+        compiler, no Triton for this GPU) is logged and the model served uncompiled; running out
+        of device memory is raised.
 
         Returns:
             seconds it took.
@@ -156,7 +158,16 @@ class InferenceWorker:
         t0 = time.monotonic()
         for b in self.batch_sizes or ():
             self._host[:b].zero_()
-            self._forward(self._host[:b])
+            try:
+                self._forward(self._host[:b])
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:     # a compiler or backend the machine lacks: serve eagerly
+                log.error("inference: torch.compile failed for a batch of %d (%s: %s); serving "
+                          "the model uncompiled", b, type(exc).__name__, str(exc)[:500])
+                self.model = getattr(self.model, "_orig_mod", self.model)
+                self.batch_sizes = None
+                break
             log.info("inference: batch of %d compiled and warmed up (%.1f s so far)", b,
                      time.monotonic() - t0)
         return time.monotonic() - t0

@@ -158,3 +158,24 @@ def test_the_readmes_accel_example_is_a_valid_section():
     accel.validate()
     assert accel.device_ring and accel.capture == "processes" and accel.cuda_graphs
     assert accel.compile_mode() == "reduce-overhead"
+
+
+def test_a_compile_that_fails_is_logged_and_the_model_served_uncompiled(tiny, caplog):
+    model, cfg, _ = tiny
+    windows = _windows(cfg, 2, seed=3)
+    plain = InferenceWorker(model, cfg.input, cfg.class_names, policy=2).infer(windows)
+    worker = InferenceWorker(model, cfg.input, cfg.class_names, policy=2,
+                             accel=AccelConfig(compile="default"))
+
+    class Broken(torch.nn.Module):       # what a missing compiler looks like at the first call
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+        def forward(self, x):
+            raise RuntimeError("InductorError: no working C compiler")
+
+    worker.model = Broken(worker.model._orig_mod)
+    worker.warm_up()
+    assert "torch.compile failed" in caplog.text and worker.batch_sizes is None
+    np.testing.assert_allclose(_scores(worker.infer(windows)), _scores(plain), atol=1e-6)
