@@ -313,8 +313,10 @@ class Daemon:
             # minutes, past systemd's default start timeout (90 s), which this extends.
             self.notifier.status(f"compiling the model for batches {worker.batch_sizes}")
             self.notifier.notify(f"EXTEND_TIMEOUT_USEC={WARM_UP_TIMEOUT_S * 1_000_000}")
-            log.info("model compiled and warmed up for batches %s in %.1f s",
-                     worker.batch_sizes, worker.warm_up())
+            took = worker.warm_up()
+            if worker.batch_sizes:          # else the compile failed, logged, serving eagerly
+                log.info("model compiled and warmed up for batches %s in %.1f s",
+                         worker.batch_sizes, took)
         # What serves, for the page, heartbeats and /metrics, and for a reload to compare with.
         self._serving = ServingModel.of(cfg.model.checkpoint, cfg.model.precision, mcfg,
                                         str(meta["runtime"]), worker)
