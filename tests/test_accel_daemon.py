@@ -79,3 +79,29 @@ def test_daemon_serves_with_capture_processes_and_device_rings(tiny_checkpoint, 
     assert wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in captures) or None,
                       timeout=10, interval=0.2), "no capture process outlives the daemon"
     assert _shm() <= shm_before, "the shared rings were unlinked"
+
+
+def test_a_compiled_model_is_warmed_up_before_ready(tiny_checkpoint, tmp_path):
+    """`accel.compile` on the CPU: every fixed batch size (here one: max_batch 1) is compiled
+    before READY=1, with systemd's start timeout extended, so no window waits for a compile."""
+    cfg = base_config(tmp_path / "data", tiny_checkpoint,
+                      {"cam": SYNTH.format(kind="fight", seed=1)}, stride=8)
+    cfg["model"]["max_batch"] = 1
+    cfg["accel"] = {"compile": "default", "fold_bn": True}
+    d = DaemonProcess(tmp_path, cfg).start()
+    try:
+        d.wait_ready(timeout=300)
+        grams = d.notify.datagrams()
+        ready = next(i for i, g in enumerate(grams) if b"READY=1" in g.split(b"\n"))
+        before = b"\n".join(grams[:ready])
+        assert b"EXTEND_TIMEOUT_USEC=" in before and b"compiling the model" in before
+        log = d.log()
+        assert "compiled and warmed up for batches [1]" in log, log[-3000:]
+        assert log.index("compiled and warmed up") < log.index("ready:")
+        first = d.metrics()
+        assert wait_until(lambda: d.value(d.metrics(), "vigil_windows_total", camera="cam")
+                          > (d.value(first, "vigil_windows_total", camera="cam") or 0),
+                          timeout=30, interval=0.5), log[-3000:]
+        assert d.stop() == 0
+    finally:
+        d.close()
