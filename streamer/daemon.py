@@ -895,7 +895,8 @@ class Daemon:
         """Swapper thread: load and check `req` for this daemon's device, threads and batching."""
         assert self.device is not None and self._batching is not None
         try:
-            return prepare(req, self.device, self._threads, self._batching)
+            return prepare(req, self.device, self._threads, self._batching,
+                           accel=self.cfg.accel)
         except ModelRefused as exc:
             reason = str(exc)
         # Outside the except block, so the traceback no longer holds the refused model's

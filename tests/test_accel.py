@@ -179,3 +179,20 @@ def test_a_compile_that_fails_is_logged_and_the_model_served_uncompiled(tiny, ca
     worker.warm_up()
     assert "torch.compile failed" in caplog.text and worker.batch_sizes is None
     np.testing.assert_allclose(_scores(worker.infer(windows)), _scores(plain), atol=1e-6)
+
+
+def test_a_model_swapped_in_on_reload_keeps_the_accel_switches(tmp_path):
+    """`streamer/models/swap.py`: the new worker runs with the daemon's `accel:` model switches
+    (warmed up in the swapper's thread when compiled)."""
+    from detector.inference import count_batchnorms
+    from streamer.models.swap import SwapRequest, prepare
+    from streamer.scheduler import BatchPolicy
+
+    path = tiny_checkpoint(tmp_path / "next.pt")
+    req = SwapRequest(checkpoint=path, precision="auto", needed=frozenset({"fight"}), frames=8,
+                      size=(32, 32), clip_seconds=1.0, clip_seconds_used=True)
+    accel = AccelConfig(fold_bn=True, channels_last=True)
+    cand = prepare(req, torch.device("cpu"), 1, BatchPolicy(2), accel=accel)
+    assert cand.worker.accel == accel and count_batchnorms(cand.worker.model) == 0
+    plain = prepare(req, torch.device("cpu"), 1, BatchPolicy(2))
+    assert count_batchnorms(plain.worker.model) > 0
