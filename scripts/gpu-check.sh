@@ -5,29 +5,37 @@
 #                (scripts/fetch-gpu-wheels.sh), with pip --no-index --no-deps into a folder on
 #                PYTHONPATH; Vigil itself runs from this tree through PYTHONPATH
 #   2. env       the GPU, driver, torch/CUDA/cuDNN versions
-#   3. tests     tests/test_cuda.py with VIGIL_REQUIRE_CUDA=1 (no device = failures, not skips)
-#   4. model     vigil bench model: seed model 16x224x224, batches 1..64, fp32/fp16/bf16, the
-#                8192^3 matmul roofline of each precision, channels_last_3d and cudnn.benchmark
-#   5. compile   vigil bench model: torch.compile on the fixed shape (batch 32, low precision)
-#   6. offline   vigil bench offline: vigil detect against the reference-style loop, same GPU
-#   7. pipeline  vigil bench pipeline: file cameras at 25 fps, stride 8, 640x360; the largest
-#                number of cameras in real time by bisection over 16..128 (9 points of ~11 s)
-#   8. train     vigil bench train: three timed epochs of the seed recipe on synthetic videos
-#                (train.amp auto: fp16 + GradScaler on CUDA)
-#   9. train-fp32  the same with train.amp=off
+#   3. tests     tests/test_cuda.py with VIGIL_REQUIRE_CUDA=1 (no device = failures, not skips),
+#                the accel switches and device rings on CUDA included
+#   4. model     vigil bench model: seed model 16x224x224, batches 1, 16, 64, fp32/fp16/bf16, the
+#                8192^3 matmul roofline of each precision; at batch 64 in bf16 against the plain
+#                row: channels_last_3d, fold_bn, both, cudnn.benchmark off; the profile
+#   5. compile   vigil bench model, batch 64 bf16: fold_bn + channels_last_3d + torch.compile,
+#                and that with CUDA graphs (mode reduce-overhead), against the plain row
+#   6. offline   vigil bench offline: vigil detect against the reference-style loop, and
+#                vigil detect --decode-workers 15 in the same passes
+#   7. pipeline  vigil bench pipeline: file cameras at 25 fps, stride 8, 640x360, today's path;
+#                the largest number of cameras in real time by bisection over 16..64
+#   8. pipeline-accel  the same with accel: device_ring, capture processes, fold_bn,
+#                channels_last (bisection over 16..128); its ratio to step 7 is the gain
+#   9. train     vigil bench train: three timed epochs of the seed recipe on synthetic videos
+#                (train.amp auto: fp16 + GradScaler on CUDA)   } not in the GPU run's default
+#  10. train-fp32  the same with train.amp=off                   } steps (measured 2026-11-30)
 #
 # Every step runs under `timeout`, logs to $OUT/<step>.log and writes its table to
 # $OUT/<step>.md; a step that fails or times out does not stop the others. $OUT/summary.md has
 # each step's status and time, then every table. Exit status 1 when any step failed.
-# The step limits add up to 550 s, and GPU_CHECK_BUDGET_S (default 550) caps the whole run.
-# A first run measured on the H200 took 350 s of 470 (with two steps cut by their limits) and the
-# machine's start about 30 s; a re-run repeats only the failed steps (GPU_CHECK_STEPS), so both
-# fit in 15 minutes of device time.
+# The default steps' limits add up to 540 s, and GPU_CHECK_BUDGET_S (default 550) caps the whole
+# run. A first run measured on the H200 took 350 s of 470 (with two steps cut by their limits)
+# and the machine's start about 30 s; a re-run repeats only the failed steps (GPU_CHECK_STEPS),
+# so both fit in 15 minutes of device time. The limits of the issue-29 steps (tests, model,
+# compile, offline, pipeline-accel) are estimates from the H200 run, not yet measured.
 #
 #   bash scripts/gpu-check.sh [--dry-run] [--pack]
 #
 #   --dry-run  the same steps on the CPU with tiny sizes (a small model, one batch, one camera,
-#              one short epoch; no torch.compile), seconds each: what CI runs (tests/test_gpu_check.py)
+#              one short epoch; no torch.compile), seconds each, the train steps included: what
+#              CI runs (tests/test_gpu_check.py)
 #   --pack     keep the logs and tables in $OUT/gpu-check.tar.gz, repacked after every step, and
 #              only that and summary.md in $OUT (the device tool brings back at most 8 files,
 #              and a run cut short still brings back the steps it finished)
@@ -35,7 +43,8 @@
 #
 # Environment: OUT (default: a new temporary folder, printed), PYTHON (default .venv/bin/python
 # when it exists, else python3), WHEELS (default ./wheels), GPU_CHECK_BUDGET_S, GPU_CHECK_STEPS
-# (comma-separated steps to run, default all: a re-run can repeat only what failed).
+# (comma-separated steps to run, default all but train,train-fp32 on the GPU and all in the dry
+# run: a re-run can repeat only what failed).
 set -uo pipefail
 
 DRY=0
@@ -46,7 +55,7 @@ for arg in "$@"; do
         --dry-run) DRY=1 ;;
         --pack) PACK=1 ;;
         --commands) COMMANDS=1 ;;
-        -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
         *) echo "gpu-check: unknown argument $arg (--dry-run, --pack, --commands)" >&2; exit 2 ;;
     esac
 done
@@ -74,8 +83,10 @@ export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 VIGIL_OFFLINE=1 MPLBACKEND=Agg
 VIGIL=("$PYTHON" -m streamer.cli)
 
-ALL_STEPS=install,env,tests,model,compile,offline,pipeline,train,train-fp32
-STEPS=${GPU_CHECK_STEPS:-$ALL_STEPS}
+ALL_STEPS=install,env,tests,model,compile,offline,pipeline,pipeline-accel,train,train-fp32
+# The GPU run's default: what issue 29 measures (training was measured on 2026-11-30).
+GPU_STEPS=install,env,tests,model,compile,offline,pipeline,pipeline-accel
+if (( DRY )); then STEPS=${GPU_CHECK_STEPS:-$ALL_STEPS}; else STEPS=${GPU_CHECK_STEPS:-$GPU_STEPS}; fi
 for s in ${STEPS//,/ }; do
     [[ ,$ALL_STEPS, == *,$s,* ]] || { echo "gpu-check: unknown step $s in GPU_CHECK_STEPS ($ALL_STEPS)" >&2; exit 2; }
 done
@@ -226,34 +237,45 @@ if (( DRY )); then
     # Tiny sizes: the CPU model (or a smaller one), one batch, one camera, one short epoch.
     TESTS=(env -u VIGIL_REQUIRE_CUDA "$PYTHON" -m pytest tests/test_cuda.py -m cuda -q -rA -p no:cacheprovider)
     MODEL=(bench model --device cpu --models cpu --batches 1 --repeats 1 --warmup 0 --matmul-n 128
-           --no-onnx --no-compile --ablations channels_last,no-cudnn-benchmark)
+           --no-onnx --no-compile
+           --ablations channels_last,fold_bn,fold_bn+channels_last,no-cudnn-benchmark)
     COMPILE=(bench model --device cpu --models cpu --batches 1 --repeats 1 --warmup 0
-             --matmul-n 128 --no-onnx --no-compile --ablations compile)
+             --matmul-n 128 --no-onnx --no-compile
+             --ablations compile,fold_bn+channels_last+compile,cuda_graphs)
     OFFLINE=(bench offline --device cpu --videos 2 --repeats 1 --batch 2 --workers 0
-             --checkpoint "$WORK/tiny.pt")
+             --decode-workers 2 --checkpoint "$WORK/tiny.pt")
     PIPELINE=(bench pipeline --device cpu --checkpoint "$WORK/tiny.pt" --resolutions 96x64
               --min-cameras 1 --max-cameras 1 --duration 2 --warmup 1 --max-batch 2 --threads 1)
+    PIPELINE_ACCEL=("${PIPELINE[@]}" --accel device_ring=true --accel capture=processes
+                    --accel fold_bn=true --accel channels_last=true)
     TRAIN=(bench train --device cpu --config configs/train/cpu-small.yaml
            --set 'model.input.size=[32,32]' --set data.batch_size=4 --videos 8 --epochs 1
            --size 64x48 --frames 16)
     TRAIN_FP32=("${TRAIN[@]}" --set train.amp=off)
-    LIMITS=(install 60 env 30 tests 60 model 60 compile 60 offline 90 pipeline 90 train 60
-            train-fp32 60)
+    LIMITS=(install 60 env 30 tests 60 model 60 compile 60 offline 90 pipeline 90
+            pipeline-accel 90 train 60 train-fp32 60)
 else
     TESTS=(env VIGIL_REQUIRE_CUDA=1 "$PYTHON" -m pytest tests/test_cuda.py -m cuda -q -rA -s -p no:cacheprovider)
     # Measured on the H200 (2026-11-30): batch 1 takes ~7 s per precision (cuDNN autotuning),
-    # batch 32 ~3.5 s; the sweep 1..64 and its ablations did not fit 60 s.
-    MODEL=(bench model --device cuda --models seed --batches 1,2,4,8,16,32,64 --repeats 5
-           --warmup 2 --no-compile --ablations channels_last,no-cudnn-benchmark --profile)
-    COMPILE=(bench model --device cuda --models seed --batches 32 --repeats 5 --warmup 2
-             --ablations compile)
-    OFFLINE=(bench offline --device cuda --videos 24 --repeats 2 --batch 16)
+    # batch 32 ~3.5 s; the sweep 1..64 and its ablations did not fit 60 s, hence three batches.
+    MODEL=(bench model --device cuda --models seed --batches 1,16,64 --repeats 5
+           --warmup 2 --no-compile
+           --ablations channels_last,fold_bn,fold_bn+channels_last,no-cudnn-benchmark --profile)
+    # Batch 64 in bf16, the plain row against everything compiled, and that with CUDA graphs
+    # (compile alone measured 1.22x at batch 32 on 2026-11-30); two compiles of the seed model.
+    COMPILE=(bench model --device cuda --models seed --batches 64 --repeats 5 --warmup 2
+             --ablations fold_bn+channels_last+compile,cuda_graphs)
+    OFFLINE=(bench offline --device cuda --videos 24 --repeats 2 --batch 16 --decode-workers 15)
     PIPELINE=(bench pipeline --device cuda --resolutions 640x360 --fps 25 --stride 8
-              --min-cameras 16 --max-cameras 128 --duration 4 --warmup 2 --start-timeout 20)
+              --min-cameras 16 --max-cameras 64 --duration 4 --warmup 2 --start-timeout 20)
+    PIPELINE_ACCEL=(bench pipeline --device cuda --resolutions 640x360 --fps 25 --stride 8
+                    --min-cameras 16 --max-cameras 128 --duration 4 --warmup 2
+                    --start-timeout 20 --accel device_ring=true --accel capture=processes
+                    --accel fold_bn=true --accel channels_last=true)
     TRAIN=(bench train --device cuda --videos 96 --epochs 3)
     TRAIN_FP32=("${TRAIN[@]}" --set train.amp=off)
-    LIMITS=(install 20 env 10 tests 90 model 120 compile 65 offline 35 pipeline 140 train 35
-            train-fp32 35)
+    LIMITS=(install 15 env 10 tests 100 model 70 compile 100 offline 45 pipeline 90
+            pipeline-accel 110 train 35 train-fp32 35)
 fi
 # `timeout` runs programs, not shell functions: the two functions go through bash -c.
 export -f install environment
@@ -262,7 +284,7 @@ declare -A LIMIT
 for (( i = 0; i < ${#LIMITS[@]}; i += 2 )); do LIMIT[${LIMITS[i]}]=${LIMITS[i+1]}; done
 if (( COMMANDS )); then
     echo "tests: ${TESTS[*]}"
-    for name in model compile offline pipeline train train-fp32; do
+    for name in model compile offline pipeline pipeline-accel train train-fp32; do
         var=${name//-/_}
         declare -n cmd=${var^^}
         echo "$name: vigil ${cmd[*]}"
@@ -279,7 +301,7 @@ echo "gpu-check: $([[ $DRY == 1 ]] && echo dry run on the CPU || echo GPU run), 
 wanted install && step install "${LIMIT[install]}" bash -c install
 wanted env && step env "${LIMIT[env]}" bash -c environment
 wanted tests && step tests "${LIMIT[tests]}" "${TESTS[@]}"
-for name in model compile offline pipeline train train-fp32; do
+for name in model compile offline pipeline pipeline-accel train train-fp32; do
     wanted "$name" || continue
     var=${name//-/_}
     declare -n args=${var^^}

@@ -1,5 +1,9 @@
 """One running camera: its capture thread (and through it its rings), window spec and metrics hooks.
 
+With `accel.capture: processes` the capture runs in a process of its own
+(`streamer/accel/capture_process.py`), behind the same interface, and the rings are
+`SharedRingBuffer`s.
+
 The daemon holds a dict name -> `CameraRuntime`, replaced (never mutated) on every change, so the
 worker thread and the scheduler read a consistent snapshot without a lock. `window` (the
 `scheduler.CameraWindow`, stride included) is set by the capture thread when the source first
@@ -13,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .accel.capture_process import CaptureProcess
+from .accel.shared_ring import SharedRingBuffer
 from .capture import CaptureThread
 from .config import CameraConfig, EvidenceConfig
 from .metrics import VigilMetrics
@@ -64,7 +70,8 @@ class CameraRuntime:
     def create(cls, cfg: CameraConfig, *, frames: int, size: tuple[int, int],
                clip_seconds: Optional[float], metrics: VigilMetrics, labels: tuple[str, ...],
                evidence: EvidenceConfig, keep_evidence: bool,
-               decode_threads: int, pose: bool = False) -> "CameraRuntime":
+               decode_threads: int, pose: bool = False,
+               capture: str = "threads") -> "CameraRuntime":
         """Build a camera's runtime and its capture thread (not started).
 
         Args:
@@ -79,6 +86,8 @@ class CameraRuntime:
             decode_threads: FFmpeg decoding threads for this camera.
             pose: the pose path watches this camera: it reads the display-size ring, which is
                 then kept even without evidence (`POSE_RING_S` at least).
+            capture: `threads` (a `CaptureThread`) or `processes` (a `CaptureProcess`), the
+                `accel.capture` switch.
         """
         s = cfg.settings
         display_seconds = 0.0
@@ -93,25 +102,32 @@ class CameraRuntime:
         rt = cls(cfg, None, clip_seconds, metrics, tuple(labels))
         m = metrics
 
-        def ring_factory(fps: float) -> RingBuffer:
-            # Called once by the capture thread when the source first opens, with its real fps.
+        def ring_factory(fps: float, lock: Any = None) -> RingBuffer:
+            # Called once by the capture thread when the source first opens, with its real fps
+            # (by a capture process's monitor thread, with the lock the process shares).
             capacity = required_capacity(fps, clip_seconds, frames, pre_roll_s=pre_roll_s,
                                          slack_s=RING_SLACK_S)
-            ring = RingBuffer(capacity, size[0], size[1])
+            ring = (RingBuffer(capacity, size[0], size[1]) if lock is None
+                    else SharedRingBuffer(capacity, size[0], size[1], lock=lock))
             rt.window = CameraWindow(fps=fps, clip_seconds=clip_seconds, frames=frames,
                                      stride=s.stride)   # the scheduler reads it from the snapshot
             log.info("camera %s: %.1f fps, window of %d frames over %d, ring of %d frames",
                      cfg.name, fps, frames, window_span(fps, clip_seconds, frames), capacity)
             return ring
 
-        rt.thread = CaptureThread(
+        kind: Any = CaptureThread
+        extra: dict[str, Any] = {}
+        if capture == "processes":
+            kind, extra = CaptureProcess, {"secrets": cfg.secrets}
+        rt.thread = kind(
             cfg.name, cfg.url, settings=s, ring_factory=ring_factory,
             on_state=lambda name, up: m.camera_up.labels(camera=name).set(1 if up else 0),
             on_frame=lambda name: m.frames.labels(camera=name).inc(),
             on_drop=lambda name: m.frames_dropped.labels(camera=name).inc(),
             on_reconnect=lambda name: m.camera_reconnects.labels(camera=name).inc(),
             display_max_width=EVIDENCE_MAX_WIDTH if display_seconds > 0 else 0,
-            display_seconds=display_seconds, decode_threads=decode_threads, mask=cfg.mask)
+            display_seconds=display_seconds, decode_threads=decode_threads, mask=cfg.mask,
+            **extra)
         return rt
 
     # ---------------------------------------------------------------- views

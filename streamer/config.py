@@ -46,6 +46,7 @@ from detector.schema import Validated, expand_env, from_dict, load_yaml, setting
 from detector.yaml_loader import safe_load_unique
 
 # mask_url and mask_secrets are re-exported: callers import them from here too.
+from .accel.settings import AccelConfig
 from .comms.settings import MqttConfig, NotifyConfig, notify_url_secrets
 from .web.settings import WebConfig, check_web_files
 from .masking import mask_secrets, mask_url, url_secrets  # noqa: F401
@@ -553,6 +554,7 @@ class ServeConfig:
     mqtt: Optional[MqttConfig] = None
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    accel: AccelConfig = field(default_factory=AccelConfig)
     # Resolved at load: `default_instance()` when the YAML leaves it null.
     instance: str = setting("", doc=(
         "this daemon's name in a fleet, `[A-Za-z0-9_-]{1,64}`, on every alert, heartbeat and "
@@ -602,6 +604,7 @@ class _RawServe:
     mqtt: Optional[MqttConfig] = None
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    accel: AccelConfig = field(default_factory=AccelConfig)
 
 
 def default_instance(hostname: str | None = None) -> str:
@@ -761,6 +764,12 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
         raw.mqtt.validate("mqtt")
     raw.notify.validate("notify")
     raw.web.validate("web")
+    raw.accel.validate("accel")
+    raw.accel.check_device(raw.model.device)
+    _check(not (raw.model.is_onnx and (raw.accel.fold_bn or raw.accel.channels_last
+                                       or raw.accel.compiled)), "accel",
+           "fold_bn, channels_last, compile and cuda_graphs rewrite a PyTorch model; an .onnx "
+           "model runs as exported (onnxruntime): turn them off")
     instance = default_instance() if raw.instance is None else raw.instance
     _check(isinstance(instance, str) and CAMERA_NAME.fullmatch(instance) is not None, "instance",
            f"invalid instance name {instance!r}: use 1 to 64 of A-Z a-z 0-9 _ - (it names this "
@@ -837,7 +846,7 @@ def _build(data: Mapping[str, Any], base_dir: Path | None, check_paths: bool,
                        defaults=raw.defaults, smoothing=raw.smoothing, alerts=raw.alerts,
                        evidence=raw.evidence, metrics=raw.metrics, logging=raw.logging,
                        instance=instance, secrets=secrets, mqtt=raw.mqtt, notify=raw.notify,
-                       web=raw.web, explicit=explicit)
+                       web=raw.web, accel=raw.accel, explicit=explicit)
 
 
 def data_dir_problem(path: Path) -> Optional[str]:

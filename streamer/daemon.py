@@ -90,6 +90,7 @@ from .schedule import ON, SKIP, CameraSchedules
 from .scheduler import BatchPolicy, CameraWindow, Scheduler
 from .sources import decode_threads_per_camera
 from .types import WindowResult
+from .accel.device_ring import DeviceRings
 from .worker import InferenceWorker, WorkerThread
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ SWAPPABLE_MODEL_KEYS = ("checkpoint", "precision")
 STOP_CAPTURE_S = 2.0
 STOP_WORKER_S = 5.0
 STOP_INTEGRATIONS_S = 5.0
+# How long systemd waits for start-up while a compiled model warms up (`accel.compile`).
+WARM_UP_TIMEOUT_S = 900
 
 
 def _version() -> str:
@@ -302,8 +305,18 @@ class Daemon:
                      else cfg.model.precision)
         batching = BatchPolicy(cfg.model.max_batch, cfg.model.max_wait_ms)
         self._batching = batching
+        cfg.accel.check_device(str(self.device))     # `auto` resolved: CUDA graphs on a CPU
         worker = InferenceWorker(model, mcfg.input, self.class_names, device=self.device,
-                                 precision=precision, policy=batching)
+                                 precision=precision, policy=batching, accel=cfg.accel)
+        if worker.batch_sizes:
+            # Compile every fixed batch size now, not at the first alert; a compile can take
+            # minutes, past systemd's default start timeout (90 s), which this extends.
+            self.notifier.status(f"compiling the model for batches {worker.batch_sizes}")
+            self.notifier.notify(f"EXTEND_TIMEOUT_USEC={WARM_UP_TIMEOUT_S * 1_000_000}")
+            took = worker.warm_up()
+            if worker.batch_sizes:          # else the compile failed, logged, serving eagerly
+                log.info("model compiled and warmed up for batches %s in %.1f s",
+                         worker.batch_sizes, took)
         # What serves, for the page, heartbeats and /metrics, and for a reload to compare with.
         self._serving = ServingModel.of(cfg.model.checkpoint, cfg.model.precision, mcfg,
                                         str(meta["runtime"]), worker)
@@ -399,7 +412,9 @@ class Daemon:
             self._start_camera(cam)
         self._apply_schedules()
         self._worker = WorkerThread(self._scheduler, worker, rings=self._rings,
-                                    on_results=self._on_results, heartbeat=self._worker_heartbeat)
+                                    on_results=self._on_results, heartbeat=self._worker_heartbeat,
+                                    device_rings=(DeviceRings(self.device)
+                                                  if cfg.accel.device_ring else None))
         self._worker.start()
         for w in self._pose_workers:
             w.start()
@@ -448,7 +463,7 @@ class Daemon:
             metrics=self.metrics, labels=tuple(self.routing.watched(events)),
             evidence=self.cfg.evidence, keep_evidence=self._evidence is not None,
             decode_threads=decode_threads_per_camera(len(self.cfg.enabled_cameras)),
-            pose=self.routing.needs_pose(events))
+            pose=self.routing.needs_pose(events), capture=self.cfg.accel.capture)
         self._cams = {**self._cams, cam.name: rt}
         rt.start()
 
@@ -880,7 +895,8 @@ class Daemon:
         """Swapper thread: load and check `req` for this daemon's device, threads and batching."""
         assert self.device is not None and self._batching is not None
         try:
-            return prepare(req, self.device, self._threads, self._batching)
+            return prepare(req, self.device, self._threads, self._batching,
+                           accel=self.cfg.accel)
         except ModelRefused as exc:
             reason = str(exc)
         # Outside the except block, so the traceback no longer holds the refused model's

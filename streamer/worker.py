@@ -4,10 +4,14 @@
 * `InferenceWorker`: one batch = one pinned host tensor, ONE host->device copy, normalisation on
   the device, the model under `inference_mode` + autocast, then `detector.postprocess.class_scores`
   into `streamer.types.WindowResult`s. A CUDA out-of-memory error splits the batch in halves and
-  retries (and remembers the smaller size); nothing crashes.
-* `WorkerThread`: polls the scheduler, gathers the windows from the rings, runs the worker, hands
-  results on, and calls `heartbeat()` once per loop iteration so a hung device stops the watchdog
-  pings and systemd restarts the service.
+  retries (and remembers the smaller size); nothing crashes. The `accel:` switches
+  (`streamer/accel/settings.py`) fold batch norm, use `channels_last_3d` and compile the model;
+  a compiled model runs a fixed set of batch sizes (`batch_sizes`, a batch is padded up to the
+  next one), each compiled and run once by `warm_up()` before the first window.
+* `WorkerThread`: polls the scheduler, gathers the windows from the rings (or, with
+  `accel.device_ring`, from their device mirrors: `streamer/accel/device_ring.py`), runs the
+  worker, hands results on, and calls `heartbeat()` once per loop iteration so a hung device
+  stops the watchdog pings and systemd restarts the service.
 """
 from __future__ import annotations
 
@@ -19,10 +23,13 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from detector.inference import prepare_for_inference, to_memory_format
 from detector.postprocess import class_scores
 from detector.precision import PRECISIONS, autocast, autocast_dtype
 from detector.preprocess import normalize_clips
 
+from .accel.device_ring import DeviceRings
+from .accel.settings import AccelConfig
 from .loop_thread import LoopThread
 from .ringbuffer import FramesUnavailableError, RingBuffer
 from .scheduler import BatchPolicy, DueWindow, Scheduler
@@ -31,6 +38,17 @@ from .windows import window_span
 
 log = logging.getLogger(__name__)
 
+# torch.compile keeps 8 graphs per function by default (torch._dynamo.config.recompile_limit):
+# the fixed batch sizes of a compiled model stay within it.
+MAX_BATCH_SIZES = 8
+
+
+def fixed_batch_sizes(max_batch: int) -> list[int]:
+    """The batch sizes a compiled model runs: powers of two below `max_batch`, and `max_batch`
+    (at most `MAX_BATCH_SIZES`, the smallest dropped first). A batch is padded up to the next."""
+    sizes = sorted({2 ** k for k in range(max_batch.bit_length()) if 2 ** k < max_batch}
+                   | {max_batch})
+    return sizes[-MAX_BATCH_SIZES:]
 
 
 # --------------------------------------------------------------------------- the model call
@@ -80,7 +98,11 @@ class InferenceWorker:
             `BatchPolicy(max_batch=n)`): `max_batch` is the largest batch `infer` is given
             (sizes the pinned host buffer), its out-of-memory rule splits batches; how long a
             batch waits is the scheduler's part.
+        accel: the `accel:` section's model switches (None: none); `check_device` must have
+            passed for `device` (the daemon checks).
     Attributes:
+        batch_sizes: the fixed batch sizes of a compiled model (a batch is padded up to the next
+            one), or None: any size runs as it is.
         batch_limit: largest batch sent to the device in one call (`policy.limit`); lowered
             after an OOM.
         oom_splits: batches split after CUDA ran out of memory.
@@ -89,11 +111,15 @@ class InferenceWorker:
 
     def __init__(self, model: torch.nn.Module, input_cfg, class_names: Sequence[str],
                  device: str | torch.device = "cpu", precision: str = "auto",
-                 policy: BatchPolicy | int = 8) -> None:
+                 policy: BatchPolicy | int = 8, accel: Optional[AccelConfig] = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
+        self.accel = accel if accel is not None else AccelConfig()
+        self.accel.check_device(str(self.device))
+        self.model = prepare_for_inference(model.eval().to(self.device), fold=self.accel.fold_bn,
+                                           channels_last=self.accel.channels_last,
+                                           compile_mode=self.accel.compile_mode())
         self.input_cfg = input_cfg
         self.class_names = list(class_names)
         self.policy = policy if isinstance(policy, BatchPolicy) else BatchPolicy(max_batch=policy)
@@ -106,28 +132,80 @@ class InferenceWorker:
         # One preallocated host staging buffer; pinned on CUDA so the copy is a single async DMA.
         self._host = torch.empty(shape, dtype=torch.uint8,
                                  pin_memory=self.device.type == "cuda")
+        # Windows gathered on the device (device rings) are stacked here, on the device.
+        self._device_batch: Optional[torch.Tensor] = None
+        self.batch_sizes = fixed_batch_sizes(self.max_batch) if self.accel.compiled else None
 
     @property
     def batch_limit(self) -> int:
         return self.policy.limit
 
-    def _forward(self, clips_host: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _padded(self, n: int) -> int:
+        """The batch size `n` windows run as (the next fixed size of a compiled model)."""
+        if self.batch_sizes is None:
+            return n
+        return next((b for b in self.batch_sizes if b >= n), n)
+
+    def warm_up(self) -> float:
+        """Run every fixed batch size once (compiling it), so that the first windows do not wait
+        for a compile. A no-op for a model that is not compiled. A compile that fails (no C
+        compiler, no Triton for this GPU) is logged and the model served uncompiled; running out
+        of device memory is raised.
+
+        Returns:
+            seconds it took.
+        """
+        t0 = time.monotonic()
+        for b in self.batch_sizes or ():
+            self._host[:b].zero_()
+            try:
+                self._forward(self._host[:b])
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:     # a compiler or backend the machine lacks: serve eagerly
+                log.error("inference: torch.compile failed for a batch of %d (%s: %s); serving "
+                          "the model uncompiled", b, type(exc).__name__, str(exc)[:500])
+                self.model = getattr(self.model, "_orig_mod", self.model)
+                self.batch_sizes = None
+                break
+            log.info("inference: batch of %d compiled and warmed up (%.1f s so far)", b,
+                     time.monotonic() - t0)
+        return time.monotonic() - t0
+
+    def _forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One device call.
 
         Args:
-            clips_host: (B, T, H, W, 3) uint8 on the host (pinned on CUDA).
+            clips: (B, T, H, W, 3) uint8 on the host (pinned on CUDA), or already on the device.
         Returns:
             scores (B, K) and boxes (B, K, 4) cxcywh, float32 on the CPU.
         """
-        x = clips_host.to(self.device, non_blocking=True)       # the one host->device copy
+        x = clips.to(self.device, non_blocking=True)       # the one host->device copy
         with torch.inference_mode():
             x = normalize_clips(x, self.input_cfg.mean, self.input_cfg.std)
+            x = to_memory_format(x, self.accel.channels_last)
             with autocast(self.device, self.autocast_dtype):
                 outputs = self.model(x)
             scores, boxes = class_scores(outputs)
             return scores.float().cpu(), boxes.float().cpu()
 
-    def _run(self, frames: list[np.ndarray]) -> list[Optional[tuple[np.ndarray, np.ndarray]]]:
+    def _stage(self, frames: list) -> torch.Tensor:
+        """The batch tensor of `frames` (numpy clips: the pinned host buffer; device tensors from
+        the device rings: a device buffer), padded to `_padded(B)` rows (the padding rows hold
+        whatever an earlier batch left; their outputs are dropped)."""
+        B = len(frames)
+        P = self._padded(B)
+        if isinstance(frames[0], torch.Tensor):
+            if self._device_batch is None:
+                self._device_batch = torch.zeros_like(self._host, device=self.device)
+            torch.stack(frames, out=self._device_batch[:B])
+            return self._device_batch[:P]
+        host_np = self._host.numpy()
+        for i, clip in enumerate(frames):
+            host_np[i] = clip
+        return self._host[:P]
+
+    def _run(self, frames: list) -> list[Optional[tuple[np.ndarray, np.ndarray]]]:
         """Infer a list of (T, H, W, 3) clips, splitting on OOM. None for a dropped window."""
         if len(frames) > self.batch_limit:
             out: list = []
@@ -135,12 +213,8 @@ class InferenceWorker:
                 out += self._run(frames[i:i + self.batch_limit])
             return out
         B = len(frames)
-        host = self._host[:B]
-        host_np = host.numpy()
-        for i, clip in enumerate(frames):
-            host_np[i] = clip
         try:
-            scores, boxes = self._forward(host)
+            scores, boxes = self._forward(self._stage(frames))
         except torch.cuda.OutOfMemoryError:
             # Recover OUTSIDE this block: while it runs, the exception's traceback keeps the
             # failed call's frames and their activations alive, so a retry from here would find
@@ -166,7 +240,8 @@ class InferenceWorker:
         """Run one batch.
 
         Args:
-            windows: (camera, frames (T, H, W, 3) uint8 RGB at the model size, meta) per window.
+            windows: (camera, frames (T, H, W, 3) uint8 RGB at the model size, meta) per window;
+                frames a numpy array, or a uint8 tensor on the model's device (device rings).
         Returns:
             one `WindowResult` per window that was inferred, in order (a window is missing only
             when even alone it did not fit in device memory).
@@ -176,9 +251,11 @@ class InferenceWorker:
         T = self.input_cfg.frames
         H, W = self.input_cfg.size
         for cam, frames, _ in windows:
-            if frames.shape != (T, H, W, 3) or frames.dtype != np.uint8:
-                raise ValueError(f"camera {cam}: window of shape {frames.shape} {frames.dtype}, "
-                                 f"expected {(T, H, W, 3)} uint8")
+            uint8 = (frames.dtype == torch.uint8 if isinstance(frames, torch.Tensor)
+                     else frames.dtype == np.uint8)
+            if tuple(frames.shape) != (T, H, W, 3) or not uint8:
+                raise ValueError(f"camera {cam}: window of shape {tuple(frames.shape)} "
+                                 f"{frames.dtype}, expected {(T, H, W, 3)} uint8")
         outs = self._run([w[1] for w in windows])
         results = []
         for (cam, _, meta), out in zip(windows, outs):
@@ -227,6 +304,8 @@ class WorkerThread(LoopThread):
         max_gap_factor: a window whose frames span more than this times the expected duration
             (plus one second) crossed a reconnect gap and is not inferred.
         clock: monotonic clock (injectable for tests).
+        device_rings: gather windows from each camera's device mirror (`accel.device_ring`);
+            None: from the host rings.
     """
 
     def __init__(self, scheduler: Scheduler, worker,
@@ -235,7 +314,8 @@ class WorkerThread(LoopThread):
                  on_results: Callable[[list[WindowResult], float], None],
                  heartbeat: Optional[Callable[[], None]] = None, poll_s: float = 0.005,
                  max_gap_factor: float = 2.0, clock: Callable[[], float] = time.monotonic,
-                 name: str = "vigil-worker") -> None:
+                 name: str = "vigil-worker",
+                 device_rings: Optional[DeviceRings] = None) -> None:
         super().__init__(name)
         self.scheduler = scheduler
         self.worker = worker
@@ -246,6 +326,7 @@ class WorkerThread(LoopThread):
         self.max_gap_factor = float(max_gap_factor)
         self.clock = clock
         self.stats = WorkerStats()
+        self.device_rings = device_rings
 
     def _rings(self) -> Mapping[str, Optional[RingBuffer]]:
         return self.rings() if callable(self.rings) else self.rings
@@ -255,7 +336,10 @@ class WorkerThread(LoopThread):
         if ring is None:
             return None
         try:
-            frames, t_mono, t_wall = ring.gather(due.seqs)
+            if self.device_rings is not None:
+                frames, t_mono, t_wall = self.device_rings.get(due.camera, ring).gather(due.seqs)
+            else:
+                frames, t_mono, t_wall = ring.gather(due.seqs)
         except FramesUnavailableError:
             self.stats.unavailable[due.camera] = self.stats.unavailable.get(due.camera, 0) + 1
             log.debug("camera %s: window %d overwritten before it was gathered", due.camera,
@@ -286,6 +370,8 @@ class WorkerThread(LoopThread):
             wait = self.poll_s if deadline is None else min(self.poll_s, max(0.0, deadline - t0))
             self._stop_event.wait(wait)
             return False
+        if self.device_rings is not None:
+            self.device_rings.prune(self._rings())
         windows = [w for w in (self._gather(d) for d in batch) if w is not None]
         results = self.worker.infer(windows) if windows else []
         elapsed = self.clock() - t0

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from detector.schema import field_doc
+from streamer.accel.settings import AccelConfig
 from streamer.comms.settings import (DiscoveryConfig, MqttConfig, MqttTlsConfig, NotifyConfig,
                                      NotifyRule)
 from streamer.config import (AlertsConfig, CameraConfig, CameraSettings, CurveConfig,
@@ -25,7 +26,8 @@ SECTIONS = {"defaults": CameraSettings, "model": ServeModelConfig,
             "metrics": MetricsConfig, "logging": LoggingConfig, "mqtt": MqttConfig,
             "mqtt.tls": MqttTlsConfig, "mqtt.discovery": DiscoveryConfig, "notify": NotifyConfig,
             "notify.rules[]": NotifyRule, "notify.rules[].schedule": ScheduleConfig,
-            "cameras[].schedule": CameraScheduleConfig, "web": WebConfig}
+            "cameras[].schedule": CameraScheduleConfig, "web": WebConfig,
+            "accel": AccelConfig}
 # Fields of the camera entries a user writes (settings come from `defaults`, secrets, `own` and
 # `index` are derived).
 CAMERA_KEYS = {"name", "url", "enabled", "mask", "zones", "required_zones", "smoothing",

@@ -14,7 +14,9 @@ with `VIGIL_REQUIRE_CUDA=1`, which turns a missing device into failures instead 
   and one epoch of the trainer itself on CUDA;
 * `vigil detect --device cuda` as a subprocess, against the CPU on the same files;
 * `vigil serve` with `model.device: cuda` on a file camera, end to end: READY, alerts over
-  ZeroMQ, metrics, SIGTERM.
+  ZeroMQ, metrics, SIGTERM;
+* the `accel:` switches on CUDA (fold_bn, channels_last_3d, compile, CUDA graphs, each warmed up
+  before the first window) against the CPU, and device rings on CUDA against the host rings.
 """
 from __future__ import annotations
 
@@ -126,6 +128,58 @@ def test_worker_batch_on_cuda_agrees_with_the_cpu_in_fp32(cpu_case, precision):
             assert best(got) == best(ref), f"{ref.camera} {precision}"
         agree += best(got) == best(ref)
     print(f"{precision}: class agreement {agree}/{len(results)}")
+
+
+
+# ----------------------------------------------------------------------------- the accel path
+ACCEL = {"fold+channels_last": dict(fold_bn=True, channels_last=True),
+         "compile": dict(fold_bn=True, channels_last=True, compile="default"),
+         "cuda_graphs": dict(fold_bn=True, channels_last=True, cuda_graphs=True)}
+
+
+@pytest.mark.parametrize("switches", list(ACCEL))
+def test_the_accel_switches_agree_with_the_cpu_on_cuda(cpu_case, switches):
+    """`accel:` fold_bn, channels_last_3d, compile and CUDA graphs on the GPU in bf16/fp16
+    autocast, warmed up for every fixed batch size first, against the CPU in fp32."""
+    from streamer.accel.settings import AccelConfig
+
+    model, windows, reference = cpu_case
+    torch._dynamo.reset()
+    worker = InferenceWorker(copy.deepcopy(model), model.cfg.input, CLASSES, "cuda", "auto",
+                             policy=len(windows), accel=AccelConfig(**ACCEL[switches]))
+    if worker.batch_sizes:
+        worker.batch_sizes = [len(windows)]      # one compile per switch (the run's time)
+    took = worker.warm_up()
+    t0 = time.perf_counter()
+    results = worker.infer(windows)
+    first = time.perf_counter() - t0
+    print(f"{switches}: warm-up {took:.1f} s, first batch {first * 1e3:.0f} ms")
+    precision = "bf16" if worker.autocast_dtype == torch.bfloat16 else "fp16"
+    for ref, got in zip(reference, results):
+        for name in CLASSES:
+            assert got.scores[name].score == pytest.approx(ref.scores[name].score,
+                                                           abs=SCORE_TOL[precision])
+    assert first < 5.0, "no compile at the first window: warm_up compiled every batch size"
+
+
+def test_device_rings_on_cuda_give_the_host_rings_windows():
+    from detector.preprocess import normalize_clips
+    from streamer.accel.device_ring import DeviceRings
+    from streamer.ringbuffer import RingBuffer
+
+    rng = np.random.default_rng(0)
+    host = RingBuffer(40, 112, 112)
+    rings = DeviceRings("cuda")
+    for seq in range(120):
+        host.write(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8), seq, seq)
+        if seq >= 15 and (seq - 15) % 8 == 0:
+            seqs = np.arange(seq - 15, seq + 1)
+            got = rings.get("a", host).gather(seqs)[0]
+            assert got.device.type == "cuda"
+            want = torch.from_numpy(host.gather(seqs)[0])
+            assert torch.equal(normalize_clips(got[None], [0.5] * 3, [0.25] * 3).cpu(),
+                               normalize_clips(want[None], [0.5] * 3, [0.25] * 3))
+    assert rings.uploaded == 16 + 13 * 8     # each frame up to the last window, once
 
 
 def test_a_real_out_of_memory_error_splits_the_batch(caplog):
@@ -260,7 +314,10 @@ def test_vigil_detect_on_cuda_agrees_with_the_cpu(small_checkpoint):
                 assert b["score"] == pytest.approx(a["score"], abs=tol), (a, b)
 
 
-def test_the_daemon_serves_a_file_camera_on_cuda(small_checkpoint, tmp_path):
+@pytest.mark.parametrize("accel", [None, {"device_ring": True, "capture": "processes",
+                                           "fold_bn": True, "channels_last": True}],
+                         ids=["today", "accel"])
+def test_the_daemon_serves_a_file_camera_on_cuda(small_checkpoint, tmp_path, accel):
     pytest.importorskip("zmq")
     from vigil_tools.harness import DaemonProcess, base_config
 
@@ -270,6 +327,8 @@ def test_the_daemon_serves_a_file_camera_on_cuda(small_checkpoint, tmp_path):
     cfg = base_config(tmp_path / "data", ckpt, {"filecam": str(root / "videos" / "a.mp4")},
                       stride=4)
     cfg["model"].update(device="cuda", precision="auto", threads=None)
+    if accel is not None:
+        cfg["accel"] = accel
     d = DaemonProcess(tmp_path, cfg)
     sub = subscriber(cfg["alerts"]["endpoint"], b"alert.filecam.")
     d.start()

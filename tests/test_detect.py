@@ -318,3 +318,64 @@ def test_detect_csv_format_reference_writes_test_py_columns(setup, tmp_path):
     assert vigil(["detect", str(root / "videos"), "--checkpoint", str(ckpt), "--csv", str(out2),
                   "--csv-format", "reference", "--threshold", "1.01", "--workers", "1"]) == 0
     assert out2.read_text().splitlines()[1:] == ["a.mp4,no_object,,,,", "b.mp4,no_object,,,,"]
+
+
+# --------------------------------------------------------------------------- pooled decoding
+def _key(row):
+    return (row["video"], row.get("start_s", 0.0))
+
+
+@pytest.mark.parametrize("windows", [None, 0.5])
+def test_decode_workers_give_the_sequential_paths_rows(setup, tmp_path, windows):
+    """Several decoder processes feeding one batcher: the same rows as decoding in this process,
+    clip mode and window mode, with a broken file among them."""
+    import shutil
+
+    root, ckpt = setup
+    folder = tmp_path / "videos"
+    shutil.copytree(root / "videos", folder)
+    shutil.copy(root / "videos" / "a.mp4", folder / "c.mp4")
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    sequential = sorted(D.detect([folder], ckpt, windows=windows, batch=3, workers=0,
+                                 device="cpu"), key=_key)
+    pooled = sorted(D.detect([folder], ckpt, windows=windows, batch=3, decode_workers=2,
+                             device="cpu"), key=_key)
+    assert len(sequential) >= 4 and any("error" in r for r in sequential)
+    assert [_key(r) for r in pooled] == [_key(r) for r in sequential]
+    for a, b in zip(pooled, sequential):
+        assert a.keys() == b.keys()
+        assert a.get("class") == b.get("class") and a.get("box") == b.get("box")
+        assert a.get("score") == pytest.approx(b.get("score"), abs=1e-6)
+
+
+def test_pooled_batches_are_full_whatever_worker_a_clip_came_from():
+    import torch
+
+    items = [(torch.full((2, 1, 1, 3), i, dtype=torch.uint8), {"i": i}) for i in range(7)]
+    items.insert(3, (None, {"error": "bad"}))
+    out = list(D.pooled_batches(iter(items), 3))
+    assert [len(infos) for _, infos, _ in out] == [3, 0, 3, 1]       # the error as it comes
+    assert out[1][0] is None and out[1][2] == [{"error": "bad"}]
+    assert [int(c[0, 0, 0, 0]) for clips, _, _ in out if clips is not None
+            for c in clips] == list(range(7))
+
+
+def test_decode_workers_and_workers_together_are_refused(setup):
+    root, ckpt = setup
+    with pytest.raises(D.VigilError, match="not both"):
+        list(D.detect([root / "videos"], ckpt, workers=2, decode_workers=2))
+
+
+def test_vigil_detect_decode_workers_on_the_command_line(setup, tmp_path):
+    root, ckpt = setup
+    rows = {}
+    for name, flags in (("sequential", ["--workers", "0"]), ("pooled", ["--decode-workers", "2"])):
+        out = tmp_path / f"{name}.jsonl"
+        assert vigil(["detect", str(root / "videos"), "--checkpoint", str(ckpt), "--out",
+                      str(out), "--threshold", "0.0", "--windows", "0.5", *flags]) == 0
+        rows[name] = sorted((json.loads(line) for line in out.read_text().splitlines()),
+                            key=_key)
+    assert [(_key(r), r["class"], r["box"]) for r in rows["pooled"]] == \
+        [(_key(r), r["class"], r["box"]) for r in rows["sequential"]]
+    assert vigil(["detect", str(root / "videos"), "--checkpoint", str(ckpt), "--workers", "1",
+                  "--decode-workers", "2"]) != 0

@@ -17,8 +17,8 @@ from vigil_tools.harness import REPO
 pytestmark = pytest.mark.integration
 
 SCRIPT = REPO / "scripts" / "gpu-check.sh"
-STEPS = ["install", "env", "tests", "model", "compile", "offline", "pipeline", "train",
-         "train-fp32"]
+STEPS = ["install", "env", "tests", "model", "compile", "offline", "pipeline", "pipeline-accel",
+         "train", "train-fp32"]
 TABLES = {
     "model": ["Roofline: 128x128x128 matmul", "Throughput by batch and precision",
               "Options at batch 1, bf16", "Low precision against fp32"],
@@ -26,6 +26,8 @@ TABLES = {
     "offline": ["Offline: vigil detect against the reference-style loop", "Decoding only"],
     "pipeline": ["Pipeline: the real daemon on file cameras",
                  "Largest number of cameras in real time (bisection)"],
+    "pipeline-accel": ["Pipeline: the real daemon on file cameras",
+                       "Largest number of cameras in real time (bisection)"],
     "train": ["Training epochs (vigil train on synthetic data)"],
     "train-fp32": ["Training epochs (vigil train on synthetic data)"],
 }
@@ -63,6 +65,12 @@ def test_dry_run_runs_every_step_and_writes_every_table(tmp_path):
     assert "| 1..1 |" in (out / "pipeline.md").read_text()          # the bisection's range
     # No torch.compile on a small CPU: the row is there, saying so.
     assert "skipped: --no-compile given" in (out / "compile.md").read_text()
+    # Issue 29's paths against today's, in the same run.
+    assert "fold_bn off" in (out / "model.md").read_text()
+    assert "vigil detect --decode-workers 2" in (out / "offline.md").read_text()
+    assert "accel: none (today's path)" in (out / "pipeline.md").read_text()
+    accel = (out / "pipeline-accel.md").read_text()
+    assert "accel device_ring=True, capture=processes" in accel and "| 1..1 |" in accel
 
 
 def test_a_spent_budget_fails_the_run_and_pack_keeps_two_files(tmp_path):
@@ -95,17 +103,31 @@ def test_the_gpu_runs_commands_parse_and_ask_for_what_the_issue_lists(tmp_path):
     assert "VIGIL_REQUIRE_CUDA=1" in lines["tests"] and "tests/test_cuda.py" in lines["tests"]
     parser = build_parser()
     parsed = {}
-    for name in ("model", "compile", "offline", "pipeline", "train", "train-fp32"):
+    for name in ("model", "compile", "offline", "pipeline", "pipeline-accel", "train",
+                 "train-fp32"):
         argv = shlex.split(lines[name])
         assert argv[0] == "vigil", lines[name]
         args = parsed[name] = parser.parse_args(argv[1:])
         assert args.device == "cuda" and args.verb == "bench", name
     model, comp = parsed["model"], parsed["compile"]
-    assert model.models == "seed" and model.batches == [1, 2, 4, 8, 16, 32, 64]
-    assert set(_names(model.ablations)) == {"channels_last", "no-cudnn-benchmark"}
-    assert _names(comp.ablations) == ["compile"] and not comp.no_compile
-    pipe = parsed["pipeline"]
-    assert (pipe.fps, pipe.stride) == (25, 8) and 1 <= pipe.min_cameras < pipe.max_cameras
-    assert not pipe.no_bisect
+    assert model.models == "seed" and model.batches == [1, 16, 64]
+    assert set(_names(model.ablations)) == {"channels_last", "fold_bn", "fold_bn+channels_last",
+                                            "no-cudnn-benchmark"}
+    assert _names(comp.ablations) == ["fold_bn+channels_last+compile", "cuda_graphs"]
+    assert not comp.no_compile and comp.batches == [64]
+    assert parsed["offline"].decode_workers > 1
+    for name in ("pipeline", "pipeline-accel"):
+        pipe = parsed[name]
+        assert (pipe.fps, pipe.stride) == (25, 8) and 1 <= pipe.min_cameras < pipe.max_cameras
+        assert not pipe.no_bisect and pipe.resolutions == [(640, 360)]
+    assert parsed["pipeline"].accel == []
+    assert set(parsed["pipeline-accel"].accel) == {"device_ring=true", "capture=processes",
+                                                   "fold_bn=true", "channels_last=true"}
+    from detector.schema import from_dict
+    from streamer.accel.settings import AccelConfig
+    from vigil_tools.bench_cli import _accel
+
+    accel = from_dict(AccelConfig, _accel(parsed["pipeline-accel"].accel), "accel")
+    assert accel.device_ring and accel.capture == "processes" and not accel.compiled
     assert parsed["train"].config is None          # the seed recipe
     assert parsed["train-fp32"].overrides == ["train.amp=off"]      # AMP against fp32

@@ -356,6 +356,7 @@ def test_every_config_key_is_in_the_readme_table():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     documented = set(re.findall(r"^\| `([^`]+)` \|", readme, re.M))
+    from streamer.accel.settings import AccelConfig
     from streamer.comms import settings as cs
     from streamer.web.settings import WebConfig
 
@@ -366,7 +367,7 @@ def test_every_config_key_is_in_the_readme_table():
                 "model.pose": sc.PoseServeConfig,
                 "mqtt": cs.MqttConfig, "mqtt.tls": cs.MqttTlsConfig,
                 "mqtt.discovery": cs.DiscoveryConfig, "notify": cs.NotifyConfig,
-                "notify.rules[]": cs.NotifyRule, "web": WebConfig}
+                "notify.rules[]": cs.NotifyRule, "web": WebConfig, "accel": AccelConfig}
     wanted = {"data_dir", "instance", "cameras[].name", "cameras[].url", "cameras[].enabled",
               "cameras[].mask", "cameras[].zones", "cameras[].required_zones",
               "cameras[].smoothing", "cameras[].schedule"}

@@ -137,6 +137,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write each video with its boxes and labels drawn into DIR")
     p.add_argument("--batch", type=int, default=8, help="clips per forward pass")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default 2)")
+    p.add_argument("--decode-workers", type=int, default=None, metavar="N",
+                   help="instead of --workers: N decoding processes whose clips are pooled into "
+                        "full batches (for a GPU: about one per core; rows come in another order)")
     p.add_argument("--threshold", type=float, default=0.3, help="minimum detection score")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
@@ -544,7 +547,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
                           window_seconds=args.window_seconds, batch=args.batch,
                           workers=args.workers, threshold=args.threshold, device=args.device,
                           precision=args.precision, queries=reference_csv,
-                          pose=_detect_pose(args)):
+                          pose=_detect_pose(args), decode_workers=args.decode_workers):
             if reference_csv:
                 reference_rows.append(row)
                 row = {k: v for k, v in row.items() if k != "queries"}

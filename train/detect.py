@@ -6,7 +6,11 @@ least the threshold. Window mode (`windows=STRIDE` seconds): the video is cut in
 checkpoint's `clip_seconds`, one every STRIDE seconds, and every window gets a row with its time
 span. Each video is read once, front to back, without seeking (windows are assembled from the
 frames as they stream past); decoding runs in DataLoader worker processes, so it overlaps the
-model's work on the previous batch.
+model's work on the previous batch. By default (`workers`) each worker decodes its share of the
+files and hands over whole batches of its own clips. With `decode_workers=N`, N decoder processes
+hand over single clips, which this process gathers into full batches as they come: with many
+workers and few clips each, the model still gets full batches (a GPU needs them), and no worker
+waits for its own batch to fill. The rows are the same, in another order.
 
 Known labels (`--labels`, read with `train.dataset.scan_dataset`): each row gets `true` and
 `correct`. A clip row's true class is the video's. A window's follows the overlap rule of
@@ -198,6 +202,46 @@ def _collate(batch: list[tuple[torch.Tensor | None, dict]]) -> tuple[torch.Tenso
     return clips, [i for _, i in good], errors
 
 
+def _as_is(item: Any) -> Any:
+    """The DataLoader's collate for single items: no conversion (module level: picklable)."""
+    return item
+
+
+def pooled_batches(items: Iterator[tuple[torch.Tensor | None, dict]], batch: int,
+                   pinned: torch.Tensor | None = None
+                   ) -> Iterator[tuple[torch.Tensor | None, list[dict], list[dict]]]:
+    """Single clips from any number of decoders -> (clips, infos, errors) batches of `batch`.
+
+    Args:
+        items: (clip (T, H, W, 3) uint8 or None, info) as `VideoWindows` yields them.
+        batch: clips per batch (the last one may be short).
+        pinned: optional (batch, T, H, W, 3) uint8 pinned buffer to stack into (a CUDA copy
+            from it is one DMA); it is reused, so a batch is valid until the next is asked for.
+    Yields:
+        what `_collate` returns: an error is handed on at once, in a batch of no clips.
+    """
+    clips: list[torch.Tensor] = []
+    infos: list[dict] = []
+
+    def flush() -> tuple[torch.Tensor, list[dict], list[dict]]:
+        out = (torch.stack(clips, out=pinned[:len(clips)]) if pinned is not None
+               else torch.stack(clips))
+        return out, list(infos), []
+
+    for clip, info in items:
+        if clip is None:
+            yield None, [], [info]
+            continue
+        clips.append(clip)
+        infos.append(info)
+        if len(clips) == batch:
+            yield flush()
+            clips.clear()
+            infos.clear()
+    if clips:
+        yield flush()
+
+
 class PosePath:
     """The daemon's pose path over whole videos: each video's BlazePose sequence (as
     `train.pose_data.track_video` samples it) and the pose collapse model's windows.
@@ -258,7 +302,8 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
            window_seconds: float | None = None, batch: int = 8, workers: int | None = None,
            threshold: float = 0.3, device: str = "auto",
            precision: str = "auto", queries: bool = False,
-           pose: str | Path | None = None) -> Iterator[dict[str, Any]]:
+           pose: str | Path | None = None,
+           decode_workers: int | None = None) -> Iterator[dict[str, Any]]:
     """Run the detector over videos, yielding one row per video (or per window).
 
     Args:
@@ -272,7 +317,10 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
         windows: stride in seconds between windows; None = one clip per video.
         window_seconds: window length; default the checkpoint's `input.clip_seconds`.
         batch: clips per forward pass.
-        workers: decoding processes (default: up to 2, one per file).
+        workers: decoding processes (default: up to 2, one per file), each handing over
+            batches of its own clips.
+        decode_workers: instead of `workers`: this many decoding processes (>= 1), each handing
+            over single clips that are pooled into full batches here (`pooled_batches`).
         threshold: minimum score of a detection.
         device: `auto`, `cpu`, `cuda`, ...
         queries: also give each row "queries": every query whose best foreground score
@@ -284,6 +332,9 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
         {"video", "class" (name or "none"), "score", "box" ([x1, y1, x2, y2] pixels or None),
          "width", "height"} plus "start_s", "end_s" in window mode; a failed file yields
         {"video", "error"}.
+    Raises:
+        VigilError: a bad stride, an unknown window length, or both `workers` and
+            `decode_workers`, or `decode_workers` < 1.
     """
     from detector.postprocess import boxes_xyxy, clip_predictions
     from detector.precision import autocast, autocast_dtype
@@ -293,6 +344,11 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
     from detector.init_weights import resolve_model_path
     from detector.postprocess import class_scores
 
+    if decode_workers is not None:
+        if workers is not None:
+            raise VigilError("give --workers or --decode-workers, not both")
+        if decode_workers < 1:
+            raise VigilError(f"--decode-workers must be >= 1, got {decode_workers}")
     files = find_videos(paths)
     dev = resolve_device(device)
     model, cfg, meta = load_model(resolve_model_path(checkpoint), dev,
@@ -318,16 +374,27 @@ def detect(paths: Sequence[str | Path], checkpoint: str | Path, windows: float |
     if not files:
         return
     data = VideoWindows(files, cfg.input.frames, cfg.input.size, windows, window_seconds)
-    n_workers = min(2, len(files)) if workers is None else workers
-    loader = DataLoader(data, batch_size=batch, num_workers=n_workers, collate_fn=_collate)
+    if decode_workers is None:
+        n_workers = min(2, len(files)) if workers is None else workers
+        batches: Any = DataLoader(data, batch_size=batch, num_workers=n_workers,
+                                  collate_fn=_collate)
+    else:
+        n_workers = min(decode_workers, len(files))
+        # Enough clips in flight for a full batch, whichever workers are ahead.
+        singles = DataLoader(data, batch_size=None, num_workers=n_workers, collate_fn=_as_is,
+                             prefetch_factor=max(2, math.ceil(2 * batch / n_workers)))
+        T, (H, W) = cfg.input.frames, cfg.input.size
+        pinned = (torch.empty((batch, T, H, W, 3), dtype=torch.uint8, pin_memory=True)
+                  if dev.type == "cuda" else None)
+        batches = pooled_batches(iter(singles), batch, pinned)
     with torch.inference_mode():
-        for clips, infos, errors in loader:
+        for clips, infos, errors in batches:
             for err in errors:
                 log.error("%s", err["error"])
                 yield {"video": err["video"], "error": err["error"]}
             if clips is None:
                 continue
-            x = normalize_clips(clips.to(dev), cfg.input.mean, cfg.input.std)
+            x = normalize_clips(clips.to(dev, non_blocking=True), cfg.input.mean, cfg.input.std)
             with autocast(dev, amp):
                 outputs = model(x)
             outputs = {k: v.float() for k, v in outputs.items()}

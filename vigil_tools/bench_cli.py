@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "fight and collapse), only (every camera watches collapse: BlazePose "
                         "alone); on: the camera files show a photographed person")
     q.add_argument("--pose-workers", type=int, default=1, help="model.pose.workers")
+    q.add_argument("--accel", action="append", default=[], metavar="KEY=VALUE",
+                   help="a key of the daemon's accel: section, e.g. device_ring=true or "
+                        "capture=processes (repeatable; YAML values)")
     q.set_defaults(func=cmd_bench_pipeline)
 
     o = sub.add_parser(
@@ -161,6 +164,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weights (default: the reference architecture, random init, seed 0)")
     o.add_argument("--batch", type=int, default=8, help="vigil detect --batch")
     o.add_argument("--workers", type=int, default=None, help="vigil detect --workers")
+    o.add_argument("--decode-workers", type=int, default=None, metavar="N",
+                   help="also time vigil detect --decode-workers N in the same passes")
     o.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"),
                    help="vigil detect --precision (default: its own, auto)")
     o.add_argument("--repeats", type=int, default=None, help="timed passes (default 3; --quick 2)")
@@ -249,7 +254,8 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
         model=args.model, checkpoint=args.checkpoint, precision=args.precision,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads,
         alerts=args.alerts, start_timeout_s=args.start_timeout, workdir=args.workdir,
-        command=command_line(), pose=args.pose, pose_workers=args.pose_workers)
+        command=command_line(), pose=args.pose, pose_workers=args.pose_workers,
+        accel=_accel(args.accel))
     _emit(run_pipeline_bench(opts), args.out)
     return 0
 
@@ -263,9 +269,25 @@ def cmd_bench_offline(args: argparse.Namespace) -> int:
     opts = OfflineBenchOptions(
         device=args.device, quick=args.quick, data=args.data, videos=args.videos,
         checkpoint=args.checkpoint, batch=args.batch, workers=args.workers,
-        precision=args.precision, repeats=args.repeats, command=command_line())
+        precision=args.precision, repeats=args.repeats, command=command_line(),
+        decode_workers=args.decode_workers)
     _emit(run_offline_bench(opts), args.out)
     return 0
+
+
+def _accel(pairs: Sequence[str]) -> dict[str, Any]:
+    """`--accel KEY=VALUE` pairs -> the `accel:` mapping (values read as YAML: true, null)."""
+    import yaml
+
+    from detector.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--accel: expected KEY=VALUE, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def cmd_bench_pose(args: argparse.Namespace) -> int:

@@ -5,8 +5,8 @@ Everything printed is measured in the run that prints it:
 * FLOPs per clip are counted by `torch.utils.flop_counter.FlopCounterMode` on the meta device
   (no memory, no compute; convolutions, matmuls and attention are counted as 2 x MACs, biases and
   element-wise ops are not);
-* each configuration (model, batch, precision, `channels_last_3d`, `torch.compile`,
-  `cudnn.benchmark`) is timed `repeats` times after `warmup` untimed calls (compilation, cuDNN
+* each configuration (model, batch, precision, `channels_last_3d`, `torch.compile`, batch norm
+  folding, CUDA graphs, `cudnn.benchmark`) is timed `repeats` times after `warmup` untimed calls (compilation, cuDNN
   autotuning and allocator growth happen there) with the device synchronised around every call;
   the reported time is the MEDIAN of those samples, and every derived number (clips/s, TFLOP/s,
   fraction of peak, speed-up) is computed from the recorded samples by the table builder;
@@ -149,6 +149,8 @@ class ModelRow:
         batch: clips per forward pass.
         channels_last: `channels_last_3d` memory format for weights and input.
         compiled: wrapped in `torch.compile`.
+        folded: batch norm folded into the convolutions (`detector.inference.fold_bn`).
+        graphs: compiled in mode `reduce-overhead` (CUDA graphs), as `accel.cuda_graphs` runs.
         cudnn_benchmark: `torch.backends.cudnn.benchmark` (None on the CPU).
         samples: seconds per forward pass of `batch` clips, warm-up excluded.
         flops_per_clip: counted FLOPs of one clip.
@@ -166,10 +168,13 @@ class ModelRow:
     flops_per_clip: int = 0
     note: str = ""
     runtime: str = "torch"
+    folded: bool = False
+    graphs: bool = False
 
     def key(self) -> tuple:
         return (self.model, self.input, self.device, self.precision, self.batch,
-                self.channels_last, self.compiled, self.cudnn_benchmark, self.runtime)
+                self.channels_last, self.compiled, self.cudnn_benchmark, self.runtime,
+                self.folded, self.graphs)
 
 
 def model_table_rows(rows: Sequence[ModelRow], peaks: Mapping[str, MatmulPeak],
@@ -190,6 +195,7 @@ def model_table_rows(rows: Sequence[ModelRow], peaks: Mapping[str, MatmulPeak],
             "runtime": r.runtime,
             "precision": r.precision if r.precision == "fp32" else f"{r.precision} autocast",
             "batch": r.batch, "channels_last_3d": r.channels_last, "compile": r.compiled,
+            "fold_bn": r.folded, "cuda_graphs": r.graphs,
             "cudnn.benchmark": r.cudnn_benchmark, "repeats": len(r.samples), "note": r.note,
             "GFLOP/clip": r.flops_per_clip / 1e9 if r.flops_per_clip else None}
         if r.samples:
@@ -209,7 +215,7 @@ def model_table_rows(rows: Sequence[ModelRow], peaks: Mapping[str, MatmulPeak],
 
 
 MODEL_COLUMNS = ["model", "input", "device", "runtime", "precision", "batch", "channels_last_3d",
-                 "compile", "cudnn.benchmark", "ms/batch", "clips/s", "GFLOP/clip", "TFLOP/s",
+                 "compile", "fold_bn", "cuda_graphs", "cudnn.benchmark", "ms/batch", "clips/s", "GFLOP/clip", "TFLOP/s",
                  "% of matmul peak", "speed-up", "vs", "repeats", "note"]
 
 
@@ -226,6 +232,10 @@ def describe_difference(base: ModelRow, row: ModelRow) -> str:
         parts.append(f"channels_last_3d {'on' if base.channels_last else 'off'}")
     if base.compiled != row.compiled:
         parts.append(f"compile {'on' if base.compiled else 'off'}")
+    if base.folded != row.folded:
+        parts.append(f"fold_bn {'on' if base.folded else 'off'}")
+    if base.graphs != row.graphs:
+        parts.append(f"cuda_graphs {'on' if base.graphs else 'off'}")
     if base.cudnn_benchmark != row.cudnn_benchmark:
         parts.append(f"cudnn.benchmark {'on' if base.cudnn_benchmark else 'off'}")
     return ", ".join(parts) or "same"
@@ -260,13 +270,18 @@ def time_model(model: nn.Module, row: ModelRow, repeats: int, warmup: int,
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(row.batch, 3, T, H, W, generator=gen).to(device)
     fmt = torch.channels_last_3d if row.channels_last else torch.contiguous_format
+    if row.folded:
+        from detector.inference import fold_bn
+
+        model = fold_bn(model)        # a copy: the caller's model keeps its batch norm
     model = model.to(memory_format=fmt)
     x = x.contiguous(memory_format=fmt)
     run: Callable[[torch.Tensor], Any] = model
     if row.compiled:
         # A fresh compile per row: no cache entries (or recompile budget) left by earlier rows.
         torch._dynamo.reset()
-        run = torch.compile(model, dynamic=False)
+        run = torch.compile(model, dynamic=False,
+                            mode="reduce-overhead" if row.graphs else None)
     with torch.inference_mode(), cudnn_benchmark(row.cudnn_benchmark if device.type == "cuda"
                                                  else None):
         def step() -> Any:
@@ -503,7 +518,10 @@ def short_kernel_name(name: str, width: int = 80) -> str:
 # The option comparisons of `vigil bench model`, each timed against the plain low-precision row.
 ABLATIONS = {"channels_last": dict(cl=True), "compile": dict(comp=True),
              "channels_last+compile": dict(cl=True, comp=True),
-             "no-cudnn-benchmark": dict(bench=False)}
+             "no-cudnn-benchmark": dict(bench=False), "fold_bn": dict(fold=True),
+             "fold_bn+channels_last": dict(fold=True, cl=True),
+             "fold_bn+channels_last+compile": dict(fold=True, cl=True, comp=True),
+             "cuda_graphs": dict(fold=True, cl=True, comp=True, graphs=True)}
 
 
 def default_cpu_config() -> Path:
@@ -622,11 +640,13 @@ def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
         bench_default = True if cuda else None
 
         def measure(batch: int, precision: str, cl: bool = False, comp: bool = False,
-                    bench: Optional[bool] = bench_default) -> ModelRow:
+                    bench: Optional[bool] = bench_default, fold: bool = False,
+                    graphs: bool = False) -> ModelRow:
             row = ModelRow(name, shape, str(device), precision, batch, cl, comp, bench,
-                           flops_per_clip=flops)
-            log.info("timing %s %s batch %d %s%s%s", name, "x".join(map(str, shape)), batch,
-                     precision, " channels_last_3d" if cl else "", " compiled" if comp else "")
+                           flops_per_clip=flops, folded=fold, graphs=graphs)
+            log.info("timing %s %s batch %d %s%s%s%s%s", name, "x".join(map(str, shape)), batch,
+                     precision, " fold_bn" if fold else "", " channels_last_3d" if cl else "",
+                     " compiled" if comp else "", " cuda_graphs" if graphs else "")
             try:
                 time_model(model, row, repeats, warmup)
             except torch.cuda.OutOfMemoryError:
@@ -663,7 +683,8 @@ def run_model_bench(opts: ModelBenchOptions) -> BenchReport:
         names = list(ABLATIONS) if opts.ablations is None else list(opts.ablations)
         variants = [ABLATIONS[a] for a in names
                     if ("comp" not in ABLATIONS[a] or do_compile)
-                    and ("bench" not in ABLATIONS[a] or cuda)]
+                    and ("bench" not in ABLATIONS[a] or cuda)
+                    and ("graphs" not in ABLATIONS[a] or cuda)]
         ablation.append(base)
         for v in variants:
             row = measure(ablation_batch, low, **v)

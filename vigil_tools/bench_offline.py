@@ -188,6 +188,8 @@ class OfflineBenchOptions:
         checkpoint: the weights (default: the reference-shaped model, random init, seed 0).
         batch, workers: `vigil detect`'s --batch and decoding workers (None = its defaults).
         precision: passed to `detect` (None = its default).
+        decode_workers: also time `detect(..., decode_workers=N)` (N decoders pooled into full
+            batches) in the same passes, against the same reference.
         repeats: timed passes of each method.
         workdir: where clips and checkpoint go (default: a temporary folder, removed).
     """
@@ -202,6 +204,7 @@ class OfflineBenchOptions:
     repeats: Optional[int] = None
     workdir: Optional[str] = None
     command: Optional[str] = None
+    decode_workers: Optional[int] = None
 
 
 def reference_checkpoint(directory: str | Path, seed: int = 0) -> Path:
@@ -252,25 +255,34 @@ def run_offline_bench(opts: OfflineBenchOptions) -> BenchReport:
         if opts.precision is not None:
             kwargs["precision"] = opts.precision
 
-        def run_detect(paths: Sequence[Path]) -> list[dict[str, Any]]:
-            return list(detect(list(paths), ckpt, **kwargs))
+        def run_detect(paths: Sequence[Path], **extra: Any) -> list[dict[str, Any]]:
+            return list(detect(list(paths), ckpt, **{**kwargs, **extra}))
 
+        pooled = ({"workers": None, "decode_workers": opts.decode_workers}
+                  if opts.decode_workers else None)
         # Warm-up on one video each: imports, allocator, oneDNN/cuDNN kernel selection.
         reference_loop(files[:1], ckpt, device)
         run_detect(files[:1])
-        ref_times, det_times = [], []
+        ref_times, det_times, pool_times = [], [], []
         ref_rows: list[dict[str, Any]] = []
         det_rows: list[dict[str, Any]] = []
+        pool_rows: list[dict[str, Any]] = []
         for r in range(repeats):
             # Alternate so drift (thermal, other load) hits both alike.
             t, ref_rows = _timed(lambda: reference_loop(files, ckpt, device))
             ref_times.append(t)
             t, det_rows = _timed(lambda: run_detect(files))
             det_times.append(t)
-            log.info("offline pass %d/%d: reference %.2f s, detect %.2f s", r + 1, repeats,
-                     ref_times[-1], det_times[-1])
-        errors = [row for row in det_rows if "error" in row]
+            if pooled is not None:
+                t, pool_rows = _timed(lambda: run_detect(files, **pooled))
+                pool_times.append(t)
+            log.info("offline pass %d/%d: reference %.2f s, detect %.2f s%s", r + 1, repeats,
+                     ref_times[-1], det_times[-1],
+                     f", detect --decode-workers {pool_times[-1]:.2f} s" if pool_times else "")
+        errors = [row for row in det_rows + pool_rows if "error" in row]
         agree = compare_rows(ref_rows, det_rows)
+        # Pooled rows come in another order: compare_rows matches them by video.
+        pool_agree = compare_rows(ref_rows, pool_rows) if pool_rows else None
 
         # Decoding alone, both strategies, same files.
         seek_t, seq_t = [], []
@@ -296,6 +308,15 @@ def run_offline_bench(opts: OfflineBenchOptions) -> BenchReport:
          "batch": opts.batch, **common, "s per pass": det_med, "videos/s": n / det_med,
          "speed-up": ratio(ref_med, det_med), "class agreement": f"{agree.class_agreement:.0%}",
          "min IoU": agree.min_iou, "mean IoU": agree.mean_iou, "samples_s": det_times}]
+    if pool_agree is not None:
+        pool_med = median(pool_times)
+        rows.append({"method": f"vigil detect --decode-workers {opts.decode_workers}",
+                     "precision": precision, "batch": opts.batch, **common,
+                     "s per pass": pool_med, "videos/s": n / pool_med,
+                     "speed-up": ratio(ref_med, pool_med),
+                     "class agreement": f"{pool_agree.class_agreement:.0%}",
+                     "min IoU": pool_agree.min_iou, "mean IoU": pool_agree.mean_iou,
+                     "samples_s": pool_times})
     notes = [f"checkpoint {ckpt.name}; each pass loads it; median of {repeats} passes after a "
              "one-video warm-up; speed-up = reference median / detect median, same run",
              "class agreement and IoU: `vigil detect` against the fp32 reference loop, video by "

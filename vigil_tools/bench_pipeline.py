@@ -262,6 +262,17 @@ POINT_COLUMNS = ["cameras", "resolution", "codec", "fps", "stride", "seconds", "
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def pid_cpu_seconds(pid: Optional[int]) -> float:
+    """User + system CPU seconds of another process (a capture process; 0.0 when unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
 def thread_cpu_seconds(native_id: Optional[int]) -> float:
     """User + system CPU seconds of one thread of this process (0.0 when unknown)."""
     if native_id is None:
@@ -439,8 +450,10 @@ def bench_checkpoint(directory: str | Path, model: str, clip_seconds: float = 2.
 def pipeline_config(data_dir: Path, checkpoint: Path, videos: Sequence[Path], cameras: int,
                     stride: int, device: str, precision: str, max_batch: int, max_wait_ms: float,
                     threads: Optional[int], alerts: str, pose: str = "off",
-                    pose_workers: int = 1) -> dict[str, Any]:
-    """The daemon config of one measurement, as the YAML mapping `parse_config` takes."""
+                    pose_workers: int = 1,
+                    accel: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The daemon config of one measurement, as the YAML mapping `parse_config` takes
+    (`accel`: the daemon's `accel:` section, e.g. `{"device_ring": True}`)."""
     data: dict[str, Any] = {
         "data_dir": str(data_dir),
         "defaults": {"stride": stride, "loop": True},
@@ -454,6 +467,7 @@ def pipeline_config(data_dir: Path, checkpoint: Path, videos: Sequence[Path], ca
         # N x classes MP4 encodes at shutdown, after the measurement.
         "evidence": {"enabled": True, "snapshot": True, "clip": False},
         "metrics": {"enabled": False},
+        "accel": dict(accel or {}),
     }
     if pose == "off":
         data["model"]["pose"] = None
@@ -557,6 +571,14 @@ def _snapshot(daemon: Any, names: Sequence[str]) -> _Snapshot:
 
     reg = daemon.metrics.registry
     threads = {}
+    # Capture processes (accel.capture: processes): their own CPU time, read from /proc, is
+    # the capture's and counts in the whole daemon's.
+    children = 0.0
+    for name, cam in dict(getattr(daemon, "_cams", {})).items():
+        pid = getattr(cam.thread, "pid", None)
+        if pid is not None:
+            threads[f"capture:{name}"] = pid_cpu_seconds(pid)
+            children += threads[f"capture:{name}"]
     for t in threading.enumerate():
         if isinstance(t, CaptureThread):
             threads[f"capture:{t.camera}"] = thread_cpu_seconds(t.native_id)
@@ -565,7 +587,7 @@ def _snapshot(daemon: Any, names: Sequence[str]) -> _Snapshot:
         elif isinstance(t, PoseWorker):
             threads[f"pose:{t.name}"] = thread_cpu_seconds(t.native_id)
     return _Snapshot(
-        t=time.monotonic(), cpu=process_cpu_seconds(),
+        t=time.monotonic(), cpu=process_cpu_seconds() + children,
         frames={n: _sample(reg, "vigil_frames_total", {"camera": n}) for n in names},
         pose_frames={n: _sample(reg, "vigil_pose_frames_total", {"camera": n}) for n in names},
         dropped=sum(_sample(reg, "vigil_frames_dropped_total", {"camera": n}) for n in names),
@@ -689,6 +711,8 @@ class PipelineBenchOptions:
         workdir: where files, checkpoint and journal go (default: a temporary folder, removed).
         pose, pose_workers: the pose path (`off`, `both`, `only`; module docstring) and its
             threads (`model.pose.workers`).
+        accel: the daemon's `accel:` section (`--accel KEY=VALUE`), e.g. device rings and
+            capture processes; their CPU time counts in the process's.
     """
     device: str = "auto"
     quick: bool = False
@@ -714,6 +738,7 @@ class PipelineBenchOptions:
     command: Optional[str] = None
     pose: str = "off"
     pose_workers: int = 1
+    accel: Optional[dict[str, Any]] = None
 
 
 def run_pipeline_bench(opts: PipelineBenchOptions) -> BenchReport:
@@ -753,7 +778,7 @@ def run_pipeline_bench(opts: PipelineBenchOptions) -> BenchReport:
                     cfg = pipeline_config(data_dir, ckpt, videos, n, opts.stride, str(device),
                                           opts.precision, max_batch, opts.max_wait_ms,
                                           opts.threads, opts.alerts, opts.pose,
-                                          opts.pose_workers)
+                                          opts.pose_workers, opts.accel)
                     p = PointStats(n, width, height, float(opts.fps), opts.stride,
                                    codec=encoder.label, pose=opts.pose)
                     log.info("pipeline: %d camera(s) at %dx%d for %.0f s", n, width, height,
@@ -785,7 +810,9 @@ def run_pipeline_bench(opts: PipelineBenchOptions) -> BenchReport:
              f"device {device}, precision {opts.precision}, max_batch {max_batch}, "
              f"max_wait_ms {opts.max_wait_ms:g}, alerts {opts.alerts}, pose path "
              f"{opts.pose}" + (f" ({opts.pose_workers} thread(s), cameras show a photographed "
-                               "person)" if opts.pose != "off" else ""),
+                               "person)" if opts.pose != "off" else "")
+             + (", accel " + ", ".join(f"{k}={v}" for k, v in opts.accel.items())
+                if opts.accel else ", accel: none (today's path)"),
              f"{warmup:g} s warm-up, then {duration:g} s measured per point; windows/s and CPU "
              "from metric and /proc deltas over that interval",
              "alert latency: `latency_s` of the start/update alerts received over ZeroMQ "

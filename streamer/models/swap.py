@@ -14,6 +14,10 @@ checkpoint and checks it:
    camera's `events` watches, less what the pose path owns);
 5. one forward pass on a test window (mid-grey frames) returns finite scores and boxes.
 
+The new worker runs with the running daemon's `accel:` model switches (batch norm folding,
+`channels_last_3d`, compile); a compiled one is warmed up here, in the swapper's thread, so the
+switch never makes a window wait for a compile.
+
 A candidate that passes goes back to the event loop, which switches the inference worker to it
 between two batches (`WorkerThread.worker` is read once per batch): no camera restarts, no window
 is skipped, the event tracker and its open events are untouched. A refused one is one error line
@@ -41,6 +45,7 @@ from detector.errors import VigilError
 from detector.precision import checkpoint_precision
 from detector.runtime import is_onnx_model, load_model, model_device
 
+from ..accel.settings import AccelConfig
 from ..loop_thread import LoopThread
 from ..routing import EventRouting
 from ..scheduler import BatchPolicy
@@ -163,7 +168,8 @@ def check_fit(mcfg: ModelConfig, req: SwapRequest) -> None:
 
 
 def prepare(req: SwapRequest, device: torch.device, threads: Optional[int], policy: BatchPolicy,
-            load: Callable[..., tuple[Any, ModelConfig, dict]] = load_model) -> Candidate:
+            load: Callable[..., tuple[Any, ModelConfig, dict]] = load_model,
+            accel: Optional[AccelConfig] = None) -> Candidate:
     """Load the requested checkpoint and check it can replace the running model (see the module
     docstring for the checks, in order).
 
@@ -173,6 +179,7 @@ def prepare(req: SwapRequest, device: torch.device, threads: Optional[int], poli
         threads: CPU threads for an `.onnx` model (onnxruntime), as at start.
         policy: the running `BatchPolicy` (shared with the scheduler).
         load: `detector.runtime.load_model` (injectable for tests).
+        accel: the daemon's `accel:` section (the model switches the new worker runs with).
     Returns:
         The `Candidate`.
     Raises:
@@ -203,7 +210,8 @@ def prepare(req: SwapRequest, device: torch.device, threads: Optional[int], poli
     runs_on = model_device(meta, device)
     try:
         worker = InferenceWorker(model, inp, classes, device=runs_on, precision=precision,
-                                 policy=policy)
+                                 policy=policy, accel=None if is_onnx_model(path) else accel)
+        worker.warm_up()            # a compiled model: every fixed batch size, here, not later
     except Exception as exc:
         raise ModelRefused(f"cannot run: {type(exc).__name__}: {_one_line(str(exc), path)}"
                            ) from None
