@@ -227,3 +227,12 @@ def test_vigil_detect_with_the_alias_runs_what_the_daemon_serves(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.strip().splitlines()]
     assert len(rows) >= 4 and all("start_s" in r for r in rows)
+
+
+def test_the_pose_path_samples_whole_frames_of_the_camera():
+    """At most POSE_FPS frames a second, each a real frame of the camera: the rate a camera
+    gives is its fps over a whole number (what `vigil bench pipeline` holds it to)."""
+    from streamer.pose.worker import sampled_fps
+
+    assert sampled_fps(8) == 8 and sampled_fps(15) == 7.5 and sampled_fps(25) == 25 / 3
+    assert sampled_fps(30) == 7.5 and sampled_fps(5) == 5 and sampled_fps(0) == 0.0

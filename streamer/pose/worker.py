@@ -34,6 +34,21 @@ from ..ringbuffer import FramesUnavailableError, RingBuffer
 from ..types import ClassScore, WindowResult
 
 log = logging.getLogger(__name__)
+# A frame is due once this share of the period has passed since the last one: a camera's
+# frames do not arrive on the pose path's beat, and waiting for the whole period would often
+# skip to the frame after.
+PERIOD_SLACK = 0.9
+
+
+def sampled_fps(camera_fps: float, target_fps: float = POSE_FPS) -> float:
+    """Pose frames per second a camera at `camera_fps` gives the pose path when it keeps up:
+    the first frame at least `PERIOD_SLACK` periods after the last (15 fps: every second frame,
+    7.5 a second; 25 fps: every third, 8.3)."""
+    if camera_fps <= 0 or target_fps <= 0:
+        return 0.0
+    return camera_fps / max(1, math.ceil(PERIOD_SLACK * camera_fps / target_fps - 1e-9))
+
+
 
 # Landmarks kept per camera beyond the model's window (seconds).
 HISTORY_SLACK_S = 1.0
@@ -139,7 +154,7 @@ class PoseWorker(LoopThread):
             except FramesUnavailableError:
                 continue
             t = float(t_mono[0])
-            if t - st.last_t < (self.period if st.person else self.idle_period) * 0.9:
+            if t - st.last_t < (self.period if st.person else self.idle_period) * PERIOD_SLACK:
                 continue
             did = True
             if self.mask_of is not None:
