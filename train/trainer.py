@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from detector.checkpoint import save_checkpoint
-from detector.errors import CheckpointError, DataError
+from detector.errors import CheckpointError, ConfigError, DataError
 from detector.init_weights import initialise
 from detector.losses import build_criterion
 from detector.runtime import resolve_device
@@ -44,8 +44,9 @@ from . import engine
 from . import metrics as M
 from . import mil
 from .cache import ClipCache
-from .config import TrainConfig
+from .config import TrainConfig, default_cache_dir
 from .dataset import ClipDataset, VideoRecord, collate, scan_dataset_lenient, split_records
+from .features import FrameFeatureCache
 from .sampler import BalancedBatchSampler
 
 log = logging.getLogger(__name__)
@@ -126,22 +127,27 @@ class EpochSharedDataset(Dataset):
 
 def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
                  val_records: Sequence[VideoRecord], device: torch.device,
-                 input_cfg: Any, ctx: D.DistContext | None = None
+                 input_cfg: Any, ctx: D.DistContext | None = None,
+                 model: torch.nn.Module | None = None
                  ) -> tuple[DataLoader, DataLoader | None, EpochSharedDataset,
                             BalancedBatchSampler]:
     """The training loader (balanced batches, augmentation) and the validation loader.
 
     With a distributed `ctx` the training loader yields this rank's share of the balanced
     batches and the validation loader this rank's share of the videos (`D.ShardSampler`).
+    With `data.frame_features` both serve `model`'s frozen frame features (`train.features`).
     """
     ctx = ctx or D.DistContext(device=device)
     cache_dir = cfg.data.resolved_cache_dir()
     cache = ClipCache(cache_dir) if cache_dir is not None else None
+    features = frame_feature_cache(cfg, model, cache, device)
     window = cfg.data.window_seconds
     train_ds = EpochSharedDataset(ClipDataset(train_records, input_cfg, augment=cfg.augment,
                                               cache=cache, seed=cfg.train.seed, window_s=window,
                                               train=True, margin_s=cfg.data.segment_margin_s,
-                                              weak_positives=cfg.data.weak_positives))
+                                              weak_positives=cfg.data.weak_positives,
+                                              hard_negatives=cfg.data.hard_negatives,
+                                              features=features))
     sampler = BalancedBatchSampler(sampler_positives(train_ds.dataset, cfg.data.positive),
                                    cfg.data.batch_size, seed=cfg.train.seed, rank=ctx.rank,
                                    world_size=ctx.world_size)
@@ -155,13 +161,44 @@ def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     val_loader = None
     if val_records:
         val_ds = ClipDataset(val_records, input_cfg, augment=None, cache=cache,
-                             seed=cfg.train.seed, window_s=window, train=False)
+                             seed=cfg.train.seed, window_s=window, train=False,
+                             features=features)
         shard = D.ShardSampler(len(val_ds), ctx.rank, ctx.world_size) if ctx.enabled else None
         val_loader = DataLoader(val_ds, batch_size=cfg.data.batch_size, shuffle=False,
                                 sampler=shard,
                                 generator=torch.Generator().manual_seed(cfg.train.seed + 1),
                                 **common)
     return train_loader, val_loader, train_ds, sampler
+
+
+# Pixel augmentations that stored frame features cannot have (`train.features`).
+_PIXEL_ONLY = ("color_jitter", "resized_crop", "blur", "jpeg", "low_light", "greyscale", "shake",
+               "frame_drop", "timestamp")
+
+
+def frame_feature_cache(cfg: TrainConfig, model: torch.nn.Module | None,
+                        clips: ClipCache | None, device: torch.device
+                        ) -> FrameFeatureCache | None:
+    """The frozen-feature cache `data.frame_features` asks for, or None.
+
+    Raises:
+        ConfigError: `data.frame_features` with a model that has no frozen 2D stages, or under
+            DDP (each rank would compute the same features).
+    """
+    if not cfg.data.frame_features:
+        return None
+    if model is None or not getattr(model, "caches_frames", False):
+        raise ConfigError("data.frame_features: the model has no frozen 2D stages to compute "
+                          "once (it needs model.backbone.name: mobilenet_v2 and "
+                          "model.backbone.freeze: all, or another stage)")
+    if D.env_world_size() > 1:
+        raise ConfigError("data.frame_features: not under torchrun; train with one process")
+    ignored = [k for k in _PIXEL_ONLY if cfg.augment.enabled and getattr(cfg.augment, k, 0)]
+    if ignored:
+        log.warning("data.frame_features: augment.%s cannot change stored features and is not "
+                    "applied (only hflip and temporal_jitter are)", ", augment.".join(ignored))
+    root = cfg.data.resolved_cache_dir() or default_cache_dir()
+    return FrameFeatureCache(model, clips, root / "features", device)
 
 
 def sampler_positives(dataset: ClipDataset, positive: str = "action") -> list[bool]:
@@ -347,7 +384,7 @@ def _fit(cfg: TrainConfig, ctx: D.DistContext, train_records: Sequence[VideoReco
     loss_autocast = bool(cfg.train.loss_autocast and amp is not None)
     criterion.cast_float = not loss_autocast
     train_loader, val_loader, train_ds, sampler = make_loaders(
-        cfg, train_records, val_records, device, model_cfg.input, ctx)
+        cfg, train_records, val_records, device, model_cfg.input, ctx, model)
     log.info("data: %d training videos (%d with an action: %d with boxes, %d class-only; %d "
              "with time segments), %d training samples, %d validation videos; %d steps per "
              "epoch", len(train_records), sum(r.is_positive for r in train_records),
