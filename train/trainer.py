@@ -24,6 +24,7 @@ import math
 import random
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -268,6 +269,40 @@ def load_splits(cfg: TrainConfig, data_roots: Sequence[str | Path],
     return out
 
 
+def check_classes(records: Sequence[VideoRecord], class_names: Sequence[str],
+                  where: str | Path) -> None:
+    """Refuse a training set that shows one kind of clip only; warn about a missing class.
+
+    A detector learns what separates the classes it is shown. Clips of a single action and
+    nothing else (no clip without an action, no time segment to cut quiet windows from) teach it
+    that the action is always there: every window of a camera would alarm. A class of the
+    model that no clip shows is only ever trained towards "not this", so its scores fall.
+
+    Raises:
+        DataError: every training clip holds the same action and there is no quiet footage.
+    """
+    shown = Counter(class_names[int(c)] for r in records for c in set(r.annotations[:, 0])
+                    if 0 <= int(c) < len(class_names))
+    quiet = sum(not r.is_positive or r.has_segments for r in records)
+    if not quiet and len(shown) <= 1:
+        only = next(iter(shown), "an action")
+        raise DataError(
+            f"{where}: every training clip is labelled {only}, and none shows ordinary "
+            f"activity: trained on one class only, the detector would call every window a "
+            f"{only}. Add clips from the same cameras where nothing happens (label none), or "
+            f"label the seconds of the action (start_s,end_s) so quiet windows can be cut")
+    if not quiet:
+        log.warning("%s: no training clip without an action: the model learns that something "
+                    "always happens and will raise more false alarms; add clips of ordinary "
+                    "activity from the same cameras (label none)", where)
+    missing = [c for c in class_names if c not in shown]
+    if missing:
+        log.warning("%s: no training clip of %s: the model's %s output is only ever trained "
+                    "towards 'not %s', so it will find fewer of them than the model it starts "
+                    "from; add such clips to keep it", where, " or ".join(missing),
+                    "/".join(missing), " or ".join(missing))
+
+
 def median_clip_seconds(records: Sequence[VideoRecord]) -> float | None:
     """Median duration (frames / fps) of the videos with a known frame rate, else None."""
     durations = [r.frames / r.fps for r in records if r.fps and r.fps > 0]
@@ -338,6 +373,7 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     out_dir.mkdir(parents=True, exist_ok=True)
     if not train_records:
         raise DataError(f"{data_root or out_dir}: the training split is empty")
+    check_classes(train_records, cfg.model.class_names, data_root or out_dir)
     seed_everything(cfg.train.seed)
     if cfg.train.deterministic:
         # The reference implementation's setting: reproducible convolutions, no autotuning.
