@@ -49,15 +49,12 @@ sys.path.insert(0, str(ROOT))
 from detector.checkpoint import load_checkpoint  # noqa: E402
 from detector.init_weights import resolve_model_path  # noqa: E402
 from detector.errors import VigilError  # noqa: E402
-from detector.schema import from_dict  # noqa: E402
 from detector.pose.collapse import is_pose_checkpoint, load_pose_checkpoint  # noqa: E402
 from streamer.config import SmoothingConfig, load_smoothing  # noqa: E402
-from streamer.tuning.offline import (ClipScores, class_outcome, class_setting,  # noqa: E402
-                                     clip_starts, score_records)
+from streamer.tuning.offline import (ClipScores, Paths, class_outcome,  # noqa: E402
+                                     class_setting, clip_starts, pose_path, score_records)
 from streamer.worker import InferenceWorker  # noqa: E402
 from train.dataset import scan_dataset_lenient  # noqa: E402
-from train.pose_data import PoseCache  # noqa: E402
-from train.pose_trainer import PoseDataConfig  # noqa: E402
 from train.splits import split_records  # noqa: E402
 from train.trainer import LAST  # noqa: E402
 
@@ -68,23 +65,17 @@ def score_job(ckpt: Path, records: list, stride: int, loop_s: float, pose: Path 
               pose_stride_s: float, classes: list[str]) -> list[ClipScores]:
     """Score `records` with the video checkpoint `ckpt` (and the pose collapse checkpoint
     `pose`, which then scores its class), or with `ckpt` alone when it is a pose checkpoint."""
-    worker = cfg = None
+    paths = Paths(pose_stride_s=pose_stride_s)
     if is_pose_checkpoint(ckpt):
         pose = ckpt
     else:
         model, cfg, _ = load_checkpoint(ckpt)
-        worker = InferenceWorker(model.eval(), cfg.input, list(cfg.class_names), "cpu", "fp32",
-                                 policy=16)
-    pose_model = pose_cache = None
+        paths.worker = InferenceWorker(model.eval(), cfg.input, list(cfg.class_names), "cpu",
+                                       "fp32", policy=16)
+        paths.model_cfg = cfg
     if pose is not None:
-        pose_model, pose_meta = load_pose_checkpoint(pose)
-        # the run's own pose cache (data.cache_dir of its recipe), so nothing is tracked twice
-        data_cfg = from_dict(PoseDataConfig,
-                             (pose_meta.get("train_config") or {}).get("data"), "data")
-        pose_cache = PoseCache(data_cfg.resolved_cache_dir(), pose_model.cfg.fps)
-    return score_records(worker, cfg, records, stride, loop_s, name=ckpt.name,
-                         pose_model=pose_model, pose_cache=pose_cache,
-                         pose_stride_s=pose_stride_s, classes=classes)
+        paths.pose_model, paths.pose_cache = pose_path(pose)
+    return score_records(paths, records, stride, loop_s, classes, name=ckpt.name)
 
 
 def alert_table(clips: list[ClipScores], smoothing: SmoothingConfig, classes: list[str],

@@ -134,5 +134,5 @@ def test_the_recipe_warns_about_augmentation_stored_features_cannot_have(tmp_pat
                             ["augment.color_jitter=0.3", f"data.cache_dir={tmp_path}"])
     model = build_model(cfg.model)
     cache = frame_feature_cache(cfg, model, None, torch.device("cpu"))
-    assert cache.dir == tmp_path / "features"
+    assert cache.dir == tmp_path / "features"        # beside the clips of data.cache_dir
     assert "augment.color_jitter cannot change stored features" in caplog.text

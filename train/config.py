@@ -104,7 +104,8 @@ class DataConfig:
             cameras teaches the model what it mistakes for an action there.
         frame_features: with a 2D backbone whose 2D stages are frozen (`model.backbone.name:
             mobilenet_v2`, `freeze: all`), compute their output once per decoded frame and keep
-            it on disk (`<cache dir>/features/`, `train.features`), so that an epoch runs only
+            it on disk (`~/.cache/vigil/features`, or `<cache_dir>/features` when `cache_dir` is
+            set; `train.features`), so that an epoch runs only
             the temporal stage and the decoder. Pixel augmentation is then a horizontal flip
             and temporal jitter only (the others are not applied; the run says so).
     """

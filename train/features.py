@@ -4,7 +4,7 @@ A 2D backbone whose ImageNet stages are frozen (`detector.frame_backbone`, `free
 each frame to the same features in every epoch and every fold: a cross-validation would run
 the 2D network over the same frames some 100 times. `FrameFeatureCache` runs the frozen stages
 (`model.backbone.frozen_features`) once per (video, frames, size, flip) and stores the result as
-float16 `.npy` next to the clip cache (`<clip cache>/features/`); `ClipDataset(features=...)`
+float16 `.npy` (`~/.cache/vigil/features/`, `data.frame_features`); `ClipDataset(features=...)`
 then serves those features in place of pixels and the model continues from them
 (`VideoDETR.forward(x, from_frozen=True)`). An epoch then costs the temporal stage and the
 decoder only. Turned on by `data.frame_features`.

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import statistics
 import time
@@ -198,8 +199,9 @@ def frame_feature_cache(cfg: TrainConfig, model: torch.nn.Module | None,
     if ignored:
         log.warning("data.frame_features: augment.%s cannot change stored features and is not "
                     "applied (only hflip and temporal_jitter are)", ", augment.".join(ignored))
-    root = cfg.data.resolved_cache_dir() or default_cache_dir()
-    return FrameFeatureCache(model, clips, root / "features", device)
+    where = (Path(os.path.expanduser(cfg.data.cache_dir)) / "features" if cfg.data.cache_dir
+             else default_cache_dir("features"))
+    return FrameFeatureCache(model, clips, where, device)
 
 
 def sampler_positives(dataset: ClipDataset, positive: str = "action") -> list[bool]:

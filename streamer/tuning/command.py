@@ -3,8 +3,9 @@
     vigil calibrate --config vigil.yaml --camera lobby --footage /srv/lobby-quiet/ \
         [--target-per-hour 1] [--labelled lobby-clips/] [--out lobby-smoothing.yaml]
 
-Reads the daemon's config (the camera's stride, window length and roi, the model and the
-smoothing, as `vigil serve` would run them; `${VARIABLES}` that are not set are left as they
+Reads the daemon's config (the camera's stride, window length, roi and events, the video model,
+the pose path and the smoothing, as `vigil serve` would run them: each class from the path that
+owns it for this camera, `streamer.routing`; `${VARIABLES}` that are not set are left as they
 are, since no camera is opened), plays every footage file through the daemon's windows, worker
 and smoothing (`streamer.tuning.offline`), and prints (and with `--out` writes) the camera's
 per-class smoothing override (`cameras[].smoothing.classes.<label>`) for at most the target
@@ -108,16 +109,19 @@ def footage_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def footage_minutes(files: list[Path]) -> float:
-    """Minutes of footage in `files`, from their headers.
+def probe_footage(files: list[Path], fps_hint: float | None = None) -> list:
+    """Each file's `train.video_io.VideoInfo` (a frame rate the file lacks is `fps_hint`, the
+    camera's `fps` setting, else 25).
 
     Raises:
         DataError: every file that cannot be opened or reports no frames, in one message.
     """
+    import dataclasses
+
     from detector.errors import DataError
     from train.video_io import probe
 
-    minutes, bad = 0.0, []
+    infos, bad = [], []
     for f in files:
         try:
             info = probe(f)
@@ -127,19 +131,22 @@ def footage_minutes(files: list[Path]) -> float:
         if info.frames <= 0:
             bad.append(f"{f}: no frames")
             continue
-        minutes += info.frames / (info.fps if info.fps > 0 else 25.0) / 60.0
+        if info.fps <= 0:
+            info = dataclasses.replace(info, fps=fps_hint or 25.0)
+        infos.append(info)
     if bad:
         raise DataError("footage that cannot be read: " + "; ".join(bad))
-    return minutes
+    return infos
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from detector.errors import ConfigError, DataError
 
     from ..config import load_config
+    from ..routing import EventRouting
     from ..worker import load_worker
     from . import calibrate as C
-    from .offline import ClipScores, score_file, score_records
+    from .offline import ClipScores, Paths, pose_path, score_records
 
     cfg = load_config(args.config, environ=_EnvOrUnset())
     try:
@@ -150,7 +157,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.target_per_hour <= 0:
         raise ConfigError("--target-per-hour must be above 0")
     files = footage_files(args.footage)
-    minutes = footage_minutes(files)
+    s = camera.settings
+    infos = probe_footage(files, s.fps)
+    minutes = sum(i.frames / i.fps for i in infos) / 60.0
     need = C.required_minutes(args.target_per_hour)
     if minutes < need and not args.labelled:
         raise DataError(
@@ -160,23 +169,37 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"of the time); give more footage, or a --target-per-hour of at least "
             f"{C.least_target(minutes):.1f}")
 
+    # The paths the daemon runs for this camera (`streamer.routing`): the video detector for
+    # the classes it owns, the pose path for its class, each only if the camera watches it.
     loaded = load_worker(cfg.model)
     mcfg = loaded.model_cfg
-    classes = list(mcfg.class_names)
-    labels = args.classes or classes
-    unknown = [c for c in labels if c not in classes]
+    pose_model = pose_cache = None
+    if cfg.model.pose is not None:
+        pose_model, pose_cache = pose_path(cfg.model.pose.checkpoint)
+    routing = EventRouting(tuple(mcfg.class_names),
+                           pose_model.cfg.label if pose_model is not None else None)
+    routing.check(cfg.cameras)
+    classes = routing.classes
+    watched = routing.watched(s.events)
+    labels = args.classes or watched
+    unknown = [c for c in labels if c not in watched]
     if unknown:
-        raise ConfigError(f"--classes: the model has no class {unknown[0]!r} (it has "
-                          f"{', '.join(classes)})")
+        raise ConfigError(f"--classes: camera {camera.name} does not watch {unknown[0]!r} (it "
+                          f"watches {', '.join(watched)})")
+    video = routing.video_classes(s.events) & set(labels)
+    paths = Paths(worker=loaded.worker if video else None, model_cfg=mcfg,
+                  pose_model=pose_model if routing.pose in labels else None,
+                  pose_cache=pose_cache,
+                  pose_stride_s=cfg.model.pose.stride_s if cfg.model.pose else 0.5,
+                  video_classes=video)
     base = getattr(camera, "smoothing", None) or cfg.smoothing
-    s = camera.settings
     clip_seconds = s.window_seconds or mcfg.input.clip_seconds
     t0 = time.monotonic()
     clips = []
-    for n, f in enumerate(files, 1):
-        results, _, mins = score_file(loaded.worker, f, tuple(mcfg.input.size), s.stride,
-                                      clip_seconds, mcfg.input.frames, roi=s.roi,
-                                      fps=None)
+    for n, (f, info) in enumerate(zip(files, infos), 1):
+        results, mins = paths.score(f, s.stride, info.fps, info.frames / info.fps,
+                                    (info.width, info.height), clip_seconds=clip_seconds,
+                                    roi=s.roi)
         clips.append(ClipScores(str(f), camera.name, None, 0.0, mins, results))
         log.info("%d/%d %s: %.1f min, %d windows (%.0f s so far)", n, len(files), f.name, mins,
                  len(results), time.monotonic() - t0)
@@ -185,7 +208,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
         records, _ = scan_dataset_lenient(args.labelled, len(classes), require_positives=False,
                                           class_names=classes)
-        clips += score_records(loaded.worker, mcfg, records, s.stride, args.loop_s,
+        clips += score_records(paths, records, s.stride, args.loop_s, classes,
                                name=str(args.labelled))
         minutes = C.quiet_minutes(clips)
         if minutes < need:

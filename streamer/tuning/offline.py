@@ -200,50 +200,101 @@ def clip_label(rec, classes: Sequence[str]) -> tuple[str | None, float]:
     return classes[int(rec.annotations[0, 0])], 0.0 if np.isnan(seg[0]) else float(seg[0])
 
 
-def score_records(worker: Optional[InferenceWorker], cfg, records: Sequence, stride: int,
-                  loop_s: float, name: str = "model", pose_model=None, pose_cache=None,
-                  pose_stride_s: float = 0.5, classes: Optional[Sequence[str]] = None
-                  ) -> list[ClipScores]:
-    """Score labelled clips (`train.records.VideoRecord`s) as the daemon would: the video
-    detector's windows and/or the pose path's.
+@dataclass
+class Paths:
+    """What scores a camera's windows offline, as the daemon's paths do (`streamer.routing`).
+
+    Attributes:
+        worker: the video detector's `InferenceWorker`, or None (the pose path alone).
+        model_cfg: its `ModelConfig` (input size, frames, clip length); None without it.
+        pose_model: the pose collapse model (`detector.pose.collapse`), or None; its class is
+            then taken from the pose path only.
+        pose_cache: the clips' pose sequences (`train.pose_data.PoseCache`) for `pose_model`.
+        pose_stride_s: seconds between the pose path's windows.
+        video_classes: the classes taken from the video detector (None: all it scores but the
+            pose model's).
+    """
+    worker: Optional[InferenceWorker] = None
+    model_cfg: object = None
+    pose_model: object = None
+    pose_cache: object = None
+    pose_stride_s: float = 0.5
+    video_classes: Optional[set[str]] = None
+
+    def score(self, path: Path, stride: int, fps: float, duration_s: float,
+              frame_size: tuple[int, int], loop_s: float = 0.0,
+              clip_seconds: Optional[float] = None, roi: Optional[Sequence[float]] = None
+              ) -> tuple[list[WindowResult], float]:
+        """One file's window results in time order, and the minutes played.
+
+        Args:
+            path: the video file.
+            stride: frames between the video detector's windows.
+            fps: its frame rate.
+            duration_s: its length (the pose path's clock).
+            frame_size: (width, height) of its frames (for the pose boxes).
+            loop_s: play it looped to this many seconds (0: once).
+            clip_seconds: the window length (None: the model's `clip_seconds`).
+            roi: the camera's region of interest for the video detector.
+        Raises:
+            DataError: the file cannot be opened or decoded.
+        """
+        results: list[WindowResult] = []
+        minutes = duration_s / 60.0
+        if self.worker is not None:
+            cfg = self.model_cfg
+            results, _, minutes = score_file(
+                self.worker, path, tuple(cfg.input.size), stride,
+                clip_seconds or cfg.input.clip_seconds, cfg.input.frames, roi=roi, fps=fps,
+                loop_s=loop_s)
+            pose_label = self.pose_model.cfg.label if self.pose_model is not None else None
+            results = [replace(r, scores={k: v for k, v in r.scores.items()
+                                          if k != pose_label and (self.video_classes is None
+                                                                  or k in self.video_classes)})
+                       for r in results]
+        if self.pose_model is not None:
+            seq, duration = looped_pose(self.pose_cache.get(path), duration_s, loop_s)
+            results = sorted(results + score_pose_clip(self.pose_model, seq, duration,
+                                                       self.pose_stride_s, frame_size, fps),
+                             key=lambda r: r.t_end_mono)
+            if self.worker is None:
+                minutes = duration / 60.0
+        return results, minutes
+
+
+def pose_path(checkpoint: str | Path) -> tuple[object, object]:
+    """A pose collapse checkpoint (`vigil`: the shipped one) and the cache of pose sequences its
+    own training run used (its recipe's `data.cache_dir`), so nothing is tracked twice."""
+    from detector.pose.collapse import load_pose_checkpoint
+    from detector.schema import from_dict
+    from train.pose_data import PoseCache
+    from train.pose_trainer import PoseDataConfig
+
+    model, meta = load_pose_checkpoint(checkpoint)
+    data_cfg = from_dict(PoseDataConfig, (meta.get("train_config") or {}).get("data"), "data")
+    return model, PoseCache(data_cfg.resolved_cache_dir(), model.cfg.fps)
+
+
+def score_records(paths: Paths, records: Sequence, stride: int, loop_s: float,
+                  classes: Sequence[str], name: str = "model") -> list[ClipScores]:
+    """Score labelled clips (`train.records.VideoRecord`s) as the daemon would.
 
     Args:
-        worker: the video model's `InferenceWorker`, or None (the pose path alone).
-        cfg: the video model's `ModelConfig` (input size, frames, clip length); None without it.
+        paths: what scores them (`Paths`).
         records: the clips.
-        stride: frames between the video model's windows.
+        stride: frames between the video detector's windows.
         loop_s: action clips are looped to this many seconds (a looping file camera; most fight
             clips last about one window); quiet clips play once.
+        classes: the class names the records' labels index.
         name: for the progress log.
-        pose_model, pose_cache: a pose collapse model (`detector.pose.collapse`) and the cache
-            of the clips' pose sequences (`train.pose_data.PoseCache`): the model's class is
-            then taken from the pose path only, as the daemon does.
-        pose_stride_s: seconds between the pose path's windows.
-        classes: the class names the records' labels index (default: the video model's).
     """
-    names = list(classes or (cfg.class_names if cfg is not None else []))
     clips = []
     t0 = time.monotonic()
     for n, rec in enumerate(records, 1):
-        fps = rec.fps or 25.0                    # as probed; 0.0 means the container has none
-        label, t_action = clip_label(rec, names)
-        loop = loop_s if rec.is_positive else 0.0
-        results: list = []
-        minutes = rec.duration_s / 60.0
-        if worker is not None:
-            results, _, minutes = score_file(worker, Path(rec.video), tuple(cfg.input.size),
-                                             stride, cfg.input.clip_seconds, cfg.input.frames,
-                                             fps=fps, loop_s=loop)
-            if pose_model is not None:           # the pose path owns its class
-                results = [replace(r, scores={k: v for k, v in r.scores.items()
-                                              if k != pose_model.cfg.label}) for r in results]
-        if pose_model is not None:
-            seq, duration = looped_pose(pose_cache.get(rec.video), rec.duration_s, loop)
-            results = sorted(results + score_pose_clip(pose_model, seq, duration, pose_stride_s,
-                                                       (rec.width, rec.height), fps),
-                             key=lambda r: r.t_end_mono)
-            if worker is None:
-                minutes = duration / 60.0
+        label, t_action = clip_label(rec, classes)
+        results, minutes = paths.score(Path(rec.video), stride, rec.fps or 25.0,
+                                       rec.duration_s, (rec.width, rec.height),
+                                       loop_s=loop_s if rec.is_positive else 0.0)
         clips.append(ClipScores(rec.stem, rec.source, label, t_action, minutes, results))
         if n % 25 == 0:
             log.info("%s: %d/%d clips, %.0f s", name, n, len(records), time.monotonic() - t0)
