@@ -206,3 +206,26 @@ def test_footage_the_model_calls_a_fight_throughout_is_not_calibrated_away(setup
     # stride 4 at 15 fps: windows end at 0.93 s, 1.2 s, ... 7.87 s
     assert "q0.mp4 0:00.9-0:07.9: fight scored >= 0.9 for 6.9 s" in proc.stdout
     assert "Nothing was written" in proc.stdout and not out.exists()
+
+
+def test_a_camera_that_watches_collapse_is_calibrated_on_the_pose_path(tmp_path):
+    """As the daemon does: a collapse-only camera never runs the video detector, and its
+    collapse scores come from BlazePose and the pose collapse model."""
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    cfg = base_config(tmp_path / "data", ckpt, {"ward": "/dev/null"}, pose=True)
+    cfg["cameras"][0]["events"] = ["collapse"]
+    cfg["smoothing"] = {"on_threshold": 0.02, "off_threshold": 0.01, "min_windows": 1}
+    config = tmp_path / "vigil.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    footage = tmp_path / "quiet"
+    footage.mkdir()
+    for i in range(4):                      # 4 x 8 s: 0.53 minutes
+        video(footage / f"q{i}.mp4", frames=120)
+    proc = calibrate(config, "--camera", "ward", "--footage", str(footage),
+                     "--target-per-hour", "400")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # pose windows every 0.5 s (model.pose.stride_s), not the video detector's every 4 frames
+    assert "4/4 q3.mp4: 0.1 min, 13 windows" in proc.stderr
+    # nobody in view: the pose path raises nothing even at 0.02, so the setting is kept
+    assert "| collapse | 0.02, 1 | 0.0 | 0.02, 1 (kept) | 0.0 |" in proc.stdout
+    assert "| fight |" not in proc.stdout                 # the camera does not watch fights
