@@ -15,7 +15,7 @@ from streamer.config import SmoothingConfig, parse_config
 from streamer.tuning import calibrate as C
 from streamer.tuning.offline import ClipScores, class_outcome, clip_starts
 from streamer.types import ClassScore, WindowResult
-from streamer.tools.harness import REPO, base_config, tiny_checkpoint
+from vigil_tools.harness import REPO, base_config, tiny_checkpoint
 
 STEP_S = 0.32           # stride 8 at 25 fps
 BOX = (0.1, 0.1, 0.5, 0.9)
