@@ -229,3 +229,79 @@ def test_a_camera_that_watches_collapse_is_calibrated_on_the_pose_path(tmp_path)
     # nobody in view: the pose path raises nothing even at 0.02, so the setting is kept
     assert "| collapse | 0.02, 1 | 0.0 | 0.02, 1 (kept) | 0.0 |" in proc.stdout
     assert "| fight |" not in proc.stdout                 # the camera does not watch fights
+
+
+# ----------------------------------------------------------------- --record MINUTES
+def test_record_takes_the_minutes_from_the_camera_itself(tmp_path):
+    """`--record` opens the camera as the daemon does, writes the minutes under
+    data_dir/calibration/<camera>/, and calibrates on them."""
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    cfg = base_config(tmp_path / "data", ckpt,
+                      {"hall": "synth://none?width=96&height=64&fps=15&frames=45&seed=3"},
+                      always_on=False)
+    config = tmp_path / "vigil.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = calibrate(config, "--camera", "hall", "--record", "0.25",
+                     "--target-per-hour", "1000", "--classes", "fight")
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    files = list((tmp_path / "data" / "calibration" / "hall").glob("*.mp4"))
+    assert len(files) == 1
+    cap = cv2.VideoCapture(str(files[0]))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 225          # 0.25 min at 15 fps
+    assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) \
+        == (96, 64)
+    cap.release()
+    assert "0.2 minutes of quiet footage" in proc.stdout
+
+
+def test_record_refuses_too_few_minutes_before_opening_the_camera(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    cfg = base_config(tmp_path / "data", ckpt, {"gate": "rtsp://viewer:hunter22@192.0.2.1/s"},
+                      always_on=False)
+    config = tmp_path / "vigil.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = calibrate(config, "--camera", "gate", "--record", "30")
+    assert proc.returncode == 2
+    assert "that needs 180 minutes" in proc.stderr and "record longer" in proc.stderr
+    assert not (tmp_path / "data" / "calibration").exists()
+
+
+def test_a_file_camera_is_recorded_to_its_end_not_looped(tmp_path):
+    from streamer.tuning.record import record_camera
+
+    src = video(tmp_path / "short.mp4", frames=30, fps=15.0)       # 2 s
+    rec = record_camera(str(src), tmp_path / "out.mp4", minutes=1.0)
+    assert rec.frames == 30 and rec.seconds == pytest.approx(2.0) and rec.fps == 15.0
+
+
+def test_a_stalled_live_camera_is_reopened_then_given_up(tmp_path, monkeypatch):
+    """A live camera that stops sending is reopened a bounded number of times; the recording
+    then ends with what it has, on a fake clock (no real waiting for the stall)."""
+    from streamer.tuning import record as R
+
+    now = [0.0]
+    opened = []
+
+    class Stalls:
+        fps = 10.0
+
+        def __init__(self):
+            self.left = 5 if not opened else 0      # the first connection gives 5 frames
+            opened.append(self)
+
+        def read(self):
+            now[0] += 1.0                              # each read costs a second
+            if self.left:
+                self.left -= 1
+                return True, np.zeros((48, 64, 3), np.uint8)
+            return False, None
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(R, "open_source", lambda *a, **k: Stalls())
+    monkeypatch.setattr(R.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    rec = R.record_camera("rtsp://viewer:pw@192.0.2.1/s", tmp_path / "o.mp4", minutes=60.0,
+                          clock=lambda: now[0])
+    assert rec.frames == 5 and rec.reopens == R.RECORD_MAX_REOPENS
+    assert len(opened) == 1 + R.RECORD_MAX_REOPENS

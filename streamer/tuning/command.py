@@ -2,11 +2,14 @@
 
     vigil calibrate --config vigil.yaml --camera lobby --footage /srv/lobby-quiet/ \
         [--target-per-hour 1] [--labelled lobby-clips/] [--out lobby-smoothing.yaml]
+    vigil calibrate --config vigil.yaml --camera lobby --record 180     # 3 h from the camera
 
 Reads the daemon's config (the camera's stride, window length, roi and events, the video model,
 the pose path and the smoothing, as `vigil serve` would run them: each class from the path that
 owns it for this camera, `streamer.routing`; `${VARIABLES}` that are not set are left as they
-are, since no camera is opened), plays every footage file through the daemon's windows, worker
+are, since no camera is opened; with `--record MINUTES` the camera is opened, with the real
+environment, and that many minutes of it are recorded first into
+`data_dir/calibration/<camera>/`, `streamer.tuning.record`), plays every footage file through the daemon's windows, worker
 and smoothing (`streamer.tuning.offline`), and prints (and with `--out` writes) the camera's
 per-class smoothing override (`cameras[].smoothing.classes.<label>`) for at most the target
 false starts per hour (`streamer.tuning.calibrate`).
@@ -45,8 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, required=True, metavar="FILE",
                    help="the daemon's config (vigil.yaml): camera, model, smoothing")
     p.add_argument("--camera", required=True, metavar="NAME", help="the camera to calibrate")
-    p.add_argument("--footage", type=Path, nargs="+", required=True, metavar="PATH",
+    p.add_argument("--footage", type=Path, nargs="+", default=[], metavar="PATH",
                    help="the camera's quiet footage: video files, or folders of them")
+    p.add_argument("--record", type=float, default=None, metavar="MINUTES",
+                   help="first record this many minutes from the camera itself (into "
+                        "data_dir/calibration/CAMERA/; stop the daemon's alerting meanwhile or "
+                        "expect them to be counted as quiet), then calibrate on them too; the "
+                        "time must hold no real event")
     p.add_argument("--target-per-hour", type=float, default=DEFAULT_TARGET, metavar="N",
                    help="false starts per hour allowed per class on this footage")
     p.add_argument("--labelled", type=Path, default=None, metavar="DIR",
@@ -139,6 +147,35 @@ def probe_footage(files: list[Path], fps_hint: float | None = None) -> list:
     return infos
 
 
+def record_footage(cfg, camera, minutes: float) -> Path:
+    """Record `minutes` of `camera` into `data_dir/calibration/<camera>/<UTC time>.mp4`.
+
+    Raises:
+        DataError: the camera gave no frame (the message names it, masked).
+    """
+    from detector.errors import DataError
+
+    from .record import record_camera
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = Path(cfg.data_dir) / "calibration" / camera.name / f"{stamp}.mp4"
+    s = camera.settings
+    log.info("recording %.1f minutes of %s (%s) into %s", minutes, camera.name,
+             camera.masked_url, out)
+    try:
+        rec = record_camera(camera.url, out, minutes, fps_hint=s.fps,
+                            open_timeout_s=s.open_timeout_s, read_timeout_s=s.read_timeout_s,
+                            progress=lambda sec: log.info("%s: %.0f s recorded", camera.name,
+                                                          sec))
+    except OSError as exc:
+        raise DataError(f"camera {camera.name} ({camera.masked_url}): {exc}") from None
+    if rec.frames == 0:
+        raise DataError(f"camera {camera.name} ({camera.masked_url}) gave no frame to record")
+    log.info("recorded %.1f minutes (%d frames at %.1f fps%s) into %s", rec.seconds / 60,
+             rec.frames, rec.fps, f", {rec.reopens} reopenings" if rec.reopens else "", out)
+    return out
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from detector.errors import ConfigError, DataError
 
@@ -148,7 +185,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from . import calibrate as C
     from .offline import ClipScores, Paths, pose_path, score_records
 
-    cfg = load_config(args.config, environ=_EnvOrUnset())
+    # Recording opens the camera, so its password must be in the environment; otherwise
+    # nothing is opened and an unset ${VARIABLE} may stay unset.
+    cfg = load_config(args.config, environ=os.environ if args.record else _EnvOrUnset())
     try:
         camera = cfg.camera(args.camera)
     except KeyError:
@@ -156,11 +195,27 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                           f"{', '.join(c.name for c in cfg.cameras) or 'none'})") from None
     if args.target_per_hour <= 0:
         raise ConfigError("--target-per-hour must be above 0")
-    files = footage_files(args.footage)
+    if args.record is not None and not args.record > 0:
+        raise ConfigError("--record: minutes must be above 0")
+    if not args.footage and args.record is None:
+        raise ConfigError("give the camera's quiet footage (--footage PATH...), or --record "
+                          "MINUTES to record it from the camera")
     s = camera.settings
-    infos = probe_footage(files, s.fps)
-    minutes = sum(i.frames / i.fps for i in infos) / 60.0
     need = C.required_minutes(args.target_per_hour)
+    files = footage_files(args.footage) if args.footage else []
+    infos = probe_footage(files, s.fps) if files else []
+    minutes = sum(i.frames / i.fps for i in infos) / 60.0
+    if args.record is not None:
+        if minutes + args.record < need and not args.labelled:
+            raise DataError(
+                f"{minutes + args.record:.1f} minutes of footage cannot show at most "
+                f"{args.target_per_hour:g} false starts per hour: that needs {need:.0f} minutes; "
+                f"record longer, or ask for a --target-per-hour of at least "
+                f"{C.least_target(minutes + args.record):.1f}")
+        recorded = record_footage(cfg, camera, args.record)
+        files.append(recorded)
+        infos += probe_footage([recorded], s.fps)
+        minutes = sum(i.frames / i.fps for i in infos) / 60.0
     if minutes < need and not args.labelled:
         raise DataError(
             f"{minutes:.1f} minutes of footage cannot show at most {args.target_per_hour:g} "
