@@ -110,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         held = [mine[i] for i in held_idx]
         base = fold / LAST
         cfg = load_train_config(args.config, args.overrides + [f"train.init={base}"])
-        # Fine-tuning keeps the architecture of the model it starts from.
-        cfg = dataclasses.replace(cfg, model=load_checkpoint(base)[1])
+        # Fine-tuning keeps the architecture of the model it starts from; what the recipe
+        # freezes is a choice of training, so it is kept.
+        start = load_checkpoint(base)[1]
+        start = dataclasses.replace(start, backbone=dataclasses.replace(
+            start.backbone, freeze=cfg.model.backbone.freeze))
+        cfg = dataclasses.replace(cfg, model=start)
         out = args.out / fold.name
         train_recs = split_records(tune, None, "train", cfg.data.val_fraction, cfg.data.split_seed)
         val_recs = split_records(tune, None, "val", cfg.data.val_fraction, cfg.data.split_seed)
