@@ -3,7 +3,9 @@
 The torchvision video ResNets keep their `stem` and `layer1`..`layer4` as one
 `nn.Sequential` called `body` (state-dict keys `body.0` .. `body.4`), which is exactly the
 `backbone.stem` Sequential of the report authors' reference model, so importing their checkpoint
-is a prefix rename. `small3d` is a narrow plain 3D CNN for CPU training and tests.
+is a prefix rename. `small3d` is a narrow plain 3D CNN for CPU training and tests. A 2D
+ImageNet network run on every frame with a temporal stage (`mobilenet_v2`) is built by
+`detector.frame_backbone`.
 
 Kinetics-400 weights are read from the torch hub cache (`$TORCH_HOME/hub/checkpoints`); with
 `VIGIL_OFFLINE` set nothing is downloaded and a missing file is an error that says where to put it.
@@ -20,8 +22,9 @@ import torch
 from torch import nn
 from torchvision.models import video as tv_video
 
-from .config import BackboneConfig
+from .config import FRAME_BACKBONES, BackboneConfig, frozen_stage_count
 from .errors import CheckpointError, ConfigError
+from .frame_backbone import FrameBackbone, build_frame_backbone
 from .motion import MotionInput, motion_channels
 
 log = logging.getLogger(__name__)
@@ -33,8 +36,6 @@ _RESNETS: dict[str, tuple[Callable[..., nn.Module], object]] = {
     "mc3_18": (tv_video.mc3_18, tv_video.MC3_18_Weights.KINETICS400_V1),
 }
 
-# Stage names in `body` order; `freeze: X` freezes every stage up to and including X.
-STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 OFFLINE_ENV = "VIGIL_OFFLINE"
 
 
@@ -110,14 +111,6 @@ def small3d_stages(channels: list[int], in_channels: int = 3) -> list[nn.Module]
     return stages
 
 
-def _frozen_stage_count(freeze: str, n_stages: int) -> int:
-    if freeze == "none":
-        return 0
-    if freeze == "all":
-        return n_stages
-    return min(STAGES.index(freeze) + 1, n_stages)
-
-
 def pretrained_path(name: str) -> tuple[Path, str]:
     """Where the Kinetics-400 weights of backbone `name` are expected, and their URL.
 
@@ -152,17 +145,22 @@ def _load_pretrained(name: str) -> dict[str, torch.Tensor]:
                               f"{' '.join(str(exc).split())[:300]}") from None
 
 
-def build_backbone(cfg: BackboneConfig) -> VideoBackbone:
+def build_backbone(cfg: BackboneConfig) -> VideoBackbone | FrameBackbone:
     """Build the backbone named by `cfg`.
 
     Args:
-        cfg: name, pretrained, freeze, channels (small3d) and pool.
+        cfg: name, pretrained, freeze, channels (small3d), temporal_* (2D backbones) and pool.
     Returns:
-        A `VideoBackbone` mapping (B, 3, T, H, W) to (B, out_channels, T', H', W').
+        A `VideoBackbone` (3D networks) or `FrameBackbone` (2D networks, `FRAME_BACKBONES`),
+        both mapping (B, 3, T, H, W) to (B, out_channels, T', H', W').
     Raises:
         ConfigError: pretrained weights asked for a backbone that has none.
         CheckpointError: pretrained weights missing offline, undownloadable or unreadable.
     """
+    if cfg.name in FRAME_BACKBONES:
+        return build_frame_backbone(cfg)
+    if cfg.pretrained not in (None, "kinetics400"):
+        raise ConfigError(f"backbone.pretrained: {cfg.name} has no {cfg.pretrained} weights")
     if cfg.name == "small3d":
         if cfg.pretrained:
             raise ConfigError(f"backbone.pretrained: small3d has no {cfg.pretrained} weights; "
@@ -185,7 +183,7 @@ def build_backbone(cfg: BackboneConfig) -> VideoBackbone:
         out_channels = net.fc.in_features
     else:
         raise ConfigError(f"backbone.name: unknown backbone {cfg.name!r}")
-    frozen = _frozen_stage_count(cfg.freeze, len(stages))
+    frozen = frozen_stage_count(cfg.freeze, len(stages))
     return VideoBackbone(stages, out_channels, cfg.pool, frozen, cfg.motion)
 
 
@@ -198,7 +196,8 @@ def feature_shape(cfg: BackboneConfig, frames: int, size: tuple[int, int] | list
     probe_cfg = BackboneConfig(name=cfg.name, pretrained=None, freeze="none",
                                channels=list(cfg.channels),
                                pool=None if cfg.pool is None else list(cfg.pool),
-                               motion=cfg.motion)
+                               motion=cfg.motion, temporal_width=cfg.temporal_width,
+                               temporal_layers=cfg.temporal_layers)
     with torch.device("meta"):
         net = build_backbone(probe_cfg).eval()
         out = net(torch.empty(1, 3, frames, int(size[0]), int(size[1])))

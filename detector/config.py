@@ -16,17 +16,39 @@ KINETICS_STD = [0.22803, 0.22145, 0.216989]
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
-BACKBONES = ("r2plus1d_18", "r3d_18", "mc3_18", "small3d")
+BACKBONES = ("r2plus1d_18", "r3d_18", "mc3_18", "small3d", "mobilenet_v2")
+# 2D image networks run on every frame, then a temporal stage (`detector.frame_backbone`).
+FRAME_BACKBONES = ("mobilenet_v2",)
 FREEZE_LEVELS = ("none", "stem", "layer1", "layer2", "layer3", "all")
+# Stage names in `body` order; `freeze: X` freezes every stage up to and including X.
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+# Which pretrained weights each backbone has: Kinetics-400 (torch hub cache) or ImageNet
+# (shipped with Vigil, `detector.pretrained`).
+PRETRAINED = {"r2plus1d_18": "kinetics400", "r3d_18": "kinetics400", "mc3_18": "kinetics400",
+              "mobilenet_v2": "imagenet"}
+
+
+def frozen_stage_count(freeze: str, n_stages: int) -> int:
+    """How many leading stages of a backbone's `body` `freeze` covers (`all`: every one)."""
+    if freeze == "none":
+        return 0
+    if freeze == "all":
+        return n_stages
+    return min(STAGES.index(freeze) + 1, n_stages)
 
 
 @dataclass
 class BackboneConfig:
     """Args:
-        name: torchvision video ResNet (`r2plus1d_18`, `r3d_18`, `mc3_18`) or `small3d`, a
-            narrow plain 3D CNN that trains in minutes on a CPU.
-        pretrained: `kinetics400` loads torchvision's weights from the torch hub cache.
-        freeze: freeze the backbone up to and including this stage (`all` = whole backbone).
+        name: torchvision video ResNet (`r2plus1d_18`, `r3d_18`, `mc3_18`), `small3d`, a
+            narrow plain 3D CNN that trains in minutes on a CPU, or `mobilenet_v2`, torchvision's
+            2D ImageNet network run on every frame, followed by a temporal stage
+            (`detector.frame_backbone`).
+        pretrained: `kinetics400` loads torchvision's video weights from the torch hub cache;
+            `imagenet` (mobilenet_v2) the ImageNet weights that ship with Vigil
+            (`detector.pretrained`, offline).
+        freeze: freeze the backbone up to and including this stage (`all` = whole backbone; for
+            `mobilenet_v2` the whole 2D network, its temporal stage always trains).
         channels: widths of `small3d`'s four stages (ignored by the ResNets). The stem runs at
             16x56x56 for a 16x112x112 clip, so its width sets the CPU cost: measured on 2 cores,
             a training step on 8 such clips takes ~0.22 s with [16, 64, 128, 256] and ~0.6 s
@@ -34,21 +56,31 @@ class BackboneConfig:
         pool: adaptive average pool of the feature map to (T', H', W'); null = no pooling.
         motion: what the first layer sees (`detector.motion`): `none` (RGB), `diff` (frame
             differences), `rgb+diff` (both), `diff+dev` or `rgb+diff+dev` (with each frame's
-            deviation from the clip's mean over time); the last three small3d only.
+            deviation from the clip's mean over time); the last three small3d only among the
+            3D networks. For `mobilenet_v2` the same modes apply to the per-frame features
+            the temporal stage sees (the 2D network always sees the RGB frame).
+        temporal_width: `mobilenet_v2` only: channels of its temporal stage (a 1x1x1
+            reduction of the per-frame features, the motion modes, then `temporal_layers`
+            convolutions over time), which are the backbone's output channels.
+        temporal_layers: `mobilenet_v2` only: 3x1x1 convolutions of stride 2 over time (>= 1).
     """
-    name: Literal["r2plus1d_18", "r3d_18", "mc3_18", "small3d"] = "r2plus1d_18"
-    pretrained: Optional[Literal["kinetics400"]] = None
+    name: Literal["r2plus1d_18", "r3d_18", "mc3_18", "small3d", "mobilenet_v2"] = "r2plus1d_18"
+    pretrained: Optional[Literal["kinetics400", "imagenet"]] = None
     freeze: Literal["none", "stem", "layer1", "layer2", "layer3", "all"] = "none"
     channels: list[int] = field(default_factory=lambda: [16, 64, 128, 256])
     pool: Optional[list[int]] = field(default_factory=lambda: [2, 7, 7])
     motion: Literal["none", "diff", "rgb+diff", "diff+dev", "rgb+diff+dev"] = "none"
+    temporal_width: int = 128
+    temporal_layers: int = 2
 
     def __post_init__(self) -> None:
-        if self.motion not in ("none", "diff") and self.name != "small3d":
+        if self.motion not in ("none", "diff") and self.name not in ("small3d",) + FRAME_BACKBONES:
             from .motion import motion_channels    # here: the config module stays torch-free
             raise ValueError(f"backbone.motion: {self.motion} needs "
                              f"{motion_channels(self.motion)} input channels, which only small3d "
                              "has; use diff (3 channels) with a ResNet")
+        if self.temporal_width < 1 or self.temporal_layers < 1:
+            raise ValueError("backbone.temporal_width and backbone.temporal_layers must be >= 1")
         if len(self.channels) != 4 or min(self.channels) < 1:
             raise ValueError("backbone.channels must be 4 positive widths")
         if self.pool is not None and (len(self.pool) != 3 or min(self.pool) < 1):

@@ -86,8 +86,9 @@ def exportable_copy(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     if isinstance(pool, nn.AdaptiveAvgPool3d):
         T, (H, W) = cfg.input.frames, cfg.input.size
         with torch.device("meta"):
-            body = copy.deepcopy(clone.backbone.body).to("meta")
-            shape = body(clone.backbone.motion(torch.empty(1, 3, T, H, W))).shape[2:]
+            probe = copy.deepcopy(clone.backbone).to("meta")     # the shape before the pool
+            probe.pool = nn.Identity()
+            shape = probe(torch.empty(1, 3, T, H, W)).shape[2:]
         out = pool.output_size
         out = tuple(out) if isinstance(out, (tuple, list)) else (out,) * 3
         out = tuple(s if o is None else o for s, o in zip(shape, out))

@@ -1,4 +1,5 @@
-"""VideoDETR: a DETR-style set predictor over a 3D-CNN video backbone (the report, section 3.2).
+"""VideoDETR: a DETR-style set predictor over a video backbone (the report, section 3.2): a 3D
+CNN, or a 2D ImageNet network per frame with a temporal stage (`detector.frame_backbone`).
 
 clip (B,3,T,H,W) -> backbone (B,C,T',H',W') -> 1x1x1 projection to d -> tokens (B,T'H'W',d)
 -> [LayerNorm] -> dropout -> + learned positional table -> TransformerDecoder over learned
@@ -76,15 +77,17 @@ class VideoDETR(nn.Module):
                                         nn.Linear(d, cfg.num_classes + 1))
         self.bbox_head = _box_head(d, cfg.box_head_layers, cfg.head_dropout)
 
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+    def tokens(self, x: torch.Tensor, from_frozen: bool = False) -> torch.Tensor:
         """Backbone features as decoder memory.
 
         Args:
-            x: (B, 3, T, H, W) normalised clips.
+            x: (B, 3, T, H, W) normalised clips, or with `from_frozen` (B, T, C', h', w')
+               frozen frame features (see `forward`).
         Returns:
             (B, T'H'W', d) tokens with positional embedding added.
         """
-        feats = self.proj(self.backbone(x))                 # (B, d, T', H', W')
+        feats = self.backbone(x, from_frozen=True) if from_frozen else self.backbone(x)
+        feats = self.proj(feats)                            # (B, d, T', H', W')
         tokens = feats.flatten(2).transpose(1, 2)           # (B, n, d), index = t*H'W' + h*W' + w
         tokens = self.token_dropout(self.norm(tokens))
         n = tokens.shape[1]
@@ -94,9 +97,19 @@ class VideoDETR(nn.Module):
                              f"configured size {self.cfg.input.frames}x{self.cfg.input.size}")
         return tokens + self.pos_embedding.weight[:n].unsqueeze(0)
 
-    def forward(self, x: torch.Tensor) -> dict[str, Any]:
+    @property
+    def caches_frames(self) -> bool:
+        """Whether the backbone has frozen 2D stages whose per-frame output training may
+        precompute (`backbone.frozen_features`, `forward(..., from_frozen=True)`)."""
+        return bool(getattr(self.backbone, "frozen_features", None)
+                    and self.backbone.frozen_stages)
+
+    def forward(self, x: torch.Tensor, from_frozen: bool = False) -> dict[str, Any]:
         """Args:
-            x: (B, 3, T, H, W) float clips, normalised.
+            x: (B, 3, T, H, W) float clips, normalised; or, with `from_frozen` (a 2D backbone
+               with frozen stages, `caches_frames`), (B, T, C', h', w'): the output of
+               `backbone.frozen_features` for each of the T frames, which training computes
+               once per decoded frame (`train.features`). Both give the same outputs.
         Returns:
             {"pred_logits": (B, N, K+1) with column K = no_object,
              "pred_boxes": (B, N, 4) cxcywh in [0, 1]}, N = num_queries; with `cfg.aux_loss`
@@ -104,9 +117,11 @@ class VideoDETR(nn.Module):
             {"pred_logits", "pred_boxes"} of the same shapes, one per intermediate layer
             (first layer first), from the same heads.
         """
-        if x.dim() != 5 or x.shape[1] != 3:
+        if x.dim() != 5 or (x.shape[1] != 3 and not from_frozen):
             raise ValueError(f"expected (B, 3, T, H, W) clips, got {tuple(x.shape)}")
-        memory = self.tokens(x)
+        if from_frozen and not self.caches_frames:
+            raise ValueError("from_frozen: this backbone has no frozen 2D stages")
+        memory = self.tokens(x, from_frozen)
         tgt = self.queries.weight.unsqueeze(0).expand(x.shape[0], -1, -1)
         if not (self.cfg.aux_loss and self.training):
             hs = self.decoder(tgt, memory)                   # (B, N, d)

@@ -36,13 +36,16 @@ def _parts(mode: str) -> list[str]:
     return ["rgb"] if mode == "none" else mode.split("+")
 
 
-def motion_channels(mode: str) -> int:
-    """Channels the backbone's first layer receives in `mode`."""
-    return 3 * len(_parts(mode))
+def motion_channels(mode: str, channels: int = 3) -> int:
+    """Channels the backbone's first layer receives in `mode` from a `channels`-channel input
+    (3 for an RGB clip; a frame backbone's temporal stage applies the modes to its per-frame
+    features, `detector.frame_backbone`)."""
+    return channels * len(_parts(mode))
 
 
 class MotionInput(nn.Module):
-    """(B, 3, T, H, W) normalised clip -> (B, C, T, H, W) with C = `motion_channels(mode)`.
+    """(B, C, T, H, W) -> (B, `motion_channels(mode, C)`, T, H, W): C = 3 for a normalised
+    clip, or the channels of per-frame features (`detector.frame_backbone`).
 
     No parameters: checkpoints of a `none` model and of a motion model differ only in the first
     convolution's input width. Exportable to ONNX (slices and a concatenation).

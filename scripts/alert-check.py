@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Which alerts the daemon would raise on labelled videos: its windows, its worker and its
-event logic, run offline on every clip of a dataset, each clip played once as its own camera.
+event logic, run offline on every clip of a dataset, each clip played once as its own camera
+(`streamer.tuning.offline`, which `vigil calibrate` uses too).
 
     python scripts/alert-check.py --checkpoint vigil --data ../shared/real [--out FILE.md]
 
@@ -23,8 +24,8 @@ shipped video detector for fights and the shipped pose model for collapse (`--po
 the pose path out and scores collapse with the video detector, as before the pose path).
 
 Reported per source and overall:
-- clips without an action: minutes of footage, `start` alerts, starts per 10 minutes, and how
-  many of those clips got any `start`;
+- clips without an action: minutes of footage, `start` alerts, starts per 10 minutes, how
+  many of those clips got any `start`, and each class's own starts per 10 minutes;
 - clips with an action: how many got a `start` of the right label, how many within
   `--within` seconds of the action's start (the segment's start, or the clip's first frame when
   the whole clip is the action), the median latency, and starts of the wrong label.
@@ -40,11 +41,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import cv2
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,172 +49,33 @@ sys.path.insert(0, str(ROOT))
 from detector.checkpoint import load_checkpoint  # noqa: E402
 from detector.init_weights import resolve_model_path  # noqa: E402
 from detector.errors import VigilError  # noqa: E402
-from detector.schema import from_dict  # noqa: E402
 from detector.pose.collapse import is_pose_checkpoint, load_pose_checkpoint  # noqa: E402
-from detector.pose.sequence import PoseSequence  # noqa: E402
 from streamer.config import SmoothingConfig, load_smoothing  # noqa: E402
-from streamer.events import EventTracker  # noqa: E402
-from streamer.types import ClassScore, WindowResult  # noqa: E402
-from streamer.windows import window_seqs, window_span  # noqa: E402
-from streamer.worker import InferenceWorker, WindowMeta  # noqa: E402
+from streamer.tuning.offline import (ClipScores, Paths, class_outcome,  # noqa: E402
+                                     class_setting, clip_starts, pose_path, score_records)
+from streamer.worker import InferenceWorker  # noqa: E402
 from train.dataset import scan_dataset_lenient  # noqa: E402
-from train.pose_data import PoseCache  # noqa: E402
-from train.pose_trainer import PoseDataConfig  # noqa: E402
 from train.splits import split_records  # noqa: E402
 from train.trainer import LAST  # noqa: E402
 
 log = logging.getLogger("alert-check")
 
 
-def decode(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """All frames of `path` resized to `size` (H, W) as RGB uint8 (N, H, W, 3).
-
-    INTER_AREA, as `CaptureThread` shrinks frames (`train.video_io.read_frames` is bilinear,
-    as training reads them): this is what the daemon's model sees.
-    """
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    H, W = size
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        small = cv2.resize(frame, (W, H), interpolation=cv2.INTER_AREA)
-        frames.append(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
-    cap.release()
-    return np.stack(frames) if frames else np.zeros((0, H, W, 3), np.uint8)
-
-
-@dataclass
-class ClipScores:
-    """One clip's windows as the worker scored them, and what the clip's label says.
-
-    results: the worker's `WindowResult`s in time order (clip time: t_end_mono = end / fps).
-    label: the action's class name, or None for a quiet clip; t_action: seconds into the clip
-    where the action starts (0 when the whole clip is the action); minutes: footage played.
-    """
-    stem: str
-    source: str
-    label: str | None
-    t_action: float
-    minutes: float
-    results: list = field(default_factory=list)
-
-
-def score_clip(worker: InferenceWorker, frames: np.ndarray, fps: float,
-               clip_seconds: float | None, T: int, stride: int, batch: int = 16) -> list:
-    """The worker's `WindowResult` for every window a camera with this `stride` would take."""
-    ends = list(range(window_span(fps, clip_seconds, T) - 1, len(frames), stride))
-    h, w = frames.shape[1:3]
-    out = []
-    for i in range(0, len(ends), batch):
-        chunk = []
-        for end in ends[i:i + batch]:
-            seqs = window_seqs(end, fps, clip_seconds, T)
-            t_end = end / fps
-            meta = WindowMeta(end_seq=end, t_start_wall=seqs[0] / fps, t_end_wall=t_end,
-                              t_end_mono=t_end, frame_size=(w, h))
-            chunk.append(("clip", frames[seqs], meta))
-        out.extend(worker.infer(chunk))
-    return out
-
-
-def clip_starts(results: list, smoothing: SmoothingConfig, classes: list[str]
-                ) -> list[tuple[float, str]]:
-    """(time in the clip, label) of every `start` alert the daemon's event logic raises."""
-    tracker = EventTracker(smoothing, classes, clock=lambda: 0.0)
-    starts: list[tuple[float, str]] = []
-    for result in results:
-        for msg in tracker.observe(result):
-            if msg.get("type") == "start":
-                starts.append((result.t_end_mono, msg["label"]))
-    return starts
-
-
-def looped(seq: PoseSequence, duration: float, loop_s: float) -> tuple[PoseSequence, float]:
-    """The sequence of a clip played on a loop to at least `loop_s` seconds, and its length."""
-    if loop_s <= 0 or duration <= 0 or duration >= loop_s or not len(seq):
-        return seq, duration
-    reps = int(np.ceil(loop_s / duration))
-    return PoseSequence(np.concatenate([seq.t + k * duration for k in range(reps)]),
-                        np.concatenate([seq.points] * reps), np.concatenate([seq.world] * reps),
-                        np.concatenate([seq.presence] * reps), seq.frame_size), duration * reps
-
-
-def score_pose_clip(model, seq: PoseSequence, duration: float, stride_s: float,
-                    frame_size: tuple[int, int], fps: float) -> list:
-    """The pose path's `WindowResult`s of one clip: a window ending every `stride_s` seconds."""
-    out = []
-    w = model.cfg.window_s
-    for t_end in np.arange(min(w, duration), duration + 1e-6, stride_s):
-        score, box = model.score_window(seq.between(t_end - w, t_end))
-        out.append(WindowResult("clip", {model.cfg.label: ClassScore(
-            model.cfg.label, score, box or (0.0, 0.0, 1.0, 1.0))}, frame_size,
-            t_end - w, float(t_end), float(t_end), int(t_end * fps)))
-    return out
-
-
-def _clip_label(rec, classes: list[str]) -> tuple[str | None, float]:
-    """The clip's action label (or None) and where in it the action starts."""
-    if not rec.is_positive:
-        return None, 0.0
-    seg = rec.segments[0]
-    return classes[int(rec.annotations[0, 0])], 0.0 if np.isnan(seg[0]) else float(seg[0])
-
-
-def score_records(ckpt: Path | None, records: list, stride: int, loop_s: float,
-                  pose: Path | None = None, pose_stride_s: float = 0.5,
-                  dataset_classes: list[str] | None = None) -> tuple[list, list]:
-    """Score every record's windows with the video checkpoint `ckpt` and/or the pose collapse
-    checkpoint `pose` (the pose model's class is then taken from the pose path only, as the
-    daemon does); returns (ClipScores list, classes)."""
-    model = cfg = None
-    classes: list[str] = []
-    if ckpt is not None:
+def score_job(ckpt: Path, records: list, stride: int, loop_s: float, pose: Path | None,
+              pose_stride_s: float, classes: list[str]) -> list[ClipScores]:
+    """Score `records` with the video checkpoint `ckpt` (and the pose collapse checkpoint
+    `pose`, which then scores its class), or with `ckpt` alone when it is a pose checkpoint."""
+    paths = Paths(pose_stride_s=pose_stride_s)
+    if is_pose_checkpoint(ckpt):
+        pose = ckpt
+    else:
         model, cfg, _ = load_checkpoint(ckpt)
-        model.eval()
-        classes = list(cfg.class_names)
-        worker = InferenceWorker(model, cfg.input, classes, "cpu", "fp32", policy=16)
-    pose_model = pose_cache = None
+        paths.worker = InferenceWorker(model.eval(), cfg.input, list(cfg.class_names), "cpu",
+                                       "fp32", policy=16)
+        paths.model_cfg = cfg
     if pose is not None:
-        pose_model, pose_meta = load_pose_checkpoint(pose)
-        # the run's own pose cache (data.cache_dir of its recipe), so nothing is tracked twice
-        data_cfg = from_dict(PoseDataConfig,
-                             (pose_meta.get("train_config") or {}).get("data"), "data")
-        pose_cache = PoseCache(data_cfg.resolved_cache_dir(), pose_model.cfg.fps)
-        if pose_model.cfg.label not in classes:
-            classes.append(pose_model.cfg.label)
-    names = dataset_classes or classes
-    clips = []
-    t0 = time.monotonic()
-    for n, rec in enumerate(records, 1):
-        fps = rec.fps or 25.0                    # as probed; 0.0 means the container has none
-        label, t_action = _clip_label(rec, names)
-        loop = loop_s if rec.is_positive else 0.0
-        results: list = []
-        minutes = rec.duration_s / 60.0
-        if model is not None:
-            frames = decode(rec.video, tuple(cfg.input.size))
-            if loop and len(frames):
-                frames = np.concatenate([frames] * max(1, int(np.ceil(loop * fps / len(frames)))))
-            minutes = len(frames) / fps / 60.0   # quiet clips are never looped
-            results = score_clip(worker, frames, fps, cfg.input.clip_seconds, cfg.input.frames,
-                                 stride)
-            if pose_model is not None:           # the pose path owns its class
-                results = [replace(r, scores={k: v for k, v in r.scores.items()
-                                              if k != pose_model.cfg.label}) for r in results]
-        if pose_model is not None:
-            seq, duration = looped(pose_cache.get(rec.video), rec.duration_s, loop)
-            results = sorted(results + score_pose_clip(pose_model, seq, duration, pose_stride_s,
-                                                       (rec.width, rec.height), fps),
-                             key=lambda r: r.t_end_mono)
-            if model is None:
-                minutes = duration / 60.0
-        clips.append(ClipScores(rec.stem, rec.source, label, t_action, minutes, results))
-        if n % 25 == 0:
-            log.info("%s: %d/%d clips, %.0f s", (ckpt or pose).name, n, len(records),
-                     time.monotonic() - t0)
-    return clips, classes
+        paths.pose_model, paths.pose_cache = pose_path(pose)
+    return score_records(paths, records, stride, loop_s, classes, name=ckpt.name)
 
 
 def alert_table(clips: list[ClipScores], smoothing: SmoothingConfig, classes: list[str],
@@ -232,6 +90,8 @@ def alert_table(clips: list[ClipScores], smoothing: SmoothingConfig, classes: li
                 bucket["none_minutes"].append(c.minutes)
                 bucket["none_starts"].append(len(starts))
                 bucket["none_alarmed"].append(bool(starts))
+                for _, lab in starts:
+                    bucket[f"none_{lab}"].append(1)
             else:
                 right = [t for t, lab in starts if lab == c.label]
                 bucket["action_clips"].append(c.stem)
@@ -240,8 +100,9 @@ def alert_table(clips: list[ClipScores], smoothing: SmoothingConfig, classes: li
                     bucket["latency"].append(right[0] - c.t_action)
     lines = ["| source | none clips | none minutes | starts on none | per 10 min | none clips "
              f"with a start | action clips | right start | within {within:g} s | median latency "
-             "s | wrong-label starts |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "s | wrong-label starts | "
+             + " | ".join(f"{label} starts on none /10 min" for label in classes) + " |",
+             "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(classes)]
     for src in sorted(per, key=lambda s: (s == "all", s)):
         b = per[src]
         mins = sum(b["none_minutes"])
@@ -253,7 +114,9 @@ def alert_table(clips: list[ClipScores], smoothing: SmoothingConfig, classes: li
             f"{(10 * starts / mins) if mins else float('nan'):.2f} | {sum(b['none_alarmed'])} | "
             f"{len(b['action_clips'])} | "
             f"{len(lat)} | {n_within} | {statistics.median(lat) if lat else float('nan'):.2f} | "
-            f"{sum(b['wrong'])} |")
+            f"{sum(b['wrong'])} | "
+            + " | ".join(f"{10 * len(b[f'none_{label}']) / mins if mins else float('nan'):.2f}"
+                         for label in classes) + " |")
     return lines
 
 
@@ -263,9 +126,9 @@ def sweep_table(clips: list[ClipScores], base: SmoothingConfig, classes: list[st
     quiet clips (per source that has quiet clips, and all), and its recall within `within` s.
 
     Each (camera, label) is smoothed on its own, so one class's setting does not change another
-    class's alerts: a row here is what that class would do with its own thresholds.
-    off_threshold keeps its distance below on_threshold (min 0.05); the other keys are the
-    class's own (`smoothing.classes` applied).
+    class's alerts: a row here is what that class would do with its own thresholds
+    (`streamer.tuning.offline.class_setting`: off_threshold keeps its distance below
+    on_threshold, min 0.05; the other keys are the class's own, `smoothing.classes` applied).
     """
     quiet_sources = sorted({c.source for c in clips if c.label is None})
     lines = ["| class | on | min windows | " + " | ".join(f"{s} /10 min" for s in quiet_sources)
@@ -273,37 +136,18 @@ def sweep_table(clips: list[ClipScores], base: SmoothingConfig, classes: list[st
                "median latency s |",
              "|---|---|---|" + "---|" * (len(quiet_sources) + 4)]
     for label in classes:
-        # The class's own settings (`smoothing.classes`) with the grid's values in their place.
-        own = replace(base.for_class(label), classes={})
-        gap = own.on_threshold - own.off_threshold
         for on in on_grid:
             for mw in min_windows_grid:
-                sm = replace(own, on_threshold=on, off_threshold=max(0.05, on - gap),
-                             min_windows=mw)
-                false = defaultdict(int)
-                minutes = defaultdict(float)
-                found, fast, lat = 0, 0, []
-                positives = [c for c in clips if c.label == label]
-                for c in clips:
-                    if c.label is not None and c.label != label:
-                        continue
-                    starts = [t for t, lab in clip_starts(c.results, sm, classes) if lab == label]
-                    if c.label is None:
-                        false[c.source] += len(starts)
-                        minutes[c.source] += c.minutes
-                    elif starts:
-                        found += 1
-                        lat.append(starts[0] - c.t_action)
-                        fast += starts[0] - c.t_action <= within
-                rates = [10 * false[s] / minutes[s] if minutes[s] else float("nan")
-                         for s in quiet_sources]
-                total = 10 * sum(false.values()) / max(sum(minutes.values()), 1e-9)
-                n = max(len(positives), 1)
+                o = class_outcome(clips, class_setting(base, label, on, mw), classes, label)
+                rates = [10 * o.false_starts.get(s, 0) / o.quiet_minutes[s]
+                         if o.quiet_minutes.get(s) else float("nan") for s in quiet_sources]
+                total = 10 * sum(o.false_starts.values()) / max(sum(o.quiet_minutes.values()),
+                                                                 1e-9)
+                n, fast = len(o.positives), o.found(within)
                 lines.append(f"| {label} | {on:g} | {mw} | "
                              + " | ".join(f"{r:.2f}" for r in rates)
-                             + f" | {total:.2f} | {fast}/{len(positives)} ({fast / n:.2f}) | "
-                               f"{found}/{len(positives)} | "
-                               f"{statistics.median(lat) if lat else float('nan'):.2f} |")
+                             + f" | {total:.2f} | {fast}/{n} ({fast / max(n, 1):.2f}) | "
+                               f"{o.found()}/{n} | {o.median_latency:.2f} |")
     return lines
 
 
@@ -430,13 +274,8 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             what = f"checkpoint {ckpt.name}"
         clips = []
         for ckpt_path, recs in jobs:
-            if is_pose_checkpoint(ckpt_path):
-                scored = score_records(None, recs, args.stride, args.loop_s, pose=ckpt_path,
-                                       pose_stride_s=args.pose_stride_s, dataset_classes=classes)
-            else:
-                scored = score_records(ckpt_path, recs, args.stride, args.loop_s, pose=pose,
-                                       pose_stride_s=args.pose_stride_s, dataset_classes=classes)
-            clips.extend(scored[0])
+            clips.extend(score_job(ckpt_path, recs, args.stride, args.loop_s, pose,
+                                   args.pose_stride_s, classes))
         classes = [c for c in classes if any(c in r.scores for clip in clips
                                              for r in clip.results)]
         other = [c for c in clips if c.label is not None and c.label not in classes]

@@ -34,6 +34,40 @@ log = logging.getLogger(__name__)
 MAX_READ_FAILURES = 3
 
 
+def model_frame(frame: np.ndarray, size: tuple[int, int],
+                roi: Optional[tuple[float, float, float, float]] = None,
+                scratch: Optional[np.ndarray] = None, out: Optional[np.ndarray] = None,
+                mask=None) -> np.ndarray:
+    """A decoded BGR frame as the model's ring holds it: cropped to `roi`, resized, RGB.
+
+    What every capture thread does to every frame, and what the offline tools that replay the
+    daemon's windows do (`streamer.tuning.offline`), so both see the same pixels.
+
+    Args:
+        frame: BGR uint8 (h, w, 3) as OpenCV decodes it.
+        size: (width, height) of the model's input.
+        roi: normalised (x1, y1, x2, y2) region to keep, or None for the whole frame.
+        scratch: optional preallocated BGR (height, width, 3) buffer for the resize.
+        out: optional preallocated RGB (height, width, 3) destination (a ring slot).
+        mask: optional `streamer.regions` camera mask (`.apply(bgr)` blanks it in place) at
+            `size`: the model never sees the masked pixels.
+    Returns:
+        RGB uint8 (height, width, 3) (`out` when given).
+    """
+    h, w = frame.shape[:2]
+    # INTER_AREA averages when shrinking (no aliasing); it would blur nothing when enlarging.
+    interp = cv2.INTER_AREA if w >= size[0] else cv2.INTER_LINEAR   # (roi: close enough)
+    src = frame
+    if roi is not None:      # a view: cropping copies nothing
+        x1, y1, x2, y2 = roi
+        src = frame[int(y1 * h):max(int(y1 * h) + 1, int(round(y2 * h))),
+                    int(x1 * w):max(int(x1 * w) + 1, int(round(x2 * w)))]
+    small = cv2.resize(src, size, dst=scratch, interpolation=interp)
+    if mask is not None:
+        mask.apply(small)
+    return cv2.cvtColor(small, cv2.COLOR_BGR2RGB, dst=out)
+
+
 def _display_size(width: int, height: int, max_width: int) -> tuple[int, int]:
     """(w, h) at most `max_width` wide, the source's aspect, even sizes (video encoders like them)."""
     w = min(max_width, width)
@@ -265,17 +299,8 @@ class CaptureThread(threading.Thread):
                        interpolation=cv2.INTER_AREA if w >= disp.width else cv2.INTER_LINEAR)
             cv2.cvtColor(self._display_scratch, cv2.COLOR_BGR2RGB, dst=disp.write_slot())
             disp.commit(t_mono, t_wall, (w, h))
-        # INTER_AREA averages when shrinking (no aliasing); it would blur nothing when enlarging.
-        interp = cv2.INTER_AREA if w >= ring.width else cv2.INTER_LINEAR   # (roi: close enough)
-        src = frame
-        if self.roi is not None:      # a view: cropping copies nothing
-            x1, y1, x2, y2 = self.roi
-            src = frame[int(y1 * h):max(int(y1 * h) + 1, int(round(y2 * h))),
-                        int(x1 * w):max(int(x1 * w) + 1, int(round(x2 * w)))]
-        cv2.resize(src, (ring.width, ring.height), dst=self._scratch, interpolation=interp)
-        if self._mask is not None:
-            self._mask.apply(self._scratch)     # the model never sees the masked pixels
-        cv2.cvtColor(self._scratch, cv2.COLOR_BGR2RGB, dst=ring.write_slot())
+        model_frame(frame, (ring.width, ring.height), self.roi, scratch=self._scratch,
+                    out=ring.write_slot(), mask=self._mask)
         ring.commit(t_mono, t_wall, (w, h))
 
     def _new_display_ring(self, w: int, h: int, start_seq: int) -> None:

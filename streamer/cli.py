@@ -23,7 +23,8 @@ from detector.errors import VigilError
 from .logs import setup_logging
 
 # Modules that add verbs, in the order their verbs appear in --help.
-VERB_MODULES = ("train.cli", "streamer.commands", "streamer.web.cli", "vigil_tools.demo",
+VERB_MODULES = ("train.cli", "streamer.commands", "streamer.tuning.command",
+                "streamer.web.cli", "vigil_tools.demo",
                 "vigil_tools.bench_cli", "vigil_tools.soak_cli")
 # The tools' modules (not in the wheel) -> (verb, help) of the stub an installed Vigil shows.
 TOOL_VERBS = {

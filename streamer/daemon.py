@@ -61,9 +61,7 @@ import numpy as np
 import torch
 
 from detector.errors import ConfigError, VigilError
-from detector.precision import checkpoint_precision
 from detector.pose.collapse import load_pose_checkpoint
-from detector.runtime import load_model, resolve_device, torch_threads
 
 from .camera_runtime import CameraRuntime
 from .comms.mqtt import MqttBridge
@@ -91,7 +89,7 @@ from .scheduler import BatchPolicy, CameraWindow, Scheduler
 from .sources import decode_threads_per_camera
 from .types import WindowResult
 from .accel.device_ring import DeviceRings
-from .worker import InferenceWorker, WorkerThread
+from .worker import WorkerThread, load_worker
 
 log = logging.getLogger(__name__)
 
@@ -291,23 +289,16 @@ class Daemon:
         cfg = self.cfg
         _make_data_dir(cfg)      # before the model load: a bad data_dir fails in a second
         self.notifier.status("loading the model")
-        # An exported graph runs on onnxruntime's CPU provider even where a GPU is present.
-        self.device = (torch.device("cpu") if cfg.model.is_onnx
-                       else resolve_device(cfg.model.device, "model.device"))
-        threads = torch_threads(cfg.model.threads, self.device)
-        torch.set_num_threads(threads)
+        # An exported graph runs on onnxruntime's CPU provider even where a GPU is present;
+        # `auto` precision follows the checkpoint (fp16 for a reference model).
+        loaded = load_worker(cfg.model, cfg.accel)
+        worker, mcfg, meta, threads = loaded.worker, loaded.model_cfg, loaded.meta, loaded.threads
+        self.device = loaded.device
         self._threads = threads
-        model, mcfg, meta = load_model(cfg.model.checkpoint, self.device, threads)
+        batching = worker.policy
+        self._batching = batching
         self.model_cfg = mcfg
         self.class_names = list(mcfg.class_names)
-        # `auto` follows the checkpoint where it asks for a precision (fp16 for a reference model).
-        precision = (checkpoint_precision(meta) if cfg.model.precision == "auto"
-                     else cfg.model.precision)
-        batching = BatchPolicy(cfg.model.max_batch, cfg.model.max_wait_ms)
-        self._batching = batching
-        cfg.accel.check_device(str(self.device))     # `auto` resolved: CUDA graphs on a CPU
-        worker = InferenceWorker(model, mcfg.input, self.class_names, device=self.device,
-                                 precision=precision, policy=batching, accel=cfg.accel)
         if worker.batch_sizes:
             # Compile every fixed batch size now, not at the first alert; a compile can take
             # minutes, past systemd's default start timeout (90 s), which this extends.

@@ -25,11 +25,13 @@ import torch
 
 from detector.inference import prepare_for_inference, to_memory_format
 from detector.postprocess import class_scores
-from detector.precision import PRECISIONS, autocast, autocast_dtype
+from detector.precision import PRECISIONS, autocast, autocast_dtype, checkpoint_precision
 from detector.preprocess import normalize_clips
+from detector.runtime import load_model, resolve_device, torch_threads
 
 from .accel.device_ring import DeviceRings
 from .accel.settings import AccelConfig
+from .config import ServeModelConfig
 from .loop_thread import LoopThread
 from .ringbuffer import FramesUnavailableError, RingBuffer
 from .scheduler import BatchPolicy, DueWindow, Scheduler
@@ -288,6 +290,50 @@ class WorkerStats:
     gaps: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     batch_seconds: float = 0.0
+
+
+@dataclass
+class LoadedWorker:
+    """The model the `model:` section names, loaded where it runs, and its worker.
+
+    Attributes:
+        worker: the `InferenceWorker`.
+        model_cfg: the checkpoint's `ModelConfig` (classes, input, clip length).
+        meta: the checkpoint's entries and `runtime` (`torch` / `onnxruntime`).
+        device: where it runs.
+        threads: torch CPU threads set for it.
+    """
+    worker: "InferenceWorker"
+    model_cfg: object
+    meta: dict
+    device: torch.device
+    threads: int
+
+
+def load_worker(cfg: ServeModelConfig, accel: Optional[AccelConfig] = None) -> LoadedWorker:
+    """Load `cfg.checkpoint` as `vigil serve` runs it: on `cfg.device` (an `.onnx` export on the
+    CPU), with `cfg.threads` torch threads (set process-wide), in `cfg.precision` (`auto`: the
+    checkpoint's own choice where it records one), batched by `cfg.max_batch` / `max_wait_ms`,
+    with the `accel:` switches (None: none; compiling is left to `InferenceWorker.warm_up`).
+
+    The daemon and the offline tools that replay its windows (`vigil calibrate`) load their
+    model here, so both run the same model the same way.
+
+    Raises:
+        ConfigError: a device that is not there, or an `accel` switch it cannot run.
+        CheckpointError: the checkpoint cannot be read.
+    """
+    device = torch.device("cpu") if cfg.is_onnx else resolve_device(cfg.device, "model.device")
+    if accel is not None:
+        accel.check_device(str(device))      # `auto` resolved: CUDA graphs on a CPU
+    threads = torch_threads(cfg.threads, device)
+    torch.set_num_threads(threads)
+    model, mcfg, meta = load_model(cfg.checkpoint, device, threads)
+    precision = checkpoint_precision(meta) if cfg.precision == "auto" else cfg.precision
+    worker = InferenceWorker(model, mcfg.input, list(mcfg.class_names), device=device,
+                             precision=precision,
+                             policy=BatchPolicy(cfg.max_batch, cfg.max_wait_ms), accel=accel)
+    return LoadedWorker(worker, mcfg, meta, device, threads)
 
 
 class WorkerThread(LoopThread):

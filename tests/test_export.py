@@ -205,3 +205,26 @@ def test_vigil_serve_runs_an_exported_model_end_to_end(exported, tmp_path):
     finally:
         sub.close(0)
         d.close()
+
+
+@needs_onnx
+def test_a_frame_backbone_model_exports_too(tmp_path):
+    """The 2D ImageNet backbone with its temporal stage (`mobilenet_v2`) goes through the same
+    export, its adaptive pool replaced as the 3D backbones' is."""
+    from detector.export import OnnxModel, export_onnx
+    from detector.model import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=BackboneConfig(name="mobilenet_v2", freeze="all", pool=[1, 2, 2],
+                                              motion="rgb+diff+dev", temporal_width=16,
+                                              temporal_layers=1),
+                      input=InputConfig(frames=4, size=[64, 64]), d_model=16, num_queries=2,
+                      decoder_layers=1, nheads=2, dim_feedforward=32)
+    model = build_model(cfg).eval()
+    runner = OnnxModel(export_onnx(model, cfg, tmp_path / "mnv2.onnx"))
+    x = torch.randn(3, 3, 4, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+    got = runner(x)
+    assert torch.allclose(got["pred_logits"], want["pred_logits"], atol=1e-4)
+    assert torch.allclose(got["pred_boxes"], want["pred_boxes"], atol=1e-4)

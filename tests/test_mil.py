@@ -143,3 +143,28 @@ def test_weak_positives_is_validated():
     assert DataConfig(weak_positives="mil").weak_positives == "mil"
     with pytest.raises(ValueError, match="weak_positives"):
         DataConfig(weak_positives="random")
+
+
+def test_hard_negatives_make_long_quiet_clips_bags_in_training(tmp_path):
+    long_pos = record(tmp_path / "fall.mp4", 40, 1)
+    long_neg = record(tmp_path / "walk.mp4", 40, None)
+    short_neg = record(tmp_path / "still.mp4", 11, None)
+    kinds = [s.kind for s in plan_samples([long_pos, long_neg, short_neg], 1.0, train=True,
+                                          weak_positives="mil", hard_negatives=True)]
+    assert kinds == ["bag", "bag", "whole"]
+
+
+def test_a_hard_negative_shows_its_most_action_like_window(tmp_path):
+    """A quiet clip trains on the window the model now scores highest for any action: the
+    stretch of the user's own footage it is most likely to raise a false alarm on."""
+    walk = record(ramp_video(tmp_path / "walk.mp4", 40), 40, None)
+    ds = ClipDataset([walk], INPUT, window_s=1.0, train=True, weak_positives="mil",
+                     hard_negatives=True)
+    assert ds.bag_indices() == [0]
+    choose_bag_windows(BrightnessModel(label=0), ds, torch.device("cpu"))   # fight: brightest
+    assert ds.bag_choice(0) == 6
+    assert ds[0][1]["labels"].tolist() == []
+
+
+def test_hard_negatives_is_a_data_option():
+    assert DataConfig(hard_negatives=True).hard_negatives

@@ -132,15 +132,21 @@ class ClipCache:
         return clip
 
     def _store(self, entry: Path, clip: np.ndarray) -> None:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".npy")
+        store_npy(entry, clip)
+
+
+def store_npy(entry: Path, array: np.ndarray) -> None:
+    """Write `array` to `entry` (.npy) atomically: a temporary file in the same directory, then
+    `os.replace`, so a concurrent reader never sees half an entry."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        os.replace(tmp, entry)
+    except BaseException:
         try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, np.ascontiguousarray(clip), allow_pickle=False)
-            os.replace(tmp, entry)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

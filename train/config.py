@@ -98,6 +98,16 @@ class DataConfig:
             epoch, on the window the model then scores highest for the clip's class
             (`train.mil`), so the model learns the action at the time scale the daemon's windows
             show. Evaluation does not depend on it (`train.dataset.plan_samples`).
+        hard_negatives: a video without an action that is longer than a window trains, each
+            epoch, on its window the model then scores highest for any action (hard-negative
+            mining, `train.mil`), instead of a random window: quiet footage of the user's own
+            cameras teaches the model what it mistakes for an action there.
+        frame_features: with a 2D backbone whose 2D stages are frozen (`model.backbone.name:
+            mobilenet_v2`, `freeze: all`), compute their output once per decoded frame and keep
+            it on disk (`~/.cache/vigil/features`, or `<cache_dir>/features` when `cache_dir` is
+            set; `train.features`), so that an epoch runs only
+            the temporal stage and the decoder. Pixel augmentation is then a horizontal flip
+            and temporal jitter only (the others are not applied; the run says so).
     """
     batch_size: int = 4
     num_workers: int = 2
@@ -112,6 +122,8 @@ class DataConfig:
     allow_outside_root: bool = False
     positive: Literal["action", "annotated"] = "action"
     weak_positives: Literal["whole", "mil"] = "whole"
+    hard_negatives: bool = False
+    frame_features: bool = False
 
     def __post_init__(self) -> None:
         if self.positive not in ("action", "annotated"):

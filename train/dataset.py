@@ -21,6 +21,10 @@ class, optional box, optional time segment), group, source and split. Splits and
   squeezed sample: which window it shows is chosen from outside (`choose_bag_window`, by
   `train.mil` from the model's own scores: multiple-instance learning), so the model learns the
   action at the daemon's time scale, not a whole clip compressed into T frames.
+* with `hard_negatives` as well (training), a video without any action that is longer than a
+  window is a bag too, showing the window the model scores highest for any action: the quiet
+  stretch most like an action (hard-negative mining, as object detectors mine the background
+  boxes they score highest), instead of a random one.
 * in evaluation, whatever `weak_positives`, every video without segments that is longer than
   `1.25 * window_s` is a bag, negatives too, judged by its highest-scoring window of any class
   (`train.mil`): the label never decides how a clip is looked at, and a long quiet clip is
@@ -31,6 +35,11 @@ sample's span is decoded, cached as one entry, and T of them are drawn with per-
 offsets. Randomness comes from a generator seeded with (seed, epoch, index): the same sample gets
 the same augmentation whichever DataLoader worker loads it. Workers copy the dataset when an
 epoch starts, so call `set_epoch` before iterating and leave `persistent_workers` off.
+
+With `features` (a `train.features.FrameFeatureCache`), a sample's "clip" is the frozen 2D
+stages' output for its frames, float16 (T, C', h', w'), instead of uint8 pixels; the frames
+chosen are the same. Augmentation is then a horizontal flip (features of the flipped frames) and
+temporal jitter only.
 """
 from __future__ import annotations
 
@@ -51,6 +60,7 @@ from detector.errors import DataError
 from . import video_io
 from .augment import AugmentConfig, augment_clip
 from .cache import ClipCache
+from .features import FrameFeatureCache
 from .labels import (Actions, action_contradictions, parse_action, parse_class,
                      parse_label_file, problems_of, raise_problems)
 from .layouts import (REFERENCE_CSV, Entry, LayoutOptions, Problems, dataset_root,
@@ -273,7 +283,8 @@ class Sample:
 
 
 def plan_samples(records: Sequence[VideoRecord], window_s: Optional[float], train: bool,
-                 margin_s: float = 1.0, weak_positives: str = "whole") -> list[Sample]:
+                 margin_s: float = 1.0, weak_positives: str = "whole",
+                 hard_negatives: bool = False) -> list[Sample]:
     """The samples of a list of records (see the module docstring for the rules).
 
     Args:
@@ -287,6 +298,8 @@ def plan_samples(records: Sequence[VideoRecord], window_s: Optional[float], trai
             `BAG_MIN_WINDOWS` windows is a `bag` of grid windows, one of them shown per epoch).
             Evaluation ignores it: there every video without segments longer than
             `BAG_MIN_WINDOWS` windows is a bag, negatives too, whichever way the model trained.
+        hard_negatives: in training, a video without an action longer than `BAG_MIN_WINDOWS`
+            windows is a bag as well, shown by its highest-scoring window (`train.mil`).
     Returns:
         Samples in record order.
     """
@@ -298,7 +311,8 @@ def plan_samples(records: Sequence[VideoRecord], window_s: Optional[float], trai
             out.append(Sample(i, "inside"))
             if train and outside_starts(rec, window_s, margin_s).size:
                 out.append(Sample(i, "outside"))
-        elif (((weak_positives == "mil" and rec.is_positive) or not train)
+        elif (((weak_positives == "mil" and rec.is_positive) or not train
+               or (hard_negatives and not rec.is_positive))
               and rec.duration_s > BAG_MIN_WINDOWS * window_s):
             # In evaluation every long clip is a bag, whatever its label and however the model
             # was trained, so that a clip is judged as the daemon sees it, by its
@@ -346,13 +360,16 @@ class ClipDataset(Dataset):
         weak_positives: `whole` or `mil` (see `plan_samples`). A bag shows the window
             `choose_bag_window` last chose for it; before any choice, a random grid window in
             training and the middle one otherwise.
+        hard_negatives: long videos without an action are bags too (see `plan_samples`).
+        features: serve frozen frame features instead of pixels (module docstring).
     """
 
     def __init__(self, records: Sequence[VideoRecord], input_cfg: InputConfig,
                  augment: Optional[AugmentConfig] = None, cache: Optional[ClipCache] = None,
                  seed: int = 0, pool_factor: int = 2, window_s: Optional[float] = None,
                  train: Optional[bool] = None, margin_s: float = 1.0,
-                 weak_positives: str = "whole") -> None:
+                 weak_positives: str = "whole", hard_negatives: bool = False,
+                 features: Optional[FrameFeatureCache] = None) -> None:
         self.records = list(records)
         self.frames = int(input_cfg.frames)
         self.size = (int(input_cfg.size[0]), int(input_cfg.size[1]))
@@ -364,8 +381,9 @@ class ClipDataset(Dataset):
         self.window_s = (input_cfg.clip_seconds if window_s is None else window_s) or None
         self.train = self.augment is not None if train is None else bool(train)
         self.margin_s = float(margin_s)
+        self.features = features
         self.samples = plan_samples(self.records, self.window_s, self.train, self.margin_s,
-                                    weak_positives)
+                                    weak_positives, hard_negatives)
         # The chosen window of each bag, per record (-1 = none yet). Shared memory, so that
         # DataLoader workers (persistent ones included) see a choice made in the main process.
         import multiprocessing
@@ -416,7 +434,12 @@ class ClipDataset(Dataset):
         """The grid window bag sample `index` shows now (-1: none chosen yet)."""
         return int(self._bag_choice[self.samples[index].record])
 
-    def _decode(self, record: VideoRecord, indices: np.ndarray) -> np.ndarray:
+    def _decode(self, record: VideoRecord, indices: np.ndarray, flip: bool = False
+                ) -> np.ndarray:
+        """Frames `indices` of `record`: uint8 (N, H, W, 3), or with `features` float16
+        (N, C', h', w') frozen features (of the mirrored frames when `flip`)."""
+        if self.features is not None:
+            return self.features.get(record.video, indices, self.size, flip)
         if self.cache is not None:
             return self.cache.get_or_decode(record.video, indices, self.size)
         return video_io.read_frames(record.video, indices, self.size)
@@ -467,20 +490,21 @@ class ClipDataset(Dataset):
         return first, count, keep
 
     def load_clip(self, record: VideoRecord, rng: Optional[np.random.Generator] = None,
-                  first: int = 0, count: Optional[int] = None) -> np.ndarray:
+                  first: int = 0, count: Optional[int] = None, flip: bool = False) -> np.ndarray:
         """T frames of a record's frames `first .. first + count - 1` (default: all), jittered
         when augmentation asks for it.
 
         Returns:
-            (T, H, W, 3) uint8 RGB.
+            (T, H, W, 3) uint8 RGB (with `features`: float16 (T, C', h', w'), mirrored frames'
+            when `flip`).
         """
         count = record.frames - first if count is None else count
         jitter = self.augment.temporal_jitter if self.augment is not None else 0.0
         if jitter > 0 and rng is not None:
             pool_n = min(count, self.pool_factor * self.frames)
-            pool = self._decode(record, first + video_io.sample_indices(count, pool_n))
+            pool = self._decode(record, first + video_io.sample_indices(count, pool_n), flip)
             return pool[video_io.sample_indices(pool_n, self.frames, jitter, rng)]
-        return self._decode(record, first + video_io.sample_indices(count, self.frames))
+        return self._decode(record, first + video_io.sample_indices(count, self.frames), flip)
 
     def window_pool_indices(self, record: VideoRecord) -> np.ndarray:
         """Frame indices decoded once for all windows of a record: the whole video at
@@ -496,14 +520,15 @@ class ClipDataset(Dataset):
         return video_io.sample_indices(record.frames, min(n, record.frames))
 
     def load_window(self, record: VideoRecord, first: int, count: int,
-                    rng: Optional[np.random.Generator] = None) -> np.ndarray:
+                    rng: Optional[np.random.Generator] = None, flip: bool = False) -> np.ndarray:
         """T frames of the record's frames `first .. first + count - 1`, taken from its pool.
 
         Returns:
-            (T, H, W, 3) uint8 RGB.
+            (T, H, W, 3) uint8 RGB (with `features`: float16 (T, C', h', w'), mirrored frames'
+            when `flip`).
         """
         pool_idx = self.window_pool_indices(record)
-        pool = self._decode(record, pool_idx)
+        pool = self._decode(record, pool_idx, flip)
         inside = np.flatnonzero((pool_idx >= first) & (pool_idx < first + count))
         if inside.size == 0:   # a window narrower than the pool's spacing: nearest frame
             inside = np.array([int(np.argmin(np.abs(pool_idx - first)))])
@@ -514,7 +539,7 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         """Returns:
-            clip: (T, H, W, 3) uint8 RGB tensor.
+            clip: (T, H, W, 3) uint8 RGB tensor (with `features`: float16 (T, C', h', w')).
             target: {"labels": int64 (K,), "boxes": float32 (K, 4) cxcywh normalised by the
             video's own width/height (zeros for an action without a box), "has_box": bool (K,),
             "stem": str, "size": (W, H) of the video, "source": str, "kind": the sample kind}.
@@ -522,11 +547,15 @@ class ClipDataset(Dataset):
         sample = self.samples[index]
         record = self.records[sample.record]
         rng = np.random.default_rng([self.seed, self.epoch, index])
+        # Stored features can only be flipped (by computing them from flipped frames), so the
+        # flip is drawn before the frames are read.
+        flip = bool(self.features is not None and self.augment is not None
+                    and rng.random() < self.augment.hflip)
         first, count, keep = self.span(sample, rng)
         if sample.kind == "whole":
-            clip = self.load_clip(record, rng, first, count)
+            clip = self.load_clip(record, rng, first, count, flip)
         else:
-            clip = self.load_window(record, first, count, rng)
+            clip = self.load_window(record, first, count, rng, flip)
         ann = record.annotations[keep]
         has_box = ~np.isnan(ann[:, 1:5]).any(axis=1)
         scale = np.array([record.width, record.height, record.width, record.height], np.float32)
@@ -534,7 +563,11 @@ class ClipDataset(Dataset):
         # and is zeroed again afterwards.
         boxes = np.where(has_box[:, None], ann[:, 1:5] / scale, [0.0, 0.0, 1.0, 1.0])
         boxes = np.clip(boxes, 0.0, 1.0).astype(np.float32).reshape(-1, 4)
-        if self.augment is not None:
+        if self.features is not None:
+            if flip:
+                boxes = np.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0],
+                                  boxes[:, 3]], axis=1).astype(np.float32).reshape(-1, 4)
+        elif self.augment is not None:
             clip, boxes = augment_clip(clip, boxes, self.augment, rng)
         cxcywh = box_convert(torch.from_numpy(boxes), "xyxy", "cxcywh").to(torch.float32)
         cxcywh[~torch.from_numpy(has_box)] = 0.0
@@ -547,7 +580,10 @@ class ClipDataset(Dataset):
             "source": record.source,
             "kind": sample.kind,
         }
-        return torch.from_numpy(np.ascontiguousarray(clip)), target
+        clip = np.ascontiguousarray(clip)
+        if not clip.flags.writeable:          # a memory-mapped feature entry: copy it out
+            clip = clip.copy()
+        return torch.from_numpy(clip), target
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, list[dict]]:
@@ -556,7 +592,8 @@ def collate(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, l
     Args:
         batch: samples from `ClipDataset`.
     Returns:
-        (B, T, H, W, 3) uint8 tensor and the B targets.
+        (B, T, H, W, 3) uint8 tensor (with frozen features: float16 (B, T, C', h', w')) and the
+        B targets.
     """
     clips = torch.stack([clip for clip, _ in batch])
     return clips, [target for _, target in batch]

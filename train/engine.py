@@ -2,7 +2,9 @@
 references: the trainer owns the run (schedule, checkpoints, resume); this file owns the loops.
 
 Clips travel as uint8 (B, T, H, W, 3) to the device (a quarter of float32's bytes) and are
-normalised there with `detector.preprocess.normalize_clips`, exactly as the daemon does.
+normalised there with `detector.preprocess.normalize_clips`, exactly as the daemon does. A loader
+of frozen frame features (`train.features`) yields float16 (B, T, C', h', w') instead, which
+`forward` hands to the model with `from_frozen=True`.
 """
 from __future__ import annotations
 
@@ -57,6 +59,19 @@ def _model_input(model: nn.Module, clips: torch.Tensor, device: torch.device) ->
     return normalize_clips(clips, inp.mean, inp.std)
 
 
+def forward(model: nn.Module, batch: torch.Tensor, device: torch.device) -> dict[str, Any]:
+    """The model's outputs for a loader's batch (call it inside autocast as needed).
+
+    Args:
+        model: the detector (or DDP around it).
+        batch: uint8 clips (B, T, H, W, 3), normalised here as the daemon does; or float16
+            frozen frame features (B, T, C', h', w') from a `ClipDataset` with `features`.
+    """
+    if batch.dtype == torch.uint8:
+        return model(_model_input(model, batch, device))
+    return model(batch.to(device, non_blocking=True).float(), from_frozen=True)
+
+
 def _check_finite(total: torch.Tensor, terms: dict[str, torch.Tensor], epoch: int,
                   step: int) -> None:
     if not torch.isfinite(total):
@@ -87,7 +102,8 @@ def train_one_epoch(model: nn.Module, criterion: Any, loader: Iterable,
         model: a `VideoDETR` (its `cfg.input` gives the normalisation statistics).
         criterion: `detector.losses.SetCriterion`: `criterion(outputs, targets)` returns the
             unweighted terms and `criterion.total(terms)` their weighted sum.
-        loader: yields (clips uint8 (B, T, H, W, 3), list of B target dicts).
+        loader: yields (clips uint8 (B, T, H, W, 3) or frozen features, list of B target
+            dicts); see `forward`.
         optimizer: the optimiser.
         scheduler: stepped after every optimiser step; None when the caller steps per epoch.
         device: where the model lives.
@@ -114,17 +130,16 @@ def train_one_epoch(model: nn.Module, criterion: Any, loader: Iterable,
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False,
                dynamic_ncols=True, unit="batch")
     for clips, targets in bar:
-        x = _model_input(model, clips, device)
         tgts = targets_to(targets, device)
         if loss_autocast and amp is not None:
             # The reference implementation: the loss too inside autocast, on fp16 outputs.
             with autocast(device, amp):
-                outputs = model(x)
+                outputs = forward(model, clips, device)
                 terms = criterion(outputs, tgts)
                 total = criterion.total(terms)
         else:
             with autocast(device, amp):
-                outputs = model(x)
+                outputs = forward(model, clips, device)
             # The loss in float32: fp16 logits through softmax/log would lose the small
             # no_object terms. (Auxiliary outputs, a list, are cast by the criterion itself.)
             outputs = {k: (v.float() if torch.is_tensor(v) else v) for k, v in outputs.items()}
@@ -223,14 +238,13 @@ def predict(model: nn.Module, criterion: Any, loader: Iterable, device: torch.de
     sums: dict[str, float] = defaultdict(float)
     preds: list[dict[str, Any]] = []
     for clips, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
-        x = _model_input(model, clips, device)
         tgts = targets_to(targets, device)
         with autocast(device, amp):
-            outputs = model(x)
+            outputs = forward(model, clips, device)
         outputs = {k: v.float() for k, v in outputs.items()}
         terms = criterion(outputs, tgts)
         total = criterion.total(terms)
-        b = x.shape[0]
+        b = clips.shape[0]
         sums["videos"] += b
         for k, v in terms.items():
             sums[k] += float(v) * b

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from detector.precision import autocast
-from detector.preprocess import normalize_clips
 
 from .dataset import ClipDataset
 from .distributed import unwrap
+from .engine import forward
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 def choose_bag_windows(model: nn.Module, dataset: ClipDataset, device: torch.device,
                        amp: torch.dtype | None = None, batch_size: int = 16) -> dict[str, Any]:
     """Point every bag of `dataset` at its window the model scores highest for the bag's class
-    (a training dataset) or for any class (an evaluation dataset, whose bags include negatives:
-    max pooling over the windows, as MIL infers a bag's label).
+    (a positive of a training dataset) or for any class (an evaluation dataset, whose bags
+    include negatives: max pooling over the windows, as MIL infers a bag's label; and a
+    negative of a training dataset with `hard_negatives`: its window most like an action).
 
     A window's score for class c is the best query's softmax probability of c (as the daemon's
     `class_scores`). Windows are loaded without augmentation. The model is put in eval mode for
@@ -59,15 +60,15 @@ def choose_bag_windows(model: nn.Module, dataset: ClipDataset, device: torch.dev
     net = unwrap(model)
     was_training = getattr(net, "training", False)     # an exported OnnxModel has no mode
     net.eval()
-    inp = net.cfg.input  # type: ignore[attr-defined]
     # (bag, window k, first, count, class) for every window of every bag.
     jobs = []
     sizes = []                      # windows per bag, in `bags` order
     for i in bags:
         record = dataset.records[dataset.samples[i].record]
         # Training looks for the label's window; evaluation may not use the label, so it takes
-        # the window with the highest score of any class (-1), for positives and negatives alike.
-        label = int(record.annotations[0, 0]) if dataset.train else -1
+        # the window with the highest score of any class (-1), for positives and negatives
+        # alike; so does a training negative (a hard negative: its most action-like window).
+        label = int(record.annotations[0, 0]) if dataset.train and record.is_positive else -1
         windows = dataset.bag_windows(i)
         sizes.append(len(windows))
         for k, (first, count) in enumerate(windows):
@@ -78,9 +79,8 @@ def choose_bag_windows(model: nn.Module, dataset: ClipDataset, device: torch.dev
         clips = torch.stack([torch.from_numpy(np.ascontiguousarray(
             dataset.load_window(dataset.records[dataset.samples[i].record], first, count)))
             for i, _, first, count, _ in chunk])
-        x = normalize_clips(clips.to(device), inp.mean, inp.std)
         with autocast(device, amp):
-            logits = net(x)["pred_logits"]
+            logits = forward(net, clips, device)["pred_logits"]
         probs = logits.float().softmax(-1)
         labels = torch.tensor([job[4] for job in chunk], device=probs.device)
         own = probs.gather(-1, labels.clamp(min=0).view(-1, 1, 1).expand(-1, probs.shape[1], 1))

@@ -21,9 +21,11 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from detector.checkpoint import save_checkpoint
-from detector.errors import CheckpointError, DataError
+from detector.errors import CheckpointError, ConfigError, DataError
 from detector.init_weights import initialise
 from detector.losses import build_criterion
 from detector.runtime import resolve_device
@@ -44,8 +46,9 @@ from . import engine
 from . import metrics as M
 from . import mil
 from .cache import ClipCache
-from .config import TrainConfig
+from .config import TrainConfig, default_cache_dir
 from .dataset import ClipDataset, VideoRecord, collate, scan_dataset_lenient, split_records
+from .features import FrameFeatureCache
 from .sampler import BalancedBatchSampler
 
 log = logging.getLogger(__name__)
@@ -126,22 +129,27 @@ class EpochSharedDataset(Dataset):
 
 def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
                  val_records: Sequence[VideoRecord], device: torch.device,
-                 input_cfg: Any, ctx: D.DistContext | None = None
+                 input_cfg: Any, ctx: D.DistContext | None = None,
+                 model: torch.nn.Module | None = None
                  ) -> tuple[DataLoader, DataLoader | None, EpochSharedDataset,
                             BalancedBatchSampler]:
     """The training loader (balanced batches, augmentation) and the validation loader.
 
     With a distributed `ctx` the training loader yields this rank's share of the balanced
     batches and the validation loader this rank's share of the videos (`D.ShardSampler`).
+    With `data.frame_features` both serve `model`'s frozen frame features (`train.features`).
     """
     ctx = ctx or D.DistContext(device=device)
     cache_dir = cfg.data.resolved_cache_dir()
     cache = ClipCache(cache_dir) if cache_dir is not None else None
+    features = frame_feature_cache(cfg, model, cache, device)
     window = cfg.data.window_seconds
     train_ds = EpochSharedDataset(ClipDataset(train_records, input_cfg, augment=cfg.augment,
                                               cache=cache, seed=cfg.train.seed, window_s=window,
                                               train=True, margin_s=cfg.data.segment_margin_s,
-                                              weak_positives=cfg.data.weak_positives))
+                                              weak_positives=cfg.data.weak_positives,
+                                              hard_negatives=cfg.data.hard_negatives,
+                                              features=features))
     sampler = BalancedBatchSampler(sampler_positives(train_ds.dataset, cfg.data.positive),
                                    cfg.data.batch_size, seed=cfg.train.seed, rank=ctx.rank,
                                    world_size=ctx.world_size)
@@ -155,13 +163,45 @@ def make_loaders(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     val_loader = None
     if val_records:
         val_ds = ClipDataset(val_records, input_cfg, augment=None, cache=cache,
-                             seed=cfg.train.seed, window_s=window, train=False)
+                             seed=cfg.train.seed, window_s=window, train=False,
+                             features=features)
         shard = D.ShardSampler(len(val_ds), ctx.rank, ctx.world_size) if ctx.enabled else None
         val_loader = DataLoader(val_ds, batch_size=cfg.data.batch_size, shuffle=False,
                                 sampler=shard,
                                 generator=torch.Generator().manual_seed(cfg.train.seed + 1),
                                 **common)
     return train_loader, val_loader, train_ds, sampler
+
+
+# Pixel augmentations that stored frame features cannot have (`train.features`).
+_PIXEL_ONLY = ("color_jitter", "resized_crop", "blur", "jpeg", "low_light", "greyscale", "shake",
+               "frame_drop", "timestamp")
+
+
+def frame_feature_cache(cfg: TrainConfig, model: torch.nn.Module | None,
+                        clips: ClipCache | None, device: torch.device
+                        ) -> FrameFeatureCache | None:
+    """The frozen-feature cache `data.frame_features` asks for, or None.
+
+    Raises:
+        ConfigError: `data.frame_features` with a model that has no frozen 2D stages, or under
+            DDP (each rank would compute the same features).
+    """
+    if not cfg.data.frame_features:
+        return None
+    if model is None or not getattr(model, "caches_frames", False):
+        raise ConfigError("data.frame_features: the model has no frozen 2D stages to compute "
+                          "once (it needs model.backbone.name: mobilenet_v2 and "
+                          "model.backbone.freeze: all, or another stage)")
+    if D.env_world_size() > 1:
+        raise ConfigError("data.frame_features: not under torchrun; train with one process")
+    ignored = [k for k in _PIXEL_ONLY if cfg.augment.enabled and getattr(cfg.augment, k, 0)]
+    if ignored:
+        log.warning("data.frame_features: augment.%s cannot change stored features and is not "
+                    "applied (only hflip and temporal_jitter are)", ", augment.".join(ignored))
+    where = (Path(os.path.expanduser(cfg.data.cache_dir)) / "features" if cfg.data.cache_dir
+             else default_cache_dir("features"))
+    return FrameFeatureCache(model, clips, where, device)
 
 
 def sampler_positives(dataset: ClipDataset, positive: str = "action") -> list[bool]:
@@ -229,6 +269,40 @@ def load_splits(cfg: TrainConfig, data_roots: Sequence[str | Path],
                             f"has an action label (no positives): a detector cannot learn "
                             f"from this")
     return out
+
+
+def check_classes(records: Sequence[VideoRecord], class_names: Sequence[str],
+                  where: str | Path) -> None:
+    """Refuse a training set that shows one kind of clip only; warn about a missing class.
+
+    A detector learns what separates the classes it is shown. Clips of a single action and
+    nothing else (no clip without an action, no time segment to cut quiet windows from) teach it
+    that the action is always there: every window of a camera would alarm. A class of the
+    model that no clip shows is only ever trained towards "not this", so its scores fall.
+
+    Raises:
+        DataError: every training clip holds the same action and there is no quiet footage.
+    """
+    shown = Counter(class_names[int(c)] for r in records for c in set(r.annotations[:, 0])
+                    if 0 <= int(c) < len(class_names))
+    quiet = sum(not r.is_positive or r.has_segments for r in records)
+    if not quiet and len(shown) <= 1:
+        only = next(iter(shown), "an action")
+        raise DataError(
+            f"{where}: every training clip is labelled {only}, and none shows ordinary "
+            f"activity: trained on one class only, the detector would call every window a "
+            f"{only}. Add clips from the same cameras where nothing happens (label none), or "
+            f"label the seconds of the action (start_s,end_s) so quiet windows can be cut")
+    if not quiet:
+        log.warning("%s: no training clip without an action: the model learns that something "
+                    "always happens and will raise more false alarms; add clips of ordinary "
+                    "activity from the same cameras (label none)", where)
+    missing = [c for c in class_names if c not in shown]
+    if missing:
+        log.warning("%s: no training clip of %s: the model's %s output is only ever trained "
+                    "towards 'not %s', so it will find fewer of them than the model it starts "
+                    "from; add such clips to keep it", where, " or ".join(missing),
+                    "/".join(missing), " or ".join(missing))
 
 
 def median_clip_seconds(records: Sequence[VideoRecord]) -> float | None:
@@ -301,6 +375,7 @@ def fit_records(cfg: TrainConfig, train_records: Sequence[VideoRecord],
     out_dir.mkdir(parents=True, exist_ok=True)
     if not train_records:
         raise DataError(f"{data_root or out_dir}: the training split is empty")
+    check_classes(train_records, cfg.model.class_names, data_root or out_dir)
     seed_everything(cfg.train.seed)
     if cfg.train.deterministic:
         # The reference implementation's setting: reproducible convolutions, no autotuning.
@@ -347,7 +422,7 @@ def _fit(cfg: TrainConfig, ctx: D.DistContext, train_records: Sequence[VideoReco
     loss_autocast = bool(cfg.train.loss_autocast and amp is not None)
     criterion.cast_float = not loss_autocast
     train_loader, val_loader, train_ds, sampler = make_loaders(
-        cfg, train_records, val_records, device, model_cfg.input, ctx)
+        cfg, train_records, val_records, device, model_cfg.input, ctx, model)
     log.info("data: %d training videos (%d with an action: %d with boxes, %d class-only; %d "
              "with time segments), %d training samples, %d validation videos; %d steps per "
              "epoch", len(train_records), sum(r.is_positive for r in train_records),
