@@ -74,7 +74,16 @@ def test_wheel_carries_recipes_and_weights_but_not_test_helpers(installed):
     recipes = {Path(n).name for n in names if n.startswith("train/recipes/")}
     assert {"seed.yaml", "cpu-small.yaml", "reference.yaml", "finetune-cpu.yaml",
             "real-cpu.yaml"} <= recipes
-    assert any(n.startswith("detector/weights/") and n.endswith(".pt") for n in names)
+    # Every weight the default `vigil` serves or a recipe starts from, with its licence.
+    for wanted in ("detector/weights/real-cpu-v2.pt", "detector/weights/synth-cpu-v2.pt",
+                   "detector/weights/pose/pose-collapse-v1.pt",
+                   "detector/weights/blazepose/pose_detection.tflite",
+                   "detector/weights/blazepose/pose_landmark_full.tflite",
+                   "detector/weights/blazepose/LICENSE",
+                   "detector/weights/pretrained/mobilenet_v2-imagenet.pt",
+                   "detector/weights/pretrained/NOTICE",
+                   "streamer/web/views/base.tpl"):
+        assert wanted in names, wanted
     assert not [n for n in names if "rtsp_test_server" in n]
 
 
