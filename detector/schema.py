@@ -38,7 +38,7 @@ def setting(default: Any = dataclasses.MISSING, *, doc: str = "",
 
     Args:
         default, default_factory: as `dataclasses.field` (neither: a required key).
-        doc: what the key means (the README's table of keys states the same text).
+        doc: what the key means (docs/configuration.md's table of keys states the same text).
         ge, gt: lower bound, inclusive or exclusive; le: inclusive upper bound.
         or_null: the message says the key may also be null (None is never range-checked).
     """

@@ -10,9 +10,9 @@ Relative paths (`data_dir`, `model.checkpoint`, `alerts.curve.*`) are resolved a
 directory of the config file, so a config works the same whatever the service's working directory.
 
 One validation idiom (`detector/schema.py`): each key declares its range and description on its
-field (`setting(default, ge=/gt=/le=, doc=...)`; the README's table of keys states the same
-defaults and descriptions, `tests/test_config_docs.py`), and each section's rules between keys
-sit in its one `_check_cross_fields`; `validate(where)` runs both.
+field (`setting(default, ge=/gt=/le=, doc=...)`; docs/configuration.md's table of keys states
+the same defaults and descriptions, `tests/test_config_docs.py`), and each section's rules
+between keys sit in its one `_check_cross_fields`; `validate(where)` runs both.
 
 Per camera, beyond the `defaults` keys: `mask` and `zones` (polygons, `streamer/regions/`),
 `smoothing` overrides (the precedence is `SmoothingConfig.layers`, `streamer/precedence.py`) and

@@ -144,15 +144,15 @@ def test_compiled_worker_warms_up_every_batch_size_before_the_first_window(tiny)
     np.testing.assert_allclose(_scores(got[2:]), _scores(plain[:1]), atol=1e-4)
 
 
-def test_the_readmes_accel_example_is_a_valid_section():
+def test_the_fleet_pages_accel_example_is_a_valid_section():
     import re
 
     import yaml
 
     from detector.schema import from_dict
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    page = (Path(__file__).resolve().parents[1] / "docs/fleet.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", page, re.S)
                  if b.startswith("accel:"))
     accel = from_dict(AccelConfig, yaml.safe_load(block)["accel"], "accel")
     accel.validate()

@@ -1,6 +1,7 @@
-"""The README's table of `vigil serve` config keys is the schema's: every key of a section is
-listed, every default the table states is the dataclass default, and every description is the
-one the field declares (`setting(..., doc=...)` in `streamer.config`)."""
+"""docs/configuration.md's table of `vigil serve` config keys (the README links it) is the
+schema's: every key of a section is listed, every default the table states is the dataclass
+default, and every description is the one the field declares (`setting(..., doc=...)` in
+`streamer.config`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,7 @@ from streamer.config import (AlertsConfig, CameraConfig, CameraSettings, CurveCo
 from streamer.schedule import CameraScheduleConfig, ScheduleConfig
 from streamer.web.settings import WebConfig
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+TABLE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 SECTIONS = {"defaults": CameraSettings, "model": ServeModelConfig,
             "model.pose": PoseServeConfig, "smoothing": SmoothingConfig,
             "alerts": AlertsConfig, "alerts.curve": CurveConfig, "evidence": EvidenceConfig,
@@ -36,20 +37,20 @@ CAMERA_KEYS = {"name", "url", "enabled", "mask", "zones", "required_zones", "smo
 NESTED = {"curve", "tls", "discovery", "pose"}
 
 
-def readme_keys() -> dict[str, str]:
-    """`| \\`key\\` | default | meaning |` rows of the README: key -> default cell."""
+def table_keys() -> dict[str, str]:
+    """`| \\`key\\` | default | meaning |` rows of docs/configuration.md: key -> default cell."""
     return {m.group(1): m.group(2).strip() for m in
-            re.finditer(r"^\| `([a-z_.\[\]]+)` \| ([^|]+) \|", README.read_text(), re.M)}
+            re.finditer(r"^\| `([a-z_.\[\]]+)` \| ([^|]+) \|", TABLE.read_text(), re.M)}
 
 
-def readme_descriptions() -> dict[str, str]:
-    """`| \\`key\\` | default | meaning |` rows of the README: key -> meaning cell."""
+def table_descriptions() -> dict[str, str]:
+    """`| \\`key\\` | default | meaning |` rows of docs/configuration.md: key -> meaning cell."""
     return {m.group(1): m.group(2).strip() for m in
-            re.finditer(r"^\| `([a-z_.\[\]]+)` \| [^|]+ \| (.*) \|$", README.read_text(), re.M)}
+            re.finditer(r"^\| `([a-z_.\[\]]+)` \| [^|]+ \| (.*) \|$", TABLE.read_text(), re.M)}
 
 
 def _field_of(key: str) -> tuple[type, str]:
-    """README key -> (dataclass, field name)."""
+    """Table key -> (dataclass, field name)."""
     section, _, name = key.rpartition(".")
     if section == "cameras[]":
         return CameraConfig, name
@@ -75,14 +76,14 @@ def _schema_keys() -> dict[str, object]:
     return keys
 
 
-def test_every_config_key_is_in_the_readme_table_and_nothing_else():
-    assert set(readme_keys()) == set(_schema_keys())
+def test_every_config_key_is_in_the_key_table_and_nothing_else():
+    assert set(table_keys()) == set(_schema_keys())
 
 
-def test_the_readme_states_the_schemas_defaults():
+def test_the_key_table_states_the_schemas_defaults():
     schema = _schema_keys()
     wrong = []
-    for key, cell in readme_keys().items():
+    for key, cell in table_keys().items():
         expected = schema[key]
         if cell.startswith("required"):
             ok = expected in ("required", None)
@@ -90,16 +91,16 @@ def test_the_readme_states_the_schemas_defaults():
             stated = yaml.safe_load(cell.strip("`"))
             ok = stated == expected or (isinstance(expected, Path) and Path(stated) == expected)
         if not ok:
-            wrong.append(f"{key}: README {cell}, schema {expected!r}")
+            wrong.append(f"{key}: docs/configuration.md {cell}, schema {expected!r}")
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_readme_states_the_schemas_descriptions():
-    described = readme_descriptions()
-    assert set(described) == set(readme_keys())
+def test_the_key_table_states_the_schemas_descriptions():
+    described = table_descriptions()
+    assert set(described) == set(table_keys())
     wrong = []
     for key, cell in described.items():
         doc = field_doc(*_field_of(key))
         if cell != doc:
-            wrong.append(f"{key}:\n  README {cell!r}\n  schema {doc!r}")
+            wrong.append(f"{key}:\n  docs/configuration.md {cell!r}\n  schema {doc!r}")
     assert not wrong, "\n".join(wrong)

@@ -1,4 +1,5 @@
-"""Every command the README shows is run here, so the README cannot rot.
+"""Every command the README and the pages moved out of it (GUIDES) show is run here, so they
+cannot rot.
 
 Each `sh` block line is one command. `vigil` commands are parsed by the real argument parser and
 run as written, with only what makes them fit a test (fewer videos, a tiny model, one epoch,
@@ -21,6 +22,15 @@ from ._training import tiny_config  # noqa: F401  (keeps the tiny model's overri
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# The user's guides that were the README's sections, in the order the README had them (the first
+# `vigil alerts` line is the single daemon's, the fleet's comes after it).
+GUIDES = [ROOT / "docs" / name for name in
+          ("your-cameras.md", "configuration.md", "operating.md", "fleet.md", "training.md")]
+
+
+def guide_text() -> str:
+    """The README and GUIDES, one after the other."""
+    return "\n".join(path.read_text() for path in [README, *GUIDES])
 
 # A model of a few thousand parameters on 8x32x32 clips: the same as tests/_training.tiny_config.
 TINY = ["model.backbone.name=small3d", "model.backbone.channels=[4,8,8,8]",
@@ -30,8 +40,9 @@ TINY = ["model.backbone.name=small3d", "model.backbone.channels=[4,8,8,8]",
         "data.batch_size=4", "optim.warmup_epochs=0"]
 
 
-def readme_commands() -> list[str]:
-    text = README.read_text()
+def readme_commands(text: str | None = None) -> list[str]:
+    """Every line of every `sh` block of `text` (default: the README and GUIDES)."""
+    text = guide_text() if text is None else text
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", text, re.S):
         for line in block.splitlines():
@@ -42,8 +53,8 @@ def readme_commands() -> list[str]:
 
 
 def python_example() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert len(blocks) == 1, "the README has one Python example"
+    blocks = re.findall(r"```python\n(.*?)```", guide_text(), re.S)
+    assert len(blocks) == 1, "the README and its guides have one Python example"
     return blocks[0]
 
 
@@ -76,6 +87,8 @@ def test_make_targets_exist_and_ci_runs_make_test():
             # tests/test_demo.py runs in full. Neither can run inside the suite it is part of.
             assert re.search(rf"^{words[1]}:", makefile, re.M), f"no make target {words[1]}"
     assert "make test" in (ROOT / ".ci/run").read_text()
+    # ... and the README itself, the front page, states both commands.
+    assert {"make test", "make demo"} <= set(readme_commands(README.read_text()))
 
 
 def test_systemd_install_lines_name_files_that_exist():

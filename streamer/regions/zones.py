@@ -8,8 +8,8 @@ counts in any of them; `[]`: none is required and zones only label the alerts).
 the union of the required zones. A fraction of the box rather than a point of it (Frigate's
 bottom-centre) because a fight's or a fall's box covers the people involved, whose feet are not
 where the action is; and a quarter rather than a half because on real footage the boxes are a
-rough region (README), often larger than the people. The box tested is the event's smoothed box,
-the one its `start` would carry.
+rough region (docs/models/real-cpu-v2.md), often larger than the people. The box tested is the
+event's smoothed box, the one its `start` would carry.
 
 An event whose box is outside the required zones does not start; it is tracked silently (and
 counted in `vigil_events_suppressed_total{reason="zone"}`) and starts if the action moves into a

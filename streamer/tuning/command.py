@@ -302,7 +302,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if failed:
         print(f"{', '.join(failed)}: no setting up to on_threshold {C.MAX_ON} and "
               f"{C.MAX_WINDOWS} windows meets the target on this footage; the model needs "
-              "fine-tuning on this camera (README, 'Fine-tune it on your own clips').",
+              "fine-tuning on this camera (docs/your-cameras.md, 'Fine-tune it on your own "
+              "clips').",
               file=sys.stderr)
         return 1
     return 0

@@ -1,6 +1,6 @@
 """The shipped training recipes: package data (`train/recipes/*.yaml`), found with
 `importlib.resources`, so an installed `vigil` has them as a source checkout does (where
-`configs/train/*.yaml` are links to them, the paths the README uses).
+`configs/train/*.yaml` are links to them, the paths the docs use).
 
 Light on purpose (no torch, no OpenCV): `vigil train --help` names the default recipe's path.
 """
