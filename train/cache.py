@@ -112,16 +112,10 @@ class ClipCache:
             (len(indices), H, W, 3) uint8 RGB array.
         """
         entry = self.path_for(self.key(video, indices, size))
-        if entry.exists():
-            try:
-                clip = np.load(entry, allow_pickle=False)
-                if clip.dtype == np.uint8 and clip.ndim == 4 and clip.shape[0] == len(indices):
-                    self.hits += 1
-                    return clip
-                log.warning("%s: cache entry has an unexpected shape %s; decoding again",
-                            entry, clip.shape)
-            except (OSError, ValueError) as exc:
-                log.warning("%s: unreadable cache entry (%s); decoding again", entry, exc)
+        clip = load_npy(entry, np.uint8, len(indices), "decoding")
+        if clip is not None:
+            self.hits += 1
+            return clip
         self.misses += 1
         clip = video_io.read_frames(video, indices, size)
         try:
@@ -133,6 +127,32 @@ class ClipCache:
 
     def _store(self, entry: Path, clip: np.ndarray) -> None:
         store_npy(entry, clip)
+
+
+def load_npy(entry: Path, dtype, frames: int, redo: str, mmap: bool = False
+             ) -> Optional[np.ndarray]:
+    """A cache entry written by `store_npy`, or None when it is absent or unusable (not of
+    `dtype`, not 4-D with `frames` frames, unreadable: each logged once here, so the caller
+    computes it again, `redo` naming how: "decoding", "computing").
+
+    Args:
+        entry: the `.npy` file.
+        dtype: the numpy dtype the entry must have.
+        frames: its first dimension.
+        redo: what the caller does instead, for the warning.
+        mmap: memory-map it (read-only) instead of reading it whole.
+    """
+    if not entry.exists():
+        return None
+    try:
+        arr = np.load(entry, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable cache entry (%s); %s again", entry, exc, redo)
+        return None
+    if arr.dtype == dtype and arr.ndim == 4 and arr.shape[0] == frames:
+        return arr
+    log.warning("%s: cache entry has an unexpected shape %s; %s again", entry, arr.shape, redo)
+    return None
 
 
 def store_npy(entry: Path, array: np.ndarray) -> None:

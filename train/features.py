@@ -31,7 +31,7 @@ import torch
 from detector.preprocess import normalize_clips
 
 from . import video_io
-from .cache import ClipCache, store_npy
+from .cache import ClipCache, load_npy, store_npy
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +98,10 @@ class FrameFeatureCache:
         """
         key = self.key(video, indices, size, flip)
         entry = self.dir / key[:2] / f"{key}.npy"
-        if entry.exists():
-            try:
-                feats = np.load(entry, mmap_mode="r", allow_pickle=False)
-                if feats.dtype == np.float16 and feats.ndim == 4 and feats.shape[0] == len(indices):
-                    self.hits += 1
-                    return feats
-                log.warning("%s: feature entry has an unexpected shape %s; computing again",
-                            entry, feats.shape)
-            except (OSError, ValueError) as exc:
-                log.warning("%s: unreadable feature entry (%s); computing again", entry, exc)
+        feats = load_npy(entry, np.float16, len(indices), "computing", mmap=True)
+        if feats is not None:
+            self.hits += 1
+            return feats
         self.misses += 1
         frames = (self.clips.get_or_decode(video, indices, size) if self.clips is not None
                   else video_io.read_frames(video, indices, size))
