@@ -39,12 +39,15 @@ def _children(pid: int) -> set[int]:
     return out
 
 
-def _shm() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("psm_")}
+def _shm(pid: int) -> set[str]:
+    """The shared-memory blocks the daemon `pid` created (`SHM_PREFIX<pid>_...`): other
+    programs' blocks, or another test's daemon, are not counted."""
+    from streamer.accel.shared_ring import SHM_PREFIX
+
+    return {n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}{pid}_")}
 
 
 def test_daemon_serves_with_capture_processes_and_device_rings(tiny_checkpoint, tmp_path):
-    shm_before = _shm()
     cfg = base_config(tmp_path / "data", tiny_checkpoint,
                       {"fightcam": SYNTH.format(kind="fight", seed=1),
                        "emptycam": SYNTH.format(kind="none", seed=2)}, stride=8,
@@ -72,13 +75,15 @@ def test_daemon_serves_with_capture_processes_and_device_rings(tiny_checkpoint, 
         sub.close()
         captures = _children(d.pid)
         assert len(captures) >= 3, "a fork server and one capture process per camera"
+        pid = d.pid
+        assert len(_shm(pid)) >= 2, "each camera's ring lives in the daemon's shared memory"
         assert "capture process" in d.log()
         assert d.stop() == 0, d.log()
     finally:
         d.close()
     assert wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in captures) or None,
                       timeout=10, interval=0.2), "no capture process outlives the daemon"
-    assert _shm() <= shm_before, "the shared rings were unlinked"
+    assert _shm(pid) == set(), "the shared rings were unlinked"
 
 
 def test_a_compiled_model_is_warmed_up_before_ready(tiny_checkpoint, tmp_path):

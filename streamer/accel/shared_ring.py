@@ -17,6 +17,8 @@ compare with the reader's clock.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from multiprocessing import shared_memory
 from typing import Any, Optional
 
@@ -27,6 +29,7 @@ from ..ringbuffer import RingBuffer
 log = logging.getLogger(__name__)
 
 _HEADER = 4          # count, start, source width, source height
+SHM_PREFIX = "vigil_"   # + creating pid + "_" + random: /dev/shm/vigil_<pid>_<hex>
 
 
 def _layout(capacity: int, height: int, width: int) -> tuple[int, int]:
@@ -56,6 +59,10 @@ class SharedRingBuffer(RingBuffer):
         self.capacity, self.height, self.width = int(capacity), int(height), int(width)
         meta, total = _layout(self.capacity, self.height, self.width)
         self.owner = name is None
+        if self.owner:
+            # Named after the creating process, so an operator (and a test) can tell Vigil's
+            # blocks in /dev/shm from other programs', and whose they are.
+            name = f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
         self.shm = shared_memory.SharedMemory(name=name, create=self.owner, size=total)
         slots = self.capacity + 1
         buf = self.shm.buf
