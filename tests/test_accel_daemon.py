@@ -100,8 +100,14 @@ def test_a_compiled_model_is_warmed_up_before_ready(tiny_checkpoint, tmp_path):
         ready = next(i for i, g in enumerate(grams) if b"READY=1" in g.split(b"\n"))
         before = b"\n".join(grams[:ready])
         assert b"EXTEND_TIMEOUT_USEC=" in before and b"compiling the model" in before
-        log = d.log()
+        # READY=1 goes out just before the "ready:" log line: wait for the line to be written.
+        def logged_ready():
+            text = d.log()
+            return text if "ready:" in text else None
+
+        log = wait_until(logged_ready, timeout=30, interval=0.2) or d.log()
         assert "compiled and warmed up for batches [1]" in log, log[-3000:]
+        assert "ready:" in log, log[-3000:]
         assert log.index("compiled and warmed up") < log.index("ready:")
         first = d.metrics()
         assert wait_until(lambda: d.value(d.metrics(), "vigil_windows_total", camera="cam")
