@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from streamer.masking import (SAFE_QUERY_KEYS, SecretLogFilter, mask_secrets, mask_url,
-                              url_secrets)
+from streamer.masking import (CREDENTIAL_KEYS, SAFE_QUERY_KEYS, SecretLogFilter, mask_secrets,
+                              mask_url, url_secrets)
 
 FAST = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -88,11 +88,14 @@ def test_masked_userinfo_never_shows_any_part_of_the_password(password, user, ta
 @FAST
 @given(password=ANY_PASSWORD.filter(lambda p: not any(c in p for c in "&;")),
        key=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=10).filter(
-           lambda k: k not in SAFE_QUERY_KEYS))      # those show short plain values by design
+           lambda k: k not in SAFE_QUERY_KEYS        # those show short plain values by design
+           # `_` before a known key starts a parameter (XMEye paths): `__key=` masks more
+           and not any(f"_{c}" in k for c in CREDENTIAL_KEYS + tuple(SAFE_QUERY_KEYS))))
 @example(password="ZqSecret", key="loginpas")
 def test_query_values_are_masked_whatever_their_key(password, key):
     url = f"http://192.0.2.7/video.cgi?{key}={password}&res=hd"
     assert password not in mask_url(url)
+    assert password not in mask_url(f"http://192.0.2.7/video.cgi?_{key}={password}&res=hd")
     if "@" not in password:     # with one, the host is masked too (as if it were userinfo)
         assert mask_url(url) == f"http://192.0.2.7/video.cgi?{key}=*&res=hd"
 
