@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .ensemble import ScoreEnsemble
 from .errors import CheckpointError, ConfigError
 from .schema import from_dict, to_dict
 
@@ -79,20 +80,31 @@ class AdaptivePool3dAsMatmul(nn.Module):
         return x
 
 
-def exportable_copy(model: nn.Module, cfg: ModelConfig) -> nn.Module:
-    """A deep copy of `model` (eval, CPU, fp32) with its adaptive pool made exportable."""
-    clone = copy.deepcopy(model).float().cpu().eval()
-    pool = getattr(getattr(clone, "backbone", None), "pool", None)
+def _exportable_pool(detector: nn.Module, cfg: ModelConfig) -> None:
+    """Replace `detector.backbone.pool` (an `nn.AdaptiveAvgPool3d`) by its matmul form, in place,
+    for the input `cfg.input` gives it."""
+    pool = getattr(getattr(detector, "backbone", None), "pool", None)
     if isinstance(pool, nn.AdaptiveAvgPool3d):
         T, (H, W) = cfg.input.frames, cfg.input.size
         with torch.device("meta"):
-            probe = copy.deepcopy(clone.backbone).to("meta")     # the shape before the pool
+            probe = copy.deepcopy(detector.backbone).to("meta")     # the shape before the pool
             probe.pool = nn.Identity()
             shape = probe(torch.empty(1, 3, T, H, W)).shape[2:]
         out = pool.output_size
         out = tuple(out) if isinstance(out, (tuple, list)) else (out,) * 3
         out = tuple(s if o is None else o for s, o in zip(shape, out))
-        clone.backbone.pool = AdaptivePool3dAsMatmul(tuple(shape), out)
+        detector.backbone.pool = AdaptivePool3dAsMatmul(tuple(shape), out)
+
+
+def exportable_copy(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """A deep copy of `model` (eval, CPU, fp32) with its adaptive pools made exportable (each
+    member's, at its own input size, for an ensemble)."""
+    clone = copy.deepcopy(model).float().cpu().eval()
+    if isinstance(clone, ScoreEnsemble):
+        for member, member_cfg in zip(clone.members, clone.member_cfgs):
+            _exportable_pool(member, member_cfg)
+    else:
+        _exportable_pool(clone, cfg)
     return clone
 
 

@@ -10,7 +10,8 @@ on real footage and synthetic scenes (`detector/weights/<name>.pt`, each with a 
 - `vigil`: the shipped weights whose architecture matches the recipe's model;
 - the name of shipped weights, e.g. `synth-cpu-v2` (pretrained on synthetic scenes only, the
   start of the real-footage recipe) or `real-cpu-v2`;
-- a path: any Vigil checkpoint (or a reference `best_model.pth`).
+- a path: any Vigil checkpoint (or a reference `best_model.pth`), or an ensemble
+  (`detector.ensemble`), whose member of the recipe's architecture is the start.
 
 Weights are copied by name where the shapes agree; everything else keeps its fresh
 initialisation and is listed in the log (a model with other classes keeps the backbone and
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import is_ensemble, load_checkpoint
 from .config import ModelConfig
 from .errors import CheckpointError
 from .schema import to_dict
@@ -66,7 +67,7 @@ def resolve_model_path(value: str | Path) -> Path:
     return default_weights() if str(value) == DEFAULT_MODEL_ALIAS else Path(value)
 
 
-def _architecture(cfg: ModelConfig) -> dict:
+def architecture(cfg: ModelConfig) -> dict:
     """The parts of a model config that decide the tensors' shapes and meaning."""
     d = to_dict(cfg)
     d.pop("class_names", None)
@@ -76,23 +77,29 @@ def _architecture(cfg: ModelConfig) -> dict:
     return d
 
 
+def _configs(model: nn.Module, cfg: ModelConfig) -> list[ModelConfig]:
+    """The configs of the detectors in a loaded model: its own, or an ensemble's members'."""
+    return list(model.member_cfgs) if is_ensemble(model) else [cfg]
+
+
 def find_shipped(cfg: ModelConfig) -> Path:
-    """The shipped weights whose architecture is `cfg`'s.
+    """The shipped weights whose architecture is `cfg`'s (a shipped ensemble fits when one of its
+    members does; `initialise` then starts from that member).
 
     Raises:
         CheckpointError: none fits; the message lists what is shipped.
     """
-    want = _architecture(cfg)
+    want = architecture(cfg)
     # The default model first, then newest version first: a later version of the same
     # architecture supersedes an earlier one (sorted() is stable).
     candidates = sorted(shipped_weights(), reverse=True)
     for path in sorted(candidates, key=lambda p: p.stem != DEFAULT_MODEL):
         try:
-            _, other, _ = load_checkpoint(path)
+            model, other, _ = load_checkpoint(path)
         except CheckpointError as exc:
             log.warning("shipped weights %s cannot be read: %s", path, exc)
             continue
-        if _architecture(other) == want:
+        if any(architecture(c) == want for c in _configs(model, other)):
             return path
     names = ", ".join(p.stem for p in shipped_weights()) or "none"
     raise CheckpointError(f"train.init=vigil: no shipped weights fit this model's architecture "
@@ -122,6 +129,18 @@ def initialise(model: nn.Module, cfg: ModelConfig, init: str) -> str | None:
     path = (find_shipped(cfg) if init == "vigil"
             else shipped_by_name(init) or Path(init).expanduser())
     source, _, _ = load_checkpoint(path)
+    if is_ensemble(source):
+        # An ensemble starts the run from its member of this architecture.
+        want = architecture(cfg)
+        fits = [m for m, c in zip(source.members, source.member_cfgs) if architecture(c) == want]
+        if not fits:
+            names = ", ".join(f"{c.backbone.name} ({c.backbone.motion})"
+                              for c in source.member_cfgs)
+            raise CheckpointError(f"{path} is an ensemble, and none of its members ({names}) "
+                                  f"has this recipe's architecture: start from one that has")
+        log.info("train.init: %s is an ensemble; starting from its member of this "
+                 "architecture (%s)", path, cfg.backbone.name)
+        source = fits[0]
     theirs = source.state_dict()
     ours = model.state_dict()
     copied, skipped = [], []

@@ -97,6 +97,12 @@ def load_model(path: str | Path, device: torch.device, threads: Optional[int] = 
     return model, model.cfg, {"runtime": "onnxruntime"}
 
 
+def architecture_name(cfg: ModelConfig, meta: dict[str, Any]) -> str:
+    """What a loaded model is, for logs: its backbone's name, or an ensemble's members
+    (`meta["architecture"]`, e.g. `mean of small3d 64x64 + mobilenet_v2 112x112`)."""
+    return str(meta.get("architecture") or cfg.backbone.name)
+
+
 def model_device(meta: dict[str, Any], device: torch.device) -> torch.device:
     """Where a loaded model's inputs go: the CPU for onnxruntime, else `device`."""
     return torch.device("cpu") if meta.get("runtime") == "onnxruntime" else device

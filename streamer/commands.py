@@ -163,7 +163,7 @@ def _check_config(cfg, explain: str | None = None) -> int:
     import torch
 
     from detector.pose.collapse import load_pose_checkpoint
-    from detector.runtime import load_model
+    from detector.runtime import architecture_name, load_model
 
     from .comms.notifications import Notifications
     from .daemon import unknown_clip_length_message
@@ -182,7 +182,7 @@ def _check_config(cfg, explain: str | None = None) -> int:
     params = f"{meta['num_parameters']} parameters, " if "num_parameters" in meta else ""
     print(f"config OK: instance {cfg.instance}, {len(cfg.enabled_cameras)} of "
           f"{len(cfg.cameras)} cameras enabled")
-    print(f"model: {cfg.model.checkpoint} ({model_cfg.backbone.name}, {meta['runtime']}, "
+    print(f"model: {cfg.model.checkpoint} ({architecture_name(model_cfg, meta)}, {meta['runtime']}, "
           f"{params}classes {', '.join(model_cfg.class_names)},"
           f" input {inp.frames}x{inp.size[0]}x{inp.size[1]}, clip {inp.clip_seconds} s)")
     if pose is not None:

@@ -62,6 +62,7 @@ import torch
 
 from detector.errors import ConfigError, VigilError
 from detector.pose.collapse import load_pose_checkpoint
+from detector.runtime import architecture_name
 
 from .camera_runtime import CameraRuntime
 from .comms.mqtt import MqttBridge
@@ -312,7 +313,7 @@ class Daemon:
         self._serving = ServingModel.of(cfg.model.checkpoint, cfg.model.precision, mcfg,
                                         str(meta["runtime"]), worker)
         log.info("model %s (%s, %d frames of %dx%d, classes %s) on %s via %s, %s autocast, "
-                 "%d threads", cfg.model.checkpoint.name, mcfg.backbone.name, mcfg.input.frames,
+                 "%d threads", cfg.model.checkpoint.name, architecture_name(mcfg, meta), mcfg.input.frames,
                  mcfg.input.size[1], mcfg.input.size[0], ", ".join(self.class_names), self.device,
                  meta["runtime"], worker.autocast_dtype or "no", threads)
         if mcfg.input.clip_seconds is None:

@@ -233,6 +233,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also time PyTorch (fp32, CPU) and onnxruntime on the check batch")
     p.set_defaults(func=cmd_export)
 
+    p = subparsers.add_parser(
+        "ensemble", formatter_class=fmt, help="serve several checkpoints as one (mean score)",
+        description="Write one model file holding two or more trained checkpoints, which the "
+                    "daemon and every command serve as one model: each member sees the clip at "
+                    "its own size and statistics, and each class's score is the mean of theirs "
+                    "(detector/ensemble.py). Members must name the same classes and see the "
+                    "same frames over the same time. After a fine-tune of one member, "
+                    "`vigil ensemble vigil --swap runs/mine/best.pt --out mine.pt` puts it in "
+                    "place of the shipped member of its architecture. Prints each member's "
+                    "score and the mean on a synthetic clip, as a check.")
+    p.add_argument("members", type=str, nargs="+", metavar="MODEL",
+                   help="Vigil checkpoints (.pt), ensembles (all their members) or `vigil` "
+                        "(the shipped default model)")
+    p.add_argument("--swap", type=Path, action="append", default=[], metavar="CHECKPOINT",
+                   help="replace the member of this checkpoint's architecture by it "
+                        "(repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="ensemble file to write (.pt)")
+    p.set_defaults(func=cmd_ensemble)
+
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -793,4 +812,51 @@ def cmd_export(args: argparse.Namespace) -> int:
     if max(diff.values()) > args.atol:
         log.error("ONNX outputs differ from PyTorch by more than --atol %g", args.atol)
         return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- ensemble
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    """`vigil ensemble A.pt B.pt --out ENS.pt`: write, load back, and show one clip's scores."""
+    import torch
+
+    from detector.checkpoint import (load_checkpoint, member_payloads, payload_config,
+                                     save_ensemble)
+    from detector.init_weights import architecture, resolve_model_path
+    from detector.preprocess import normalize_clips
+
+    from .synth import synth_clips
+
+    payloads, names = [], []
+    for given in args.members:
+        found = member_payloads(resolve_model_path(given))
+        payloads += found
+        names += [given if len(found) == 1 else f"{given} member {i}"
+                  for i in range(1, len(found) + 1)]
+    for new in args.swap:
+        [payload] = member_payloads(new)
+        want = architecture(payload_config(payload, str(new)))
+        same = [i for i, p in enumerate(payloads) if architecture(payload_config(p)) == want]
+        if len(same) != 1:
+            print(f"vigil ensemble: --swap {new}: {len(same)} members have its architecture "
+                  "(it replaces exactly one)", file=sys.stderr)
+            return 2
+        payloads[same[0]], names[same[0]] = payload, str(new)
+    if len(payloads) < 2:
+        print("vigil ensemble: give at least two checkpoints", file=sys.stderr)
+        return 2
+    save_ensemble(args.out, payloads, built_from=names)
+    model, cfg, meta = load_checkpoint(args.out)
+    clip = normalize_clips(synth_clips(1, cfg.input.frames, cfg.input.size),
+                           cfg.input.mean, cfg.input.std)
+    with torch.inference_mode():
+        scores, _ = model.member_scores(clip)
+        mean = scores.mean(dim=0)[0]
+    print(f"wrote {args.out}: {meta['architecture']}, {meta['num_parameters']:,} parameters, "
+          f"input {cfg.input.frames}x{cfg.input.size[0]}x{cfg.input.size[1]}")
+    for i, name in enumerate(names):
+        row = ", ".join(f"{n} {float(v):.3f}" for n, v in zip(cfg.class_names, scores[i, 0]))
+        print(f"  member {i + 1} {name}: {row}")
+    print("  mean: " + ", ".join(f"{n} {float(v):.3f}" for n, v in zip(cfg.class_names, mean))
+          + " (a synthetic clip: a check that every member runs, not a measurement)")
     return 0
