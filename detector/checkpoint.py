@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
@@ -205,8 +205,10 @@ def _ensemble_from_payload(data: Mapping[str, Any], source: str
         if payload.get("format") == ENSEMBLE_FORMAT:
             raise CheckpointError(f"{source}: member {i} is itself an ensemble")
         models.append(_from_payload(payload, f"{source} member {i}")[0])
+    box_from = data.get("box_from")
     try:
-        model = ScoreEnsemble(models, str(data.get("combine", "mean")))
+        model = ScoreEnsemble(models, str(data.get("combine", "mean")),
+                              None if box_from is None else int(box_from))
     except CheckpointError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
     meta = {k: v for k, v in data.items() if k != "members"}
@@ -282,6 +284,15 @@ def member_payloads(path: str | Path) -> list[dict[str, Any]]:
              "state_dict": _compact(m.get("state_dict") or {})} for m in found]
 
 
+def ensemble_settings(path: str | Path) -> dict[str, Any]:
+    """An ensemble file's `combine` and `box_from` ({} for a plain checkpoint), so a rebuilt
+    ensemble (`vigil ensemble ENS --swap ...`) keeps them."""
+    data = _read(Path(path), "cpu")
+    if data.get("format") != ENSEMBLE_FORMAT:
+        return {}
+    return {"combine": data.get("combine", "mean"), "box_from": data.get("box_from")}
+
+
 def payload_config(payload: Mapping[str, Any], source: str = "checkpoint") -> ModelConfig:
     """The `ModelConfig` of a checkpoint payload.
 
@@ -295,7 +306,7 @@ def payload_config(payload: Mapping[str, Any], source: str = "checkpoint") -> Mo
 
 
 def save_ensemble(path: str | Path, members: list[str | Path | Mapping[str, Any]],
-                  combine: str = "mean", **meta: Any) -> Path:
+                  combine: str = "mean", box_from: Optional[int] = None, **meta: Any) -> Path:
     """Write an ensemble file: the members' checkpoints, whole, in one file.
 
     Args:
@@ -304,6 +315,7 @@ def save_ensemble(path: str | Path, members: list[str | Path | Mapping[str, Any]
             `member_payloads`), or payloads `member_payloads` returned; each is loaded and
             checked first.
         combine: `detector.ensemble.COMBINE_RULES`.
+        box_from: the member (0-based) whose boxes the ensemble gives; None: the surest's.
         **meta: extra primitives to store (provenance, ...).
     Returns:
         The path written.
@@ -311,8 +323,8 @@ def save_ensemble(path: str | Path, members: list[str | Path | Mapping[str, Any]
         CheckpointError: a member that cannot be read or is a reference state_dict, fewer than
             two members, or members that cannot share a clip (other classes, frames or span).
     """
-    clash = sorted(set(meta) & {"format", "combine", "members", "class_names", "input",
-                                "num_parameters"})
+    clash = sorted(set(meta) & {"format", "combine", "box_from", "members", "class_names",
+                                "input", "num_parameters"})
     if clash:
         raise TypeError(f"ensemble meta may not set {clash[0]!r}")
     payloads: list[dict[str, Any]] = []
@@ -323,7 +335,7 @@ def save_ensemble(path: str | Path, members: list[str | Path | Mapping[str, Any]
         names += [str(member) if not isinstance(member, Mapping) else "payload"] * len(found)
     models = [_from_payload(p, f"{n} member" if n == "payload" else n)[0]
               for p, n in zip(payloads, names)]
-    ensemble = ScoreEnsemble(models, combine)           # checks the members fit together
+    ensemble = ScoreEnsemble(models, combine, box_from)  # checks the members fit together
     # `vigil eval --split val` holds out what training held out: the members' split, when they
     # share one (the same data.val_fraction and data.split_seed).
     splits = {repr([((p.get("train_config") or {}).get("data") or {}).get(k)
@@ -334,6 +346,7 @@ def save_ensemble(path: str | Path, members: list[str | Path | Mapping[str, Any]
         **shared,
         "format": ENSEMBLE_FORMAT,
         "combine": combine,
+        "box_from": box_from,
         "members": payloads,
         "class_names": list(ensemble.cfg.class_names),
         "input": to_dict(ensemble_input(ensemble.member_cfgs)),

@@ -16,15 +16,17 @@ classes in the same order.
 
 Its output keeps the detector's contract (`{"pred_logits", "pred_boxes"}`, read by
 `detector.postprocess`), as a set of K predictions, one per class: prediction k gives class k
-the members' mean probability and the box of the member most sure of it, and the rest to
-no_object. Its logits are the logarithms of those probabilities, so a softmax gives them back
+the members' mean probability and a box, and the rest to no_object. The box is the one of the
+member most sure of the class, or always one member's (`box_from`): a member trained on class
+labels alone has a box head that never learned anything, and its boxes should not reach an
+alert. Its logits are the logarithms of those probabilities, so a softmax gives them back
 and `postprocess.class_scores` reads the mean unchanged. An ensemble only infers: it is built
 from trained members and never trained as a whole (train a member, then rebuild it).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,18 +86,26 @@ class ScoreEnsemble(nn.Module):
     Args:
         members: trained detectors (`VideoDETR`), each with its `cfg`.
         combine: how scores combine; only `mean` (measured; `fight-candidates.md`).
+        box_from: the member (0-based) whose boxes every prediction takes; None: for each
+            class, the member most sure of it.
     Attributes:
         cfg: `ensemble_config(...)`: what the daemon reads (input, classes).
         member_cfgs: each member's own `ModelConfig`.
     Raises:
-        CheckpointError: an unknown rule, or members that cannot share a clip.
+        CheckpointError: an unknown rule, a `box_from` that is no member, or members that cannot
+            share a clip.
     """
 
-    def __init__(self, members: Sequence[nn.Module], combine: str = "mean") -> None:
+    def __init__(self, members: Sequence[nn.Module], combine: str = "mean",
+                 box_from: Optional[int] = None) -> None:
         super().__init__()
         if combine not in COMBINE_RULES:
             raise CheckpointError(f"ensemble combine {combine!r}: expected one of "
                                   f"{', '.join(COMBINE_RULES)}")
+        if box_from is not None and not 0 <= box_from < len(members):
+            raise CheckpointError(f"ensemble box_from {box_from}: there are {len(members)} "
+                                  f"members (0-based)")
+        self.box_from = box_from
         self.member_cfgs: list[ModelConfig] = [m.cfg for m in members]
         self.cfg = ensemble_config(self.member_cfgs)
         self.combine = combine
@@ -159,7 +169,8 @@ class ScoreEnsemble(nn.Module):
             raise ValueError(f"expected (B, 3, T, H, W) clips, got {tuple(clips.shape)}")
         scores, boxes = self.member_scores(clips)             # (M, B, K), (M, B, K, 4)
         mean = scores.mean(dim=0)                             # (B, K)
-        surest = scores.argmax(dim=0)                         # (B, K)
+        surest = (scores.argmax(dim=0) if self.box_from is None   # (B, K)
+                  else torch.full_like(mean, self.box_from, dtype=torch.long))
         idx = surest.unsqueeze(0).unsqueeze(-1).expand(1, -1, -1, 4)
         box = torch.gather(boxes, 0, idx).squeeze(0)          # (B, K, 4)
         # Prediction k: class k at the mean, no_object the rest, every other class zero.

@@ -262,3 +262,29 @@ def test_an_ensemble_exports_to_onnx_with_the_same_outputs(two_members, tmp_path
     assert runner.cfg.input.size == [48, 40]
     diff = check_against_torch(model, runner, torch.rand(3, 3, 8, 48, 40))
     assert max(diff.values()) < 1e-4
+
+
+def test_boxes_can_come_from_one_member_and_a_rebuilt_ensemble_keeps_that(two_members, tmp_path):
+    members = [load_checkpoint(p)[0] for p in two_members]
+    x = normalize_clips(uint8_clips(2, 8, (48, 40)), [0.0] * 3, [1.0] * 3)
+    ens = ScoreEnsemble(members, box_from=0)
+    with torch.inference_mode():
+        _, boxes = class_scores(ens(x))
+        _, first = class_scores(members[0](ens.member_input(0, x)))
+    torch.testing.assert_close(boxes, first)
+    with pytest.raises(CheckpointError, match="box_from 2"):
+        ScoreEnsemble(members, box_from=2)
+    run = vigil("ensemble", *map(str, two_members), "--boxes-from", "1", "--out",
+                str(tmp_path / "ens.pt"))
+    assert run.returncode == 0, run.stderr
+    assert load_checkpoint(tmp_path / "ens.pt")[0].box_from == 0
+    tuned, cfg = member(11, size=(48, 40), mean=(0.485, 0.456, 0.406),
+                        std=(0.229, 0.224, 0.225), queries=3)
+    run = vigil("ensemble", str(tmp_path / "ens.pt"), "--swap",
+                str(save_checkpoint(tmp_path / "t.pt", tuned, cfg)), "--out",
+                str(tmp_path / "mine.pt"))
+    assert run.returncode == 0, run.stderr
+    assert load_checkpoint(tmp_path / "mine.pt")[0].box_from == 0
+    run = vigil("ensemble", *map(str, two_members), "--boxes-from", "3", "--out",
+                str(tmp_path / "no.pt"))
+    assert run.returncode == 2 and "there are 2 members" in run.stderr

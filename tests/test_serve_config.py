@@ -397,6 +397,20 @@ def test_checkpoint_vigil_is_the_shipped_default_model(tmp_path):
     assert cfg.model.checkpoint.is_file()
 
 
+def test_checkpoint_may_name_other_shipped_weights_by_their_bare_name(tmp_path):
+    from detector.init_weights import WEIGHTS_DIR
+
+    path = write(tmp_path, MINIMAL.replace("checkpoint: model.pt", "checkpoint: real-cpu-v2"),
+                 checkpoint=False)
+    cfg = load_config(path, environ={"CAM_PASS": PASSWORD})
+    assert cfg.model.checkpoint == WEIGHTS_DIR / "real-cpu-v2.pt"
+    # A name that is no shipped file stays a path (beside the config), and is refused as one.
+    path = write(tmp_path, MINIMAL.replace("checkpoint: model.pt", "checkpoint: real-cpu-v9"),
+                 checkpoint=False)
+    with pytest.raises(ConfigError, match="real-cpu-v9"):
+        load_config(path, environ={"CAM_PASS": PASSWORD})
+
+
 def test_a_missing_default_model_is_a_config_error_naming_the_key(tmp_path, monkeypatch):
     from detector import init_weights
 

@@ -249,6 +249,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--swap", type=Path, action="append", default=[], metavar="CHECKPOINT",
                    help="replace the member of this checkpoint's architecture by it "
                         "(repeatable)")
+    p.add_argument("--boxes-from", type=int, default=None, metavar="N",
+                   help="every alert box from member N (1-based), e.g. the one whose box head "
+                        "was trained on boxes; default: per class, the member most sure of it "
+                        "(or, rebuilding one ensemble, its own setting)")
     p.add_argument("--out", type=Path, required=True, help="ensemble file to write (.pt)")
     p.set_defaults(func=cmd_ensemble)
 
@@ -820,8 +824,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     """`vigil ensemble A.pt B.pt --out ENS.pt`: write, load back, and show one clip's scores."""
     import torch
 
-    from detector.checkpoint import (load_checkpoint, member_payloads, payload_config,
-                                     save_ensemble)
+    from detector.checkpoint import (ensemble_settings, load_checkpoint, member_payloads,
+                                     payload_config, save_ensemble)
     from detector.init_weights import architecture, resolve_model_path
     from detector.preprocess import normalize_clips
 
@@ -845,7 +849,14 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     if len(payloads) < 2:
         print("vigil ensemble: give at least two checkpoints", file=sys.stderr)
         return 2
-    save_ensemble(args.out, payloads, built_from=names)
+    box_from = None if args.boxes_from is None else args.boxes_from - 1
+    if box_from is None and len(args.members) == 1:
+        box_from = ensemble_settings(resolve_model_path(args.members[0])).get("box_from")
+    if box_from is not None and not 0 <= box_from < len(payloads):
+        print(f"vigil ensemble: --boxes-from {args.boxes_from}: there are {len(payloads)} "
+              "members", file=sys.stderr)
+        return 2
+    save_ensemble(args.out, payloads, box_from=box_from, built_from=names)
     model, cfg, meta = load_checkpoint(args.out)
     clip = normalize_clips(synth_clips(1, cfg.input.frames, cfg.input.size),
                            cfg.input.mean, cfg.input.std)
