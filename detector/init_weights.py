@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_DIR = Path(str(files("detector") / "weights"))
 # The model `model.checkpoint: vigil` serves and `vigil demo` shows: the newest shipped weights
 # trained on real footage (and synthetic scenes, so that its boxes are trained too).
-DEFAULT_MODEL = "real-cpu-v2"
+DEFAULT_MODEL = "real-cpu-v4"
 # The name a config gives for it.
 DEFAULT_MODEL_ALIAS = "vigil"
 # Below this share of the model's values copied, a checkpoint is refused as another architecture.
@@ -63,8 +63,17 @@ def default_weights() -> Path:
 
 
 def resolve_model_path(value: str | Path) -> Path:
-    """`vigil` (`DEFAULT_MODEL_ALIAS`) -> the shipped default model; any other value unchanged."""
-    return default_weights() if str(value) == DEFAULT_MODEL_ALIAS else Path(value)
+    """`vigil` (`DEFAULT_MODEL_ALIAS`) -> the shipped default model; the bare name of other
+    shipped weights (e.g. `real-cpu-v2`: no folder, no suffix) -> that file; any other value
+    unchanged."""
+    if str(value) == DEFAULT_MODEL_ALIAS:
+        return default_weights()
+    text = str(value)
+    if "/" not in text and "." not in text:
+        shipped = shipped_by_name(text)
+        if shipped is not None:
+            return shipped
+    return Path(value)
 
 
 def architecture(cfg: ModelConfig) -> dict:

@@ -310,7 +310,8 @@ class ServeModelConfig(Validated):
             model alone.
     """
     checkpoint: Path = setting(
-        doc="`vigil` (the shipped default model, `docs/models/real-cpu-v2.md`), or a file "
+        doc="`vigil` (the shipped default model, `docs/models/real-cpu-v4.md`), the bare name of "
+            "other shipped weights (`real-cpu-v2`: cheaper, more false fights), or a file "
             "from `vigil train` or `vigil import-reference` (or a reference "
             "`best_model.pth`), or an `.onnx` file from `vigil export --format onnx`, run by "
             "onnxruntime on the CPU in fp32; a reload swaps in a new one (or new weights in the "

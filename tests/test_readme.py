@@ -102,7 +102,8 @@ def test_systemd_install_lines_name_files_that_exist():
 
 
 def test_training_commands_as_in_the_readme(tmp_path):
-    """synth, data check, train, eval, cv, detect, import-reference: in README order."""
+    """synth, data check, train, eval, cv, detect, import-reference, ensemble: in README
+    order."""
     cmds = [shlex.split(c) for c in readme_commands() if c.startswith("vigil ")]
     ran = set()
     for words in cmds:
@@ -122,17 +123,19 @@ def test_training_commands_as_in_the_readme(tmp_path):
                 args = _replace(args, "--folds", "2") + ["--set", "optim.epochs=1"]
         elif verb == "import-reference":
             _write_reference_state_dict(tmp_path / "best_model.pth")
-        elif verb not in ("data", "eval", "detect"):
+        elif verb not in ("data", "eval", "detect", "ensemble"):   # ensemble: as written
             continue
         args = [str(ROOT / a) if a.startswith("configs/") else a for a in args]
         vigil(args, tmp_path, timeout=600)
         ran.add(verb)
-    assert ran == {"synth", "data", "train", "eval", "cv", "detect", "import-reference"}
+    assert ran == {"synth", "data", "train", "eval", "cv", "detect", "import-reference",
+                   "ensemble"}
     assert (tmp_path / "runs/mine/best.pt").exists()
     assert (tmp_path / "runs/mine/eval/metrics.json").exists()
     assert (tmp_path / "detections.csv").read_text().count("\n") >= 12
     assert (tmp_path / "model.pt").exists()
     assert (tmp_path / "runs/finetuned/last.pt").exists()
+    assert (tmp_path / "mine.pt").exists()      # the fine-tuned member back in the ensemble
 
 
 def test_serve_check_and_keys_commands_as_in_the_readme(tmp_path):
@@ -238,5 +241,5 @@ def _write_reference_state_dict(path: Path) -> None:
 
 
 # The verbs the tests above run; a README command with another verb fails the first test.
-RUNNERS = {"synth", "data", "train", "eval", "cv", "detect", "import-reference", "serve", "keys",
-           "alerts", "relay"}
+RUNNERS = {"synth", "data", "train", "eval", "cv", "detect", "import-reference", "ensemble",
+           "serve", "keys", "alerts", "relay"}
