@@ -84,6 +84,35 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# A replay request is one flat object; JSON nested deeper than this is refused before parsing.
+# Why not rely on RecursionError: the parser's limit is the process's recursion limit, which a
+# library may raise (torch's compiler sets it to 2000), and a 4 KiB request then parses.
+MAX_REQUEST_NESTING = 32
+
+
+def json_nesting(text: str) -> int:
+    """The deepest nesting of arrays and objects in `text` (brackets inside strings ignored);
+    a linear scan that never recurses, so it is safe on any input."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def load_json(frame: Any, what: str) -> Any:
     """Decode one JSON frame (at most `MAX_FRAME_BYTES`, UTF-8, no NaN/Infinity), or raise
     `AlertFormatError` naming `what`."""

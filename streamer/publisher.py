@@ -87,7 +87,7 @@ from detector.errors import ConfigError, VigilError
 
 from .journal import Journal, JournalError
 from .curve_keys import load_server_keys
-from .protocol import HEARTBEAT_SCHEMA, REPLAY_SCHEMA, iso_utc
+from .protocol import HEARTBEAT_SCHEMA, MAX_REQUEST_NESTING, REPLAY_SCHEMA, iso_utc, json_nesting
 from .wire.limits import SubscriptionGuard, bound_frames, rebind, recv_bounded
 
 log = logging.getLogger(__name__)
@@ -478,8 +478,11 @@ class AlertPublisher:
         try:
             if len(body) > MAX_REQUEST_BYTES:
                 raise ValueError(f"request of {len(body)} bytes (at most {MAX_REQUEST_BYTES})")
+            text = body.decode("utf-8")
+            if json_nesting(text) > MAX_REQUEST_NESTING:
+                raise ValueError("JSON nested too deeply")
             try:
-                req = json.loads(body.decode("utf-8"))
+                req = json.loads(text)
             except RecursionError:
                 raise ValueError("JSON nested too deeply") from None
             if not isinstance(req, dict):
@@ -550,7 +553,10 @@ def _request_id(body: bytes, req: Any = None) -> Any:
         if len(body) > MAX_REQUEST_BYTES:
             return None
         try:
-            req = json.loads(body.decode("utf-8"))
+            text = body.decode("utf-8")
+            if json_nesting(text) > MAX_REQUEST_NESTING:
+                return None
+            req = json.loads(text)
         except (ValueError, RecursionError):
             return None
     value = req.get("id") if isinstance(req, dict) else None

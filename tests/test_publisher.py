@@ -193,6 +193,23 @@ def test_a_hostile_replay_request_gets_an_error_and_the_server_keeps_answering(c
     assert publisher.replay_problem() is None
 
 
+def test_deep_nesting_is_refused_whatever_the_recursion_limit(ctx, publisher):
+    """A library in the daemon's process may raise the recursion limit (torch's compiler sets
+    2000), and a 1,500-deep request then parses: the nesting is counted before parsing."""
+    import sys
+
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(5000)
+    try:
+        body = b'{"since": 0, "x": ' + b"[" * 40 + b"]" * 40 + b"}"
+        reply = request(ctx, publisher.replay_endpoint, body)
+        assert "nested too deeply" in reply["error"], reply
+        flat = request(ctx, publisher.replay_endpoint, {"since": 0, "x": [[1]]})
+        assert flat["alerts"] == [] and "error" not in flat
+    finally:
+        sys.setrecursionlimit(before)
+
+
 def test_the_replay_socket_refuses_oversized_messages_before_reading_them(ctx, publisher):
     """ZMQ_MAXMSGSIZE: a frame over 64 KiB closes that peer's connection unread."""
     from streamer.publisher import MAX_MESSAGE_BYTES

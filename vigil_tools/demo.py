@@ -86,7 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # pose path: docs/models/pose-collapse-v1.md, "Alert settings"). The demo serves the shipped
 # models with them, as a user's daemon would; any other model with the daemon's defaults.
 SHIPPED_SMOOTHING_CLASSES = {"collapse": {"on_threshold": 0.5, "off_threshold": 0.3,
-                                          "min_windows": 2}}
+                                          "min_windows": 2},
+                             "fight": {"on_threshold": 0.5, "off_threshold": 0.3,
+                                       "min_windows": 2}}
 
 
 def demo_model(choice: str, cache_dir: Optional[Path]) -> tuple[Path, str]:
