@@ -114,7 +114,16 @@ class ReviewDataset:
     def _db(self) -> sqlite3.Connection:
         self.root.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(str(self.root / "marks.sqlite3"), timeout=10.0, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
+        # Two requests opening a new file at once: switching it to WAL needs a lock that the
+        # busy timeout does not wait for ("database is locked"), so wait here, for 5 s at most.
+        for attempt in range(50):
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.1)
         db.executescript(_DDL)
         return db
 
