@@ -176,10 +176,7 @@ def _from_payload(data: Mapping[str, Any], source: str
         meta: dict[str, Any] = {"format": "reference", "source": source,
                                 "class_names": list(cfg.class_names), "input": to_dict(cfg.input)}
     elif data.get("format") == FORMAT:
-        try:
-            cfg = from_dict(ModelConfig, data.get("model_config"), "model_config")
-        except ConfigError as exc:
-            raise CheckpointError(f"{source}: {exc}") from None
+        cfg = payload_config(data, source)
         sd = data.get("state_dict")
         if not isinstance(sd, Mapping):
             raise CheckpointError(f"{source}: 'state_dict' is missing or not a mapping")
@@ -194,14 +191,23 @@ def _from_payload(data: Mapping[str, Any], source: str
     return model.eval(), cfg, meta
 
 
-def _ensemble_from_payload(data: Mapping[str, Any], source: str
-                           ) -> tuple[ScoreEnsemble, ModelConfig, dict[str, Any]]:
-    """A `ScoreEnsemble` from an ensemble file's payload; see `load_checkpoint`."""
+def _members(data: Mapping[str, Any], source: str) -> list[Mapping[str, Any]]:
+    """An ensemble payload's `members`, checked to be a list of mappings.
+
+    Raises:
+        CheckpointError: missing or of another shape, naming `source`.
+    """
     members = data.get("members")
     if not isinstance(members, list) or not all(isinstance(m, Mapping) for m in members):
         raise CheckpointError(f"{source}: 'members' is missing or not a list of checkpoints")
+    return members
+
+
+def _ensemble_from_payload(data: Mapping[str, Any], source: str
+                           ) -> tuple[ScoreEnsemble, ModelConfig, dict[str, Any]]:
+    """A `ScoreEnsemble` from an ensemble file's payload; see `load_checkpoint`."""
     models = []
-    for i, payload in enumerate(members, start=1):
+    for i, payload in enumerate(_members(data, source), start=1):
         if payload.get("format") == ENSEMBLE_FORMAT:
             raise CheckpointError(f"{source}: member {i} is itself an ensemble")
         models.append(_from_payload(payload, f"{source} member {i}")[0])
@@ -272,9 +278,7 @@ def member_payloads(path: str | Path) -> list[dict[str, Any]]:
     """
     data = _read(Path(path), "cpu")
     if data.get("format") == ENSEMBLE_FORMAT:
-        found = data.get("members")
-        if not isinstance(found, list) or not all(isinstance(m, Mapping) for m in found):
-            raise CheckpointError(f"{path}: 'members' is missing or not a list of checkpoints")
+        found = _members(data, str(path))
     elif data.get("format") == FORMAT:
         found = [data]
     else:
