@@ -113,6 +113,24 @@ def json_nesting(text: str) -> int:
     return deepest
 
 
+class JsonTooDeep(ValueError):
+    """A request nested deeper than `MAX_REQUEST_NESTING`."""
+
+
+def load_request(body: bytes) -> Any:
+    """A replay request's JSON (the daemon's and the relay's): UTF-8, nested at most
+    `MAX_REQUEST_NESTING` deep (counted before parsing, so the parser never recurses far).
+
+    Raises:
+        JsonTooDeep: nested deeper.
+        ValueError: not UTF-8 (`UnicodeDecodeError`) or not JSON (`json.JSONDecodeError`).
+    """
+    text = body.decode("utf-8")
+    if json_nesting(text) > MAX_REQUEST_NESTING:
+        raise JsonTooDeep("JSON nested too deeply")
+    return json.loads(text)
+
+
 def load_json(frame: Any, what: str) -> Any:
     """Decode one JSON frame (at most `MAX_FRAME_BYTES`, UTF-8, no NaN/Infinity), or raise
     `AlertFormatError` naming `what`."""

@@ -87,7 +87,7 @@ from detector.errors import ConfigError, VigilError
 
 from .journal import Journal, JournalError
 from .curve_keys import load_server_keys
-from .protocol import HEARTBEAT_SCHEMA, MAX_REQUEST_NESTING, REPLAY_SCHEMA, iso_utc, json_nesting
+from .protocol import HEARTBEAT_SCHEMA, REPLAY_SCHEMA, iso_utc, load_request
 from .wire.limits import SubscriptionGuard, bound_frames, rebind, recv_bounded
 
 log = logging.getLogger(__name__)
@@ -478,13 +478,7 @@ class AlertPublisher:
         try:
             if len(body) > MAX_REQUEST_BYTES:
                 raise ValueError(f"request of {len(body)} bytes (at most {MAX_REQUEST_BYTES})")
-            text = body.decode("utf-8")
-            if json_nesting(text) > MAX_REQUEST_NESTING:
-                raise ValueError("JSON nested too deeply")
-            try:
-                req = json.loads(text)
-            except RecursionError:
-                raise ValueError("JSON nested too deeply") from None
+            req = load_request(body)
             if not isinstance(req, dict):
                 raise ValueError("request must be a JSON object")
             reply["id"] = _request_id(body, req)
@@ -553,11 +547,8 @@ def _request_id(body: bytes, req: Any = None) -> Any:
         if len(body) > MAX_REQUEST_BYTES:
             return None
         try:
-            text = body.decode("utf-8")
-            if json_nesting(text) > MAX_REQUEST_NESTING:
-                return None
-            req = json.loads(text)
-        except (ValueError, RecursionError):
+            req = load_request(body)
+        except ValueError:
             return None
     value = req.get("id") if isinstance(req, dict) else None
     if isinstance(value, float) and not math.isfinite(value):

@@ -80,8 +80,8 @@ from zmq.auth.thread import ThreadAuthenticator
 from detector.errors import ConfigError, VigilError
 
 from .curve_keys import load_client_keys, load_server_keys
-from .protocol import (MAX_FRAME_BYTES, MAX_REQUEST_NESTING, REPLAY_SCHEMA, AlertFormatError,
-                       alias_name, is_instance, is_int, json_nesting, parse_alert,
+from .protocol import (MAX_FRAME_BYTES, REPLAY_SCHEMA, AlertFormatError, JsonTooDeep,
+                       alias_name, is_instance, is_int, load_request, parse_alert,
                        parse_heartbeat, printable)
 from .wire.limits import SubscriptionGuard, bound_frames, rebind, recv_bounded
 
@@ -696,11 +696,10 @@ def parse_request(body: bytes) -> tuple[dict, Optional[str]]:
     if len(body) > MAX_REQUEST_BYTES:
         return {}, f"bad replay request: {len(body)} bytes (at most {MAX_REQUEST_BYTES})"
     try:
-        text = body.decode("utf-8")
-        if json_nesting(text) > MAX_REQUEST_NESTING:
-            return {}, "bad replay request: JSON nested too deeply"
-        req = json.loads(text)
-    except (ValueError, RecursionError):
+        req = load_request(body)
+    except JsonTooDeep:
+        return {}, "bad replay request: JSON nested too deeply"
+    except ValueError:
         return {}, "bad replay request: expected a JSON object"
     if not isinstance(req, dict):
         return {}, "bad replay request: expected a JSON object"
