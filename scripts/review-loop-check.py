@@ -102,9 +102,11 @@ def build_footage(rows: list[dict], data: Path, out: Path) -> tuple[Path, list[P
 
 
 def footage_minutes(path: Path) -> float:
+    """Minutes of clips in a camera's footage file (`build_footage`'s, without its padding)."""
     cap = cv2.VideoCapture(str(path))
     try:
-        return cap.get(cv2.CAP_PROP_FRAME_COUNT) / (cap.get(cv2.CAP_PROP_FPS) or 25.0) / 60
+        frames = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        return (frames / (cap.get(cv2.CAP_PROP_FPS) or 25.0) - PAD_S) / 60
     finally:
         cap.release()
 
@@ -269,7 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     cameras = sorted({camera_of(r["file"]) for r in served})
 
     if args.reuse:
-        pieces = {cam: [] for cam in cameras}
         minutes = {cam: footage_minutes(out / f"{cam}.mp4") for cam in cameras}
         marks = [tuple(r) for r in list(csv.reader((out / "marks.csv").open()))[1:]]
         review = out / "data" / "review"
